@@ -1,0 +1,29 @@
+# Two entry points, both usable on a fresh clone with python3 (>= 3.11), a C
+# compiler and make: `make run` (the main job) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test soak bench clean
+
+# (Re)install when the build inputs change; the C extensions build in place.
+$(STAMP): pyproject.toml setup.py ringbuf/build.py ringbuf/_ring.h ringbuf/_ring.c ringbuf/_fastpath.c
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m ringbuf.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+soak: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+bench: $(STAMP)
+	$(PY) -m pytest bench -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info ringbuf/*.so ringbuf/_cffi_ring.c

@@ -1,0 +1,27 @@
+"""ringbuf: a lock-free single-producer/single-consumer ring of fixed-size
+slots in POSIX shared memory, written in C (``_ring.h``, ``_ring.c``) and
+driven from Python through cffi. Every message of the runtime travels on one.
+"""
+
+from ringbuf.ring import (
+    HEADER_DTYPE,
+    HEADER_SIZE,
+    LINE,
+    Closed,
+    Empty,
+    Full,
+    MessageTooLarge,
+    PeerDied,
+    Ring,
+    RingError,
+    RingException,
+    segment_size,
+    slot_dtype,
+    unique_name,
+)
+
+__all__ = [
+    "HEADER_DTYPE", "HEADER_SIZE", "LINE", "Closed", "Empty", "Full",
+    "MessageTooLarge", "PeerDied", "Ring", "RingError", "RingException",
+    "segment_size", "slot_dtype", "unique_name",
+]

@@ -1,0 +1,534 @@
+/*
+ * ringbuf: implementation. Layout, contract and ownership of every field are
+ * in _ring.h; read that first.
+ *
+ * Memory ordering, in one place:
+ *   - producer: write slot + lens[i] (plain), then store-release prod_tail.
+ *     Pairs with the consumer's load-acquire of prod_tail, which therefore
+ *     sees the slot bytes.
+ *   - consumer: read slot + lens[i] (plain), then store-release cons_head.
+ *     Pairs with the producer's load-acquire of cons_head, so the producer
+ *     never overwrites a slot the consumer is still reading.
+ *   - sleeping (Dekker pattern): a waiter stores its sleep word = 1, issues a
+ *     seq_cst fence, then re-reads the index it waits on. The other side
+ *     stores its index, issues a seq_cst fence, then reads the sleep word.
+ *     The two fences guarantee that at least one of them sees the other's
+ *     store: either the waiter sees the new index and does not sleep, or the
+ *     other side sees sleep == 1 and wakes it. The waker clears the word to 0
+ *     before FUTEX_WAKE, so a waiter that has not yet reached FUTEX_WAIT gets
+ *     EAGAIN from it instead of sleeping through the wake.
+ */
+#define _GNU_SOURCE
+#include "_ring.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+#define RB_DEFAULT_SPIN_NS 30000      /* tens of µs: covers a peer's turn-around */
+#define RB_DEFAULT_SLICE_NS 10000000  /* 10 ms: bounds peer-death detection */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static uint64_t round_up_line(uint64_t n)
+{
+    return (n + RB_LINE - 1) & ~(uint64_t)(RB_LINE - 1);
+}
+
+int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out)
+{
+    if (capacity < 2 || (capacity & (capacity - 1)) != 0)
+        return RB_EINVAL;
+    if (slot_size < RB_LINE || slot_size % RB_LINE != 0 ||
+        slot_size > RB_MAX_SLOT_SIZE)
+        return RB_EINVAL;
+    if (capacity > (UINT64_MAX / 2) / (slot_size + sizeof(uint32_t)))
+        return RB_EINVAL;
+    *out = RB_HEADER_SIZE + round_up_line(capacity * sizeof(uint32_t)) +
+           capacity * slot_size;
+    return RB_OK;
+}
+
+int rb_init(void *mem, uint64_t mem_size, uint64_t capacity,
+            uint32_t slot_size, uint64_t start_index, int32_t creator_pid)
+{
+    uint64_t need;
+    int rc = rb_segment_size(capacity, slot_size, &need);
+    if (rc != RB_OK)
+        return rc;
+    if (mem_size < need)
+        return RB_ESEGMENT;
+
+    struct rb_header *hdr = mem;
+    memset(hdr, 0, RB_HEADER_SIZE);
+    hdr->geo.version = RB_VERSION;
+    hdr->geo.slot_size = slot_size;
+    hdr->geo.capacity = capacity;
+    hdr->geo.lens_offset = RB_HEADER_SIZE;
+    hdr->geo.slots_offset =
+        RB_HEADER_SIZE + round_up_line(capacity * sizeof(uint32_t));
+    hdr->geo.segment_size = need;
+    hdr->geo.creator_pid = creator_pid;
+    hdr->prod_tail = start_index;
+    hdr->cons_head = start_index;
+    hdr->prod_cached_head = start_index;
+    hdr->cons_cached_tail = start_index;
+    /* Release: the magic is written last, so a process that sees it (with
+     * an acquire load in rb_check) sees the whole geometry. */
+    __atomic_store_n(&hdr->geo.magic, (uint64_t)RB_MAGIC, __ATOMIC_RELEASE);
+    return RB_OK;
+}
+
+int rb_check(const void *mem, uint64_t mem_size)
+{
+    const struct rb_header *hdr = mem;
+    if (mem_size < RB_HEADER_SIZE)
+        return RB_ESEGMENT;
+    /* Acquire: pairs with the release store of magic in rb_init. */
+    if (__atomic_load_n(&hdr->geo.magic, __ATOMIC_ACQUIRE) != RB_MAGIC)
+        return RB_EBADMAGIC;
+    if (hdr->geo.version != RB_VERSION)
+        return RB_EBADVERSION;
+    uint64_t need;
+    if (rb_segment_size(hdr->geo.capacity, hdr->geo.slot_size, &need) != RB_OK)
+        return RB_EBADGEOMETRY;
+    if (hdr->geo.segment_size != need ||
+        hdr->geo.lens_offset != RB_HEADER_SIZE ||
+        hdr->geo.slots_offset !=
+            RB_HEADER_SIZE + round_up_line(hdr->geo.capacity * sizeof(uint32_t)))
+        return RB_EBADGEOMETRY;
+    if (mem_size < need)
+        return RB_ESEGMENT;
+    /* Acquire loads: the indices are read across processes; a torn view is
+     * impossible for aligned 64-bit words. Counters are free-running, so the
+     * only invariant is the fill level. */
+    uint64_t tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
+    uint64_t head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
+    if (tail - head > hdr->geo.capacity)
+        return RB_ECORRUPT;
+    return RB_OK;
+}
+
+int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
+{
+    int rc = rb_check(mem, mem_size);
+    if (rc != RB_OK)
+        return rc;
+    if (side != RB_CREATOR && side != RB_ATTACHER)
+        return RB_EINVAL;
+    struct rb_header *hdr = mem;
+    memset(h, 0, sizeof(*h));
+    h->hdr = hdr;
+    h->lens = (uint32_t *)((uint8_t *)mem + hdr->geo.lens_offset);
+    h->slots = (uint8_t *)mem + hdr->geo.slots_offset;
+    h->mask = hdr->geo.capacity - 1;
+    h->slot_size = hdr->geo.slot_size;
+    h->side = side;
+    h->self_pid = (int32_t)getpid();
+    h->peer_pidfd = -1;
+    h->spin_ns = RB_DEFAULT_SPIN_NS;
+    h->slice_ns = RB_DEFAULT_SLICE_NS;
+    if (side == RB_ATTACHER) {
+        /* Relaxed: the attacher is the only writer; a waiter reads these
+         * once per sleep slice and tolerates a stale value for one slice. */
+        __atomic_store_n(&hdr->life.attacher_closed, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&hdr->life.attacher_pid, h->self_pid, __ATOMIC_RELEASE);
+    }
+    return RB_OK;
+}
+
+static void wake_word(uint32_t *word)
+{
+    /* Exchange to 0 before waking: see the Dekker note at the top. */
+    if (__atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) != 0)
+        syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void rb_close(struct rb_handle *h)
+{
+    if (h->hdr == NULL || h->closed)
+        return;
+    h->closed = 1;
+    uint32_t *mine = h->side == RB_CREATOR ? &h->hdr->life.creator_closed
+                                           : &h->hdr->life.attacher_closed;
+    /* Release: pairs with peer_closed()'s acquire; whatever this side pushed
+     * before closing is visible to a peer that sees the flag. */
+    __atomic_store_n(mine, 1, __ATOMIC_RELEASE);
+    /* The peer may be asleep waiting for data or for space: wake both. The
+     * word may be 0 while the peer is between its check and FUTEX_WAIT, so
+     * wake unconditionally here (close is rare). */
+    __atomic_store_n(&h->hdr->cons_sleep, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&h->hdr->prod_sleep, 0, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &h->hdr->cons_sleep, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    syscall(SYS_futex, &h->hdr->prod_sleep, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    if (h->peer_pidfd >= 0) {
+        close(h->peer_pidfd);
+        h->peer_pidfd = -1;
+    }
+}
+
+static int peer_closed(const struct rb_handle *h)
+{
+    const uint32_t *theirs = h->side == RB_CREATOR
+                                 ? &h->hdr->life.attacher_closed
+                                 : &h->hdr->life.creator_closed;
+    /* Acquire: pairs with the release store in rb_close. */
+    return __atomic_load_n(theirs, __ATOMIC_ACQUIRE) != 0;
+}
+
+int rb_peer_alive(struct rb_handle *h)
+{
+    int32_t pid = h->side == RB_CREATOR
+                      /* Acquire: pairs with rb_open's release of attacher_pid. */
+                      ? __atomic_load_n(&h->hdr->life.attacher_pid, __ATOMIC_ACQUIRE)
+                      : h->hdr->geo.creator_pid;
+    if (pid <= 0 || pid == h->self_pid)
+        return 1; /* not attached yet, or both ends are in this process */
+    if (pid != h->peer_pid) {
+        /* A new peer (first check, or a re-attach): follow it by pidfd, which
+         * also reports a dead child that has not been reaped yet. */
+        if (h->peer_pidfd >= 0)
+            close(h->peer_pidfd);
+        h->peer_pid = pid;
+        h->peer_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
+        if (h->peer_pidfd < 0) {
+            if (errno == ESRCH)
+                return 0;
+            /* No pidfd support: fall back to signal 0 (misses zombies). */
+            return !(kill(pid, 0) < 0 && errno == ESRCH);
+        }
+    }
+    if (h->peer_pidfd < 0)
+        return !(kill(pid, 0) < 0 && errno == ESRCH);
+    struct pollfd p = {.fd = h->peer_pidfd, .events = POLLIN};
+    /* A pidfd polls readable once the process has exited. */
+    return poll(&p, 1, 0) == 0;
+}
+
+/* ---- producer side ---- */
+
+/* Free slots as the producer sees them, reloading cons_head only when the
+ * cached copy says there is not enough room for `want`. */
+static uint64_t producer_room(struct rb_handle *h, uint64_t tail, uint64_t want)
+{
+    struct rb_header *hdr = h->hdr;
+    uint64_t cap = h->mask + 1;
+    uint64_t room = cap - (tail - hdr->prod_cached_head);
+    if (room < want) {
+        /* Acquire: pairs with the consumer's release of cons_head; the slots
+         * it frees are no longer being read. */
+        hdr->prod_cached_head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
+        room = cap - (tail - hdr->prod_cached_head);
+    }
+    return room;
+}
+
+static void publish_tail(struct rb_handle *h, uint64_t tail)
+{
+    /* Release: pairs with the consumer's acquire of prod_tail; the slot bytes
+     * and lens written before this are visible to it. */
+    __atomic_store_n(&h->hdr->prod_tail, tail, __ATOMIC_RELEASE);
+    /* Seq_cst fence, then read cons_sleep: the Dekker pairing with the
+     * consumer's sleep path (cons_sleep = 1; fence; reload prod_tail). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&h->hdr->cons_sleep, __ATOMIC_RELAXED))
+        wake_word(&h->hdr->cons_sleep);
+}
+
+static int try_push(struct rb_handle *h, const void *data, uint32_t len)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    if (len > h->slot_size)
+        return RB_ETOOBIG;
+    if (peer_closed(h))
+        return RB_ECLOSED;
+    /* Relaxed: prod_tail is written only by this (the producer's) process. */
+    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
+    if (producer_room(h, tail, 1) == 0)
+        return RB_EFULL;
+    uint64_t i = tail & h->mask;
+    memcpy(h->slots + i * h->slot_size, data, len);
+    h->lens[i] = len;
+    publish_tail(h, tail + 1);
+    return RB_OK;
+}
+
+int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
+                     uint32_t itemsize)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    if (itemsize > h->slot_size || itemsize == 0)
+        return RB_ETOOBIG;
+    if (peer_closed(h))
+        return RB_ECLOSED;
+    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
+    uint64_t room = producer_room(h, tail, n);
+    if (n > room)
+        n = room;
+    if (n == 0)
+        return 0;
+    const uint8_t *in = src;
+    uint64_t first = tail & h->mask;
+    if (itemsize == h->slot_size) {
+        /* Whole slots: at most two memcpys, split where the ring wraps. */
+        uint64_t upto_end = h->mask + 1 - first;
+        uint64_t a = n < upto_end ? n : upto_end;
+        memcpy(h->slots + first * h->slot_size, in, a * itemsize);
+        if (n > a)
+            memcpy(h->slots, in + a * itemsize, (n - a) * itemsize);
+    } else {
+        for (uint64_t k = 0; k < n; k++)
+            memcpy(h->slots + ((first + k) & h->mask) * h->slot_size,
+                   in + k * itemsize, itemsize);
+    }
+    for (uint64_t k = 0; k < n; k++)
+        h->lens[(first + k) & h->mask] = itemsize;
+    publish_tail(h, tail + n);
+    return (int64_t)n;
+}
+
+/* ---- consumer side ---- */
+
+static uint64_t consumer_avail(struct rb_handle *h, uint64_t head, uint64_t want)
+{
+    struct rb_header *hdr = h->hdr;
+    uint64_t avail = hdr->cons_cached_tail - head;
+    if (avail < want) {
+        /* Acquire: pairs with publish_tail's release of prod_tail. */
+        hdr->cons_cached_tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
+        avail = hdr->cons_cached_tail - head;
+    }
+    return avail;
+}
+
+static void publish_head(struct rb_handle *h, uint64_t head)
+{
+    /* Release: pairs with producer_room's acquire of cons_head; the slots
+     * just read may now be overwritten. */
+    __atomic_store_n(&h->hdr->cons_head, head, __ATOMIC_RELEASE);
+    /* Dekker pairing with the producer's sleep path, as in publish_tail. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&h->hdr->prod_sleep, __ATOMIC_RELAXED))
+        wake_word(&h->hdr->prod_sleep);
+}
+
+int rb_peek(struct rb_handle *h, const uint8_t **slot)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    /* Relaxed: cons_head is written only by this (the consumer's) process. */
+    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
+    if (consumer_avail(h, head, 1) == 0)
+        return peer_closed(h) ? RB_ECLOSED : RB_EEMPTY;
+    uint64_t i = head & h->mask;
+    uint32_t len = h->lens[i];
+    if (len > h->slot_size)
+        return RB_ECORRUPT;
+    *slot = h->slots + i * h->slot_size;
+    return (int)len;
+}
+
+int rb_consume(struct rb_handle *h, uint64_t n)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
+    /* Only what rb_peek (or an earlier wait) has seen can be consumed. */
+    if (h->hdr->cons_cached_tail - head < n)
+        return RB_EINVAL;
+    publish_head(h, head + n);
+    return RB_OK;
+}
+
+static int try_pop(struct rb_handle *h, void *out, uint32_t out_size)
+{
+    const uint8_t *slot;
+    int len = rb_peek(h, &slot);
+    if (len < 0)
+        return len;
+    if ((uint32_t)len > out_size)
+        return RB_EINVAL;
+    memcpy(out, slot, (size_t)len);
+    publish_head(h, __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED) + 1);
+    return len;
+}
+
+int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
+                    uint32_t itemsize)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    if (itemsize > h->slot_size || itemsize == 0)
+        return RB_EINVAL;
+    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
+    uint64_t n = consumer_avail(h, head, max_n);
+    if (n > max_n)
+        n = max_n;
+    if (n == 0)
+        return (max_n > 0 && peer_closed(h)) ? RB_ECLOSED : 0;
+    uint8_t *outp = dst;
+    uint64_t first = head & h->mask;
+    if (itemsize == h->slot_size) {
+        uint64_t upto_end = h->mask + 1 - first;
+        uint64_t a = n < upto_end ? n : upto_end;
+        memcpy(outp, h->slots + first * h->slot_size, a * itemsize);
+        if (n > a)
+            memcpy(outp + a * itemsize, h->slots, (n - a) * itemsize);
+    } else {
+        for (uint64_t k = 0; k < n; k++)
+            memcpy(outp + k * itemsize,
+                   h->slots + ((first + k) & h->mask) * h->slot_size, itemsize);
+    }
+    publish_head(h, head + n);
+    return (int64_t)n;
+}
+
+/* ---- waiting ---- */
+
+static int ready(struct rb_handle *h, int32_t what)
+{
+    if (what == RB_WAIT_DATA) {
+        uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
+        return consumer_avail(h, head, 1) > 0;
+    }
+    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
+    return producer_room(h, tail, 1) > 0;
+}
+
+int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    if (what != RB_WAIT_DATA && what != RB_WAIT_SPACE)
+        return RB_EINVAL;
+    int64_t start = now_ns();
+    int64_t deadline = (timeout_ns < 0 || timeout_ns > INT64_MAX - start)
+                           ? INT64_MAX
+                           : start + timeout_ns;
+    uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep
+                                          : &h->hdr->prod_sleep;
+
+    /* Spin phase: the common case is a peer that answers within a few µs;
+     * sleeping would cost a futex round trip and a scheduler wake-up. */
+    int64_t spin_end = start + h->spin_ns;
+    if (spin_end > deadline)
+        spin_end = deadline;
+    for (unsigned k = 0;; k++) {
+        if (ready(h, what))
+            return RB_OK;
+        if (peer_closed(h))
+            return RB_ECLOSED;
+        if ((k & 63) == 63 && now_ns() >= spin_end)
+            break;
+        cpu_relax();
+    }
+
+    for (;;) {
+        /* Relaxed store + seq_cst fence + re-check: the Dekker pairing with
+         * publish_tail/publish_head (see the top of this file). */
+        __atomic_store_n(word, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (ready(h, what)) {
+            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+            return RB_OK;
+        }
+        if (peer_closed(h)) {
+            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+            return RB_ECLOSED;
+        }
+        if (!rb_peer_alive(h)) {
+            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+            return RB_EPEERDIED;
+        }
+        int64_t now = now_ns();
+        if (now >= deadline) {
+            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+            return what == RB_WAIT_DATA ? RB_EEMPTY : RB_EFULL;
+        }
+        int64_t slice = deadline - now;
+        if (slice > h->slice_ns)
+            slice = h->slice_ns;
+        struct timespec ts = {.tv_sec = slice / 1000000000LL,
+                              .tv_nsec = slice % 1000000000LL};
+        /* Shared (non-PRIVATE) futex: the word lives in a MAP_SHARED segment
+         * and the waker is another process. Returns at once (EAGAIN) if the
+         * waker already cleared the word. */
+        long r = syscall(SYS_futex, word, FUTEX_WAIT, 1, &ts, NULL, 0);
+        if (r < 0 && errno == EINTR) {
+            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+            return RB_EINTR;
+        }
+    }
+}
+
+/* ---- blocking single-message operations ---- */
+
+int rb_push(struct rb_handle *h, const void *data, uint32_t len,
+            int64_t timeout_ns)
+{
+    int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
+    for (;;) {
+        int rc = try_push(h, data, len);
+        if (rc != RB_EFULL || timeout_ns == 0)
+            return rc;
+        int64_t left = deadline < 0 ? -1 : deadline - now_ns();
+        if (deadline >= 0 && left < 0)
+            left = 0;
+        rc = rb_wait(h, RB_WAIT_SPACE, left);
+        if (rc != RB_OK)
+            return rc;
+    }
+}
+
+int rb_pop(struct rb_handle *h, void *out, uint32_t out_size,
+           int64_t timeout_ns)
+{
+    int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
+    for (;;) {
+        int rc = try_pop(h, out, out_size);
+        if (rc != RB_EEMPTY || timeout_ns == 0)
+            return rc;
+        int64_t left = deadline < 0 ? -1 : deadline - now_ns();
+        if (deadline >= 0 && left < 0)
+            left = 0;
+        rc = rb_wait(h, RB_WAIT_DATA, left);
+        if (rc != RB_OK)
+            return rc;
+    }
+}
+
+uint64_t rb_len(const struct rb_handle *h)
+{
+    /* Acquire both: a snapshot for reporting; it may be stale the moment it
+     * returns, but it is never more than capacity. */
+    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_ACQUIRE);
+    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_ACQUIRE);
+    uint64_t n = tail - head;
+    return n > h->mask + 1 ? h->mask + 1 : n;
+}

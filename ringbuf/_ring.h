@@ -1,0 +1,194 @@
+/*
+ * ringbuf: a lock-free single-producer/single-consumer ring of fixed-size
+ * slots in one POSIX shared-memory segment.
+ *
+ * Contract: one producer process, one consumer process; neither ever blocks
+ * the other. A side that must wait (empty ring, full ring) spins briefly and
+ * then sleeps on a futex word in the segment, in bounded slices, so that it
+ * notices a closed or dead peer and returns to Python for signals.
+ *
+ * Segment layout (every row of the header is one 64-byte cache line):
+ *
+ *   offset  line / field                   written by            read by
+ *   ------  -----------------------------  --------------------  ---------------
+ *        0  geometry: magic, version,      rb_init, once         both, rb_check
+ *           slot_size, capacity, offsets,
+ *           segment_size, creator_pid
+ *       64  prod_tail  (published: slots   producer              consumer
+ *           written so far)
+ *      128  cons_head  (published: slots   consumer              producer
+ *           consumed so far)
+ *      192  prod_cached_head (producer's   producer              producer
+ *           last look at cons_head)
+ *      256  cons_cached_tail (consumer's   consumer              consumer
+ *           last look at prod_tail)
+ *      320  cons_sleep (futex word: the    consumer sets 1,      producer
+ *           consumer is, or is about to    producer clears 0
+ *           be, asleep on an empty ring)   when it wakes it
+ *      384  prod_sleep (futex word: same   producer sets 1,      consumer
+ *           for the producer, full ring)   consumer clears 0
+ *      448  lifecycle: creator_closed,     the named party, at   the other party
+ *           attacher_pid, attacher_closed  attach and close
+ *      512  lens[capacity]  (uint32 byte   producer              consumer
+ *           length of each slot's message,
+ *           rounded up to a cache line)
+ *   slots_offset  slots[capacity]          producer              consumer
+ *           (slot_size bytes each, a
+ *           multiple of 64)
+ *
+ * Counters: prod_tail and cons_head run free as uint64 and are never reset;
+ * the slot of counter c is c & (capacity - 1). Because capacity is a power of
+ * two it divides 2**64, so masking stays consistent when a counter wraps, and
+ * the fill level prod_tail - cons_head is correct in unsigned arithmetic
+ * across the wrap. rb_init can start both counters anywhere (a test hook to
+ * drive them across 2**64).
+ *
+ * Cached copies: each side keeps the other side's index as it last read it.
+ * A stale copy only ever under-estimates the other side's progress, so it is
+ * always safe; the hot path reloads the other side's line only when the
+ * cached copy says "full" (producer) or "empty" (consumer).
+ *
+ * Parties: the creator and the attacher of the segment. Either may be the
+ * producer. Each waiting side watches the other party: its closed word and
+ * its pid (a pidfd, so a dead-but-unreaped child counts as dead).
+ *
+ * Errors: every function returns 0 (or a count/length >= 0) or a negative
+ * RB_E* code. The Python wrapper maps codes to exceptions in one place.
+ *
+ * The block between CDEF-BEGIN and CDEF-END is read by build.py as the cffi
+ * declarations, so it holds only what cffi's parser accepts: plain structs
+ * with literal array sizes, integer #defines, prototypes.
+ */
+#ifndef RINGBUF_RING_H
+#define RINGBUF_RING_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF-BEGIN */
+#define RB_MAGIC 0x474e495252474d50
+#define RB_VERSION 1
+#define RB_LINE 64
+#define RB_HEADER_SIZE 512
+#define RB_MAX_SLOT_SIZE 1048576
+
+#define RB_OK 0
+#define RB_EFULL -1
+#define RB_EEMPTY -2
+#define RB_ECLOSED -3
+#define RB_EPEERDIED -4
+#define RB_ETOOBIG -5
+#define RB_EINTR -6
+#define RB_EBADMAGIC -7
+#define RB_EBADVERSION -8
+#define RB_EBADGEOMETRY -9
+#define RB_ESEGMENT -10
+#define RB_EINVAL -11
+#define RB_ECORRUPT -12
+#define RB_ESYS -13
+
+#define RB_CREATOR 0
+#define RB_ATTACHER 1
+
+#define RB_WAIT_DATA 0
+#define RB_WAIT_SPACE 1
+
+struct rb_geometry {
+    uint64_t magic;            /* RB_MAGIC: "PMGRRING" little-endian */
+    uint32_t version;          /* RB_VERSION */
+    uint32_t slot_size;        /* bytes per slot, multiple of RB_LINE */
+    uint64_t capacity;         /* slots, power of two >= 2 */
+    uint64_t lens_offset;      /* from the segment start */
+    uint64_t slots_offset;     /* from the segment start */
+    uint64_t segment_size;     /* bytes the layout needs */
+    int32_t creator_pid;
+    uint32_t _pad0;
+    uint64_t _pad1;
+};
+
+struct rb_lifecycle {
+    uint32_t creator_closed;   /* written by the creator at close */
+    int32_t attacher_pid;      /* written by the attacher at attach */
+    uint32_t attacher_closed;  /* written by the attacher at attach/close */
+    uint8_t _pad[52];
+};
+
+struct rb_header {
+    struct rb_geometry geo;
+    uint64_t prod_tail;
+    uint8_t _pad_prod_tail[56];
+    uint64_t cons_head;
+    uint8_t _pad_cons_head[56];
+    uint64_t prod_cached_head;
+    uint8_t _pad_prod_cached[56];
+    uint64_t cons_cached_tail;
+    uint8_t _pad_cons_cached[56];
+    uint32_t cons_sleep;
+    uint8_t _pad_cons_sleep[60];
+    uint32_t prod_sleep;
+    uint8_t _pad_prod_sleep[60];
+    struct rb_lifecycle life;
+};
+
+/* Process-local view of a ring: caller-allocated, never shared. */
+struct rb_handle {
+    struct rb_header *hdr;
+    uint32_t *lens;
+    uint8_t *slots;
+    uint64_t mask;             /* capacity - 1 */
+    uint32_t slot_size;
+    int32_t side;              /* RB_CREATOR or RB_ATTACHER */
+    int32_t closed;            /* this handle was closed */
+    int32_t self_pid;
+    int32_t peer_pid;          /* pid peer_pidfd refers to, 0 if none */
+    int32_t peer_pidfd;        /* -1 until the peer is first checked */
+    int64_t spin_ns;           /* how long a waiter spins before sleeping */
+    int64_t slice_ns;          /* longest single futex sleep */
+};
+
+int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out);
+int rb_init(void *mem, uint64_t mem_size, uint64_t capacity,
+            uint32_t slot_size, uint64_t start_index, int32_t creator_pid);
+int rb_check(const void *mem, uint64_t mem_size);
+int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side);
+void rb_close(struct rb_handle *h);
+
+int rb_push(struct rb_handle *h, const void *data, uint32_t len,
+            int64_t timeout_ns);
+int rb_pop(struct rb_handle *h, void *out, uint32_t out_size,
+           int64_t timeout_ns);
+int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
+                     uint32_t itemsize);
+int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
+                    uint32_t itemsize);
+int rb_peek(struct rb_handle *h, const uint8_t **slot);
+int rb_consume(struct rb_handle *h, uint64_t n);
+int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns);
+uint64_t rb_len(const struct rb_handle *h);
+int rb_peer_alive(struct rb_handle *h);
+/* CDEF-END */
+
+_Static_assert(sizeof(struct rb_geometry) == RB_LINE,
+               "geometry is exactly one cache line, written once");
+_Static_assert(sizeof(struct rb_lifecycle) == RB_LINE,
+               "lifecycle words share one rarely-written line");
+_Static_assert(offsetof(struct rb_header, prod_tail) == 1 * RB_LINE,
+               "prod_tail owns line 1: only the producer writes it");
+_Static_assert(offsetof(struct rb_header, cons_head) == 2 * RB_LINE,
+               "cons_head owns line 2: only the consumer writes it");
+_Static_assert(offsetof(struct rb_header, prod_cached_head) == 3 * RB_LINE,
+               "the producer's private copy must not false-share");
+_Static_assert(offsetof(struct rb_header, cons_cached_tail) == 4 * RB_LINE,
+               "the consumer's private copy must not false-share");
+_Static_assert(offsetof(struct rb_header, cons_sleep) == 5 * RB_LINE,
+               "futex words get their own lines: FUTEX_WAKE dirties them");
+_Static_assert(offsetof(struct rb_header, prod_sleep) == 6 * RB_LINE,
+               "futex words get their own lines: FUTEX_WAKE dirties them");
+_Static_assert(offsetof(struct rb_header, life) == 7 * RB_LINE,
+               "lifecycle is the last header line");
+_Static_assert(sizeof(struct rb_header) == RB_HEADER_SIZE,
+               "lens[] starts right after the header, on a line boundary");
+_Static_assert(RB_HEADER_SIZE % RB_LINE == 0,
+               "slots and lens start on cache-line boundaries");
+
+#endif /* RINGBUF_RING_H */

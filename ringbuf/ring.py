@@ -1,0 +1,436 @@
+"""Python face of the C ring: segment lifetime, errors, numpy batches.
+
+The C side (``_ring.h``) owns the layout and the concurrency; this module
+owns the POSIX shared-memory segment and the mmap, and is the one place where
+C return codes become exceptions (``_raise_for``).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+import secrets
+import time
+
+import numpy as np
+import posix_ipc
+
+from ringbuf import _fastpath
+from ringbuf._cffi_ring import ffi, lib
+
+# ---- exceptions -----------------------------------------------------------
+
+
+class RingException(Exception):
+    """Base of everything this package raises."""
+
+
+class Full(RingException, queue.Full):
+    """The ring stayed full for the whole timeout."""
+
+
+class Empty(RingException, queue.Empty):
+    """The ring stayed empty for the whole timeout."""
+
+
+class Closed(RingException):
+    """This handle, or the peer's, has been closed."""
+
+
+class PeerDied(Closed):
+    """The process at the other end exited without closing its end."""
+
+
+class MessageTooLarge(RingException, ValueError):
+    """A message does not fit in one slot; fragmenting is the caller's job."""
+
+
+class RingError(RingException):
+    """The segment is not a usable ring: missing, foreign, damaged, too small."""
+
+
+_ATTACH_ERRORS = {
+    lib.RB_EBADMAGIC: "is not a ring (bad magic number)",
+    lib.RB_EBADVERSION: "was made by another ringbuf version",
+    lib.RB_EBADGEOMETRY: "has an impossible geometry (slot size/capacity/offsets)",
+    lib.RB_ESEGMENT: "segment is smaller than its layout needs",
+    lib.RB_ECORRUPT: "has inconsistent indices (more filled slots than capacity)",
+}
+
+
+def _raise_for(rc: int, ring: Ring | None, what: str) -> None:
+    """Map a negative RB_E* code to an exception. Never returns."""
+    name = ring.name if ring is not None else "?"
+    if rc == lib.RB_EFULL:
+        raise Full(f"{what}: ring {name} is full")
+    if rc == lib.RB_EEMPTY:
+        raise Empty(f"{what}: ring {name} is empty")
+    if rc == lib.RB_ECLOSED:
+        if ring is not None and ring._closed:
+            raise Closed(f"{what}: ring {name} was closed by this process")
+        raise Closed(f"{what}: the peer closed ring {name}")
+    if rc == lib.RB_EPEERDIED:
+        pid = ring.peer_pid if ring is not None else "?"
+        raise PeerDied(f"{what}: the peer process (pid {pid}) of ring {name} died")
+    if rc == lib.RB_ETOOBIG:
+        raise MessageTooLarge(
+            f"{what}: message does not fit a {ring.slot_size}-byte slot of ring {name}"
+        )
+    if rc == lib.RB_EINVAL:
+        raise ValueError(f"{what}: invalid argument for ring {name}")
+    if rc in _ATTACH_ERRORS:
+        raise RingError(f"{what}: ring {name} {_ATTACH_ERRORS[rc]}")
+    raise RingError(f"{what}: ring {name}: unexpected error code {rc}")
+
+
+# ---- layout, derived from the C structs -----------------------------------
+
+LINE = lib.RB_LINE
+HEADER_SIZE = lib.RB_HEADER_SIZE
+
+_C_TO_NUMPY = {"uint64_t": "<u8", "uint32_t": "<u4", "int32_t": "<i4"}
+
+
+def _header_dtype() -> np.dtype:
+    """The header's numpy dtype, read off the C struct (no second copy)."""
+    names, formats, offsets = [], [], []
+    for outer, ftype in ffi.typeof("struct rb_header").fields:
+        base = ffi.offsetof("struct rb_header", outer)
+        inner = ftype.type
+        members = inner.fields if inner.kind == "struct" else [(outer, ftype)]
+        for field, ft in members:
+            if field.startswith("_pad") or ft.type.kind == "array":
+                continue
+            off = base + (ffi.offsetof(inner, field) if inner.kind == "struct" else 0)
+            names.append(field)
+            formats.append(_C_TO_NUMPY[ft.type.cname])
+            offsets.append(off)
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": HEADER_SIZE}
+    )
+
+
+HEADER_DTYPE = _header_dtype()
+
+
+def slot_dtype(slot_size: int = LINE) -> np.dtype:
+    """The numpy dtype of one slot: ``slot_size`` raw bytes (a multiple of a line)."""
+    if slot_size < LINE or slot_size % LINE:
+        raise ValueError(f"slot_size must be a positive multiple of {LINE}, got {slot_size}")
+    return np.dtype((np.void, slot_size))
+
+
+def segment_size(capacity: int, slot_size: int = LINE) -> int:
+    """Bytes a ring of this geometry needs; ValueError says what is wrong."""
+    if capacity < 2 or capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two >= 2, got {capacity}")
+    slot_dtype(slot_size)
+    if slot_size > lib.RB_MAX_SLOT_SIZE:
+        raise ValueError(f"slot_size must be at most {lib.RB_MAX_SLOT_SIZE}, got {slot_size}")
+    out = ffi.new("uint64_t *")
+    if lib.rb_segment_size(capacity, slot_size, out) != lib.RB_OK:
+        raise ValueError(f"ring of {capacity} x {slot_size}-byte slots is too large")
+    return out[0]
+
+
+def unique_name(prefix: str = "procmgr") -> str:
+    """A fresh segment name under a prefix that cleanup tools can find."""
+    return f"/{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _shm_name(name: str) -> str:
+    return name if name.startswith("/") else "/" + name
+
+
+def _timeout_ns(timeout: float | None) -> int:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError("timeout must be None or a non-negative number of seconds")
+    return int(timeout * 1e9)
+
+
+_push = _fastpath.push
+_pop = _fastpath.pop
+_EFULL = lib.RB_EFULL
+_EEMPTY = lib.RB_EEMPTY
+_EINTR = lib.RB_EINTR
+
+
+class Ring:
+    """One end of a single-producer/single-consumer shared-memory ring.
+
+    Create it in one process (``Ring.create``) and attach in another
+    (``Ring.attach``); either end may produce. Messages are bytes of at most
+    ``slot_size`` and come out exactly as they went in.
+    """
+
+    __slots__ = (
+        "name", "capacity", "slot_size", "_h", "_addr", "_mmap", "_mem",
+        "_closed", "_creator", "__weakref__",
+    )
+
+    def __init__(self, name: str, mm: mmap.mmap, side: int):
+        self.name = name
+        self._mmap = mm
+        self._mem = ffi.from_buffer(mm)
+        self._h = ffi.new("struct rb_handle *")
+        self._closed = False
+        self._creator = side == lib.RB_CREATOR
+        rc = lib.rb_open(self._h, self._mem, len(mm), side)
+        if rc != lib.RB_OK:
+            self._unmap()
+            _raise_for(rc, self, "attach")
+        self.capacity = self._h.mask + 1
+        self.slot_size = self._h.slot_size
+        # The fast path takes the handle by address; self._h keeps it alive.
+        self._addr = int(ffi.cast("uintptr_t", self._h))
+
+    # ---- lifetime ----
+
+    @classmethod
+    def create(cls, name: str, capacity: int = 1024, slot_size: int = LINE,
+               *, _start_index: int = 0) -> Ring:
+        """Create a new owner-only segment and initialise a ring in it.
+
+        ``_start_index`` is a test hook: both counters start there, so a test
+        can drive them across 2**64.
+        """
+        name = _shm_name(name)
+        size = segment_size(capacity, slot_size)
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        except posix_ipc.ExistentialError:
+            raise RingError(f"create: ring {name} already exists") from None
+        try:
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        mem = ffi.from_buffer(mm)
+        rc = lib.rb_init(mem, size, capacity, slot_size, _start_index, os.getpid())
+        ffi.release(mem)
+        if rc != lib.RB_OK:
+            mm.close()
+            posix_ipc.unlink_shared_memory(name)
+            _raise_for(rc, None, f"create {name}")
+        return cls(name, mm, lib.RB_CREATOR)
+
+    @classmethod
+    def attach(cls, name: str) -> Ring:
+        """Map an existing ring by name; RingError says why it cannot be used."""
+        name = _shm_name(name)
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except posix_ipc.ExistentialError:
+            raise RingError(f"attach: no ring named {name}") from None
+        except posix_ipc.PermissionsError:
+            raise RingError(f"attach: ring {name} belongs to another user") from None
+        try:
+            if shm.size < HEADER_SIZE:
+                raise RingError(
+                    f"attach: ring {name} segment is {shm.size} bytes, "
+                    f"smaller than the {HEADER_SIZE}-byte header"
+                )
+            mm = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        return cls(name, mm, lib.RB_ATTACHER)
+
+    def close(self) -> None:
+        """Close this end: wakes the peer, which then sees Closed. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        lib.rb_close(self._h)
+        self._unmap()
+
+    def _unmap(self) -> None:
+        ffi.release(self._mem)
+        self._mmap.close()
+
+    def unlink(self) -> None:
+        """Remove the name; mappings stay valid until closed. Idempotent."""
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Close; the creator also unlinks, so a `with` block leaves nothing."""
+        self.close()
+        if self._creator:
+            self.unlink()
+
+    def __del__(self):
+        # Best effort: a forgotten ring still tells its peer it is gone.
+        if getattr(self, "_closed", True) is False:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)}/{self.capacity}"
+        return f"<Ring {self.name} {state} x {self.slot_size}B>"
+
+    # ---- single messages ----
+
+    def push(self, data, timeout: float | None = None) -> None:
+        """Append one message, waiting up to ``timeout`` s (None: forever) for room."""
+        ns = -1 if timeout is None else _timeout_ns(timeout)
+        rc = _push(self._addr, data, ns)
+        if rc:
+            self._retry_or_raise(rc, "push", timeout, lambda t: _push(self._addr, data, t))
+
+    def try_push(self, data) -> bool:
+        """Append one message if there is room; False if the ring is full."""
+        rc = _push(self._addr, data, 0)
+        if rc == 0:
+            return True
+        if rc == _EFULL:
+            return False
+        _raise_for(rc, self, "try_push")
+
+    def pop(self, timeout: float | None = None) -> bytes:
+        """Remove the oldest message, waiting up to ``timeout`` s (None: forever)."""
+        msg = _pop(self._addr, -1 if timeout is None else _timeout_ns(timeout))
+        if msg.__class__ is int:
+            msg = self._retry_or_raise(msg, "pop", timeout, lambda t: _pop(self._addr, t))
+        return msg
+
+    def try_pop(self) -> bytes | None:
+        """Remove the oldest message if there is one, else None."""
+        msg = _pop(self._addr, 0)
+        if msg.__class__ is not int:
+            return msg
+        if msg == _EEMPTY:
+            return None
+        _raise_for(msg, self, "try_pop")
+
+    def _retry_or_raise(self, rc, what: str, timeout, call):
+        """Slow path: a signal interrupted the wait. Python has run its handler
+        by the time we are back here (KeyboardInterrupt propagates); any other
+        handler returns and the wait resumes with what is left of the timeout.
+        ``call(timeout_ns)`` redoes the operation; its result is returned once
+        it is not an error code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while rc.__class__ is int and rc == _EINTR:
+            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1e9))
+            rc = call(left)
+        if rc.__class__ is int and rc < 0:
+            _raise_for(rc, self, what)
+        return rc
+
+    # ---- batches ----
+
+    def push_many(self, array, timeout: float | None = 0) -> int:
+        """Append as many rows of ``array`` as fit, publishing once; return how many.
+
+        ``array`` is a 1-D array whose items are at most ``slot_size`` bytes
+        (e.g. of ``slot_dtype()`` or a record dtype), or a 2-D uint8 array of
+        rows. With a non-zero ``timeout`` a full ring is first waited on until
+        at least one row fits (None: forever); 0 is returned if none fit in time.
+        """
+        arr = np.ascontiguousarray(array)
+        if arr.ndim == 2 and arr.dtype == np.uint8:
+            n, itemsize = arr.shape
+        elif arr.ndim == 1:
+            n, itemsize = arr.shape[0], arr.dtype.itemsize
+        else:
+            raise ValueError("push_many takes a 1-D array or a 2-D uint8 array of rows")
+        if n == 0:
+            return 0
+        src = ffi.from_buffer(arr)
+        pushed = lib.rb_push_many(self._h, src, n, itemsize)
+        if pushed == 0 and timeout != 0:
+            rc = self._wait(lib.RB_WAIT_SPACE, timeout, "push_many")
+            pushed = lib.rb_push_many(self._h, src, n, itemsize) if rc == 0 else 0
+        if pushed < 0:
+            _raise_for(pushed, self, "push_many")
+        return pushed
+
+    def pop_many(self, max_n: int, timeout: float | None = 0) -> np.ndarray:
+        """Remove up to ``max_n`` messages as an array of ``slot_dtype(slot_size)``."""
+        out = np.empty(max_n, dtype=slot_dtype(self.slot_size))
+        return out[: self.pop_many_into(out, timeout)]
+
+    def pop_many_into(self, out: np.ndarray, timeout: float | None = 0) -> int:
+        """Fill the leading rows of a caller's C-contiguous array; return how many.
+
+        Each row gets the first ``out.itemsize`` bytes of a slot (rows of a 2-D
+        uint8 array: ``out.shape[1]`` bytes). With a non-zero ``timeout`` an
+        empty ring is waited on until at least one message arrives.
+        """
+        if not out.flags.c_contiguous:
+            raise ValueError("pop_many_into needs a C-contiguous array")
+        if out.ndim == 2 and out.dtype == np.uint8:
+            max_n, itemsize = out.shape
+        elif out.ndim == 1:
+            max_n, itemsize = out.shape[0], out.dtype.itemsize
+        else:
+            raise ValueError("pop_many_into takes a 1-D array or a 2-D uint8 array of rows")
+        if itemsize > self.slot_size:
+            raise ValueError(
+                f"rows of {itemsize} bytes are larger than the {self.slot_size}-byte slots"
+            )
+        if max_n == 0:
+            return 0
+        dst = ffi.from_buffer(out, require_writable=True)
+        got = lib.rb_pop_many(self._h, dst, max_n, itemsize)
+        if got == 0 and timeout != 0:
+            if self._wait(lib.RB_WAIT_DATA, timeout, "pop_many") == 0:
+                got = lib.rb_pop_many(self._h, dst, max_n, itemsize)
+        if got < 0:
+            _raise_for(got, self, "pop_many")
+        return got
+
+    def _wait(self, what: int, timeout: float | None, where: str) -> int:
+        """Wait for data or room; 0 when ready, 1 on timeout, raises otherwise."""
+        ns = _timeout_ns(timeout)
+        rc = lib.rb_wait(self._h, what, ns)
+        if rc == _EINTR:
+            rc = self._retry_or_raise(rc, where, timeout,
+                                      lambda t: lib.rb_wait(self._h, what, t))
+        if rc in (_EFULL, _EEMPTY):
+            return 1
+        if rc < 0:
+            _raise_for(rc, self, where)
+        return 0
+
+    # ---- introspection ----
+
+    def __len__(self) -> int:
+        if self._closed:
+            raise Closed(f"len: ring {self.name} was closed by this process")
+        return lib.rb_len(self._h)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def peer_pid(self) -> int:
+        """Pid of the other party (0 if nobody has attached yet)."""
+        hdr = self._h.hdr
+        return hdr.life.attacher_pid if self._creator else hdr.geo.creator_pid
+
+    def peer_alive(self) -> bool:
+        """False once the other party's process has exited."""
+        if self._closed:
+            raise Closed(f"peer_alive: ring {self.name} was closed by this process")
+        return bool(lib.rb_peer_alive(self._h))
+
+    def header(self) -> np.void:
+        """A snapshot of the shared header as one HEADER_DTYPE record."""
+        if self._closed:
+            raise Closed(f"header: ring {self.name} was closed by this process")
+        return np.frombuffer(self._mmap, HEADER_DTYPE, count=1)[0].copy()
+
+    def check(self) -> None:
+        """Raise RingError if the shared header is not sane (usable after a crash)."""
+        if self._closed:
+            raise Closed(f"check: ring {self.name} was closed by this process")
+        rc = lib.rb_check(self._mem, len(self._mmap))
+        if rc != lib.RB_OK:
+            _raise_for(rc, self, "check")

@@ -1,0 +1,16 @@
+# Everything else is in pyproject.toml; these two have no pyproject form.
+from setuptools import Extension, setup
+
+setup(
+    # The ring itself, and every call but the single-message hot path.
+    cffi_modules=["ringbuf/build.py:ffibuilder"],
+    # push/pop by METH_FASTCALL: see the top of ringbuf/_fastpath.c for why.
+    ext_modules=[
+        Extension(
+            "ringbuf._fastpath",
+            sources=["ringbuf/_fastpath.c", "ringbuf/_ring.c"],
+            include_dirs=["ringbuf"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        )
+    ],
+)
