@@ -152,6 +152,7 @@ int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
     h->peer_pidfd = -1;
     h->spin_ns = RB_DEFAULT_SPIN_NS;
     h->slice_ns = RB_DEFAULT_SLICE_NS;
+    h->doorbell_fd = -1;
     if (side == RB_ATTACHER) {
         /* Relaxed: the attacher is the only writer; a waiter reads these
          * once per sleep slice and tolerates a stale value for one slice. */
@@ -161,11 +162,19 @@ int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
     return RB_OK;
 }
 
-static void wake_word(uint32_t *word)
+static void wake_word(const struct rb_handle *h, uint32_t *word)
 {
     /* Exchange to 0 before waking: see the Dekker note at the top. */
-    if (__atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) != 0)
+    uint32_t how = __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST);
+    if (how == RB_SLEEP_DOORBELL && h->doorbell_fd >= 0) {
+        uint64_t one = 1;
+        /* An eventfd counter cannot overflow from wakes in practice, and a
+         * failed write (EAGAIN at 2**64-2) still leaves it readable. */
+        ssize_t r = write(h->doorbell_fd, &one, sizeof(one));
+        (void)r;
+    } else if (how != 0) {
         syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    }
 }
 
 void rb_close(struct rb_handle *h)
@@ -185,6 +194,11 @@ void rb_close(struct rb_handle *h)
     __atomic_store_n(&h->hdr->prod_sleep, 0, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &h->hdr->cons_sleep, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     syscall(SYS_futex, &h->hdr->prod_sleep, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    if (h->doorbell_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(h->doorbell_fd, &one, sizeof(one));
+        (void)r;
+    }
     if (h->peer_pidfd >= 0) {
         close(h->peer_pidfd);
         h->peer_pidfd = -1;
@@ -256,7 +270,7 @@ static void publish_tail(struct rb_handle *h, uint64_t tail)
      * consumer's sleep path (cons_sleep = 1; fence; reload prod_tail). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(&h->hdr->cons_sleep, __ATOMIC_RELAXED))
-        wake_word(&h->hdr->cons_sleep);
+        wake_word(h, &h->hdr->cons_sleep);
 }
 
 static int try_push(struct rb_handle *h, const void *data, uint32_t len)
@@ -335,7 +349,7 @@ static void publish_head(struct rb_handle *h, uint64_t head)
     /* Dekker pairing with the producer's sleep path, as in publish_tail. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(&h->hdr->prod_sleep, __ATOMIC_RELAXED))
-        wake_word(&h->hdr->prod_sleep);
+        wake_word(h, &h->hdr->prod_sleep);
 }
 
 int rb_peek(struct rb_handle *h, const uint8_t **slot)
@@ -452,7 +466,7 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
     for (;;) {
         /* Relaxed store + seq_cst fence + re-check: the Dekker pairing with
          * publish_tail/publish_head (see the top of this file). */
-        __atomic_store_n(word, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(word, RB_SLEEP_FUTEX, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (ready(h, what)) {
             __atomic_store_n(word, 0, __ATOMIC_RELAXED);
@@ -479,12 +493,43 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
         /* Shared (non-PRIVATE) futex: the word lives in a MAP_SHARED segment
          * and the waker is another process. Returns at once (EAGAIN) if the
          * waker already cleared the word. */
-        long r = syscall(SYS_futex, word, FUTEX_WAIT, 1, &ts, NULL, 0);
+        long r = syscall(SYS_futex, word, FUTEX_WAIT, RB_SLEEP_FUTEX, &ts, NULL, 0);
         if (r < 0 && errno == EINTR) {
             __atomic_store_n(word, 0, __ATOMIC_RELAXED);
             return RB_EINTR;
         }
     }
+}
+
+int rb_arm(struct rb_handle *h, int32_t what)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep : &h->hdr->prod_sleep;
+    /* The sleep path of rb_wait, minus the sleep: the caller sleeps on its
+     * doorbell instead. Same Dekker pairing with publish_tail/publish_head. */
+    __atomic_store_n(word, RB_SLEEP_DOORBELL, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (ready(h, what) || peer_closed(h)) {
+        __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return 0;
+}
+
+void rb_disarm(struct rb_handle *h, int32_t what)
+{
+    if (h->closed)
+        return;
+    uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep : &h->hdr->prod_sleep;
+    /* Relaxed: a producer that still sees 2 rings a doorbell nobody needs,
+     * which costs one spurious wake-up and nothing else. */
+    __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+}
+
+void rb_set_doorbell(struct rb_handle *h, int32_t fd)
+{
+    h->doorbell_fd = fd;
 }
 
 /* ---- blocking single-message operations ---- */

@@ -22,9 +22,10 @@
  *           last look at cons_head)
  *      256  cons_cached_tail (consumer's   consumer              consumer
  *           last look at prod_tail)
- *      320  cons_sleep (futex word: the    consumer sets 1,      producer
- *           consumer is, or is about to    producer clears 0
- *           be, asleep on an empty ring)   when it wakes it
+ *      320  cons_sleep (the consumer is,   consumer sets 1 or 2, producer
+ *           or is about to be, asleep on   producer clears 0
+ *           an empty ring: 1 on this       when it wakes it
+ *           futex word, 2 on a doorbell)
  *      384  prod_sleep (futex word: same   producer sets 1,      consumer
  *           for the producer, full ring)   consumer clears 0
  *      448  lifecycle: creator_closed,     the named party, at   the other party
@@ -47,6 +48,13 @@
  * A stale copy only ever under-estimates the other side's progress, so it is
  * always safe; the hot path reloads the other side's line only when the
  * cached copy says "full" (producer) or "empty" (consumer).
+ *
+ * Sleeping: a side that waits on this ring alone sleeps on its sleep word
+ * as a futex (value 1). A process that consumes many rings (the manager)
+ * cannot: it arms each ring instead (value 2) and sleeps on one eventfd,
+ * its doorbell, which every producer was given (rb_set_doorbell) and
+ * writes when it finds the word at 2. Either way the hot path makes no
+ * system call: a producer looks at the word and wakes only a sleeper.
  *
  * Parties: the creator and the attacher of the segment. Either may be the
  * producer. Each waiting side watches the other party: its closed word and
@@ -92,6 +100,9 @@
 
 #define RB_WAIT_DATA 0
 #define RB_WAIT_SPACE 1
+
+#define RB_SLEEP_FUTEX 1
+#define RB_SLEEP_DOORBELL 2
 
 struct rb_geometry {
     uint64_t magic;            /* RB_MAGIC: "PMGRRING" little-endian */
@@ -144,6 +155,8 @@ struct rb_handle {
     int32_t peer_pidfd;        /* -1 until the peer is first checked */
     int64_t spin_ns;           /* how long a waiter spins before sleeping */
     int64_t slice_ns;          /* longest single futex sleep */
+    int32_t doorbell_fd;       /* eventfd to ring for a peer armed on a doorbell */
+    int32_t _pad;
 };
 
 int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out);
@@ -164,6 +177,9 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
 int rb_peek(struct rb_handle *h, const uint8_t **slot);
 int rb_consume(struct rb_handle *h, uint64_t n);
 int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns);
+int rb_arm(struct rb_handle *h, int32_t what);
+void rb_disarm(struct rb_handle *h, int32_t what);
+void rb_set_doorbell(struct rb_handle *h, int32_t fd);
 uint64_t rb_len(const struct rb_handle *h);
 int rb_peer_alive(struct rb_handle *h);
 /* CDEF-END */

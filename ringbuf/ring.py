@@ -148,7 +148,11 @@ def _timeout_ns(timeout: float | None) -> int:
         return -1
     if timeout < 0:
         raise ValueError("timeout must be None or a non-negative number of seconds")
-    return int(timeout * 1e9)
+    # Beyond ~292 years a finite timeout is "forever" in int64 nanoseconds.
+    return min(int(timeout * 1e9), _NS_MAX)
+
+
+_NS_MAX = 2**63 - 1
 
 
 _push = _fastpath.push
@@ -204,17 +208,27 @@ class Ring:
         except posix_ipc.ExistentialError:
             raise RingError(f"create: ring {name} already exists") from None
         try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
-        mem = ffi.from_buffer(mm)
-        rc = lib.rb_init(mem, size, capacity, slot_size, _start_index, os.getpid())
-        ffi.release(mem)
-        if rc != lib.RB_OK:
-            mm.close()
+            try:
+                mm = mmap.mmap(shm.fd, size)
+            finally:
+                shm.close_fd()
+            try:
+                mem = ffi.from_buffer(mm)
+                try:
+                    rc = lib.rb_init(mem, size, capacity, slot_size, _start_index,
+                                     os.getpid())
+                finally:
+                    ffi.release(mem)
+                if rc != lib.RB_OK:
+                    _raise_for(rc, None, f"create {name}")
+                return cls(name, mm, lib.RB_CREATOR)
+            except BaseException:
+                mm.close()
+                raise
+        except BaseException:
+            # Whatever failed after the segment existed, leave no name behind.
             posix_ipc.unlink_shared_memory(name)
-            _raise_for(rc, None, f"create {name}")
-        return cls(name, mm, lib.RB_CREATOR)
+            raise
 
     @classmethod
     def attach(cls, name: str) -> Ring:
@@ -332,7 +346,11 @@ class Ring:
         rows. With a non-zero ``timeout`` a full ring is first waited on until
         at least one row fits (None: forever); 0 is returned if none fit in time.
         """
+        if self._closed:
+            raise Closed(f"push_many: ring {self.name} was closed by this process")
         arr = np.ascontiguousarray(array)
+        if arr.dtype.hasobject:
+            raise TypeError("push_many cannot send Python objects, only plain data rows")
         if arr.ndim == 2 and arr.dtype == np.uint8:
             n, itemsize = arr.shape
         elif arr.ndim == 1:
@@ -341,6 +359,8 @@ class Ring:
             raise ValueError("push_many takes a 1-D array or a 2-D uint8 array of rows")
         if n == 0:
             return 0
+        if itemsize == 0:
+            raise ValueError("push_many rows must be at least one byte wide")
         src = ffi.from_buffer(arr)
         pushed = lib.rb_push_many(self._h, src, n, itemsize)
         if pushed == 0 and timeout != 0:
@@ -349,6 +369,29 @@ class Ring:
         if pushed < 0:
             _raise_for(pushed, self, "push_many")
         return pushed
+
+    def try_push_all(self, data) -> bool:
+        """Push whole slots (``len(data)`` a multiple of ``slot_size``) all at
+        once, published together, or none of them; False if they do not fit.
+
+        This is how a message spread over several slots is sent without its
+        fragments ever interleaving with another message's.
+        """
+        n, rest = divmod(len(data), self.slot_size)
+        if rest or n == 0:
+            raise ValueError(
+                f"try_push_all takes a whole number of {self.slot_size}-byte slots, "
+                f"got {len(data)} bytes")
+        if n == 1:
+            return self.try_push(data)
+        # Only this (the producing) process adds to the ring, so the room it
+        # sees can only grow until it pushes: the check cannot go stale.
+        if self.capacity - len(self) < n:
+            return False
+        rows = np.frombuffer(data, dtype=slot_dtype(self.slot_size))
+        pushed = self.push_many(rows)
+        assert pushed == n, "room checked above; a second producer would break this"
+        return True
 
     def pop_many(self, max_n: int, timeout: float | None = 0) -> np.ndarray:
         """Remove up to ``max_n`` messages as an array of ``slot_dtype(slot_size)``."""
@@ -362,6 +405,8 @@ class Ring:
         uint8 array: ``out.shape[1]`` bytes). With a non-zero ``timeout`` an
         empty ring is waited on until at least one message arrives.
         """
+        if self._closed:
+            raise Closed(f"pop_many: ring {self.name} was closed by this process")
         if not out.flags.c_contiguous:
             raise ValueError("pop_many_into needs a C-contiguous array")
         if out.ndim == 2 and out.dtype == np.uint8:
@@ -385,6 +430,14 @@ class Ring:
             _raise_for(got, self, "pop_many")
         return got
 
+    def wait_data(self, timeout: float | None = None) -> bool:
+        """Block until a message is there (True) or ``timeout`` passes (False)."""
+        return self._wait(lib.RB_WAIT_DATA, timeout, "wait_data") == 0
+
+    def wait_space(self, timeout: float | None = None) -> bool:
+        """Block until a slot is free (True) or ``timeout`` passes (False)."""
+        return self._wait(lib.RB_WAIT_SPACE, timeout, "wait_space") == 0
+
     def _wait(self, what: int, timeout: float | None, where: str) -> int:
         """Wait for data or room; 0 when ready, 1 on timeout, raises otherwise."""
         ns = _timeout_ns(timeout)
@@ -397,6 +450,28 @@ class Ring:
         if rc < 0:
             _raise_for(rc, self, where)
         return 0
+
+    # ---- sleeping on many rings at once ----
+
+    def set_doorbell(self, fd: int) -> None:
+        """Give this end the peer's doorbell (an eventfd): when the peer armed
+        the ring and this end makes progress for it, the doorbell is rung."""
+        lib.rb_set_doorbell(self._h, fd)
+
+    def arm(self, for_space: bool = False) -> bool:
+        """Before sleeping on a doorbell: mark this end as asleep on it.
+
+        Returns True (and stays unarmed) if there is already data (room, with
+        ``for_space``) or the peer closed -- then do not sleep. Otherwise the
+        peer rings the doorbell when it changes that.
+        """
+        rc = lib.rb_arm(self._h, lib.RB_WAIT_SPACE if for_space else lib.RB_WAIT_DATA)
+        if rc < 0:
+            _raise_for(rc, self, "arm")
+        return bool(rc)
+
+    def disarm(self, for_space: bool = False) -> None:
+        lib.rb_disarm(self._h, lib.RB_WAIT_SPACE if for_space else lib.RB_WAIT_DATA)
 
     # ---- introspection ----
 
@@ -412,6 +487,8 @@ class Ring:
     @property
     def peer_pid(self) -> int:
         """Pid of the other party (0 if nobody has attached yet)."""
+        if self._closed:
+            raise Closed(f"peer_pid: ring {self.name} was closed by this process")
         hdr = self._h.hdr
         return hdr.life.attacher_pid if self._creator else hdr.geo.creator_pid
 
