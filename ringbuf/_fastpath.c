@@ -9,14 +9,53 @@
  * release it only to wait. pop builds the result bytes straight from the
  * slot, so a message is copied once.
  *
- * Everything else (init, attach, batches, waits, checks) stays in cffi.
+ * Everything else (init, attach, batches, checks) stays in cffi.
  * Return values follow _ring.h: a negative RB_E* code is returned as an
- * int for ring.py to map to an exception, in its one place for that.
+ * int for ring.py to map to an exception, in its one place for that. A
+ * signal handler that raises (Ctrl-C) propagates as that exception.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <time.h>
+
 #include "_ring.h"
+
+/* A Python exception is set (a signal handler raised). */
+#define FP_RAISED 1
+
+static int64_t fp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Wait until the ring is ready for `what`, without the GIL, one bounded
+ * slice at a time; between slices run the signal handlers that arrived.
+ * Returns RB_OK, a negative RB_E* code, or FP_RAISED. */
+static int fp_wait(struct rb_handle *h, int what, long long timeout_ns)
+{
+    int64_t deadline = timeout_ns < 0 ? -1 : fp_now_ns() + timeout_ns;
+    int spin = 1;
+    for (;;) {
+        int64_t left = -1;
+        if (deadline >= 0) {
+            left = deadline - fp_now_ns();
+            if (left < 0)
+                left = 0;
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = rb_wait(h, what, left, spin);
+        Py_END_ALLOW_THREADS
+        spin = 0;
+        if (rc != RB_EAGAIN && rc != RB_EINTR)
+            return rc;
+        if (PyErr_CheckSignals() < 0)
+            return FP_RAISED;
+    }
+}
 
 static struct rb_handle *handle_arg(PyObject *addr)
 {
@@ -42,14 +81,17 @@ static PyObject *fp_push(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if ((size_t)view.len > UINT32_MAX) {
         rc = RB_ETOOBIG;
     } else {
-        rc = rb_push(h, view.buf, (uint32_t)view.len, 0);
+        rc = rb_push(h, view.buf, (uint32_t)view.len);
+        /* Single producer: once rb_wait saw room, the push cannot fail. */
         if (rc == RB_EFULL && timeout_ns != 0) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = rb_push(h, view.buf, (uint32_t)view.len, timeout_ns);
-            Py_END_ALLOW_THREADS
+            rc = fp_wait(h, RB_WAIT_SPACE, timeout_ns);
+            if (rc == RB_OK)
+                rc = rb_push(h, view.buf, (uint32_t)view.len);
         }
     }
     PyBuffer_Release(&view);
+    if (rc == FP_RAISED)
+        return NULL;
     return PyLong_FromLong(rc);
 }
 
@@ -68,10 +110,9 @@ static PyObject *fp_pop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     const uint8_t *slot;
     int len = rb_peek(h, &slot);
     if (len == RB_EEMPTY && timeout_ns != 0) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = rb_wait(h, RB_WAIT_DATA, timeout_ns);
-        Py_END_ALLOW_THREADS
+        int rc = fp_wait(h, RB_WAIT_DATA, timeout_ns);
+        if (rc == FP_RAISED)
+            return NULL;
         if (rc != RB_OK)
             return PyLong_FromLong(rc);
         len = rb_peek(h, &slot);

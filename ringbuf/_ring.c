@@ -239,8 +239,14 @@ int rb_peer_alive(struct rb_handle *h)
     if (h->peer_pidfd < 0)
         return !(kill(pid, 0) < 0 && errno == ESRCH);
     struct pollfd p = {.fd = h->peer_pidfd, .events = POLLIN};
-    /* A pidfd polls readable once the process has exited. */
-    return poll(&p, 1, 0) == 0;
+    /* A pidfd polls readable once the process has exited. Only that counts
+     * as death: poll fails with EINTR when a signal is pending, even with a
+     * zero timeout, and a failure says nothing about the peer. */
+    int n;
+    do {
+        n = poll(&p, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    return !(n > 0 && (p.revents & POLLIN));
 }
 
 /* ---- producer side ---- */
@@ -435,7 +441,7 @@ static int ready(struct rb_handle *h, int32_t what)
     return producer_room(h, tail, 1) > 0;
 }
 
-int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
+int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
 {
     if (h->closed)
         return RB_ECLOSED;
@@ -448,9 +454,10 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
     uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep
                                           : &h->hdr->prod_sleep;
 
-    /* Spin phase: the common case is a peer that answers within a few µs;
-     * sleeping would cost a futex round trip and a scheduler wake-up. */
-    int64_t spin_end = start + h->spin_ns;
+    /* Spin phase (first call of a wait only): the common case is a peer
+     * that answers within a few µs; sleeping would cost a futex round trip
+     * and a scheduler wake-up. */
+    int64_t spin_end = spin ? start + h->spin_ns : start;
     if (spin_end > deadline)
         spin_end = deadline;
     for (unsigned k = 0;; k++) {
@@ -458,33 +465,26 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
             return RB_OK;
         if (peer_closed(h))
             return RB_ECLOSED;
-        if ((k & 63) == 63 && now_ns() >= spin_end)
+        if (!spin || ((k & 63) == 63 && now_ns() >= spin_end))
             break;
         cpu_relax();
     }
 
-    for (;;) {
-        /* Relaxed store + seq_cst fence + re-check: the Dekker pairing with
-         * publish_tail/publish_head (see the top of this file). */
-        __atomic_store_n(word, RB_SLEEP_FUTEX, __ATOMIC_RELAXED);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if (ready(h, what)) {
-            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
-            return RB_OK;
-        }
-        if (peer_closed(h)) {
-            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
-            return RB_ECLOSED;
-        }
-        if (!rb_peer_alive(h)) {
-            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
-            return RB_EPEERDIED;
-        }
-        int64_t now = now_ns();
-        if (now >= deadline) {
-            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
-            return what == RB_WAIT_DATA ? RB_EEMPTY : RB_EFULL;
-        }
+    /* One sleep slice. Relaxed store + seq_cst fence + re-check: the Dekker
+     * pairing with publish_tail/publish_head (see the top of this file). */
+    __atomic_store_n(word, RB_SLEEP_FUTEX, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    int rc = RB_EAGAIN;
+    int64_t now = now_ns();
+    if (ready(h, what)) {
+        rc = RB_OK;
+    } else if (peer_closed(h)) {
+        rc = RB_ECLOSED;
+    } else if (!rb_peer_alive(h)) {
+        rc = RB_EPEERDIED;
+    } else if (now >= deadline) {
+        rc = what == RB_WAIT_DATA ? RB_EEMPTY : RB_EFULL;
+    } else {
         int64_t slice = deadline - now;
         if (slice > h->slice_ns)
             slice = h->slice_ns;
@@ -494,11 +494,13 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns)
          * and the waker is another process. Returns at once (EAGAIN) if the
          * waker already cleared the word. */
         long r = syscall(SYS_futex, word, FUTEX_WAIT, RB_SLEEP_FUTEX, &ts, NULL, 0);
-        if (r < 0 && errno == EINTR) {
-            __atomic_store_n(word, 0, __ATOMIC_RELAXED);
-            return RB_EINTR;
-        }
+        if (r < 0 && errno == EINTR)
+            rc = RB_EINTR;
+        else if (ready(h, what))
+            rc = RB_OK;
     }
+    __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+    return rc;
 }
 
 int rb_arm(struct rb_handle *h, int32_t what)
@@ -532,40 +534,16 @@ void rb_set_doorbell(struct rb_handle *h, int32_t fd)
     h->doorbell_fd = fd;
 }
 
-/* ---- blocking single-message operations ---- */
+/* ---- single-message operations (never wait: callers loop on rb_wait) ---- */
 
-int rb_push(struct rb_handle *h, const void *data, uint32_t len,
-            int64_t timeout_ns)
+int rb_push(struct rb_handle *h, const void *data, uint32_t len)
 {
-    int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
-    for (;;) {
-        int rc = try_push(h, data, len);
-        if (rc != RB_EFULL || timeout_ns == 0)
-            return rc;
-        int64_t left = deadline < 0 ? -1 : deadline - now_ns();
-        if (deadline >= 0 && left < 0)
-            left = 0;
-        rc = rb_wait(h, RB_WAIT_SPACE, left);
-        if (rc != RB_OK)
-            return rc;
-    }
+    return try_push(h, data, len);
 }
 
-int rb_pop(struct rb_handle *h, void *out, uint32_t out_size,
-           int64_t timeout_ns)
+int rb_pop(struct rb_handle *h, void *out, uint32_t out_size)
 {
-    int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
-    for (;;) {
-        int rc = try_pop(h, out, out_size);
-        if (rc != RB_EEMPTY || timeout_ns == 0)
-            return rc;
-        int64_t left = deadline < 0 ? -1 : deadline - now_ns();
-        if (deadline >= 0 && left < 0)
-            left = 0;
-        rc = rb_wait(h, RB_WAIT_DATA, left);
-        if (rc != RB_OK)
-            return rc;
-    }
+    return try_pop(h, out, out_size);
 }
 
 uint64_t rb_len(const struct rb_handle *h)

@@ -4,8 +4,12 @@
  *
  * Contract: one producer process, one consumer process; neither ever blocks
  * the other. A side that must wait (empty ring, full ring) spins briefly and
- * then sleeps on a futex word in the segment, in bounded slices, so that it
- * notices a closed or dead peer and returns to Python for signals.
+ * then sleeps on a futex word in the segment. rb_wait sleeps at most one
+ * slice (10 ms) per call and then returns RB_EAGAIN: the caller loops, and
+ * between calls it runs the signal handlers that came in meanwhile (a signal
+ * that lands during the spin or between slices interrupts no system call,
+ * so only this bound makes it count). Every slice also checks whether the
+ * peer closed or died.
  *
  * Segment layout (every row of the header is one 64-byte cache line):
  *
@@ -94,6 +98,7 @@
 #define RB_EINVAL -11
 #define RB_ECORRUPT -12
 #define RB_ESYS -13
+#define RB_EAGAIN -14
 
 #define RB_CREATOR 0
 #define RB_ATTACHER 1
@@ -166,17 +171,15 @@ int rb_check(const void *mem, uint64_t mem_size);
 int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side);
 void rb_close(struct rb_handle *h);
 
-int rb_push(struct rb_handle *h, const void *data, uint32_t len,
-            int64_t timeout_ns);
-int rb_pop(struct rb_handle *h, void *out, uint32_t out_size,
-           int64_t timeout_ns);
+int rb_push(struct rb_handle *h, const void *data, uint32_t len);
+int rb_pop(struct rb_handle *h, void *out, uint32_t out_size);
 int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
                      uint32_t itemsize);
 int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
                     uint32_t itemsize);
 int rb_peek(struct rb_handle *h, const uint8_t **slot);
 int rb_consume(struct rb_handle *h, uint64_t n);
-int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns);
+int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin);
 int rb_arm(struct rb_handle *h, int32_t what);
 void rb_disarm(struct rb_handle *h, int32_t what);
 void rb_set_doorbell(struct rb_handle *h, int32_t fd);

@@ -160,6 +160,7 @@ _pop = _fastpath.pop
 _EFULL = lib.RB_EFULL
 _EEMPTY = lib.RB_EEMPTY
 _EINTR = lib.RB_EINTR
+_EAGAIN = lib.RB_EAGAIN
 
 
 class Ring:
@@ -292,10 +293,9 @@ class Ring:
 
     def push(self, data, timeout: float | None = None) -> None:
         """Append one message, waiting up to ``timeout`` s (None: forever) for room."""
-        ns = -1 if timeout is None else _timeout_ns(timeout)
-        rc = _push(self._addr, data, ns)
+        rc = _push(self._addr, data, -1 if timeout is None else _timeout_ns(timeout))
         if rc:
-            self._retry_or_raise(rc, "push", timeout, lambda t: _push(self._addr, data, t))
+            _raise_for(rc, self, "push")
 
     def try_push(self, data) -> bool:
         """Append one message if there is room; False if the ring is full."""
@@ -310,7 +310,7 @@ class Ring:
         """Remove the oldest message, waiting up to ``timeout`` s (None: forever)."""
         msg = _pop(self._addr, -1 if timeout is None else _timeout_ns(timeout))
         if msg.__class__ is int:
-            msg = self._retry_or_raise(msg, "pop", timeout, lambda t: _pop(self._addr, t))
+            _raise_for(msg, self, "pop")
         return msg
 
     def try_pop(self) -> bytes | None:
@@ -321,20 +321,6 @@ class Ring:
         if msg == _EEMPTY:
             return None
         _raise_for(msg, self, "try_pop")
-
-    def _retry_or_raise(self, rc, what: str, timeout, call):
-        """Slow path: a signal interrupted the wait. Python has run its handler
-        by the time we are back here (KeyboardInterrupt propagates); any other
-        handler returns and the wait resumes with what is left of the timeout.
-        ``call(timeout_ns)`` redoes the operation; its result is returned once
-        it is not an error code."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while rc.__class__ is int and rc == _EINTR:
-            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1e9))
-            rc = call(left)
-        if rc.__class__ is int and rc < 0:
-            _raise_for(rc, self, what)
-        return rc
 
     # ---- batches ----
 
@@ -439,17 +425,23 @@ class Ring:
         return self._wait(lib.RB_WAIT_SPACE, timeout, "wait_space") == 0
 
     def _wait(self, what: int, timeout: float | None, where: str) -> int:
-        """Wait for data or room; 0 when ready, 1 on timeout, raises otherwise."""
-        ns = _timeout_ns(timeout)
-        rc = lib.rb_wait(self._h, what, ns)
-        if rc == _EINTR:
-            rc = self._retry_or_raise(rc, where, timeout,
-                                      lambda t: lib.rb_wait(self._h, what, t))
-        if rc in (_EFULL, _EEMPTY):
-            return 1
-        if rc < 0:
-            _raise_for(rc, self, where)
-        return 0
+        """Wait for data or room; 0 when ready, 1 on timeout, raises otherwise.
+
+        rb_wait sleeps one slice per call; looping here lets Python run the
+        signal handlers that arrived in between (Ctrl-C ends the wait).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        spin = 1
+        while True:
+            left = -1 if deadline is None else _timeout_ns(max(0.0, deadline - time.monotonic()))
+            rc = lib.rb_wait(self._h, what, left, spin)
+            spin = 0
+            if rc == lib.RB_OK:
+                return 0
+            if rc in (_EFULL, _EEMPTY):
+                return 1
+            if rc not in (_EINTR, _EAGAIN):
+                _raise_for(rc, self, where)
 
     # ---- sleeping on many rings at once ----
 
