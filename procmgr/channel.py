@@ -1,0 +1,59 @@
+"""A ring pair as one end of a conversation: messages in, messages out.
+
+The manager talks to clients and to spawnd workers the same way, so both
+are Channels. Sending never blocks the (single-threaded) manager: a message
+that does not fit goes to a backlog, flushed in order when the peer has
+made room. Receiving decodes slots into messages, reassembling fragments.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from procmgr.protocol import Decoder, Msg, ProtocolError, encode
+from ringbuf import Ring
+
+
+class Channel:
+    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name")
+
+    def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
+        self.inbound = inbound      # we consume
+        self.outbound = outbound    # we produce
+        self.decoder = Decoder()
+        self.backlog: deque[bytes] = deque()
+        self.name = name
+
+    def send(self, msg: Msg) -> bool:
+        """Queue ``msg`` for the peer, in order; True if it is in the ring now."""
+        data = encode(msg)
+        if self.backlog or not self.outbound.try_push_all(data):
+            self.backlog.append(data)
+            return False
+        return True
+
+    def flush(self) -> bool:
+        """Push what the backlog holds while it fits; True once it is empty."""
+        backlog, push = self.backlog, self.outbound.try_push_all
+        while backlog:
+            if not push(backlog[0]):
+                return False
+            backlog.popleft()
+        return True
+
+    def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
+        """Up to ``limit`` decoded messages (or decode errors) now in the ring."""
+        out = []
+        pop, feed = self.inbound.try_pop, self.decoder.feed
+        while len(out) < limit:
+            slot = pop()
+            if slot is None:
+                break
+            item = feed(slot)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def close(self) -> None:
+        for ring in (self.inbound, self.outbound):
+            ring.close()

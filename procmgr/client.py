@@ -1,0 +1,229 @@
+"""The client library: requests as calls, replies as results or ProcMgmtError.
+
+A client owns one ring pair to the manager. Every request carries a fresh
+sequence number and the answer echoes it, so many requests can be in flight
+at once (``*_async`` return Futures) and answers may come in any order (a
+wait is answered only when its domain stops).
+
+``pump``: when the manager runs in the same thread (unit tests), waiting for
+an answer calls ``pump()`` to let it work instead of blocking on the ring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from procmgr.errors import Err, ProcMgmtError
+from procmgr.protocol import (
+    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids, encode,
+)
+from procmgr.domain import State
+from ringbuf import Empty, Ring
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A domain cap: the id plus the nonce only its holders know."""
+
+    id: int
+    nonce: int
+    core: int = 0
+    pid: int = 0
+
+    @property
+    def token(self) -> str:
+        """A string form of the cap, to hand to another process."""
+        return f"{self.id}:{self.nonce:016x}"
+
+    @classmethod
+    def from_token(cls, token: str) -> Domain:
+        try:
+            ident, nonce = token.strip().split(":")
+            return cls(int(ident), int(nonce, 16))
+        except ValueError:
+            raise ValueError(f"{token!r} is not a domain token (ID:NONCE)") from None
+
+    def __str__(self) -> str:
+        return self.token
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    id: int
+    state: State
+    exit_status: int | None
+    signaled: bool
+    cores: list[int]
+    pids: list[int]
+    argv: list[str]
+
+
+class Future:
+    """The answer to one request, once it has come."""
+
+    __slots__ = ("seq", "op", "reply", "convert")
+
+    def __init__(self, seq: int, op: int, convert):
+        self.seq, self.op, self.reply, self.convert = seq, op, None, convert
+
+    def done(self) -> bool:
+        return self.reply is not None
+
+    def result(self):
+        """The converted answer; raises ProcMgmtError if the request failed."""
+        if self.reply is None:
+            raise RuntimeError(f"request {self.seq} has not been answered yet")
+        msg = self.reply
+        if msg.err != Err.OK:
+            detail = msg.payload.decode(errors="replace") if msg.payload else ""
+            raise ProcMgmtError(msg.err, detail, msg.status)
+        return self.convert(msg)
+
+
+class Client:
+    def __init__(self, requests: Ring, responses: Ring, pump=None):
+        self.requests = requests      # we produce
+        self.responses = responses    # we consume
+        self.pump = pump
+        self._decoder = Decoder()
+        self._waiting: dict[int, Future] = {}
+        self._next_seq = 1
+
+    # ---- the request/answer machinery ----
+
+    def _send(self, msg: Msg, convert) -> Future:
+        if not 0 <= msg.core <= 0xFFFF:
+            raise ProcMgmtError(Err.INVALID_SPAWND, f"core {msg.core} is out of range")
+        msg.seq = self._next_seq
+        data = encode(msg)
+        self._next_seq = (self._next_seq % 0xFFFFFFFF) + 1  # 0 is never a seq
+        fut = Future(msg.seq, msg.op, convert)
+        self._waiting[msg.seq] = fut
+        while not self.requests.try_push_all(data):
+            # The manager is behind: take in answers (which frees it) and retry.
+            self._receive(block=True, timeout=1.0)
+        return fut
+
+    def _receive(self, block: bool, timeout: float | None) -> None:
+        """Take every answer that has arrived (waiting for one if ``block``)."""
+        if self.pump is not None:
+            self.pump()
+            block = False
+        while True:
+            try:
+                slot = self.responses.pop(timeout if block else 0)
+            except Empty:
+                return
+            block = False
+            msg = self._decoder.feed(slot)
+            if msg is None:
+                continue
+            if isinstance(msg, ProtocolError):
+                raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {msg.detail}")
+            fut = self._waiting.pop(msg.seq, None)
+            if fut is not None:
+                fut.reply = msg
+
+    def wait_for(self, fut: Future, timeout: float | None = None):
+        """Block until ``fut`` is answered (bounded by ``timeout``) and return its result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while fut.reply is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no answer to request {fut.seq} within {timeout} s")
+            self._receive(block=True, timeout=0.1 if left is None else min(left, 0.1))
+        return fut.result()
+
+    def poll(self) -> None:
+        """Take in whatever answers have arrived, without waiting."""
+        self._receive(block=False, timeout=0)
+
+    # ---- operations ----
+
+    def spawn_async(self, argv: list[str], core: int = 0, env: dict | None = None,
+                    path: str | None = None, caps=None) -> Future:
+        args = SpawnArgs(path or argv[0], list(argv), env, list(caps or []))
+        op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
+        try:
+            payload = args.encode()
+        except ProtocolError as e:
+            raise ProcMgmtError(e.code, e.detail) from None
+        return self._send(Msg(op, core=core, payload=payload),
+                          lambda m: Domain(m.dom, m.nonce, m.core, m.status))
+
+    def spawn(self, argv, core: int = 0, env=None, path=None, timeout=None) -> Domain:
+        return self.wait_for(self.spawn_async(argv, core, env, path), timeout)
+
+    def spawn_with_caps(self, argv, caps, core: int = 0, env=None, path=None,
+                        timeout=None) -> Domain:
+        return self.wait_for(self.spawn_async(argv, core, env, path, caps), timeout)
+
+    def span_async(self, domain: Domain, core: int) -> Future:
+        return self._send(Msg(Op.SPAN, core=core, dom=domain.id, nonce=domain.nonce),
+                          lambda m: m.status)
+
+    def span(self, domain: Domain, core: int, timeout=None) -> int:
+        """Start another dispatcher of ``domain`` on ``core``; its pid."""
+        return self.wait_for(self.span_async(domain, core), timeout)
+
+    def kill_async(self, domain: Domain) -> Future:
+        return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce), lambda m: None)
+
+    def kill(self, domain: Domain, timeout=None) -> None:
+        return self.wait_for(self.kill_async(domain), timeout)
+
+    def exit(self, domain: Domain, status: int, timeout=None) -> None:
+        fut = self._send(Msg(Op.EXIT, dom=domain.id, nonce=domain.nonce, status=status),
+                         lambda m: None)
+        return self.wait_for(fut, timeout)
+
+    def wait_async(self, domain: Domain, nohang: bool = False) -> Future:
+        flags = Flag.NOHANG if nohang else 0
+        return self._send(Msg(Op.WAIT, dom=domain.id, nonce=domain.nonce, flags=flags),
+                          _wait_result)
+
+    def wait(self, domain: Domain, nohang: bool = False, timeout=None) -> int | None:
+        """The domain's exit status (9 = killed); None with nohang if it still runs."""
+        return self.wait_for(self.wait_async(domain, nohang), timeout)
+
+    def status(self, domain: Domain | int, timeout=None) -> DomainInfo:
+        ident = domain.id if isinstance(domain, Domain) else int(domain)
+        fut = self._send(Msg(Op.GET_STATUS, dom=ident), _status_result)
+        return self.wait_for(fut, timeout)
+
+    def domains(self, timeout=None) -> list[int]:
+        """Ids of all domains not yet cleaned up."""
+        ids: list[int] = []
+        start = 0
+        while True:
+            fut = self._send(Msg(Op.GET_DOMAINLIST, dom=start),
+                             lambda m: (decode_ids(m.payload), m.status))
+            page, more = self.wait_for(fut, timeout)
+            ids += page
+            if not more or not page:
+                return ids
+            start = page[-1] + 1
+
+    def add_spawnd(self, core: int, request_ring: str, reply_ring: str, timeout=None) -> None:
+        payload = f"{request_ring}\0{reply_ring}".encode()
+        fut = self._send(Msg(Op.ADD_SPAWND, core=core, payload=payload), lambda m: None)
+        return self.wait_for(fut, timeout)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.responses.close()
+
+
+def _wait_result(msg: Msg) -> int | None:
+    """Exit code; 9 after a kill; -N for a death by signal N nobody asked for
+    (as subprocess reports it); None when nohang found it still running."""
+    if msg.flags & Flag.STILL_RUNNING:
+        return None
+    return -msg.status if msg.flags & Flag.SIGNALED else msg.status
+
+
+def _status_result(msg: Msg) -> DomainInfo:
+    info = StatusInfo.decode(msg.payload)
+    return DomainInfo(msg.dom, State(info.state), info.exit_status, info.signaled,
+                      info.cores, info.pids, info.argv)

@@ -1,0 +1,116 @@
+"""The whole control plane in one process: manager, simulated spawnds and
+clients on real rings, driven by ``pump`` instead of an event loop.
+
+For unit and regression tests of the manager's behaviour, and for
+measuring the control plane alone. Dispatchers are simulated (no processes).
+
+With ``threads=True`` nothing is pumped: the manager runs its real event
+loop and each simulated spawnd serves its ring, each in a thread, and
+clients block on their rings as they would in another process.
+"""
+
+from __future__ import annotations
+
+from procmgr.channel import Channel
+from procmgr.client import Client
+import threading
+
+from procmgr.loop import EventLoop, poll
+from procmgr.manager import Manager
+from ringbuf import Ring, unique_name
+from spawnd_workers.simulated import SimulatedSpawnd
+
+
+class InProcessRuntime:
+    def __init__(self, cores: int = 2, pending: str = "replyq", reply_queue: int = 1024,
+                 ring_capacity: int = 4096, prefix: str = "procmgr-inproc",
+                 threads: bool = False):
+        self.prefix = prefix
+        self.ring_capacity = ring_capacity
+        self._rings: list[Ring] = []
+        self.manager = Manager(pending=pending, reply_queue=reply_queue)
+        self.spawnds: dict[int, SimulatedSpawnd] = {}
+        self.loop = EventLoop(self.manager) if threads else None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        if threads:
+            self._start(self.loop.run, "manager")
+        self.monitor = self.client(monitor=True)
+        for core in range(cores):
+            self.add_spawnd(core)
+
+    def _start(self, target, name: str, *args) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _doorbell(self, *peer_ends: Ring) -> None:
+        """Give the manager's peers its doorbell (threads mode)."""
+        if self.loop is not None:
+            for ring in peer_ends:
+                ring.set_doorbell(self.loop.doorbell)
+
+    def _pair(self) -> tuple[Ring, Ring]:
+        """A ring and its other end, both in this process; names unlinked at once."""
+        ring = Ring.create(unique_name(self.prefix), self.ring_capacity)
+        other = Ring.attach(ring.name)
+        ring.unlink()
+        self._rings += [ring, other]
+        return ring, other
+
+    def client(self, monitor: bool = False) -> Client:
+        req_prod, req_cons = self._pair()
+        resp_prod, resp_cons = self._pair()
+        self._doorbell(req_prod, resp_cons)
+        channel = Channel(req_cons, resp_prod)
+        if self.loop is None:
+            self.manager.add_client(channel, is_monitor=monitor)
+            return Client(req_prod, resp_cons, pump=self.pump)
+        # The loop thread owns the manager: hand the binding over through it.
+        self.loop.call_soon_threadsafe(self.manager.add_client, channel, monitor)
+        return Client(req_prod, resp_cons)
+
+    def add_spawnd(self, core: int) -> SimulatedSpawnd:
+        """Start a simulated worker and register it the way the monitor does."""
+        req = Ring.create(unique_name(self.prefix), self.ring_capacity)
+        rep = Ring.create(unique_name(self.prefix), self.ring_capacity)
+        self._rings += [req, rep]
+        self.monitor.add_spawnd(core, req.name, rep.name)
+        # The manager has both mapped now: the names can go.
+        req.unlink()
+        rep.unlink()
+        sd = SimulatedSpawnd(core, req, rep)
+        self._doorbell(req, rep)
+        self.spawnds[core] = sd
+        if self.loop is not None:
+            self._start(sd.serve, f"spawnd.{core}", self._stop)
+        return sd
+
+    def pump(self, rounds: int = 1000) -> None:
+        """Run manager and workers until nobody has anything left to do."""
+        for _ in range(rounds):
+            moved = poll(self.manager)
+            for sd in self.spawnds.values():
+                moved += sd.step()
+            if not moved:
+                return
+        raise AssertionError(f"control plane still busy after {rounds} rounds")
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self._stop.set()
+            self.loop.stop()
+            for t in self._threads:
+                t.join(timeout=5)
+            self.loop.close()
+        for ring in self._rings:
+            ring.close()
+            ring.unlink()
+        for sd in self.manager.spawnds.values():
+            sd.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

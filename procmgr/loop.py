@@ -1,0 +1,130 @@
+"""The manager's event loop, and nothing else.
+
+``poll`` drains every inbound ring once (spawnd replies first: they free
+reply-queue slots and answer clients), running each message's handler to
+completion. ``run`` repeats it, sleeping when a pass found nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections import deque
+
+from procmgr.handlers import dispatch_client, dispatch_spawnd
+
+BATCH = 64  # messages taken from one ring per pass: fairness between peers
+
+
+def poll(mgr) -> int:
+    """One pass over all inbound rings; the number of messages handled."""
+    handled = 0
+    for sd in list(mgr.spawnds.values()):
+        if not sd.alive:
+            continue
+        for msg in sd.channel.receive(BATCH):
+            dispatch_spawnd(mgr, sd, msg)
+            handled += 1
+        sd.flush()
+    for client in list(mgr.clients.values()):
+        if not client.channel.flush():
+            continue      # its answers do not fit: read no more until it catches up
+        for msg in client.channel.receive(BATCH):
+            dispatch_client(mgr, client, msg)
+            handled += 1
+    return handled
+
+
+class EventLoop:
+    """Runs the manager: drain the rings, and when a pass finds nothing,
+    sleep on one doorbell (an eventfd every peer was given) plus whatever
+    other descriptors were registered with ``watch`` (sockets, pidfds).
+
+    Before sleeping every inbound ring is armed (ringbuf's ``arm``), so a
+    peer that pushes afterwards rings the doorbell; a ring that turns out
+    ready while being armed cancels the sleep. The sleep is bounded
+    (``idle_timeout``) so that ``stop`` is noticed even if nobody rings.
+    """
+
+    def __init__(self, mgr):
+        self.mgr = mgr
+        self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll = select.epoll()
+        self._epoll.register(self.doorbell, select.EPOLLIN)
+        self._watchers: dict[int, object] = {}
+        self._calls: deque = deque()
+        self.wakeups = 0
+
+    def call_soon_threadsafe(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the loop's thread, at its next pass."""
+        self._calls.append((fn, args))   # deque.append is atomic
+        os.eventfd_write(self.doorbell, 1)
+
+    def watch(self, fd: int, callback) -> None:
+        """Call ``callback(fd, events)`` from the loop when ``fd`` is readable."""
+        self._watchers[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        if self._watchers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _armed(self) -> list:
+        """Arm every ring the manager waits on; None if one is ready already."""
+        armed = []
+        channels = [sd.channel for sd in self.mgr.spawnds.values() if sd.alive]
+        channels += [c.channel for c in self.mgr.clients.values()]
+        for ch in channels:
+            for ring, for_space in ((ch.inbound, False),) + (
+                    ((ch.outbound, True),) if ch.backlog else ()):
+                if ring.arm(for_space):
+                    for r, s in armed:
+                        r.disarm(s)
+                    return None
+                armed.append((ring, for_space))
+        return armed
+
+    def run_once(self, idle_timeout: float = 1.0) -> int:
+        while self._calls:
+            fn, args = self._calls.popleft()
+            fn(*args)
+        handled = poll(self.mgr)
+        if handled:
+            return handled
+        armed = self._armed()
+        if armed is None or self._calls:
+            for ring, for_space in armed or ():
+                ring.disarm(for_space)
+            return 0
+        try:
+            events = self._epoll.poll(idle_timeout)
+        except InterruptedError:
+            events = []
+        finally:
+            for ring, for_space in armed:
+                ring.disarm(for_space)
+        self.wakeups += 1
+        for fd, ev in events:
+            if fd == self.doorbell:
+                try:
+                    os.eventfd_read(self.doorbell)
+                except BlockingIOError:
+                    pass
+            else:
+                self._watchers[fd](fd, ev)
+        return 0
+
+    def run(self, idle_timeout: float = 1.0) -> None:
+        """Until ``mgr.stopping`` is set (from a handler or another thread
+        that then rings the doorbell)."""
+        while not self.mgr.stopping:
+            self.run_once(idle_timeout)
+
+    def stop(self) -> None:
+        """Ask a running loop to return; safe from another thread."""
+        self.mgr.stopping = True
+        os.eventfd_write(self.doorbell, 1)
+
+    def close(self) -> None:
+        self._epoll.close()
+        os.close(self.doorbell)

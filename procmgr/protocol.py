@@ -1,0 +1,401 @@
+"""Wire protocol: fixed 64-byte messages, one ring slot each.
+
+Every message starts with one header slot. A payload longer than the 32
+bytes that fit inline continues in ``nfrag`` raw slots that follow the
+header; the sender pushes header and continuation slots in one all-or-nothing
+batch, so a consumer never sees fragments of two messages interleaved.
+
+Header slot (little-endian), defined once in ``HEADER_FIELDS``; the struct
+format and the numpy dtype are both derived from it:
+
+    offset  field   type  meaning
+         0  op      u8    operation (Op)
+         1  flags   u8    Flag bits
+         2  core    u16   target core (requests) / reporting core (spawnd)
+         4  seq     u32   request sequence number, echoed by the reply
+         8  dom     u32   domain id
+        12  err     u16   error code (errors.Err), 0 in requests
+        14  nfrag   u16   continuation slots after this one
+        16  nonce   u64   domain cap nonce
+        24  status  i32   exit status / state / errno, by op
+        28  plen    u32   payload length in bytes (inline + continuation)
+        32  inline  32B   first 32 bytes of the payload
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+
+import numpy as np
+
+from procmgr.errors import Err
+
+SLOT = 64
+INLINE = 32
+
+HEADER_FIELDS = (
+    ("op", "B", "u1"),
+    ("flags", "B", "u1"),
+    ("core", "H", "<u2"),
+    ("seq", "I", "<u4"),
+    ("dom", "I", "<u4"),
+    ("err", "H", "<u2"),
+    ("nfrag", "H", "<u2"),
+    ("nonce", "Q", "<u8"),
+    ("status", "i", "<i4"),
+    ("plen", "I", "<u4"),
+    ("inline", f"{INLINE}s", f"V{INLINE}"),
+)
+HEADER = struct.Struct("<" + "".join(f for _, f, _ in HEADER_FIELDS))
+MSG_DTYPE = np.dtype([(name, dt) for name, _, dt in HEADER_FIELDS])
+assert HEADER.size == SLOT == MSG_DTYPE.itemsize, "a header is exactly one slot"
+
+# The original interface limits each of path, argv and env to 2048 bytes.
+ARG_LIMIT = 2048
+# Largest payload: a spawn with every field at its limit plus framing.
+MAX_PAYLOAD = 4 * ARG_LIMIT + 16
+MAX_FRAGS = -(-(MAX_PAYLOAD - INLINE) // SLOT)
+
+
+class Op(IntEnum):
+    # client -> manager (answered with the same op)
+    SPAWN = 1
+    SPAWN_WITH_CAPS = 2
+    SPAN = 3
+    KILL = 4
+    EXIT = 5
+    WAIT = 6
+    GET_STATUS = 7
+    GET_DOMAINLIST = 8
+    ADD_SPAWND = 9
+    # manager -> spawnd (each answered by one SD_REPLY, in order)
+    SD_SPAWN = 16
+    SD_SPAN = 17
+    SD_KILL = 18
+    SD_CLEANUP = 19
+    # spawnd -> manager
+    SD_REPLY = 24
+    SD_EXIT = 25      # a dispatcher ended by itself; status = wait status
+
+
+CLIENT_OPS = frozenset(range(Op.SPAWN, Op.ADD_SPAWND + 1))
+SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP))
+
+
+class Flag(IntFlag):
+    NONE = 0
+    NOHANG = 1          # wait: answer at once if the domain has not stopped
+    SIGNALED = 2        # SD_EXIT / wait: status is the number of a killing signal
+    STILL_RUNNING = 4   # wait with NOHANG: the domain has not stopped yet
+    REPLY = 0x80        # every reply carries its request's op with this bit
+
+
+class ProtocolError(Exception):
+    """A message that cannot be decoded; ``seq``/``op`` say whom to answer."""
+
+    def __init__(self, detail: str, op: int = 0, seq: int = 0):
+        super().__init__(detail)
+        self.detail = detail
+        self.op = op
+        self.seq = seq
+        self.code = Err.BAD_MESSAGE
+
+
+@dataclass(slots=True)
+class Msg:
+    op: int
+    seq: int = 0
+    core: int = 0
+    dom: int = 0
+    nonce: int = 0
+    err: int = 0
+    status: int = 0
+    flags: int = 0
+    payload: bytes = b""
+
+    def reply(self, err: int = Err.OK, status: int = 0, flags: int = 0, **kw) -> Msg:
+        """The answer to this request: same op, seq and domain, REPLY set."""
+        kw.setdefault("dom", self.dom)
+        kw.setdefault("nonce", self.nonce)
+        kw.setdefault("core", self.core)
+        return Msg(self.op, self.seq, err=int(err), status=status,
+                   flags=flags | Flag.REPLY, **kw)
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.flags & Flag.REPLY)
+
+
+def frags_for(plen: int) -> int:
+    return 0 if plen <= INLINE else -(-(plen - INLINE) // SLOT)
+
+
+def encode(msg: Msg) -> bytes:
+    """The message as 64 * (1 + nfrag) bytes, ready for one batch push."""
+    plen = len(msg.payload)
+    if plen > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {plen} bytes is over the {MAX_PAYLOAD}-byte limit",
+                            msg.op, msg.seq)
+    nfrag = frags_for(plen)
+    head = HEADER.pack(msg.op, msg.flags, msg.core, msg.seq, msg.dom, msg.err, nfrag,
+                       msg.nonce, msg.status, plen, msg.payload[:INLINE])
+    if not nfrag:
+        return head
+    rest = msg.payload[INLINE:]
+    return head + rest + b"\0" * (nfrag * SLOT - len(rest))
+
+
+def encode_rows(msg: Msg) -> np.ndarray:
+    """``encode`` as an array of MSG_DTYPE rows (for Ring.push_many)."""
+    return np.frombuffer(encode(msg), dtype=MSG_DTYPE)
+
+
+class Decoder:
+    """Turns a stream of slots from one ring back into messages.
+
+    Feed it slots in arrival order (``feed``); it returns a Msg per complete
+    message, a ProtocolError per bad one, or None while continuation slots
+    are still to come (they may arrive in a later batch). A bad header is
+    answered with an error and only that slot is dropped: the next slot is
+    read as a header again.
+    """
+
+    __slots__ = ("_pending", "_plen", "_need", "_parts")
+
+    def __init__(self):
+        self._pending: Msg | None = None
+        self._plen = 0
+        self._need = 0
+        self._parts: list[bytes] = []
+
+    @property
+    def partial(self) -> bool:
+        """True while a message's continuation slots are still missing."""
+        return self._pending is not None
+
+    def feed(self, slot: bytes) -> Msg | ProtocolError | None:
+        if self._pending is not None:
+            return self._continue(slot)
+        if len(slot) != SLOT:
+            return ProtocolError(f"truncated message: {len(slot)} of {SLOT} header bytes")
+        (op, flags, core, seq, dom, err, nfrag, nonce, status, plen,
+         inline) = HEADER.unpack(slot)
+        if op not in Op._value2member_map_:
+            return ProtocolError(f"unknown op {op}", op, seq)
+        if plen > MAX_PAYLOAD:
+            return ProtocolError(
+                f"payload length {plen} is over the {MAX_PAYLOAD}-byte limit", op, seq)
+        if nfrag != frags_for(plen):
+            return ProtocolError(
+                f"payload length {plen} needs {frags_for(plen)} continuation slots, "
+                f"header says {nfrag}", op, seq)
+        msg = Msg(op, seq, core, dom, nonce, err, status, flags, inline[:plen])
+        if not nfrag:
+            return msg
+        self._pending, self._plen, self._need, self._parts = msg, plen, nfrag, [inline]
+        return None
+
+    def _continue(self, slot: bytes) -> Msg | ProtocolError | None:
+        msg = self._pending
+        if len(slot) != SLOT:
+            self._pending, self._parts = None, []
+            return ProtocolError(
+                f"truncated continuation slot: {len(slot)} of {SLOT} bytes", msg.op, msg.seq)
+        self._parts.append(slot)
+        self._need -= 1
+        if self._need:
+            return None
+        msg.payload = b"".join(self._parts)[: self._plen]
+        self._pending, self._parts = None, []
+        return msg
+
+
+# ---- payloads ---------------------------------------------------------------
+
+_SPAWN_LENS = struct.Struct("<HHHH")
+_CAP_MODES = ("r", "w", "a", "rw")
+
+
+@dataclass(slots=True)
+class SpawnArgs:
+    """What a spawn carries: the program, its argv and env, and its caps.
+
+    Caps (spawn_with_caps) are files the domain gets open at given
+    descriptor numbers: ``(fd, mode, path)`` with mode one of r, w, a, rw.
+    The worker opens them itself (posix_spawn file actions), so nothing of
+    the client's or the runtime's own descriptors leaks into the domain.
+    """
+
+    path: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    caps: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        parts = [
+            _field("path", self.path.encode()),
+            _field("argv", _join("argv", self.argv)),
+            _field("env", b"" if self.env is None else _join(
+                "env", [_env_text(k, v) for k, v in self.env.items()])),
+            _field("caps", _join("caps", [_cap_text(c) for c in self.caps])),
+        ]
+        # env None ("inherit the worker's environment") and {} (empty) differ:
+        # the high bit of the env length says "given".
+        lens = [len(p) for p in parts]
+        if self.env is not None:
+            lens[2] |= 0x8000
+        return _SPAWN_LENS.pack(*lens) + b"".join(parts)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> SpawnArgs:
+        if len(payload) < _SPAWN_LENS.size:
+            raise ProtocolError("spawn payload shorter than its length fields")
+        lp, la, le_raw, lc = _SPAWN_LENS.unpack_from(payload)
+        env_given, le = bool(le_raw & 0x8000), le_raw & 0x7FFF
+        if _SPAWN_LENS.size + lp + la + le + lc != len(payload):
+            raise ProtocolError(
+                f"spawn payload is {len(payload)} bytes but its fields add up to "
+                f"{_SPAWN_LENS.size + lp + la + le + lc}")
+        for name, n in (("path", lp), ("argv", la), ("env", le), ("caps", lc)):
+            if n > ARG_LIMIT:
+                raise ArgTooLong(name, n)
+        off = _SPAWN_LENS.size
+        raw = []
+        for n in (lp, la, le, lc):
+            raw.append(payload[off:off + n])
+            off += n
+        try:
+            path = raw[0].decode()
+            argv = _split(raw[1])
+            env_items = _split(raw[2])
+            caps = [_parse_cap(t) for t in _split(raw[3])]
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"spawn payload is not valid UTF-8: {e}") from None
+        if not path:
+            raise ProtocolError("spawn without a program path")
+        if env_items and not env_given:
+            raise ProtocolError("spawn payload has env entries but says env is not given")
+        env = None
+        if env_given:
+            env = {}
+            for item in env_items:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise ProtocolError(f"env entry {item!r} is not KEY=VALUE")
+                env[key] = value
+        return cls(path, argv, env, caps)
+
+
+class ArgTooLong(ProtocolError):
+    def __init__(self, name: str, n: int):
+        super().__init__(f"{name} is {n} bytes, over the {ARG_LIMIT}-byte limit")
+        self.code = Err.ARG_TOO_LONG
+
+
+def _field(name: str, data: bytes) -> bytes:
+    if len(data) > ARG_LIMIT:
+        raise ArgTooLong(name, len(data))
+    return data
+
+
+def _join(name: str, items: list[str]) -> bytes:
+    """Items each ended by a NUL, so [] and [""] stay different."""
+    out = []
+    for item in items:
+        if "\0" in item:
+            raise ValueError(f"{name} entry {item!r} contains a NUL byte")
+        out.append(item.encode() + b"\0")
+    return b"".join(out)
+
+
+def _split(blob: bytes) -> list[str]:
+    if blob and not blob.endswith(b"\0"):
+        raise ProtocolError("a list field does not end with its NUL terminator")
+    return blob.decode().split("\0")[:-1] if blob else []
+
+
+def _env_text(key: str, value: str) -> str:
+    if not isinstance(key, str) or not key or "=" in key:
+        raise ValueError(f"env key {key!r} must be non-empty text without '='")
+    return f"{key}={value}"
+
+
+def _cap_text(cap: tuple[int, str, str]) -> str:
+    fd, mode, path = cap
+    if type(fd) is not int or not 0 <= fd < 1024:
+        raise ValueError(f"cap descriptor {fd!r} is not a number in 0..1023")
+    if mode not in _CAP_MODES:
+        raise ValueError(f"cap mode {mode!r} is not one of {', '.join(_CAP_MODES)}")
+    if not path:
+        raise ValueError(f"cap for descriptor {fd} has no path")
+    return f"{fd}:{mode}:{path}"
+
+
+def _parse_cap(text: str) -> tuple[int, str, str]:
+    fd, _, rest = text.partition(":")
+    mode, _, path = rest.partition(":")
+    if not (fd.isascii() and fd.isdigit()) or int(fd) >= 1024 or mode not in _CAP_MODES or not path:
+        raise ProtocolError(f"cap {text!r} is not FD:MODE:PATH")
+    return int(fd), mode, path
+
+
+def encode_ids(ids) -> bytes:
+    """A domain list payload: little-endian u32 ids."""
+    return np.asarray(ids, dtype="<u4").tobytes()
+
+
+def decode_ids(payload: bytes) -> list[int]:
+    if len(payload) % 4:
+        raise ProtocolError(f"domain list of {len(payload)} bytes is not whole u32 ids")
+    return np.frombuffer(payload, dtype="<u4").tolist()
+
+
+_STATUS_HEAD = struct.Struct("<BBiH")
+
+
+@dataclass(slots=True)
+class StatusInfo:
+    """get_status answer: state, exit status, where it runs, what it runs."""
+
+    state: int
+    exit_status: int | None
+    signaled: bool
+    cores: list[int]
+    pids: list[int]
+    argv: list[str]
+
+    def encode(self) -> bytes:
+        if len(self.pids) != len(self.cores):
+            raise ValueError("status: one pid per core")
+        flags = (1 if self.exit_status is not None else 0) | (2 if self.signaled else 0)
+        head = _STATUS_HEAD.pack(self.state, flags, self.exit_status or 0, len(self.cores))
+        # An argv over the limit is shown cut at a whole item.
+        argv, size = [], 0
+        for item in self.argv:
+            size += len(item.encode()) + 1
+            if size > ARG_LIMIT:
+                break
+            argv.append(item)
+        argv = _join("argv", argv)
+        return (head + np.asarray(self.cores, "<u2").tobytes()
+                + np.asarray(self.pids, "<i4").tobytes() + argv)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> StatusInfo:
+        n0 = _STATUS_HEAD.size
+        if len(payload) < n0:
+            raise ProtocolError("status payload shorter than its header")
+        state, flags, status, ncores = _STATUS_HEAD.unpack_from(payload)
+        end_cores = n0 + 2 * ncores
+        end_pids = end_cores + 4 * ncores
+        if len(payload) < end_pids:
+            raise ProtocolError(f"status payload too short for {ncores} cores")
+        try:
+            argv = _split(payload[end_pids:])
+        except UnicodeDecodeError as e:
+            raise ProtocolError(f"status argv is not valid UTF-8: {e}") from None
+        return cls(state, status if flags & 1 else None, bool(flags & 2),
+                   np.frombuffer(payload[n0:end_cores], "<u2").tolist(),
+                   np.frombuffer(payload[end_cores:end_pids], "<i4").tolist(), argv)
