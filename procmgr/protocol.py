@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
+from enum import IntEnum
 
 import numpy as np
 
@@ -84,7 +84,10 @@ CLIENT_OPS = frozenset(range(Op.SPAWN, Op.ADD_SPAWND + 1))
 SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP))
 
 
-class Flag(IntFlag):
+class Flag:
+    """Bits of the flags byte. Plain ints, not an IntFlag: every message
+    touches them, and IntFlag arithmetic builds a new enum object each time."""
+
     NONE = 0
     NOHANG = 1          # wait: answer at once if the domain has not stopped
     SIGNALED = 2        # SD_EXIT / wait: status is the number of a killing signal
