@@ -36,7 +36,7 @@
 #endif
 
 #define RB_DEFAULT_SPIN_NS 30000      /* tens of µs: covers a peer's turn-around */
-#define RB_DEFAULT_SLICE_NS 10000000  /* 10 ms: bounds peer-death detection */
+#define RB_DEFAULT_SLICE_NS 50000000  /* 50 ms: bounds peer-death detection */
 
 static inline void cpu_relax(void)
 {

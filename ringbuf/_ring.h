@@ -5,7 +5,7 @@
  * Contract: one producer process, one consumer process; neither ever blocks
  * the other. A side that must wait (empty ring, full ring) spins briefly and
  * then sleeps on a futex word in the segment. rb_wait sleeps at most one
- * slice (10 ms) per call and then returns RB_EAGAIN: the caller loops, and
+ * slice (50 ms) per call and then returns RB_EAGAIN: the caller loops, and
  * between calls it runs the signal handlers that came in meanwhile (a signal
  * that lands during the spin or between slices interrupts no system call,
  * so only this bound makes it count). Every slice also checks whether the

@@ -1,0 +1,1 @@
+"""Benchmarks: the project against its peers, measured side by side in one run."""

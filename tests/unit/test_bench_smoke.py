@@ -1,0 +1,14 @@
+"""The benchmarks run (tiny sizes) so they never rot; the figures are
+checked by `make bench`, not here."""
+
+from bench.peers import compare
+from bench.ring_report import table
+
+
+def test_ring_comparison_runs_and_reports():
+    r = compare(rounds=1, scale=0.01)
+    for key in ("ring", "faster_fifo", "mp_pipe", "mp_queue", "ring_batch"):
+        assert r["medians"][key] > 0
+    assert 0 <= r["medians"]["ring_idle_cpu"] < 1
+    text = table(r)
+    assert "ringbuf `push`/`pop`" in text and "faster" in text
