@@ -1,0 +1,5 @@
+import sys
+
+from spawnd_workers.worker import main
+
+sys.exit(main())

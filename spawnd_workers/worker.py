@@ -1,0 +1,311 @@
+"""The spawnd worker of one simulated core: a real OS process, pinned to a
+CPU, that starts, kills and reaps real programs (the domains' dispatchers).
+
+Single-threaded and event driven. It sleeps in one epoll on
+
+- its doorbell (an eventfd the manager rings after pushing a request while
+  the worker had armed its request ring), and
+- one pidfd per running dispatcher, readable the moment that process exits:
+  the exit is reaped at once and reported, with no SIGCHLD handler and no
+  race with a reused pid.
+
+Requests are served in arrival order and each gets exactly one reply,
+pushed in the same order (the manager checks the sequence numbers).
+
+How a dispatcher learns who it is: its environment carries
+``PROCMGR_DOMAIN_ID`` (the domain id), ``PROCMGR_CORE`` (this core) and
+``PROCMGR_DISPATCHER`` (0 for the spawned one, 1 for a span). The cap's
+nonce is not given: only the spawner holds it.
+
+What a dispatcher inherits: argv and env as given (env None: the worker's
+environment), the caps as given, stdin from /dev/null unless a cap names
+fd 0, and stdout/stderr of the runtime unless caps name them. No other
+descriptor: the runtime's own are close-on-exec.
+
+Every dispatcher runs in its own process group, so a kill (SIGTERM, then
+SIGKILL after the grace period) also ends whatever the program forked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from procmgr.errors import Err
+from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode
+from ringbuf import Closed, Ring
+
+PR_SET_PDEATHSIG = 1
+DEFAULT_KILL_GRACE = 0.2
+_CAP_FLAGS = {
+    "r": os.O_RDONLY,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "rw": os.O_RDWR | os.O_CREAT,
+}
+# Variables of the runtime itself, never passed on to a domain.
+_INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER")
+
+
+@dataclass
+class Dispatcher:
+    dom: int
+    nonce: int
+    pid: int
+    pidfd: int
+    span: bool
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when our parent dies, and check that the
+    parent did not die before the request took effect."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class Worker:
+    def __init__(self, core: int, requests: Ring, replies: Ring, doorbell: int,
+                 kill_grace: float = DEFAULT_KILL_GRACE):
+        self.core = core
+        self.requests = requests      # we consume
+        self.replies = replies        # we produce
+        self.doorbell = doorbell
+        self.kill_grace = kill_grace
+        self.decoder = Decoder()
+        self.dispatchers: dict[int, Dispatcher] = {}       # dom -> its dispatcher here
+        self.by_pidfd: dict[int, Dispatcher] = {}
+        self.epoll = select.epoll()
+        self.epoll.register(doorbell, select.EPOLLIN)
+        self.stopping = False
+        self.served = 0
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        while not self.stopping:
+            if self.serve_requests():
+                continue
+            if self.requests.arm():
+                continue
+            try:
+                events = self.epoll.poll(1.0)
+            except InterruptedError:
+                events = []
+            finally:
+                self.requests.disarm()
+            for fd, _ in events:
+                if fd == self.doorbell:
+                    _drain_eventfd(fd)
+                elif fd in self.by_pidfd:
+                    self.exited(self.by_pidfd[fd])
+
+    def serve_requests(self) -> int:
+        n = 0
+        while (slot := self.requests.try_pop()) is not None:
+            msg = self.decoder.feed(slot)
+            if msg is None:
+                continue
+            if isinstance(msg, ProtocolError):
+                print(f"spawnd.{self.core}: bad request: {msg.detail}", file=sys.stderr)
+                continue
+            self.reply(HANDLERS.get(msg.op, Worker.unknown)(self, msg))
+            n += 1
+        return n
+
+    def reply(self, msg: Msg) -> None:
+        data = encode(msg)
+        # The manager keeps at most its reply queue's worth of requests in
+        # flight, and the reply ring holds that many: waiting here is rare
+        # and short; a dead manager ends it (and us) through PeerDied.
+        while not self.replies.try_push_all(data):
+            self.replies.wait_space(1.0)
+        self.served += 1
+
+    # ---- requests ----
+
+    def unknown(self, msg: Msg) -> Msg:
+        return msg.reply(Err.UNKNOWN_OP)
+
+    def spawn(self, msg: Msg) -> Msg:
+        return self._start(msg, span=False)
+
+    def span(self, msg: Msg) -> Msg:
+        return self._start(msg, span=True)
+
+    def _start(self, msg: Msg, span: bool) -> Msg:
+        if msg.dom in self.dispatchers:
+            return msg.reply(Err.ALREADY_SPANNED)
+        try:
+            args = SpawnArgs.decode(msg.payload)
+        except ProtocolError as e:
+            return msg.reply(e.code, payload=e.detail.encode()[:256])
+        env = dict(os.environ) if args.env is None else dict(args.env)
+        for key in _INTERNAL_ENV:
+            env.pop(key, None)
+        env.update(PROCMGR_DOMAIN_ID=str(msg.dom), PROCMGR_CORE=str(self.core),
+                   PROCMGR_DISPATCHER=str(int(span)))
+        actions = [(os.POSIX_SPAWN_OPEN, fd, path, _CAP_FLAGS[mode], 0o600)
+                   for fd, mode, path in args.caps]
+        if all(fd != 0 for fd, _, _ in args.caps):
+            # Nobody reads a domain's terminal input: stdin is /dev/null.
+            actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        try:
+            pid = os.posix_spawn(
+                args.path, args.argv or [args.path], env, file_actions=actions,
+                setpgroup=0, setsigdef=_ALL_SIGNALS, setsigmask=())
+        except OSError as e:
+            return msg.reply(Err.EXEC_FAILED, e.errno or errno.EIO,
+                             payload=f"{args.path}: {e.strerror}".encode()[:256])
+        pidfd = os.pidfd_open(pid)
+        d = Dispatcher(msg.dom, msg.nonce, pid, pidfd, span)
+        self.dispatchers[msg.dom] = d
+        self.by_pidfd[pidfd] = d
+        self.epoll.register(pidfd, select.EPOLLIN)
+        return msg.reply(Err.OK, pid)
+
+    def kill(self, msg: Msg) -> Msg:
+        d = self.dispatchers.get(msg.dom)
+        if d is None:
+            return msg.reply(Err.NOT_FOUND)
+        try:
+            self._end(d)
+        except OSError as e:
+            return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
+        return msg.reply(Err.OK)
+
+    def cleanup(self, msg: Msg) -> Msg:
+        """Release the domain here; a dispatcher still running is ended first."""
+        d = self.dispatchers.get(msg.dom)
+        if d is not None:
+            self._end(d)
+        return msg.reply(Err.OK)
+
+    # ---- processes ----
+
+    def _end(self, d: Dispatcher) -> None:
+        """SIGTERM the dispatcher's process group, SIGKILL it after the grace
+        period, reap the dispatcher, forget it."""
+        _signal_group(d.pid, signal.SIGTERM)
+        if not _wait_readable(d.pidfd, self.kill_grace):
+            _signal_group(d.pid, signal.SIGKILL)
+            _wait_readable(d.pidfd, None)
+        # Whatever the program forked dies with it, even if it outlived TERM.
+        _signal_group(d.pid, signal.SIGKILL)
+        self._reap(d)
+
+    def exited(self, d: Dispatcher) -> None:
+        """A dispatcher ended by itself: reap it and tell the manager."""
+        status = self._reap(d)
+        _signal_group(d.pid, signal.SIGKILL)    # no orphan left behind
+        if os.WIFSIGNALED(status):
+            code, flags = os.WTERMSIG(status), Flag.SIGNALED
+        else:
+            code, flags = os.WEXITSTATUS(status), 0
+        self.reply(Msg(Op.SD_EXIT, core=self.core, dom=d.dom, nonce=d.nonce,
+                       status=code, flags=flags))
+
+    def _reap(self, d: Dispatcher) -> int:
+        self.epoll.unregister(d.pidfd)
+        del self.by_pidfd[d.pidfd]
+        self.dispatchers.pop(d.dom, None)
+        _, status = os.waitpid(d.pid, 0)
+        os.close(d.pidfd)
+        return status
+
+    def shutdown(self) -> None:
+        """End every dispatcher (no grace: the runtime is going away)."""
+        for d in list(self.dispatchers.values()):
+            _signal_group(d.pid, signal.SIGKILL)
+            self._reap(d)
+
+
+HANDLERS = {
+    Op.SD_SPAWN: Worker.spawn,
+    Op.SD_SPAN: Worker.span,
+    Op.SD_KILL: Worker.kill,
+    Op.SD_CLEANUP: Worker.cleanup,
+}
+
+_ALL_SIGNALS = tuple(s for s in signal.valid_signals()
+                     if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass        # the whole group is gone already
+
+
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            ready, _, _ = select.select([fd], [], [], left)
+            return bool(ready)
+        except InterruptedError:
+            continue
+
+
+def _drain_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m spawnd_workers")
+    ap.add_argument("--core", type=int, required=True)
+    ap.add_argument("--requests", required=True, help="request ring (we consume)")
+    ap.add_argument("--replies", required=True, help="reply ring (we produce)")
+    ap.add_argument("--doorbell-fd", type=int, required=True,
+                    help="our eventfd, rung by the manager")
+    ap.add_argument("--manager-doorbell-fd", type=int, default=-1,
+                    help="the manager's eventfd, rung when we reply")
+    ap.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE)
+    ap.add_argument("--no-pin", action="store_true")
+    args = ap.parse_args(argv)
+
+    die_with_parent()
+    if not args.no_pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[args.core % len(cpus)]})
+    # Inherited descriptors stay ours: nothing of the runtime leaks into domains.
+    for fd in (args.doorbell_fd, args.manager_doorbell_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)
+    requests, replies = Ring.attach(args.requests), Ring.attach(args.replies)
+    if args.manager_doorbell_fd >= 0:
+        requests.set_doorbell(args.manager_doorbell_fd)
+        replies.set_doorbell(args.manager_doorbell_fd)
+    worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace)
+
+    def stop(signum, frame):
+        worker.stopping = True
+        os.eventfd_write(args.doorbell_fd, 1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.run()
+    except Closed:
+        pass          # the manager went away: so do we, with our domains
+    finally:
+        worker.shutdown()
+        requests.close()
+        replies.close()
+    return 0
