@@ -4,6 +4,9 @@ The manager talks to clients and to spawnd workers the same way, so both
 are Channels. Sending never blocks the (single-threaded) manager: a message
 that does not fit goes to a backlog, flushed in order when the peer has
 made room. Receiving decodes slots into messages, reassembling fragments.
+
+A peer that closed its end or died is not an error here: the channel
+records it (``peer_gone``) and the loop releases what the peer held.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 from collections import deque
 
 from procmgr.protocol import Decoder, Msg, ProtocolError, encode
-from ringbuf import Ring
+from ringbuf import Closed, Ring
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name")
+    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone")
 
     def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
         self.inbound = inbound      # we consume
@@ -23,22 +26,32 @@ class Channel:
         self.decoder = Decoder()
         self.backlog: deque[bytes] = deque()
         self.name = name
+        self.peer_gone = False
 
     def send(self, msg: Msg) -> bool:
         """Queue ``msg`` for the peer, in order; True if it is in the ring now."""
         data = encode(msg)
-        if self.backlog or not self.outbound.try_push_all(data):
-            self.backlog.append(data)
+        try:
+            if self.backlog or not self.outbound.try_push_all(data):
+                self.backlog.append(data)
+                return False
+        except Closed:
+            self.peer_gone = True     # nobody to tell any more
+            self.backlog.clear()
             return False
         return True
 
     def flush(self) -> bool:
         """Push what the backlog holds while it fits; True once it is empty."""
         backlog, push = self.backlog, self.outbound.try_push_all
-        while backlog:
-            if not push(backlog[0]):
-                return False
-            backlog.popleft()
+        try:
+            while backlog:
+                if not push(backlog[0]):
+                    return False
+                backlog.popleft()
+        except Closed:
+            self.peer_gone = True
+            backlog.clear()
         return True
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
@@ -46,7 +59,11 @@ class Channel:
         out = []
         pop, feed = self.inbound.try_pop, self.decoder.feed
         while len(out) < limit:
-            slot = pop()
+            try:
+                slot = pop()
+            except Closed:             # PeerDied too: it closed or it died
+                self.peer_gone = True
+                break
             if slot is None:
                 break
             item = feed(slot)
@@ -57,3 +74,4 @@ class Channel:
     def close(self) -> None:
         for ring in (self.inbound, self.outbound):
             ring.close()
+        self.peer_gone = True

@@ -11,6 +11,7 @@ an answer calls ``pump()`` to let it work instead of blocking on the ring.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -82,10 +83,13 @@ class Future:
 
 
 class Client:
-    def __init__(self, requests: Ring, responses: Ring, pump=None):
+    def __init__(self, requests: Ring, responses: Ring, pump=None, connection=None,
+                 doorbell: int = -1):
         self.requests = requests      # we produce
         self.responses = responses    # we consume
         self.pump = pump
+        self._connection = connection  # the socket whose EOF tells the manager we left
+        self._doorbell = doorbell
         self._decoder = Decoder()
         self._waiting: dict[int, Future] = {}
         self._next_seq = 1
@@ -132,7 +136,8 @@ class Client:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"no answer to request {fut.seq} within {timeout} s")
-            self._receive(block=True, timeout=0.1 if left is None else min(left, 0.1))
+            # Blocks on the ring itself; a dead manager ends it (PeerDied).
+            self._receive(block=True, timeout=left)
         return fut.result()
 
     def poll(self) -> None:
@@ -211,8 +216,20 @@ class Client:
         return self.wait_for(fut, timeout)
 
     def close(self) -> None:
+        if self.requests.closed:
+            return
         self.requests.close()
         self.responses.close()
+        if self._connection is not None:
+            self._connection.close()
+        if self._doorbell >= 0:
+            os.close(self._doorbell)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _wait_result(msg: Msg) -> int | None:

@@ -226,7 +226,7 @@ def spawn_reply(mgr, sd, slot, msg) -> None:
     client_op = slot.extra
     if msg.err != Err.OK:
         mgr.answer_seq(slot.client, client_op, slot.client_seq, msg.err, status=msg.status,
-                       core=sd.core)
+                       core=sd.core, payload=msg.payload)
         _spawn_never_ran(mgr, dom, msg.err, msg.status)
         return
     mgr.table.dispatcher_started(dom, sd.core, msg.status)

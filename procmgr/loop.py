@@ -27,11 +27,14 @@ def poll(mgr) -> int:
             handled += 1
         sd.flush()
     for client in list(mgr.clients.values()):
-        if not client.channel.flush():
-            continue      # its answers do not fit: read no more until it catches up
-        for msg in client.channel.receive(BATCH):
-            dispatch_client(mgr, client, msg)
-            handled += 1
+        channel = client.channel
+        if channel.flush():   # else its answers do not fit: read no more until it catches up
+            for msg in channel.receive(BATCH):
+                dispatch_client(mgr, client, msg)
+                handled += 1
+        if channel.peer_gone:
+            mgr.client_gone(client)
+            channel.close()
     return handled
 
 
@@ -72,7 +75,8 @@ class EventLoop:
     def _armed(self) -> list:
         """Arm every ring the manager waits on; None if one is ready already."""
         armed = []
-        channels = [sd.channel for sd in self.mgr.spawnds.values() if sd.alive]
+        channels = [sd.channel for sd in self.mgr.spawnds.values()
+                    if sd.alive and not sd.channel.peer_gone]
         channels += [c.channel for c in self.mgr.clients.values()]
         for ch in channels:
             for ring, for_space in ((ch.inbound, False),) + (

@@ -28,7 +28,6 @@ SIGKILL after the grace period) also ends whatever the program forked.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import select
@@ -38,10 +37,10 @@ import time
 from dataclasses import dataclass
 
 from procmgr.errors import Err
+from procmgr.osutil import die_with_parent, kill_group
 from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode
 from ringbuf import Closed, Ring
 
-PR_SET_PDEATHSIG = 1
 DEFAULT_KILL_GRACE = 0.2
 _CAP_FLAGS = {
     "r": os.O_RDONLY,
@@ -60,17 +59,6 @@ class Dispatcher:
     pid: int
     pidfd: int
     span: bool
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when our parent dies, and check that the
-    parent did not die before the request took effect."""
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 class Worker:
@@ -195,18 +183,18 @@ class Worker:
     def _end(self, d: Dispatcher) -> None:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
         period, reap the dispatcher, forget it."""
-        _signal_group(d.pid, signal.SIGTERM)
+        kill_group(d.pid, signal.SIGTERM)
         if not _wait_readable(d.pidfd, self.kill_grace):
-            _signal_group(d.pid, signal.SIGKILL)
+            kill_group(d.pid, signal.SIGKILL)
             _wait_readable(d.pidfd, None)
         # Whatever the program forked dies with it, even if it outlived TERM.
-        _signal_group(d.pid, signal.SIGKILL)
+        kill_group(d.pid, signal.SIGKILL)
         self._reap(d)
 
     def exited(self, d: Dispatcher) -> None:
         """A dispatcher ended by itself: reap it and tell the manager."""
         status = self._reap(d)
-        _signal_group(d.pid, signal.SIGKILL)    # no orphan left behind
+        kill_group(d.pid, signal.SIGKILL)    # no orphan left behind
         if os.WIFSIGNALED(status):
             code, flags = os.WTERMSIG(status), Flag.SIGNALED
         else:
@@ -225,7 +213,7 @@ class Worker:
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away)."""
         for d in list(self.dispatchers.values()):
-            _signal_group(d.pid, signal.SIGKILL)
+            kill_group(d.pid, signal.SIGKILL)
             self._reap(d)
 
 
@@ -238,13 +226,6 @@ HANDLERS = {
 
 _ALL_SIGNALS = tuple(s for s in signal.valid_signals()
                      if s not in (signal.SIGKILL, signal.SIGSTOP))
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass        # the whole group is gone already
 
 
 def _wait_readable(fd: int, timeout: float | None) -> bool:
@@ -292,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.manager_doorbell_fd >= 0:
         requests.set_doorbell(args.manager_doorbell_fd)
         replies.set_doorbell(args.manager_doorbell_fd)
+        # Attached: the manager may unlink the names now.
+        os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace)
 
     def stop(signum, frame):

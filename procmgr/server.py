@@ -1,0 +1,231 @@
+"""The process manager as a process: ``python -m procmgr.server``.
+
+Started by a Runtime (the monitor). It
+
+- starts one spawnd worker per core as its own children (so they die with
+  it: PDEATHSIG), each with a ring pair and a doorbell, and registers them;
+- listens on a Unix socket in the runtime's owner-only directory. A client
+  connects there; its uid is checked (SO_PEERCRED); the manager creates its
+  ring pair (owner-only) and hands back the names and its doorbell (an
+  eventfd, passed with SCM_RIGHTS); once the client has attached, the names
+  are unlinked. The socket stays open: its EOF is how the manager learns the
+  client is gone. A client that shows the monitor token is the monitor;
+- watches each worker's pidfd: a worker that dies is noticed at once, its
+  pending requests fail with SPAWND_DIED, and its domains' process groups
+  are killed (they would otherwise outlive it);
+- on SIGTERM/SIGINT, or when its parent dies, stops its workers, which end
+  every domain, and removes what it created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+
+from procmgr.channel import Channel
+from procmgr.loop import EventLoop
+from procmgr.manager import Manager
+from procmgr.osutil import die_with_parent, kill_group, runtime_dir
+from ringbuf import Ring, unique_name
+
+RING_CAPACITY = 4096
+HANDSHAKE_TIMEOUT = 2.0
+
+
+class Server:
+    def __init__(self, name: str, cores: int, pending: str, token: str,
+                 kill_grace: float, pin: bool = True):
+        self.name = name
+        self.dir = runtime_dir(name)
+        os.makedirs(self.dir, mode=0o700, exist_ok=False)
+        self.mgr = Manager(pending=pending)
+        self.loop = EventLoop(self.mgr)
+        self.token = token
+        self.kill_grace = kill_grace
+        self.pin = pin
+        self.workers: dict[int, subprocess.Popen] = {}
+        self.worker_doorbells: dict[int, int] = {}
+        self._to_unlink: list[Ring] = []          # created, waiting for the peer to attach
+        self._clients: dict[int, tuple[socket.socket, object]] = {}
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(os.path.join(self.dir, "manager.sock"))
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.loop.watch(self.sock.fileno(), self._accept)
+        for core in range(cores):
+            self.start_worker(core)
+
+    # ---- workers ----
+
+    def start_worker(self, core: int) -> None:
+        requests = Ring.create(unique_name("procmgr"), RING_CAPACITY)
+        replies = Ring.create(unique_name("procmgr"), RING_CAPACITY)
+        doorbell = os.eventfd(0, os.EFD_NONBLOCK)
+        cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
+               "--requests", requests.name, "--replies", replies.name,
+               "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
+               "--kill-grace", str(self.kill_grace)]
+        if not self.pin:
+            cmd.append("--no-pin")
+        proc = subprocess.Popen(cmd, pass_fds=(doorbell, self.loop.doorbell))
+        requests.set_doorbell(doorbell)   # we push requests: ring the worker
+        replies.set_doorbell(doorbell)    # we pop replies: ring it if it waits for room
+        self.workers[core] = proc
+        self._to_unlink += [requests, replies]
+        err = self.mgr.add_spawnd(core, Channel(replies, requests, f"spawnd.{core}"))
+        assert err == 0, err
+        self.worker_doorbells[core] = doorbell
+        pidfd = os.pidfd_open(proc.pid)
+        self.loop.watch(pidfd, lambda fd, ev, core=core: self._worker_died(core, fd))
+
+    def _worker_died(self, core: int, pidfd: int) -> None:
+        self.loop.unwatch(pidfd)
+        os.close(pidfd)
+        proc = self.workers.pop(core)
+        proc.wait()
+        # Its dispatchers are our grandchildren in their own groups: end them.
+        for dom_id in self.mgr.table.ids():
+            dom = self.mgr.table.by_id(dom_id)
+            if core in dom.live and core in dom.pids:
+                kill_group(dom.pids[core])
+        self.mgr.spawnd_died(core)
+        os.close(self.worker_doorbells.pop(core))
+        print(f"procmgr {self.name}: spawnd.{core} died ({proc.returncode})", file=sys.stderr)
+
+    # ---- clients ----
+
+    def _accept(self, fd, events) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        try:
+            self._handshake(conn)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"procmgr {self.name}: client refused: {e}", file=sys.stderr)
+            conn.close()
+
+    def _handshake(self, conn: socket.socket) -> None:
+        conn.settimeout(HANDSHAKE_TIMEOUT)   # a local peer answers at once
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            raise PermissionError(f"uid {uid} is not the runtime's owner")
+        hello = json.loads(_read_line(conn))
+        requests = Ring.create(unique_name("procmgr"), RING_CAPACITY)
+        responses = Ring.create(unique_name("procmgr"), RING_CAPACITY)
+        try:
+            socket.send_fds(conn, [json.dumps({"requests": requests.name,
+                                               "responses": responses.name}).encode() + b"\n"],
+                            [self.loop.doorbell])
+            if json.loads(_read_line(conn)).get("attached") != 1:
+                raise ValueError("client did not attach")
+        finally:
+            requests.unlink()
+            responses.unlink()
+        channel = Channel(requests, responses, f"client@{_pid}")
+        client = self.mgr.add_client(channel, is_monitor=hello.get("token") == self.token)
+        conn.setblocking(False)
+        self._clients[conn.fileno()] = (conn, client)
+        self.loop.watch(conn.fileno(), self._client_readable)
+
+    def _client_readable(self, fd, events) -> None:
+        conn, client = self._clients[fd]
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        if data:
+            return          # nothing is said on the socket after the handshake
+        self.loop.unwatch(fd)
+        del self._clients[fd]
+        conn.close()
+        if client.alive:          # not already seen going through its rings
+            self.mgr.client_gone(client)
+            client.channel.close()
+
+    # ---- the rest ----
+
+    def unlink_attached(self) -> None:
+        """Unlink worker ring names once the worker has mapped them."""
+        still = []
+        for ring in self._to_unlink:
+            if ring.peer_pid:
+                ring.unlink()
+            else:
+                still.append(ring)
+        self._to_unlink = still
+
+    def run(self) -> None:
+        while not self.mgr.stopping:
+            self.loop.run_once(1.0)
+            if self._to_unlink:
+                self.unlink_attached()
+
+    def shutdown(self) -> None:
+        for proc in self.workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ring in self._to_unlink:
+            ring.unlink()
+        for conn, _ in self._clients.values():
+            conn.close()
+        self.sock.close()
+        try:
+            os.unlink(os.path.join(self.dir, "manager.sock"))
+            os.rmdir(self.dir)
+        except FileNotFoundError:
+            pass
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ValueError("connection closed during the handshake")
+        buf += chunk
+        if len(buf) > 65536:
+            raise ValueError("handshake line too long")
+    return buf
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m procmgr.server")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--pending", default="replyq", choices=["replyq", "hashtable"])
+    ap.add_argument("--kill-grace", type=float, default=0.2)
+    ap.add_argument("--no-pin", action="store_true")
+    args = ap.parse_args(argv)
+    die_with_parent()
+    token = os.environ.pop("PROCMGR_MONITOR_TOKEN", "")
+    server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
+                    pin=not args.no_pin)
+
+    def stop(signum, frame):
+        server.loop.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print("ready", flush=True)
+    try:
+        server.run()
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

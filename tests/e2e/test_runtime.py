@@ -1,0 +1,161 @@
+"""The runtime end to end: manager process, real workers, real programs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+import procmgr
+from procmgr import Domain, Err, ProcMgmtError, State
+
+T = 10.0      # bound on every answer
+
+
+@pytest.fixture
+def rt():
+    runtime = procmgr.Runtime(cores=2, name=f"procmgr-test-{os.getpid()}-{time.monotonic_ns()}")
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        manager_pid = runtime.proc.pid
+        worker_pids = [p.pid for p in psutil.Process(manager_pid).children()]
+        runtime.close()
+        # nothing outlives the runtime
+        for pid in [manager_pid] + worker_pids:
+            assert not psutil.pid_exists(pid) or \
+                psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not os.path.exists(procmgr.osutil.runtime_dir(runtime.name))
+
+
+@pytest.fixture
+def pm(rt):
+    return rt.client()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_exit_statuses(pm):
+    assert pm.wait(pm.spawn(["/bin/true"], timeout=T), timeout=T) == 0
+    assert pm.wait(pm.spawn(["/bin/sh", "-c", "exit 7"], core=1, timeout=T), timeout=T) == 7
+    d = pm.spawn(["/bin/sh", "-c", "kill -TERM $$"], timeout=T)
+    assert pm.wait(d, timeout=T) == -signal.SIGTERM
+
+
+def test_kill_gives_9_and_leaves_no_process(pm):
+    d = pm.spawn(["/bin/sleep", "60"], timeout=T)
+    assert pm.wait(d, nohang=True, timeout=T) is None
+    pm.kill(d, timeout=T)
+    assert pm.wait(d, timeout=T) == 9
+    assert process_gone(d.pid)
+    info = pm.status(d, timeout=T)
+    assert info.state in (State.STOPPED, State.CLEANED) and info.exit_status == 9
+
+
+def test_span_then_kill_ends_both(pm):
+    d = pm.spawn(["/bin/sleep", "60"], core=0, timeout=T)
+    other = pm.span(d, 1, timeout=T)
+    assert other != d.pid and not process_gone(other)
+    assert pm.status(d, timeout=T).cores == [0, 1]
+    pm.kill(d, timeout=T)
+    assert process_gone(d.pid) and process_gone(other)
+
+
+def test_two_clients_wait_on_one_domain(rt, pm):
+    other = rt.client()
+    d = pm.spawn(["/bin/sh", "-c", "sleep 0.2; exit 3"], timeout=T)
+    futures = [pm.wait_async(d), other.wait_async(Domain.from_token(d.token))]
+    assert pm.wait_for(futures[0], timeout=T) == 3
+    assert other.wait_for(futures[1], timeout=T) == 3
+
+
+def test_bad_requests_get_clear_errors(pm):
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/no/such/program"], timeout=T)
+    assert e.value.code == Err.EXEC_FAILED and e.value.status == errno.ENOENT
+    assert "/no/such/program" in str(e.value)
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/bin/true"], core=5, timeout=T)
+    assert e.value.code == Err.INVALID_SPAWND
+    with pytest.raises(ProcMgmtError) as e:
+        pm.kill(Domain(1, 12345), timeout=T)
+    assert e.value.code in (Err.BAD_CAP, Err.DOMAIN_TABLE_FIND)
+
+
+def test_connect_to_a_missing_runtime():
+    with pytest.raises(procmgr.RuntimeNotFound, match="no procmgr runtime named"):
+        procmgr.connect("procmgr-test-no-such-runtime")
+
+
+def test_several_client_processes_at_once(rt, children):
+    code = (
+        "import sys, procmgr\n"
+        "pm = procmgr.connect(sys.argv[1])\n"
+        "total = 0\n"
+        "for i in range(20):\n"
+        "    d = pm.spawn(['/bin/sh', '-c', 'exit %d' % (i % 5)], core=i % 2, timeout=10)\n"
+        "    total += pm.wait(d, timeout=10)\n"
+        "print(total)\n"
+        "pm.close()\n"
+    )
+    procs = [children.python("-c", code, rt.name) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        assert int(out) == sum(i % 5 for i in range(20))
+
+
+def test_a_domain_token_works_from_another_process(rt, pm, children):
+    d = pm.spawn(["/bin/sleep", "60"], timeout=T)
+    code = ("import sys, procmgr\n"
+            "pm = procmgr.connect(sys.argv[1])\n"
+            "d = procmgr.Domain.from_token(sys.argv[2])\n"
+            "pm.kill(d, timeout=10); print(pm.wait(d, timeout=10))\n")
+    p = children.python("-c", code, rt.name, d.token)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err.decode()
+    assert out.strip() == b"9" and process_gone(d.pid)
+
+
+def test_sigkill_of_a_worker(rt, pm):
+    d = pm.spawn(["/bin/sleep", "60"], core=1, timeout=T)
+    worker = [p for p in psutil.Process(rt.proc.pid).children()
+              if "--core" in p.cmdline() and p.cmdline()[p.cmdline().index("--core") + 1] == "1"]
+    assert len(worker) == 1
+    waiter = pm.wait_async(d)
+    worker[0].kill()
+    assert pm.wait_for(waiter, timeout=T) == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while not process_gone(d.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process_gone(d.pid), "the dead worker's domain lived on"
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/bin/true"], core=1, timeout=T)
+    assert e.value.code == Err.INVALID_SPAWND
+    assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0
+
+
+def test_client_that_dies_is_released(rt, pm, children):
+    code = ("import sys, time, procmgr\n"
+            "pm = procmgr.connect(sys.argv[1])\n"
+            "d = pm.spawn(['/bin/sleep', '60'], timeout=10)\n"
+            "pm.wait_async(d); print(d.token, flush=True); time.sleep(60)\n")
+    p = children.python("-c", code, rt.name)
+    token = p.stdout.readline().decode().strip()
+    p.kill()
+    p.wait(timeout=10)
+    d = Domain.from_token(token)
+    pm.kill(d, timeout=T)                  # the dead client's waiter is not answered
+    assert pm.wait(d, timeout=T) == 9
+    assert sys.getrefcount(pm) > 0
