@@ -210,8 +210,11 @@ class Client:
                 return ids
             start = page[-1] + 1
 
-    def add_spawnd(self, core: int, request_ring: str, reply_ring: str, timeout=None) -> None:
-        payload = f"{request_ring}\0{reply_ring}".encode()
+    def add_spawnd(self, core: int, request_ring: str = "", reply_ring: str = "",
+                   timeout=None) -> None:
+        """Monitor only: register a worker's rings, or (no names) have the
+        manager start a worker for ``core``."""
+        payload = f"{request_ring}\0{reply_ring}".encode() if request_ring else b""
         fut = self._send(Msg(Op.ADD_SPAWND, core=core, payload=payload), lambda m: None)
         return self.wait_for(fut, timeout)
 

@@ -150,11 +150,22 @@ def get_domainlist(mgr, client, msg) -> None:
 
 
 def add_spawnd(mgr, client, msg) -> None:
-    """Monitor only. Payload: the spawnd's request and reply ring names."""
+    """Monitor only. Payload: the spawnd's request and reply ring names, or
+    nothing: then the manager starts a worker for the core itself (a
+    replacement after a worker died), when it runs as a process."""
     if not client.is_monitor:
         return mgr.answer(client, msg, Err.NOT_MONITOR)
     if mgr.spawnds.get(msg.core) is not None:
         return mgr.answer(client, msg, Err.SPAWND_EXISTS)
+    if not msg.payload:
+        if mgr.start_spawnd is None:
+            return mgr.fail(client, msg, ProtocolError("add_spawnd without ring names"))
+        try:
+            mgr.start_spawnd(msg.core)
+        except OSError as e:
+            return mgr.answer(client, msg, Err.INVALID_SPAWND, e.errno or 0,
+                              payload=str(e).encode()[:256])
+        return mgr.answer(client, msg)
     try:
         req_name, rep_name = msg.payload.decode().split("\0")
         outbound = Ring.attach(req_name)

@@ -53,6 +53,9 @@ class Manager:
         self.protocol_errors = 0
         self.internal_errors = 0
         self.stopping = False
+        # Set by the manager process: starts a worker for a core (add_spawnd
+        # with no ring names). None when the manager runs in-process.
+        self.start_spawnd = None
 
     # ---- bindings ----
 

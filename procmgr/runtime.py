@@ -14,19 +14,47 @@ gone, segments unlinked. Other processes reach a runtime by its name with
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 from procmgr.client import Client
-from procmgr.osutil import runtime_dir
+from procmgr.osutil import kill_group, runtime_dir
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children() -> list[int]:
+    """Pids whose parent is this process (re-parented orphans included)."""
+    me = os.getpid()
+    found = []
+    for task in os.listdir(f"/proc/{me}/task"):
+        try:
+            with open(f"/proc/{me}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _pgid(pid: int) -> int:
+    """Process group of a pid, zombies included (their stat is still there)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return -1
 
 
 class RuntimeNotFound(ConnectionError):
@@ -81,8 +109,15 @@ class Runtime:
                "--kill-grace", str(self.kill_grace)]
         if not self.pin:
             cmd.append("--no-pin")
+        # Orphans of a killed manager (its workers, then their domains) are
+        # re-parented to us rather than to init, so the guard can end them.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      env=dict(os.environ, PROCMGR_MONITOR_TOKEN=token))
+        self._guard = threading.Thread(target=self._guard_manager, args=(self.proc.pid,),
+                                       name=f"procmgr-guard-{self.name}", daemon=True)
+        self._guard.start()
         ready = self.proc.stdout.readline()
         if ready.strip() != b"ready":
             self.close()
@@ -90,11 +125,72 @@ class Runtime:
         self.monitor = connect(self.name, token)
         return self
 
+    def _guard_manager(self, manager_pid: int) -> None:
+        """Wait for the manager to end, however it ends; then make sure
+        nothing of the runtime is left (a no-op after a clean shutdown)."""
+        pidfd = os.pidfd_open(manager_pid)
+        try:
+            select.select([pidfd], [], [])   # ends when the manager ends
+        finally:
+            os.close(pidfd)
+        self._sweep(manager_pid)
+
+    def _sweep(self, manager_pid: int) -> None:
+        """End and reap every process of this runtime re-parented to us
+        (workers, then the domains they leave), unlink the manager's
+        segments, remove the runtime's directory."""
+        deadline = time.monotonic() + 10
+        groups: set[int] = set()     # domains' process groups we ended
+        while time.monotonic() < deadline:
+            ours = [p for p in _children()
+                    if p != manager_pid and (self._is_ours(p) or _pgid(p) in groups)]
+            if not ours:
+                break
+            for pid in ours:
+                groups.add(pid)
+                kill_group(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in ours:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        for path in glob.glob(f"/dev/shm/procmgr-{manager_pid}-*"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        directory = runtime_dir(self.name)
+        for leftover in (os.path.join(directory, "manager.sock"), directory):
+            try:
+                (os.rmdir if leftover == directory else os.unlink)(leftover)
+            except (FileNotFoundError, OSError):
+                pass
+
+    def _is_ours(self, pid: int) -> bool:
+        marker = f"PROCMGR_RUNTIME={self.name}".encode()
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    return True
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            return b"spawnd_workers" in args and self.name.encode() in args
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
+
     def client(self) -> Client:
         """A new client binding (its own ring pair) in this process."""
         client = connect(self.name)
         self._clients.append(client)
         return client
+
+    def restart_core(self, core: int, timeout: float | None = START_TIMEOUT) -> None:
+        """Start a new worker for ``core`` (after its worker died)."""
+        self.monitor.add_spawnd(core, timeout=timeout)
 
     def close(self) -> None:
         """Stop the runtime: every domain killed and reaped, nothing left."""
@@ -110,6 +206,7 @@ class Runtime:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._guard.join(timeout=15)
         self.proc.stdout.close()
         self.proc = None
 

@@ -58,6 +58,7 @@ class Server:
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.loop.watch(self.sock.fileno(), self._accept)
+        self.mgr.start_spawnd = self.start_worker
         for core in range(cores):
             self.start_worker(core)
 
@@ -70,7 +71,7 @@ class Server:
         cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
                "--requests", requests.name, "--replies", replies.name,
                "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
-               "--kill-grace", str(self.kill_grace)]
+               "--kill-grace", str(self.kill_grace), "--runtime", self.name]
         if not self.pin:
             cmd.append("--no-pin")
         proc = subprocess.Popen(cmd, pass_fds=(doorbell, self.loop.doorbell))

@@ -13,9 +13,11 @@ Requests are served in arrival order and each gets exactly one reply,
 pushed in the same order (the manager checks the sequence numbers).
 
 How a dispatcher learns who it is: its environment carries
-``PROCMGR_DOMAIN_ID`` (the domain id), ``PROCMGR_CORE`` (this core) and
-``PROCMGR_DISPATCHER`` (0 for the spawned one, 1 for a span). The cap's
-nonce is not given: only the spawner holds it.
+``PROCMGR_DOMAIN_ID`` (the domain id), ``PROCMGR_CORE`` (this core),
+``PROCMGR_DISPATCHER`` (0 for the spawned one, 1 for a span) and
+``PROCMGR_RUNTIME`` (the runtime's name: how the Runtime recognises, and
+ends, domains orphaned by a manager that was killed). The cap's nonce is
+not given: only the spawner holds it.
 
 What a dispatcher inherits: argv and env as given (env None: the worker's
 environment), the caps as given, stdin from /dev/null unless a cap names
@@ -49,7 +51,7 @@ _CAP_FLAGS = {
     "rw": os.O_RDWR | os.O_CREAT,
 }
 # Variables of the runtime itself, never passed on to a domain.
-_INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER")
+_INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER", "PROCMGR_RUNTIME")
 
 
 @dataclass
@@ -63,8 +65,9 @@ class Dispatcher:
 
 class Worker:
     def __init__(self, core: int, requests: Ring, replies: Ring, doorbell: int,
-                 kill_grace: float = DEFAULT_KILL_GRACE):
+                 kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = ""):
         self.core = core
+        self.runtime = runtime
         self.requests = requests      # we consume
         self.replies = replies        # we produce
         self.doorbell = doorbell
@@ -141,7 +144,7 @@ class Worker:
         for key in _INTERNAL_ENV:
             env.pop(key, None)
         env.update(PROCMGR_DOMAIN_ID=str(msg.dom), PROCMGR_CORE=str(self.core),
-                   PROCMGR_DISPATCHER=str(int(span)))
+                   PROCMGR_DISPATCHER=str(int(span)), PROCMGR_RUNTIME=self.runtime)
         actions = [(os.POSIX_SPAWN_OPEN, fd, path, _CAP_FLAGS[mode], 0o600)
                    for fd, mode, path in args.caps]
         if all(fd != 0 for fd, _, _ in args.caps):
@@ -259,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the manager's eventfd, rung when we reply")
     ap.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE)
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--runtime", default="", help="the runtime's name, given to domains")
     args = ap.parse_args(argv)
 
     die_with_parent()
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         replies.set_doorbell(args.manager_doorbell_fd)
         # Attached: the manager may unlink the names now.
         os.eventfd_write(args.manager_doorbell_fd, 1)
-    worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace)
+    worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
+                    args.runtime)
 
     def stop(signum, frame):
         worker.stopping = True

@@ -144,6 +144,15 @@ def test_sigkill_of_a_worker(rt, pm):
         pm.spawn(["/bin/true"], core=1, timeout=T)
     assert e.value.code == Err.INVALID_SPAWND
     assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0
+    # The monitor starts a replacement; the core serves again.
+    rt.restart_core(1)
+    assert pm.wait(pm.spawn(["/bin/sh", "-c", "exit 4"], core=1, timeout=T), timeout=T) == 4
+    with pytest.raises(ProcMgmtError) as e:
+        rt.restart_core(1)
+    assert e.value.code == Err.SPAWND_EXISTS
+    with pytest.raises(ProcMgmtError) as e:
+        pm.add_spawnd(1)
+    assert e.value.code == Err.NOT_MONITOR
 
 
 def test_client_that_dies_is_released(rt, pm, children):
@@ -159,3 +168,41 @@ def test_client_that_dies_is_released(rt, pm, children):
     pm.kill(d, timeout=T)                  # the dead client's waiter is not answered
     assert pm.wait(d, timeout=T) == 9
     assert sys.getrefcount(pm) > 0
+
+
+def test_sigkill_of_the_manager_leaves_nothing(children):
+    """Run the runtime in a child process (it is the monitor), SIGKILL its
+    manager: no worker, no domain, no segment, no socket survives."""
+    code = (
+        "import sys, time, procmgr\n"
+        "rt = procmgr.Runtime(cores=2, name=sys.argv[1]).start()\n"
+        "pm = rt.client()\n"
+        "doms = [pm.spawn(['/bin/sh', '-c', 'sleep 60 & sleep 60'], core=c, timeout=10)\n"
+        "        for c in (0, 1)]\n"
+        "print(rt.proc.pid, *[d.pid for d in doms], flush=True)\n"
+        "rt.proc.wait()\n"
+        "rt._guard.join(15)\n"
+        "print('swept', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    name = f"procmgr-test-{os.getpid()}-kill"
+    monitor = children.python("-c", code, name)
+    manager_pid, *dom_pids = map(int, monitor.stdout.readline().split())
+    manager = psutil.Process(manager_pid)
+    workers = [p.pid for p in manager.children()]
+    group = [g.pid for d in dom_pids for g in psutil.Process(d).children()]
+    assert len(workers) == 2 and len(group) >= 2
+    manager.kill()
+    assert monitor.stdout.readline().strip() == b"swept"
+    for pid in [manager_pid, *workers, *dom_pids, *group]:
+        assert process_gone(pid), (f"pid {pid} outlived its manager", _describe(pid))
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"procmgr-{manager_pid}-")]
+    assert not os.path.exists(procmgr.osutil.runtime_dir(name))
+
+
+def _describe(pid: int) -> str:
+    try:
+        p = psutil.Process(pid)
+        return f"{p.cmdline()} status={p.status()} ppid={p.ppid()}"
+    except psutil.NoSuchProcess:
+        return "gone"
