@@ -12,3 +12,11 @@ def test_ring_comparison_runs_and_reports():
     assert 0 <= r["medians"]["ring_idle_cpu"] < 1
     text = table(r)
     assert "ringbuf `push`/`pop`" in text and "faster" in text
+
+
+def test_spawn_comparison_runs():
+    from bench.spawn import compare as spawn_compare
+
+    r = spawn_compare(n=10, rounds=1)
+    assert all(v > 0 for v in r["medians"].values())
+    assert r["latency_us"][0] > 0
