@@ -79,6 +79,8 @@ class Worker:
         self.epoll.register(doorbell, select.EPOLLIN)
         self.stopping = False
         self.served = 0
+        # Read once: os.environ decodes every entry on each access.
+        self._env = {k: v for k, v in os.environ.items() if k not in _INTERNAL_ENV}
 
     # ---- the loop ----
 
@@ -140,7 +142,7 @@ class Worker:
             args = SpawnArgs.decode(msg.payload)
         except ProtocolError as e:
             return msg.reply(e.code, payload=e.detail.encode()[:256])
-        env = dict(os.environ) if args.env is None else dict(args.env)
+        env = dict(self._env if args.env is None else args.env)
         for key in _INTERNAL_ENV:
             env.pop(key, None)
         env.update(PROCMGR_DOMAIN_ID=str(msg.dom), PROCMGR_CORE=str(self.core),
