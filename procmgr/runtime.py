@@ -35,9 +35,9 @@ START_TIMEOUT = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _children() -> list[int]:
-    """Pids whose parent is this process (re-parented orphans included)."""
-    me = os.getpid()
+def _children(pid: int | None = None) -> list[int]:
+    """Pids whose parent is ``pid`` (default: us; re-parented orphans included)."""
+    me = os.getpid() if pid is None else pid
     found = []
     for task in os.listdir(f"/proc/{me}/task"):
         try:
@@ -101,6 +101,7 @@ class Runtime:
         self.proc: subprocess.Popen | None = None
         self.monitor: Client | None = None
         self._clients: list[Client] = []
+        self._workers: dict[int, int] = {}    # pid -> pidfd
 
     def start(self) -> Runtime:
         token = secrets.token_hex(16)
@@ -122,8 +123,20 @@ class Runtime:
         if ready.strip() != b"ready":
             self.close()
             raise RuntimeError(f"the manager of runtime {self.name!r} did not start")
+        self._note_workers()
         self.monitor = connect(self.name, token)
         return self
+
+    def _note_workers(self) -> None:
+        """Remember the manager's workers by pidfd, so that after a crash of
+        the manager the guard waits for exactly them to be gone before it
+        looks for the domains they leave behind."""
+        for pid in _children(self.proc.pid):
+            if pid not in self._workers:
+                try:
+                    self._workers[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    pass
 
     def _guard_manager(self, manager_pid: int) -> None:
         """Wait for the manager to end, however it ends; then make sure
@@ -139,6 +152,20 @@ class Runtime:
         """End and reap every process of this runtime re-parented to us
         (workers, then the domains they leave), unlink the manager's
         segments, remove the runtime's directory."""
+        # The workers die with the manager (PDEATHSIG); once each is gone its
+        # domains have been re-parented to us and can be found.
+        for pid, pidfd in list(self._workers.items()):
+            try:            # by pidfd: never a reused pid
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            select.select([pidfd], [], [], 10)
+            os.close(pidfd)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass            # reaped by the manager before it went
+        self._workers.clear()
         deadline = time.monotonic() + 10
         groups: set[int] = set()     # domains' process groups we ended
         while time.monotonic() < deadline:
@@ -191,6 +218,7 @@ class Runtime:
     def restart_core(self, core: int, timeout: float | None = START_TIMEOUT) -> None:
         """Start a new worker for ``core`` (after its worker died)."""
         self.monitor.add_spawnd(core, timeout=timeout)
+        self._note_workers()
 
     def close(self) -> None:
         """Stop the runtime: every domain killed and reaped, nothing left."""
