@@ -37,3 +37,64 @@ def runtime_dir(name: str) -> str:
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise PermissionError(f"{root} must be a directory owned by you with mode 0700")
     return os.path.join(root, name)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphans among our descendants are re-parented to us, not to init, so
+    that we can end and reap them (see reap_strays)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def children_of(pid: int | None = None) -> list[int]:
+    """Pids whose parent is ``pid`` (default: us; re-parented orphans included)."""
+    me = os.getpid() if pid is None else pid
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{me}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def reap_strays(keep) -> int:
+    """Reap every exited child of ours not in ``keep`` (orphans a subreaper
+    inherited); the children in ``keep`` are someone else's to reap."""
+    reaped = 0
+    for pid in children_of():
+        if pid in keep:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                reaped += 1
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+class ChildWatch:
+    """A descriptor that becomes readable when a child of ours changes state:
+    SIGCHLD through Python's wakeup fd, for an epoll loop. The handler does
+    nothing; the loop reaps (no work in signal context, no races)."""
+
+    def __init__(self):
+        self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass

@@ -14,7 +14,6 @@ gone, segments unlinked. Other processes reach a runtime by its name with
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import json
 import os
@@ -28,24 +27,10 @@ import threading
 import time
 
 from procmgr.client import Client
-from procmgr.osutil import kill_group, runtime_dir
+from procmgr.osutil import become_subreaper, children_of, kill_group, runtime_dir
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _children(pid: int | None = None) -> list[int]:
-    """Pids whose parent is ``pid`` (default: us; re-parented orphans included)."""
-    me = os.getpid() if pid is None else pid
-    found = []
-    for task in os.listdir(f"/proc/{me}/task"):
-        try:
-            with open(f"/proc/{me}/task/{task}/children") as f:
-                found += [int(p) for p in f.read().split()]
-        except FileNotFoundError:
-            pass
-    return found
 
 
 def _pgid(pid: int) -> int:
@@ -112,8 +97,7 @@ class Runtime:
             cmd.append("--no-pin")
         # Orphans of a killed manager (its workers, then their domains) are
         # re-parented to us rather than to init, so the guard can end them.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        become_subreaper()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      env=dict(os.environ, PROCMGR_MONITOR_TOKEN=token))
         self._guard = threading.Thread(target=self._guard_manager, args=(self.proc.pid,),
@@ -131,7 +115,7 @@ class Runtime:
         """Remember the manager's workers by pidfd, so that after a crash of
         the manager the guard waits for exactly them to be gone before it
         looks for the domains they leave behind."""
-        for pid in _children(self.proc.pid):
+        for pid in children_of(self.proc.pid):
             if pid not in self._workers:
                 try:
                     self._workers[pid] = os.pidfd_open(pid)
@@ -169,7 +153,7 @@ class Runtime:
         deadline = time.monotonic() + 10
         groups: set[int] = set()     # domains' process groups we ended
         while time.monotonic() < deadline:
-            ours = [p for p in _children()
+            ours = [p for p in children_of()
                     if p != manager_pid and (self._is_ours(p) or _pgid(p) in groups)]
             if not ours:
                 break

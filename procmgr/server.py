@@ -31,7 +31,9 @@ import sys
 from procmgr.channel import Channel
 from procmgr.loop import EventLoop
 from procmgr.manager import Manager
-from procmgr.osutil import die_with_parent, kill_group, runtime_dir
+from procmgr.osutil import (
+    ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays, runtime_dir,
+)
 from ringbuf import Ring, unique_name
 
 RING_CAPACITY = 4096
@@ -58,6 +60,10 @@ class Server:
         self.sock.listen(64)
         self.sock.setblocking(False)
         self.loop.watch(self.sock.fileno(), self._accept)
+        # Domains of a worker that died are re-parented to us: reap them.
+        become_subreaper()
+        self.child_watch = ChildWatch()
+        self.loop.watch(self.child_watch.read_fd, self._children_changed)
         self.mgr.start_spawnd = self.start_worker
         for core in range(cores):
             self.start_worker(core)
@@ -98,6 +104,10 @@ class Server:
         self.mgr.spawnd_died(core)
         os.close(self.worker_doorbells.pop(core))
         print(f"procmgr {self.name}: spawnd.{core} died ({proc.returncode})", file=sys.stderr)
+
+    def _children_changed(self, fd, events) -> None:
+        self.child_watch.drain()
+        reap_strays(keep={p.pid for p in self.workers.values()})
 
     # ---- clients ----
 

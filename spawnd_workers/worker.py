@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 
 from procmgr.errors import Err
-from procmgr.osutil import die_with_parent, kill_group
+from procmgr.osutil import ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays
 from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode
 from ringbuf import Closed, Ring
 
@@ -77,6 +77,10 @@ class Worker:
         self.by_pidfd: dict[int, Dispatcher] = {}
         self.epoll = select.epoll()
         self.epoll.register(doorbell, select.EPOLLIN)
+        # What a domain forked and left behind is re-parented to us: reap it.
+        become_subreaper()
+        self.child_watch = ChildWatch()
+        self.epoll.register(self.child_watch.read_fd, select.EPOLLIN)
         self.stopping = False
         self.served = 0
         # Read once: os.environ decodes every entry on each access.
@@ -101,6 +105,9 @@ class Worker:
                     _drain_eventfd(fd)
                 elif fd in self.by_pidfd:
                     self.exited(self.by_pidfd[fd])
+                elif fd == self.child_watch.read_fd:
+                    self.child_watch.drain()
+                    reap_strays(keep={d.pid for d in self.dispatchers.values()})
 
     def serve_requests(self) -> int:
         n = 0

@@ -206,3 +206,57 @@ def _describe(pid: int) -> str:
         return f"{p.cmdline()} status={p.status()} ppid={p.ppid()}"
     except psutil.NoSuchProcess:
         return "gone"
+
+
+def test_worker_death_is_noticed_fast(rt, pm):
+    d = pm.spawn(["/bin/sleep", "60"], core=0, timeout=T)
+    worker = next(p for p in psutil.Process(rt.proc.pid).children()
+                  if p.cmdline()[p.cmdline().index("--core") + 1] == "0")
+    waiter = pm.wait_async(d)
+    start = time.monotonic()
+    worker.kill()
+    assert pm.wait_for(waiter, timeout=T) == -signal.SIGKILL
+    # Issue 4 asks for 100 ms; the pidfd makes it immediate, the bound here
+    # leaves room for a loaded CI machine.
+    assert time.monotonic() - start < 0.25
+
+
+def test_worker_killed_mid_spawn_answers_everyone(rt, pm):
+    futures = [pm.spawn_async(["/bin/sleep", "60"], core=1) for _ in range(20)]
+    worker = next(p for p in psutil.Process(rt.proc.pid).children()
+                  if p.cmdline()[p.cmdline().index("--core") + 1] == "1")
+    worker.kill()
+    started = []
+    for f in futures:
+        try:
+            started.append(pm.wait_for(f, timeout=T))
+        except ProcMgmtError as e:
+            assert e.code in (Err.SPAWND_DIED, Err.INVALID_SPAWND), e
+    for d in started:          # whatever did start was killed with the worker
+        assert pm.wait(d, timeout=T) == -signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while not process_gone(d.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process_gone(d.pid)
+
+
+def test_ctrl_c_stops_everything(children):
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it."""
+    code = (
+        "import sys, time, procmgr\n"
+        "with procmgr.Runtime(cores=2, name=sys.argv[1]) as rt:\n"
+        "    pm = rt.client()\n"
+        "    d = pm.spawn(['/bin/sleep', '60'], timeout=10)\n"
+        "    print(rt.proc.pid, d.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    name = f"procmgr-test-{os.getpid()}-ctrlc"
+    monitor = children.python("-c", code, name, start_new_session=True)
+    manager_pid, dom_pid = map(int, monitor.stdout.readline().split())
+    workers = [p.pid for p in psutil.Process(manager_pid).children()]
+    os.killpg(monitor.pid, signal.SIGINT)
+    monitor.wait(timeout=30)
+    for pid in [manager_pid, dom_pid, *workers]:
+        assert process_gone(pid), (pid, _describe(pid))
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"procmgr-{manager_pid}-")]
+    assert not os.path.exists(procmgr.osutil.runtime_dir(name))

@@ -1,0 +1,19 @@
+"""End-to-end tests start real processes: after each, none of this test
+process's children may be left as a zombie (nobody reaped it)."""
+
+import psutil
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_zombie_children():
+    yield
+    me = psutil.Process()
+    zombies = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append((child.pid, child.ppid()))
+        except psutil.NoSuchProcess:
+            pass
+    assert not zombies, f"zombie children left behind (pid, parent): {zombies}"
