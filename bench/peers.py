@@ -228,7 +228,6 @@ def ring_idle_cpu(seconds: float = 2.0) -> float:
 
 def machine() -> dict:
     import cffi
-    import faster_fifo  # noqa: F401
     from importlib.metadata import version
 
     with open("/proc/cpuinfo") as f:

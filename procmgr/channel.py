@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from procmgr.protocol import Decoder, Msg, ProtocolError, encode
+from procmgr.protocol import Decoder, Msg, ProtocolError, encode, take
 from ringbuf import Closed, Ring
 
 
@@ -56,20 +56,11 @@ class Channel:
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
         """Up to ``limit`` decoded messages (or decode errors) now in the ring."""
-        out = []
-        pop, feed = self.inbound.try_pop, self.decoder.feed
-        while len(out) < limit:
-            try:
-                slot = pop()
-            except Closed:             # PeerDied too: it closed or it died
-                self.peer_gone = True
-                break
-            if slot is None:
-                break
-            item = feed(slot)
-            if item is not None:
-                out.append(item)
-        return out
+        try:
+            return take(self.inbound, self.decoder, limit)
+        except Closed:             # PeerDied too: it closed or it died
+            self.peer_gone = True
+            return []
 
     def close(self) -> None:
         for ring in (self.inbound, self.outbound):

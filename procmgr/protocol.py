@@ -31,6 +31,7 @@ from enum import IntEnum
 import numpy as np
 
 from procmgr.errors import Err
+from ringbuf import Closed
 
 SLOT = 64
 INLINE = 32
@@ -213,6 +214,28 @@ class Decoder:
         msg.payload = b"".join(self._parts)[: self._plen]
         self._pending, self._parts = None, []
         return msg
+
+
+def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolError]:
+    """Up to ``limit`` decoded messages (or decode errors) now in ``ring``;
+    never waits. A message whose fragments are not all in yet stays in
+    ``decoder`` for the next call. A closed or dead peer raises ringbuf's
+    Closed -- but only once what it sent before has been returned."""
+    out = []
+    pop, feed = ring.try_pop, decoder.feed
+    while len(out) < limit:
+        try:
+            slot = pop()
+        except Closed:
+            if out:
+                return out      # the next call raises again: Closed is sticky
+            raise
+        if slot is None:
+            break
+        item = feed(slot)
+        if item is not None:
+            out.append(item)
+    return out
 
 
 # ---- payloads ---------------------------------------------------------------

@@ -13,7 +13,7 @@ import errno
 from collections import deque
 
 from procmgr.errors import Err
-from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, encode
+from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, encode, take
 from ringbuf import Closed, Ring
 
 
@@ -34,10 +34,7 @@ class SimulatedSpawnd:
     def step(self) -> int:
         """Answer every request now in the ring; the number answered."""
         n = 0
-        while (slot := self.requests.try_pop()) is not None:
-            msg = self._decoder.feed(slot)
-            if msg is None:
-                continue
+        for msg in take(self.requests, self._decoder):
             if isinstance(msg, ProtocolError):
                 raise AssertionError(f"manager sent a bad message: {msg}")
             self.log.append(msg)

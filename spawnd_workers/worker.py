@@ -39,8 +39,12 @@ import time
 from dataclasses import dataclass
 
 from procmgr.errors import Err
-from procmgr.osutil import ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays
-from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode
+from procmgr.osutil import (
+    ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays,
+)
+from procmgr.protocol import (
+    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode, take,
+)
 from ringbuf import Closed, Ring
 
 DEFAULT_KILL_GRACE = 0.2
@@ -111,10 +115,7 @@ class Worker:
 
     def serve_requests(self) -> int:
         n = 0
-        while (slot := self.requests.try_pop()) is not None:
-            msg = self.decoder.feed(slot)
-            if msg is None:
-                continue
+        for msg in take(self.requests, self.decoder):
             if isinstance(msg, ProtocolError):
                 print(f"spawnd.{self.core}: bad request: {msg.detail}", file=sys.stderr)
                 continue
