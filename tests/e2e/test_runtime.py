@@ -260,3 +260,13 @@ def test_ctrl_c_stops_everything(children):
         assert process_gone(pid), (pid, _describe(pid))
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"procmgr-{manager_pid}-")]
     assert not os.path.exists(procmgr.osutil.runtime_dir(name))
+
+
+def test_spawn_with_caps_gives_exactly_those_files(pm, tmp_path):
+    out = tmp_path / "out.txt"
+    src = tmp_path / "in.txt"
+    src.write_text("from a cap\n")
+    d = pm.spawn_with_caps(["/bin/sh", "-c", "cat; echo done"],
+                           caps=[(0, "r", str(src)), (1, "w", str(out))], timeout=T)
+    assert pm.wait(d, timeout=T) == 0
+    assert out.read_text() == "from a cap\ndone\n"
