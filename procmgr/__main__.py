@@ -1,0 +1,5 @@
+import sys
+
+from procmgr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,283 @@
+"""`procmgr`: the runtime from a shell.
+
+    procmgr up --cores 4 --detach        # start a runtime in the background
+    procmgr spawn --core 1 -- /bin/sleep 30
+    procmgr ps                           # domains, states, cores, pids, CPU, memory
+    procmgr kill TOKEN; procmgr wait TOKEN
+    procmgr down
+
+Every query takes --json. Errors are one line on stderr and a non-zero exit
+code, never a traceback. `wait` exits with the domain's exit status (a
+death by signal N as 128+N, as shells report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from procmgr.client import Domain
+from procmgr.domain import State
+from procmgr.errors import ProcMgmtError
+from procmgr.osutil import runtime_dir
+from procmgr.runtime import Runtime, RuntimeNotFound, connect
+
+DEFAULT_NAME = "default"
+READY_TIMEOUT = 30.0
+
+
+class CliError(Exception):
+    """Something the user asked for cannot be done; the message says why."""
+
+
+# ---- up / down ----------------------------------------------------------------
+
+
+def cmd_up(args) -> int:
+    if os.path.exists(os.path.join(runtime_dir(args.name), "manager.sock")):
+        raise CliError(f"a runtime named {args.name!r} is already running")
+    if args.detach:
+        return _up_detached(args)
+    rt = Runtime(cores=args.cores, pending=args.pending, name=args.name)
+    rt.start()
+    with open(_pidfile(args.name), "w") as f:
+        f.write(str(os.getpid()))
+    print(f"runtime {args.name!r} up: {args.cores} cores, pending={args.pending} "
+          f"(Ctrl-C stops it)", flush=True)
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        rt.close()
+        try:
+            os.unlink(_pidfile(args.name))
+        except FileNotFoundError:
+            pass
+        print(f"runtime {args.name!r} down", flush=True)
+    return 0
+
+
+def _up_detached(args) -> int:
+    cmd = [sys.executable, "-m", "procmgr", "up", "--cores", str(args.cores),
+           "--name", args.name, "--pending", args.pending]
+    daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    line = daemon.stdout.readline()   # bounded by the daemon: up or exited
+    daemon.stdout.close()
+    if not line.startswith(b"runtime"):
+        daemon.wait(timeout=READY_TIMEOUT)
+        raise CliError(f"runtime {args.name!r} did not start")
+    print(f"runtime {args.name!r} up in the background (pid {daemon.pid})")
+    return 0
+
+
+def _pidfile(name: str) -> str:
+    """Where `up` records its pid for `down`: beside the runtime's directory
+    (which belongs to the manager and goes away with it)."""
+    return runtime_dir(name) + ".pid"
+
+
+def cmd_down(args) -> int:
+    try:
+        with open(_pidfile(args.name)) as f:
+            pid = int(f.read())
+    except (FileNotFoundError, ValueError):
+        raise CliError(f"no procmgr runtime named {args.name!r} is running") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise CliError(f"runtime {args.name!r} is gone already; "
+                       "`procmgr cleanup` removes what it left") from None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            psutil.Process(pid).wait(timeout=0.5)
+        except (psutil.TimeoutExpired, psutil.NoSuchProcess):
+            pass
+    if psutil.pid_exists(pid):
+        raise CliError(f"runtime {args.name!r} did not stop within {READY_TIMEOUT:.0f} s")
+    print(f"runtime {args.name!r} down")
+    return 0
+
+
+# ---- domains ------------------------------------------------------------------
+
+
+def _client(args):
+    return connect(args.name)
+
+
+def _domain(token: str) -> Domain:
+    try:
+        return Domain.from_token(token)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def cmd_spawn(args) -> int:
+    if not args.program:
+        raise CliError("nothing to spawn: give the program after --")
+    env = None
+    if args.env:
+        env = dict(os.environ)
+        for item in args.env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"--env {item!r} is not KEY=VALUE")
+            env[key] = value
+    with _client(args) as pm:
+        d = pm.spawn(args.program, core=args.core, env=env)
+    _emit(args, {"id": d.id, "token": d.token, "core": d.core, "pid": d.pid},
+          f"{d.id} {d.token}")
+    return 0
+
+
+def cmd_span(args) -> int:
+    with _client(args) as pm:
+        pid = pm.span(_domain(args.token), args.core)
+    _emit(args, {"pid": pid, "core": args.core}, str(pid))
+    return 0
+
+
+def cmd_kill(args) -> int:
+    with _client(args) as pm:
+        pm.kill(_domain(args.token))
+    return 0
+
+
+def cmd_wait(args) -> int:
+    with _client(args) as pm:
+        status = pm.wait(_domain(args.token), nohang=args.nohang)
+    _emit(args, {"running": status is None, "status": status},
+          "running" if status is None else str(status))
+    if status is None:
+        return 0
+    return 128 - status if status < 0 else status & 0xFF
+
+
+def _info(pm, ident: int) -> dict:
+    info = pm.status(ident)
+    row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
+           "argv": info.argv, "exit_status": info.exit_status, "cpu_s": None, "rss_mb": None}
+    if info.state == State.RUNNING:
+        cpu, rss = 0.0, 0
+        for pid in info.pids:
+            try:
+                p = psutil.Process(pid)
+                t = p.cpu_times()
+                cpu += t.user + t.system
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        row["cpu_s"], row["rss_mb"] = round(cpu, 2), round(rss / 2**20, 1)
+    return row
+
+
+def cmd_status(args) -> int:
+    ident = int(args.token) if args.token.isdigit() else _domain(args.token).id
+    with _client(args) as pm:
+        row = _info(pm, ident)
+    _emit(args, row, _table([row]))
+    return 0
+
+
+def cmd_ps(args) -> int:
+    with _client(args) as pm:
+        rows = [_info(pm, i) for i in pm.domains()]
+    _emit(args, rows, _table(rows) if rows else "no domains")
+    return 0
+
+
+def _table(rows: list[dict]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT", "CPU s", "RSS MB", "ARGV"):
+        table.add_column(col, justify="right" if col in ("ID", "EXIT", "CPU s", "RSS MB")
+                         else "left")
+    for r in rows:
+        table.add_row(str(r["id"]), r["state"], ",".join(map(str, r["cores"])),
+                      ",".join(map(str, r["pids"])),
+                      "" if r["exit_status"] is None else str(r["exit_status"]),
+                      "" if r["cpu_s"] is None else str(r["cpu_s"]),
+                      "" if r["rss_mb"] is None else str(r["rss_mb"]),
+                      " ".join(r["argv"]))
+    console = Console(width=120, force_terminal=False)
+    with console.capture() as cap:
+        console.print(table)
+    return cap.get().rstrip()
+
+
+def _emit(args, data, text: str) -> None:
+    print(json.dumps(data) if getattr(args, "json", False) else text)
+
+
+# ---- the parser -----------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="procmgr", description="Run and supervise programs on simulated cores.",
+        epilog="example: procmgr up --cores 4 --detach && procmgr spawn -- /bin/sleep 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help, example):
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example: {example}")
+        p.add_argument("--name", default=DEFAULT_NAME, help="runtime name (default: default)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "start a runtime", "procmgr up --cores 4 --detach")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--pending", choices=["replyq", "hashtable"], default="replyq")
+    p.add_argument("--detach", action="store_true", help="run in the background")
+    add("down", cmd_down, "stop a runtime: every domain killed, nothing left", "procmgr down")
+    p = add("spawn", cmd_spawn, "start a program; prints its id and cap token",
+            "procmgr spawn --core 1 --env MODE=x -- /bin/sleep 30")
+    p.add_argument("--core", type=int, default=0)
+    p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("program", nargs=argparse.REMAINDER)
+    p = add("span", cmd_span, "run a domain on another core too", "procmgr span TOKEN --core 1")
+    p.add_argument("token")
+    p.add_argument("--core", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p = add("kill", cmd_kill, "kill a domain on every core", "procmgr kill 3:9f1c...")
+    p.add_argument("token")
+    p = add("wait", cmd_wait, "wait for a domain; exits with its status",
+            "procmgr wait 3:9f1c... --nohang")
+    p.add_argument("token")
+    p.add_argument("--nohang", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
+    p.add_argument("token", help="a domain id or token")
+    p.add_argument("--json", action="store_true")
+    p = add("ps", cmd_ps, "list the domains", "procmgr ps --json")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "program", None) and args.program[0] == "--":
+        args.program = args.program[1:]
+    try:
+        return args.func(args)
+    except (CliError, ProcMgmtError, RuntimeNotFound, PermissionError, TimeoutError) as e:
+        print(f"procmgr: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

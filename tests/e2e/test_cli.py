@@ -1,0 +1,84 @@
+"""The CLI as a user drives it: a subprocess per command, exit codes and
+--json output checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from procmgr.osutil import runtime_dir
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "procmgr", *args], capture_output=True,
+                          text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.fixture
+def name():
+    n = f"procmgr-test-cli-{os.getpid()}-{time.monotonic_ns()}"
+    run("up", "--cores", "2", "--name", n, "--detach")
+    try:
+        yield n
+    finally:
+        run("down", "--name", n, check=False)
+        assert not os.path.exists(runtime_dir(n))
+
+
+def test_spawn_ps_wait_kill_down(name):
+    out = run("spawn", "--name", name, "--core", "1", "--json", "--", "/bin/sleep", "30")
+    dom = json.loads(out.stdout)
+    assert dom["core"] == 1 and psutil.pid_exists(dom["pid"])
+    rows = json.loads(run("ps", "--name", name, "--json").stdout)
+    assert [(r["id"], r["state"], r["argv"]) for r in rows] == \
+        [(dom["id"], "RUNNING", ["/bin/sleep", "30"])]
+    assert json.loads(run("wait", "--name", name, "--nohang", "--json",
+                          dom["token"]).stdout) == {"running": True, "status": None}
+    run("kill", "--name", name, dom["token"])
+    assert run("wait", "--name", name, dom["token"], check=False).returncode == 9
+    info = json.loads(run("status", "--name", name, str(dom["id"]), "--json").stdout)
+    assert info["exit_status"] == 9 and info["state"] in ("STOPPED", "CLEANED")
+    text = run("ps", "--name", name).stdout
+    assert "no domains" in text
+
+
+def test_wait_exits_with_the_domain_status(name):
+    token = run("spawn", "--name", name, "--", "/bin/sh", "-c", "exit 5").stdout.split()[1]
+    assert run("wait", "--name", name, token, check=False).returncode == 5
+    token = run("spawn", "--name", name, "--", "/bin/sh", "-c", "kill -TERM $$").stdout.split()[1]
+    assert run("wait", "--name", name, token, check=False).returncode == 128 + 15
+
+
+@pytest.mark.parametrize("args, message", [
+    (("kill", "99:00ff"), "no such domain"),
+    (("kill", "not-a-token"), "is not a domain token"),
+    (("spawn", "--core", "9", "--", "/bin/true"), "no spawnd worker serves that core"),
+    (("spawn", "--", "/no/such/program"), "No such file or directory"),
+])
+def test_bad_input_is_one_line_and_nonzero(name, args, message):
+    proc = run(*args[:1], "--name", name, *args[1:], check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_no_such_runtime():
+    proc = run("ps", "--name", "procmgr-test-nope", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "procmgr: no procmgr runtime named 'procmgr-test-nope' is running"
+    proc = run("down", "--name", "procmgr-test-nope", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_help_shows_an_example():
+    for cmd in ("spawn", "wait", "ps", "up"):
+        assert "example: procmgr" in run(cmd, "--help").stdout
