@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml setup.py ringbuf/build.py ringbuf/_ring.h ringbuf/_ring
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The main job: the ring between two processes, then a short storm of real
+# programs on 4 simulated cores, checked for lost replies, wrong statuses,
+# zombies, orphans and leaked segments.
 run: $(STAMP)
 	$(PY) -m ringbuf.demo
+	$(PY) -m procmgr storm --cores 4 --clients 3 --ops 200
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

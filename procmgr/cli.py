@@ -220,6 +220,54 @@ def _emit(args, data, text: str) -> None:
     print(json.dumps(data) if getattr(args, "json", False) else text)
 
 
+def cmd_storm(args) -> int:
+    from rich.progress import Progress
+
+    from procmgr import storm
+
+    try:
+        mix = storm.parse_mix(args.mix)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if args.cores < 1 or args.clients < 1 or args.ops < 1:
+        raise CliError("--cores, --clients and --ops must be at least 1")
+    total = args.clients * args.ops
+    if args.json:
+        summary = storm.storm(args.cores, args.clients, args.ops, mix)
+    else:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"storm: {args.clients} clients x {args.ops} ops on "
+                                f"{args.cores} cores", total=total)
+            summary = storm.storm(args.cores, args.clients, args.ops, mix,
+                                  progress=lambda n: bar.update(task, completed=n))
+    _emit(args, summary, _summary_table(summary))
+    return 0 if storm.healthy(summary) else 1
+
+
+def _summary_table(s: dict) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="storm", box=None, show_header=False)
+    t.add_column(justify="left")
+    t.add_column(justify="right")
+    rows = [("requests", f"{s['ops']:,}"), ("answered", f"{s['answered']:,}"),
+            ("ops/s", f"{s['ops_per_s']:,}"), ("latency p50 ms", str(s["latency_ms_p50"])),
+            ("latency p99 ms", str(s["latency_ms_p99"])),
+            ("exit statuses checked", f"{s['statuses_checked']:,}"),
+            ("wrong exit statuses", str(s["wrong_status"])),
+            ("lost replies", str(s["lost"])), ("duplicated replies", str(s["duplicated"])),
+            ("errors by code", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none"),
+            ("zombies", str(len(s["zombies"]))), ("orphans", str(len(s["orphans"]))),
+            ("leaked segments", str(len(s["leaked_segments"]))), ("seconds", str(s["seconds"]))]
+    for k, v in rows:
+        t.add_row(k, v)
+    console = Console(width=100, force_terminal=False)
+    with console.capture() as cap:
+        console.print(t)
+    return cap.get().rstrip()
+
+
 # ---- the parser -----------------------------------------------------------------
 
 
@@ -263,6 +311,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("ps", cmd_ps, "list the domains", "procmgr ps --json")
     p.add_argument("--json", action="store_true")
+    p = add("storm", cmd_storm, "hammer a runtime of its own with real programs, checking "
+            "every answer", "procmgr storm --cores 4 --clients 3 --ops 200 --mix spawn=4,kill=2")
+    p.add_argument("--cores", type=int, default=4)
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--ops", type=int, default=200, help="operations per client")
+    p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1")
+    p.add_argument("--json", action="store_true")
     return ap
 
 
@@ -272,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         args.program = args.program[1:]
     try:
         return args.func(args)
-    except (CliError, ProcMgmtError, RuntimeNotFound, PermissionError, TimeoutError) as e:
+    except (CliError, ProcMgmtError, RuntimeNotFound, PermissionError, TimeoutError,
+            OSError) as e:
         print(f"procmgr: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

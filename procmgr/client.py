@@ -93,6 +93,7 @@ class Client:
         self._decoder = Decoder()
         self._waiting: dict[int, Future] = {}
         self._next_seq = 1
+        self.unmatched_answers = 0     # answers to no request in flight: duplicates
 
     # ---- the request/answer machinery ----
 
@@ -128,6 +129,8 @@ class Client:
             fut = self._waiting.pop(msg.seq, None)
             if fut is not None:
                 fut.reply = msg
+            else:
+                self.unmatched_answers += 1
 
     def wait_for(self, fut: Future, timeout: float | None = None):
         """Block until ``fut`` is answered (bounded by ``timeout``) and return its result."""

@@ -82,3 +82,20 @@ def test_no_such_runtime():
 def test_help_shows_an_example():
     for cmd in ("spawn", "wait", "ps", "up"):
         assert "example: procmgr" in run(cmd, "--help").stdout
+
+
+def test_storm_checks_everything_and_reports_json():
+    proc = run("storm", "--cores", "2", "--clients", "2", "--ops", "40", "--json",
+               "--mix", "spawn=3,kill=2,wait=3,span=1")
+    s = json.loads(proc.stdout)
+    assert s["ops"] == s["answered"] > 80
+    assert s["statuses_checked"] > 0
+    for key in ("lost", "duplicated", "wrong_status"):
+        assert s[key] == 0, (key, s)
+    assert s["zombies"] == s["orphans"] == s["leaked_segments"] == []
+    assert s["latency_ms_p50"] > 0 and s["ops_per_s"] > 0
+
+
+def test_storm_bad_mix():
+    proc = run("storm", "--mix", "spawn=x", check=False)
+    assert proc.returncode == 1 and "is not OP=WEIGHT" in proc.stderr
