@@ -268,6 +268,57 @@ def _summary_table(s: dict) -> str:
     return cap.get().rstrip()
 
 
+def cmd_cleanup(args) -> int:
+    """Remove what crashed runtimes left: segments whose creator is gone,
+    socket directories no manager answers on, stale pid files."""
+    removed = []
+    for entry in sorted(os.listdir("/dev/shm")):
+        parts = entry.rsplit("-", 2)
+        if entry.startswith("procmgr") and len(parts) == 3 and parts[1].isdigit() \
+                and not psutil.pid_exists(int(parts[1])):
+            _remove(os.path.join("/dev/shm", entry), removed)
+    root = os.path.dirname(runtime_dir("x"))
+    for entry in sorted(os.listdir(root)):
+        path = os.path.join(root, entry)
+        if entry.endswith(".pid"):
+            try:
+                with open(path) as f:
+                    alive = psutil.pid_exists(int(f.read()))
+            except ValueError:
+                alive = False
+            if not alive:
+                _remove(path, removed)
+        elif os.path.isdir(path) and not _answers(os.path.join(path, "manager.sock")):
+            for inner in os.listdir(path):
+                _remove(os.path.join(path, inner), removed)
+            _remove(path, removed)
+    _emit(args, {"removed": removed},
+          "\n".join(f"removed {r}" for r in removed) or "nothing to clean up")
+    return 0
+
+
+def _answers(sock_path: str) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(sock_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _remove(path: str, removed: list) -> None:
+    try:
+        os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+        removed.append(path)
+    except FileNotFoundError:
+        pass
+
+
 # ---- the parser -----------------------------------------------------------------
 
 
@@ -317,6 +368,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--ops", type=int, default=200, help="operations per client")
     p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1")
+    p.add_argument("--json", action="store_true")
+    p = add("cleanup", cmd_cleanup, "remove what crashed runtimes left behind",
+            "procmgr cleanup --json")
     p.add_argument("--json", action="store_true")
     return ap
 

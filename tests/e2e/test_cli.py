@@ -99,3 +99,27 @@ def test_storm_checks_everything_and_reports_json():
 def test_storm_bad_mix():
     proc = run("storm", "--mix", "spawn=x", check=False)
     assert proc.returncode == 1 and "is not OP=WEIGHT" in proc.stderr
+
+
+def test_cleanup_removes_only_what_dead_runtimes_left(name):
+    import posix_ipc
+
+    # A segment whose creator is dead, and a socket directory nobody serves.
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    seg = f"/procmgr-test-{dead.pid}-0123456789ab"
+    posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=0o600, size=64).close_fd()
+    stale = runtime_dir(f"procmgr-test-stale-{os.getpid()}")
+    os.makedirs(stale)
+    open(os.path.join(stale, "manager.sock"), "w").close()
+    try:
+        out = json.loads(run("cleanup", "--json").stdout)
+        assert f"/dev/shm{seg}" in out["removed"]
+        assert stale in out["removed"] and not os.path.exists(stale)
+        # the live runtime is untouched and still serves
+        assert run("ps", "--name", name).returncode == 0
+    finally:
+        try:
+            posix_ipc.unlink_shared_memory(seg)
+        except posix_ipc.ExistentialError:
+            pass
