@@ -197,6 +197,14 @@ def cmd_ps(args) -> int:
 
 def _table(rows: list[dict]) -> str:
     from rich.console import Console
+
+    console = Console(width=120, force_terminal=False)
+    with console.capture() as cap:
+        console.print(_rich_table(rows))
+    return cap.get().rstrip()
+
+
+def _rich_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(box=None)
@@ -210,10 +218,7 @@ def _table(rows: list[dict]) -> str:
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
                       " ".join(r["argv"]))
-    console = Console(width=120, force_terminal=False)
-    with console.capture() as cap:
-        console.print(table)
-    return cap.get().rstrip()
+    return table
 
 
 def _emit(args, data, text: str) -> None:
@@ -319,6 +324,55 @@ def _remove(path: str, removed: list) -> None:
         pass
 
 
+def cmd_top(args) -> int:
+    """A live view: cores (worker CPU, queue depths), requests/s, domains."""
+    from rich.console import Group
+    from rich.live import Live
+
+    procs: dict[int, psutil.Process] = {}
+
+    def cpu(pid: int) -> float:
+        p = procs.get(pid)
+        if p is None:
+            p = procs[pid] = psutil.Process(pid)
+            p.cpu_percent(None)      # first call primes the counter
+        try:
+            return p.cpu_percent(None)
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    with _client(args) as pm:
+        last, last_t = None, time.monotonic()
+        with Live(auto_refresh=False, screen=False) as live:
+            frame = 0
+            while args.count is None or frame < args.count:
+                stats = pm.stats()
+                now = time.monotonic()
+                rate = 0.0 if last is None else (stats["answered"] - last) / (now - last_t)
+                last, last_t = stats["answered"], now
+                rows = [_info(pm, i) for i in pm.domains()]
+                live.update(Group(_cores_table(stats, rate, cpu), _rich_table(rows)),
+                            refresh=True)
+                frame += 1
+                if args.count is None or frame < args.count:
+                    time.sleep(args.interval)
+    return 0
+
+
+def _cores_table(stats: dict, rate: float, cpu):
+    from rich.table import Table
+
+    t = Table(title=f"{stats['domains']} domains, {stats['clients']} clients, "
+                    f"{rate:,.0f} requests/s, pending={stats['pending_kind']}", box=None)
+    for col in ("CORE", "WORKER", "CPU %", "SEND Q", "REPLY Q", "SENT", "REPLIES"):
+        t.add_column(col, justify="right")
+    for core, c in stats["cores"].items():
+        pid = stats["workers"].get(core)
+        t.add_row(core, str(pid or "-"), f"{cpu(pid):.0f}" if pid else "-", str(c["sendq"]),
+                  f"{c['pending']}/{c['pending_capacity']}", str(c["sent"]), str(c["replies"]))
+    return t
+
+
 # ---- the parser -----------------------------------------------------------------
 
 
@@ -369,6 +423,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=int, default=200, help="operations per client")
     p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1")
     p.add_argument("--json", action="store_true")
+    p = add("top", cmd_top, "live view of cores, queues, requests/s and domains",
+            "procmgr top --interval 1")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
     p = add("cleanup", cmd_cleanup, "remove what crashed runtimes left behind",
             "procmgr cleanup --json")
     p.add_argument("--json", action="store_true")

@@ -11,6 +11,7 @@ an answer calls ``pump()`` to let it work instead of blocking on the ring.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -212,6 +213,11 @@ class Client:
             if not more or not page:
                 return ids
             start = page[-1] + 1
+
+    def stats(self, timeout=None) -> dict:
+        """The manager's counters: per core queue depths, totals (for `top`)."""
+        fut = self._send(Msg(Op.GET_STATS), lambda m: json.loads(m.payload))
+        return self.wait_for(fut, timeout)
 
     def add_spawnd(self, core: int, request_ring: str = "", reply_ring: str = "",
                    timeout=None) -> None:

@@ -27,6 +27,7 @@ Defined behaviour for the cases Barrelfish got wrong (BARRELFISH.md §5):
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 
@@ -149,6 +150,22 @@ def get_domainlist(mgr, client, msg) -> None:
     mgr.answer(client, msg, status=int(more), payload=encode_ids(page))
 
 
+def get_stats(mgr, client, msg) -> None:
+    """Counters for monitoring: per core the send-queue and pending depths and
+    the worker's pid; totals of requests answered. A query: changes nothing."""
+    cores = {
+        str(core): {"sendq": sd.queued, "pending": len(sd.pending),
+                    "pending_capacity": sd.pending.capacity, "sent": sd.sent,
+                    "replies": sd.replies, "protocol_errors": sd.protocol_errors}
+        for core, sd in sorted(mgr.spawnds.items())
+    }
+    stats = {"cores": cores, "clients": len(mgr.clients), "domains": len(mgr.table),
+             "answered": sum(c.answered for c in mgr.clients.values()) + mgr.answered_gone,
+             "pending_kind": mgr.pending_kind, "protocol_errors": mgr.protocol_errors,
+             "internal_errors": mgr.internal_errors, "workers": mgr.worker_pids()}
+    mgr.answer(client, msg, payload=json.dumps(stats).encode()[:MAX_PAYLOAD])
+
+
 def add_spawnd(mgr, client, msg) -> None:
     """Monitor only. Payload: the spawnd's request and reply ring names, or
     nothing: then the manager starts a worker for the core itself (a
@@ -195,6 +212,7 @@ CLIENT_HANDLERS = {
     Op.GET_STATUS: get_status,
     Op.GET_DOMAINLIST: get_domainlist,
     Op.ADD_SPAWND: add_spawnd,
+    Op.GET_STATS: get_stats,
 }
 
 

@@ -56,6 +56,9 @@ class Manager:
         # Set by the manager process: starts a worker for a core (add_spawnd
         # with no ring names). None when the manager runs in-process.
         self.start_spawnd = None
+        # core -> worker pid, for monitoring; empty when the manager runs in-process.
+        self.worker_pids = dict
+        self.answered_gone = 0   # answers counted for clients since gone
 
     # ---- bindings ----
 
@@ -147,6 +150,8 @@ class Manager:
 
     def client_gone(self, client: ClientBinding) -> None:
         """The client died or disconnected: drop what waits for it."""
+        if client.alive:
+            self.answered_gone += client.answered
         client.alive = False
         self.clients.pop(client.id, None)
         for dom_id in self.table.ids():

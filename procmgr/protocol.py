@@ -71,6 +71,7 @@ class Op(IntEnum):
     GET_STATUS = 7
     GET_DOMAINLIST = 8
     ADD_SPAWND = 9
+    GET_STATS = 10      # the manager's own figures (JSON payload), for `procmgr top`
     # manager -> spawnd (each answered by one SD_REPLY, in order)
     SD_SPAWN = 16
     SD_SPAN = 17
@@ -81,7 +82,7 @@ class Op(IntEnum):
     SD_EXIT = 25      # a dispatcher ended by itself; status = wait status
 
 
-CLIENT_OPS = frozenset(range(Op.SPAWN, Op.ADD_SPAWND + 1))
+CLIENT_OPS = frozenset(range(Op.SPAWN, Op.GET_STATS + 1))
 SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP))
 
 

@@ -65,6 +65,7 @@ class Server:
         self.child_watch = ChildWatch()
         self.loop.watch(self.child_watch.read_fd, self._children_changed)
         self.mgr.start_spawnd = self.start_worker
+        self.mgr.worker_pids = lambda: {str(c): p.pid for c, p in self.workers.items()}
         for core in range(cores):
             self.start_worker(core)
 

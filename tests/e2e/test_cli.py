@@ -123,3 +123,40 @@ def test_cleanup_removes_only_what_dead_runtimes_left(name):
             posix_ipc.unlink_shared_memory(seg)
         except posix_ipc.ExistentialError:
             pass
+
+
+def test_top_under_a_terminal(name):
+    import pty
+    import select as _select
+
+    run("spawn", "--name", name, "--", "/bin/sleep", "30")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "procmgr", "top", "--name", name,
+                             "--count", "3", "--interval", "0.2"],
+                            stdin=slave, stdout=slave, stderr=slave,
+                            env=dict(os.environ, COLUMNS="120", LINES="40", TERM="xterm"))
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = _select.select([master], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:        # EIO: the program closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = screen.decode(errors="replace")
+    assert text.count("CORE") >= 3, text          # three refreshes drawn
+    assert "REPLY Q" in text and "/bin/sleep 30" in text and "RUNNING" in text
