@@ -80,7 +80,8 @@ def test_no_such_runtime():
 
 
 def test_help_shows_an_example():
-    for cmd in ("spawn", "wait", "ps", "up"):
+    for cmd in ("up", "down", "spawn", "span", "kill", "wait", "status", "ps", "top",
+                "storm", "cleanup"):
         assert "example: procmgr" in run(cmd, "--help").stdout
 
 
@@ -160,3 +161,14 @@ def test_top_under_a_terminal(name):
     text = screen.decode(errors="replace")
     assert text.count("CORE") >= 3, text          # three refreshes drawn
     assert "REPLY Q" in text and "/bin/sleep 30" in text and "RUNNING" in text
+
+
+def test_forged_token_is_refused(name):
+    dom = json.loads(run("spawn", "--name", name, "--json", "--", "/bin/sleep", "30").stdout)
+    ident, nonce = dom["token"].split(":")
+    forged = f"{ident}:{int(nonce, 16) ^ 1:016x}"
+    for cmd in ("kill", "wait"):
+        proc = run(cmd, "--name", name, forged, check=False)
+        assert proc.returncode == 1 and "BAD_CAP" in proc.stderr, proc.stderr
+    assert psutil.pid_exists(dom["pid"])        # the real domain is untouched
+    run("kill", "--name", name, dom["token"])
