@@ -70,16 +70,21 @@ def compare(n: int = 400, rounds: int = 3, cores: int = 2) -> dict:
             "rounds": rounds, "cores": cores, "cpus": os.cpu_count()}
 
 
-def main() -> int:
-    r = compare()
+def table(r: dict) -> str:
     m = r["medians"]
-    print("| spawn + wait of /bin/true | raw posix_spawn + waitpid, /s | runtime, /s | runtime / raw |")
-    print("|---|---:|---:|---:|")
-    print(f"| one at a time | {m['raw1']:,.0f} | {m['rt1']:,.0f} | {r['ratio1']:.2f}x |")
-    print(f"| 8 in flight | {m['raw8']:,.0f} | {m['rt8']:,.0f} | {r['ratio8']:.2f}x |")
-    print(f"\nClient-measured spawn latency: median {r['latency_us'][0]:,.0f} µs, "
-          f"p99 {r['latency_us'][1]:,.0f} µs. Medians of {r['rounds']} interleaved rounds, "
-          f"{r['cores']} cores on {r['cpus']} CPUs. Reproduce: `.venv/bin/python -m bench.spawn`.")
+    return "\n".join([
+        "| spawn + wait of /bin/true | raw posix_spawn + waitpid, /s | runtime, /s | runtime / raw |",
+        "|---|---:|---:|---:|",
+        f"| one at a time | {m['raw1']:,.0f} | {m['rt1']:,.0f} | {r['ratio1']:.2f}x |",
+        f"| 8 in flight | {m['raw8']:,.0f} | {m['rt8']:,.0f} | {r['ratio8']:.2f}x |",
+        f"\nClient-measured spawn latency: median {r['latency_us'][0]:,.0f} µs, "
+        f"p99 {r['latency_us'][1]:,.0f} µs. Medians of {r['rounds']} interleaved rounds, "
+        f"{r['cores']} cores on {r['cpus']} CPUs. Reproduce: `.venv/bin/python -m bench.spawn`.",
+    ])
+
+
+def main() -> int:
+    print(table(compare()))
     return 0
 
 

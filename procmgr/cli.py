@@ -373,6 +373,27 @@ def _cores_table(stats: dict, rate: float, cpu):
     return t
 
 
+def cmd_bench(args) -> int:
+    try:
+        from bench import report
+    except ImportError:
+        raise CliError("the benchmarks live in the source tree: run from its root") from None
+    kinds = report.KINDS if args.what == "all" else (args.what,)
+    results = report.run(kinds, quick=args.quick)
+    if args.report:
+        path = report.write(results, args.report)
+        if not args.json:
+            print(f"report written to {path}")
+    if args.json:
+        print(json.dumps(results))
+    elif not args.report:
+        from bench import pending_report, ring_report, spawn
+
+        tables = {"ring": ring_report.table, "spawn": spawn.table, "pending": pending_report.table}
+        print("\n\n".join(tables[k](results[k]) for k in kinds))
+    return 0
+
+
 # ---- the parser -----------------------------------------------------------------
 
 
@@ -427,6 +448,12 @@ def parser() -> argparse.ArgumentParser:
             "procmgr top --interval 1")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
+    p = add("bench", cmd_bench, "measure the project against its peers in one run",
+            "procmgr bench ring --report out/")
+    p.add_argument("what", nargs="?", default="all", choices=["ring", "spawn", "pending", "all"])
+    p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots there")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
+    p.add_argument("--json", action="store_true")
     p = add("cleanup", cmd_cleanup, "remove what crashed runtimes left behind",
             "procmgr cleanup --json")
     p.add_argument("--json", action="store_true")

@@ -172,3 +172,14 @@ def test_forged_token_is_refused(name):
         assert proc.returncode == 1 and "BAD_CAP" in proc.stderr, proc.stderr
     assert psutil.pid_exists(dom["pid"])        # the real domain is untouched
     run("kill", "--name", name, dom["token"])
+
+
+def test_bench_writes_a_report_with_plots(tmp_path):
+    out = tmp_path / "report"
+    proc = run("bench", "pending", "--quick", "--report", str(out), "--json")
+    results = json.loads(proc.stdout)
+    assert set(results["pending"]["ns_per_request"]) == {"replyq", "hashtable"}
+    assert results["machine"]["cpus"] == os.cpu_count()
+    text = (out / "report.md").read_text()
+    assert "Pending clients" in text and "pending.png" in text and "Reproduce" in text
+    assert (out / "pending.png").read_bytes()[:4] == b"\x89PNG"

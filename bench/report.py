@@ -1,0 +1,87 @@
+"""`procmgr bench`: the measurements of bench/ in one run, as a Markdown
+report with PNG plots, or as JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from bench import peers, pending_report, ring_report, spawn
+
+KINDS = ("ring", "spawn", "pending")
+
+
+def run(kinds, quick: bool = False) -> dict:
+    scale, rounds = (0.02, 1) if quick else (0.5, 5)
+    results: dict = {"machine": peers.machine(), "quick": quick}
+    if "ring" in kinds:
+        results["ring"] = peers.compare(rounds=rounds, scale=scale)
+    if "spawn" in kinds:
+        results["spawn"] = spawn.compare(n=20 if quick else 400, rounds=1 if quick else 3)
+    if "pending" in kinds:
+        results["pending"] = pending_report.compare(rounds=rounds, scale=scale)
+    return results
+
+
+def write(results: dict, directory: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    m = results["machine"]
+    parts = ["# procmgr benchmarks", "",
+             f"Machine: {m['cpus']} CPUs ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
+             f"numpy {m['numpy']}, cffi {m['cffi']}, faster-fifo {m['faster_fifo']}.",
+             f"Reproduce: `procmgr bench {' '.join(k for k in KINDS if k in results)} "
+             f"--report {directory}`" + (" (quick: tiny sizes, not for quoting)"
+                                          if results["quick"] else ""), ""]
+    if "ring" in results:
+        r = results["ring"]
+        parts += ["## Ring", "", ring_report.table(r), "", "![ring](ring.png)", ""]
+        names = ["ringbuf", "faster-fifo", "mp.Pipe", "mp.Queue"]
+        vals = [r["medians"][k] for k in ("ring", "faster_fifo", "mp_pipe", "mp_queue")]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(names, vals, color=["tab:blue"] + ["tab:gray"] * 3)
+        ax.set_yscale("log")
+        ax.set_ylabel("64-byte messages/s (log)")
+        ax.set_title(f"One message at a time, 2 processes ({m['cpus']} CPUs)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "ring.png"), dpi=100)
+        plt.close(fig)
+    if "spawn" in results:
+        s = results["spawn"]
+        parts += ["## Spawn", "", spawn.table(s), "", "![spawn](spawn.png)", ""]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        xs = range(2)
+        med = s["medians"]
+        ax.bar([x - 0.2 for x in xs], [med["raw1"], med["raw8"]], 0.4, label="raw posix_spawn")
+        ax.bar([x + 0.2 for x in xs], [med["rt1"], med["rt8"]], 0.4, label="runtime")
+        ax.set_xticks(list(xs), ["one at a time", "8 in flight"])
+        ax.set_ylabel("spawn + wait of /bin/true per s")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "spawn.png"), dpi=100)
+        plt.close(fig)
+    if "pending" in results:
+        p = results["pending"]
+        parts += ["## Pending clients", "", pending_report.table(p), "",
+                  "![pending](pending.png)", ""]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        kinds = list(p["ns_per_request"])
+        ax.bar(kinds, [p["ns_per_request"][k] for k in kinds], color=["tab:blue", "tab:gray"])
+        ax.set_ylabel("claim + match + release, ns/request")
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "pending.png"), dpi=100)
+        plt.close(fig)
+    path = os.path.join(directory, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    return path
+
+
+if __name__ == "__main__":
+    out = write(run(KINDS), sys.argv[1] if len(sys.argv) > 1 else "bench-report")
+    print(out, platform.node())
