@@ -7,20 +7,22 @@ import os
 import platform
 import sys
 
-from bench import peers, pending_report, ring_report, spawn
+from bench import peers, pending_report, ring_report, scale, spawn
 
-KINDS = ("ring", "spawn", "pending")
+KINDS = ("ring", "spawn", "pending", "scale")
 
 
 def run(kinds, quick: bool = False) -> dict:
-    scale, rounds = (0.02, 1) if quick else (0.5, 5)
+    size, rounds = (0.02, 1) if quick else (0.5, 5)
     results: dict = {"machine": peers.machine(), "quick": quick}
     if "ring" in kinds:
-        results["ring"] = peers.compare(rounds=rounds, scale=scale)
+        results["ring"] = peers.compare(rounds=rounds, scale=size)
     if "spawn" in kinds:
         results["spawn"] = spawn.compare(n=20 if quick else 400, rounds=1 if quick else 3)
     if "pending" in kinds:
-        results["pending"] = pending_report.compare(rounds=rounds, scale=scale)
+        results["pending"] = pending_report.compare(rounds=rounds, scale=size)
+    if "scale" in kinds:
+        results["scale"] = scale.measure((1, 2), 30, 20) if quick else scale.measure()
     return results
 
 
@@ -75,6 +77,28 @@ def write(results: dict, directory: str) -> str:
         ax.set_ylabel("claim + match + release, ns/request")
         fig.tight_layout()
         fig.savefig(os.path.join(directory, "pending.png"), dpi=100)
+        plt.close(fig)
+    if "scale" in results:
+        rows = results["scale"]
+        parts += ["## Scale", "", scale.table(rows), "", "![scale](scale.png)", ""]
+        xs = [r["cores"] for r in rows]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, key, title in ((axes[0], "control_plane_per_s",
+                                "control plane, requests/s\n(simulated dispatchers)"),
+                               (axes[1], "spawn_per_s", "spawn + wait of /bin/true per s\n"
+                                                        "(8 in flight)")):
+            ax.plot(xs, [r[key] for r in rows], "o-")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.set_xlabel("simulated cores")
+            ax.set_title(title, fontsize=9)
+            ax.set_ylim(bottom=0)
+            if max(xs) > m["cpus"]:
+                ax.axvspan(m["cpus"] * 1.3, max(xs) * 1.3, color="0.92",
+                           label=f"oversubscribed (> {m['cpus']} CPUs)")
+                ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(directory, "scale.png"), dpi=100)
         plt.close(fig)
     path = os.path.join(directory, "report.md")
     with open(path, "w") as f:

@@ -389,7 +389,10 @@ def cmd_bench(args) -> int:
     elif not args.report:
         from bench import pending_report, ring_report, spawn
 
-        tables = {"ring": ring_report.table, "spawn": spawn.table, "pending": pending_report.table}
+        from bench import scale
+
+        tables = {"ring": ring_report.table, "spawn": spawn.table,
+                  "pending": pending_report.table, "scale": scale.table}
         print("\n\n".join(tables[k](results[k]) for k in kinds))
     return 0
 
@@ -450,7 +453,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
     p = add("bench", cmd_bench, "measure the project against its peers in one run",
             "procmgr bench ring --report out/")
-    p.add_argument("what", nargs="?", default="all", choices=["ring", "spawn", "pending", "all"])
+    p.add_argument("what", nargs="?", default="all",
+                   choices=["ring", "spawn", "pending", "scale", "all"])
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots there")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
     p.add_argument("--json", action="store_true")

@@ -77,7 +77,10 @@ def connect(name: str, _token: str = "") -> Client:
 
 class Runtime:
     def __init__(self, cores: int = 4, pending: str = "replyq", name: str | None = None,
-                 kill_grace: float = 0.2, pin: bool = True):
+                 kill_grace: float = 0.2, pin: bool = True, simulate: bool = False):
+        """``simulate``: workers record dispatchers without starting
+        processes -- for measuring the control plane alone."""
+        self.simulate = simulate
         self.cores = cores
         self.pending = pending
         self.name = name or f"rt-{os.getpid()}-{secrets.token_hex(4)}"
@@ -95,6 +98,8 @@ class Runtime:
                "--kill-grace", str(self.kill_grace)]
         if not self.pin:
             cmd.append("--no-pin")
+        if self.simulate:
+            cmd.append("--simulate")
         # Orphans of a killed manager (its workers, then their domains) are
         # re-parented to us rather than to init, so the guard can end them.
         become_subreaper()

@@ -42,7 +42,8 @@ HANDSHAKE_TIMEOUT = 2.0
 
 class Server:
     def __init__(self, name: str, cores: int, pending: str, token: str,
-                 kill_grace: float, pin: bool = True):
+                 kill_grace: float, pin: bool = True, simulate: bool = False):
+        self.simulate = simulate
         self.name = name
         self.dir = runtime_dir(name)
         os.makedirs(self.dir, mode=0o700, exist_ok=False)
@@ -81,6 +82,8 @@ class Server:
                "--kill-grace", str(self.kill_grace), "--runtime", self.name]
         if not self.pin:
             cmd.append("--no-pin")
+        if self.simulate:
+            cmd.append("--simulate")
         proc = subprocess.Popen(cmd, pass_fds=(doorbell, self.loop.doorbell))
         requests.set_doorbell(doorbell)   # we push requests: ring the worker
         replies.set_doorbell(doorbell)    # we pop replies: ring it if it waits for room
@@ -220,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pending", default="replyq", choices=["replyq", "hashtable"])
     ap.add_argument("--kill-grace", type=float, default=0.2)
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--simulate", action="store_true",
+                    help="workers record dispatchers without starting processes")
     args = ap.parse_args(argv)
     die_with_parent()
     token = os.environ.pop("PROCMGR_MONITOR_TOKEN", "")
     server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
-                    pin=not args.no_pin)
+                    pin=not args.no_pin, simulate=args.simulate)
 
     def stop(signum, frame):
         server.loop.stop()

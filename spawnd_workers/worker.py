@@ -69,9 +69,15 @@ class Dispatcher:
 
 class Worker:
     def __init__(self, core: int, requests: Ring, replies: Ring, doorbell: int,
-                 kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = ""):
+                 kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = "",
+                 simulate: bool = False):
         self.core = core
         self.runtime = runtime
+        # Simulated dispatchers: recorded, never started (control-plane
+        # measurements; every figure taken this way says so).
+        self.simulate = simulate
+        self.simulated: dict[int, int] = {}      # dom -> fake pid
+        self._next_fake_pid = 1 << 22
         self.requests = requests      # we consume
         self.replies = replies        # we produce
         self.doorbell = doorbell
@@ -144,8 +150,12 @@ class Worker:
         return self._start(msg, span=True)
 
     def _start(self, msg: Msg, span: bool) -> Msg:
-        if msg.dom in self.dispatchers:
+        if msg.dom in self.dispatchers or msg.dom in self.simulated:
             return msg.reply(Err.ALREADY_SPANNED)
+        if self.simulate:
+            self._next_fake_pid += 1
+            self.simulated[msg.dom] = self._next_fake_pid
+            return msg.reply(Err.OK, self._next_fake_pid)
         try:
             args = SpawnArgs.decode(msg.payload)
         except ProtocolError as e:
@@ -175,6 +185,8 @@ class Worker:
         return msg.reply(Err.OK, pid)
 
     def kill(self, msg: Msg) -> Msg:
+        if self.simulated.pop(msg.dom, None) is not None:
+            return msg.reply(Err.OK)
         d = self.dispatchers.get(msg.dom)
         if d is None:
             return msg.reply(Err.NOT_FOUND)
@@ -273,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill-grace", type=float, default=DEFAULT_KILL_GRACE)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--runtime", default="", help="the runtime's name, given to domains")
+    ap.add_argument("--simulate", action="store_true",
+                    help="record dispatchers without starting processes (measurements)")
     args = ap.parse_args(argv)
 
     die_with_parent()
@@ -290,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         # Attached: the manager may unlink the names now.
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
-                    args.runtime)
+                    args.runtime, args.simulate)
 
     def stop(signum, frame):
         worker.stopping = True

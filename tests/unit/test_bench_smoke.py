@@ -20,3 +20,14 @@ def test_spawn_comparison_runs():
     r = spawn_compare(n=10, rounds=1)
     assert all(v > 0 for v in r["medians"].values())
     assert r["latency_us"][0] > 0
+
+
+def test_scale_runs_and_flags_oversubscription():
+    import os
+
+    from bench.scale import measure, table
+
+    rows = measure((1, (os.cpu_count() or 1) + 1), domains=20, spawns=10)
+    assert all(r["control_plane_per_s"] > 0 and r["spawn_per_s"] > 0 for r in rows)
+    assert [r["oversubscribed"] for r in rows] == [False, True]
+    assert "oversubscribed" in table(rows)
