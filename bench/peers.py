@@ -226,6 +226,26 @@ def ring_idle_cpu(seconds: float = 2.0) -> float:
         return used / wall
 
 
+def c_ceiling(count: int = 20_000_000) -> dict:
+    """The same ring driven from C by two processes: what the hardware allows
+    (compiled on the spot with the C compiler the build needs anyway)."""
+    import subprocess
+    import sysconfig
+    import tempfile
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    ring = here.parent / "ringbuf"
+    cc = sysconfig.get_config_var("CC") or "cc"
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "ceiling"
+        subprocess.run([*cc.split(), "-O2", "-std=gnu11", f"-I{ring}", str(here / "c_ceiling.c"),
+                        str(ring / "_ring.c"), "-o", str(exe)], check=True, capture_output=True)
+        out = subprocess.run([str(exe), str(count)], check=True, capture_output=True,
+                             text=True, timeout=300).stdout
+    return {k: float(v) for k, v in (line.split() for line in out.splitlines())}
+
+
 def machine() -> dict:
     import cffi
     from importlib.metadata import version
@@ -251,13 +271,16 @@ def compare(rounds: int = 5, scale: float = 1.0) -> dict:
         "ring_batch": lambda: ring_batch_rate(n(20_000_000)),
         "ring_rtt": lambda: ring_pingpong_us(n(20_000)),
         "pipe_rtt": lambda: pipe_pingpong_us(n(20_000)),
+        "c_ceiling": lambda: c_ceiling(n(20_000_000)),
     }
     samples = {k: [] for k in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             samples[name].append(run())
     med = {k: statistics.median(v) for k, v in samples.items()
-           if not k.endswith("_rtt")}
+           if not k.endswith("_rtt") and k != "c_ceiling"}
+    med["c_single"] = statistics.median(c["single"] for c in samples["c_ceiling"])
+    med["c_batch"] = statistics.median(c["batch"] for c in samples["c_ceiling"])
     for k in ("ring_rtt", "pipe_rtt"):
         med[k + "_median_us"] = statistics.median(s[0] for s in samples[k])
         med[k + "_p99_us"] = statistics.median(s[1] for s in samples[k])

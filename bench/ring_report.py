@@ -19,6 +19,10 @@ def table(r: dict) -> str:
         f"| multiprocessing.Pipe `send_bytes`/`recv_bytes` | {m['mp_pipe']:,.0f} | {ratio['ring / mp_pipe']:.1f}x faster |",
         f"| multiprocessing.Queue `put`/`get` | {m['mp_queue']:,.0f} | {ratio['ring / mp_queue']:.1f}x faster |",
         f"| ringbuf numpy batches (`push_many`/`pop_many_into`, 4096) | {m['ring_batch']:,.0f} | — |",
+        f"| ceiling: the same ring from C, one at a time | {m['c_single']:,.0f} | "
+        f"{ring / m['c_single']:.2f}x of it |",
+        f"| ceiling: the same ring from C, batches of 4096 | {m['c_batch']:,.0f} | "
+        f"batches reach {m['ring_batch'] / m['c_batch']:.2f}x of it |",
         "",
         "| round trip (ping-pong) | median µs | p99 µs |",
         "|---|---:|---:|",
