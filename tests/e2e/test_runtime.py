@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -243,7 +244,10 @@ def test_worker_killed_mid_spawn_answers_everyone(rt, pm):
 def test_ctrl_c_stops_everything(children):
     """SIGINT to the process group, as a terminal's Ctrl-C sends it."""
     code = (
-        "import sys, time, procmgr\n"
+        "import signal, sys, time, procmgr\n"
+        # As from an interactive shell: a background job of a non-interactive
+        # one (as CI runs us) starts with SIGINT ignored.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "with procmgr.Runtime(cores=2, name=sys.argv[1]) as rt:\n"
         "    pm = rt.client()\n"
         "    d = pm.spawn(['/bin/sleep', '60'], timeout=10)\n"
@@ -255,7 +259,12 @@ def test_ctrl_c_stops_everything(children):
     manager_pid, dom_pid = map(int, monitor.stdout.readline().split())
     workers = [p.pid for p in psutil.Process(manager_pid).children()]
     os.killpg(monitor.pid, signal.SIGINT)
-    monitor.wait(timeout=30)
+    try:
+        monitor.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        tree = [(p.pid, p.name(), p.status()) for p in
+                [psutil.Process(monitor.pid)] + psutil.Process(monitor.pid).children(True)]
+        raise AssertionError(f"the runtime did not stop on SIGINT; processes: {tree}") from None
     for pid in [manager_pid, dom_pid, *workers]:
         assert process_gone(pid), (pid, _describe(pid))
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"procmgr-{manager_pid}-")]
