@@ -159,6 +159,9 @@ MODES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As a program started from a terminal would have it: a background job of
+    # a non-interactive shell (as CI may run the suite) inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser(prog="ring_peer.py")
     ap.add_argument("mode", choices=sorted(MODES))
     ap.add_argument("name")
