@@ -43,16 +43,11 @@ def write(results: dict, directory: str) -> str:
     if "ring" in results:
         r = results["ring"]
         parts += ["## Ring", "", ring_report.table(r), "", "![ring](ring.png)", ""]
-        names = ["ringbuf", "faster-fifo", "mp.Pipe", "mp.Queue"]
-        vals = [r["medians"][k] for k in ("ring", "faster_fifo", "mp_pipe", "mp_queue")]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(names, vals, color=["tab:blue"] + ["tab:gray"] * 3)
-        ax.set_yscale("log")
-        ax.set_ylabel("64-byte messages/s (log)")
-        ax.set_title(f"One message at a time, 2 processes ({m['cpus']} CPUs)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(directory, "ring.png"), dpi=100)
-        plt.close(fig)
+        _bars(plt, os.path.join(directory, "ring.png"),
+              ["ringbuf", "faster-fifo", "mp.Pipe", "mp.Queue"],
+              [r["medians"][k] for k in ("ring", "faster_fifo", "mp_pipe", "mp_queue")],
+              "64-byte messages/s (log)", log=True,
+              title=f"One message at a time, 2 processes ({m['cpus']} CPUs)")
     if "spawn" in results:
         s = results["spawn"]
         parts += ["## Spawn", "", spawn.table(s), "", "![spawn](spawn.png)", ""]
@@ -71,13 +66,9 @@ def write(results: dict, directory: str) -> str:
         p = results["pending"]
         parts += ["## Pending clients", "", pending_report.table(p), "",
                   "![pending](pending.png)", ""]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
         kinds = list(p["ns_per_request"])
-        ax.bar(kinds, [p["ns_per_request"][k] for k in kinds], color=["tab:blue", "tab:gray"])
-        ax.set_ylabel("claim + match + release, ns/request")
-        fig.tight_layout()
-        fig.savefig(os.path.join(directory, "pending.png"), dpi=100)
-        plt.close(fig)
+        _bars(plt, os.path.join(directory, "pending.png"), kinds,
+              [p["ns_per_request"][k] for k in kinds], "claim + match + release, ns/request")
     if "scale" in results:
         rows = results["scale"]
         parts += ["## Scale", "", scale.table(rows), "", "![scale](scale.png)", ""]
@@ -104,6 +95,20 @@ def write(results: dict, directory: str) -> str:
     with open(path, "w") as f:
         f.write("\n".join(parts))
     return path
+
+
+def _bars(plt, path: str, names, values, ylabel: str, log: bool = False,
+          title: str = "") -> None:
+    """One bar per contender, this project's first and in colour."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, values, color=["tab:blue"] + ["tab:gray"] * (len(names) - 1))
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
