@@ -9,6 +9,7 @@ import sys
 from bench.test_pending_bench import STRATEGIES, control_plane_rate, match_cost_ns
 
 ROUNDS = 5
+IN_FLIGHT = (16, 256, 1024, 4096)
 
 
 def compare(rounds: int = ROUNDS, scale: float = 1.0) -> dict:
@@ -19,9 +20,16 @@ def compare(rounds: int = ROUNDS, scale: float = 1.0) -> dict:
         for kind in STRATEGIES:
             costs[kind].append(match_cost_ns(kind, rounds=max(100, int(10_000 * scale))))
             rates[kind].append(control_plane_rate(kind, requests=max(30, int(3000 * scale))))
+    # As requests in flight grow past the reply queue's 1024 slots, the send
+    # queue takes the overflow (backpressure) -- and the hashtable's chains grow.
+    sweep = {}
+    for level in IN_FLIGHT if scale >= 0.1 else IN_FLIGHT[:2]:
+        requests = max(3 * level, int(3000 * scale))
+        sweep[level] = {k: control_plane_rate(k, requests=requests, in_flight=level)
+                        for k in STRATEGIES}
     return {"ns_per_request": {k: statistics.median(v) for k, v in costs.items()},
             "requests_per_s": {k: statistics.median(v) for k, v in rates.items()},
-            "rounds": rounds}
+            "in_flight": sweep, "rounds": rounds}
 
 
 def table(r: dict) -> str:
@@ -33,7 +41,13 @@ def table(r: dict) -> str:
         lines.append(f"| {kind} | {cost[kind]:,.0f} | {rate[kind]:,.0f} |")
     lines.append(f"| hashtable / replyq | {cost['hashtable'] / cost['replyq']:.2f}x the cost | "
                  f"replyq does {rate['replyq'] / rate['hashtable']:.2f}x the requests/s |")
-    lines.append(f"\nMedians of {r['rounds']} interleaved rounds. Control plane: spawn + kill + "
+    lines += ["", "| requests in flight | replyq, requests/s | hashtable, requests/s |",
+              "|---:|---:|---:|"]
+    for level, by_kind in r["in_flight"].items():
+        lines.append(f"| {level} | {by_kind['replyq']:,.0f} | {by_kind['hashtable']:,.0f} |")
+    lines.append(f"\nMedians of {r['rounds']} interleaved rounds (the in-flight sweep: one run "
+                 "each; the reply queue has 1024 slots per spawnd, the rest waits in the send "
+                 "queue). Control plane: spawn + kill + "
                  "wait, 256 in flight, manager, codec, rings and simulated spawnds all in one "
                  "process (no process is started). Reproduce: "
                  "`.venv/bin/python -m bench.pending_report`.")
