@@ -2,6 +2,8 @@
  * The hardware ceiling for the ring: the same _ring.c, driven from C by two
  * processes (fork), no Python anywhere. Prints "single MSGS_PER_S" and
  * "batch MSGS_PER_S" for 64-byte messages.
+ *
+ *   c_ceiling [COUNT [single|batch]]   (default: both; single sends COUNT/4)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -77,7 +79,10 @@ static double run(uint64_t count, uint64_t batch)
 int main(int argc, char **argv)
 {
     uint64_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 20000000;
-    printf("single %.0f\n", run(n / 4, 0));
-    printf("batch %.0f\n", run(n, 4096));
+    const char *only = argc > 2 ? argv[2] : "";
+    if (strcmp(only, "batch") != 0)
+        printf("single %.0f\n", run(n / 4, 0));
+    if (strcmp(only, "single") != 0)
+        printf("batch %.0f\n", run(n, 4096));
     return 0;
 }
