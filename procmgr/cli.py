@@ -23,6 +23,7 @@ import time
 
 import psutil
 
+import ringbuf
 from procmgr.client import Domain
 from procmgr.domain import State
 from procmgr.errors import ProcMgmtError
@@ -277,11 +278,8 @@ def cmd_cleanup(args) -> int:
     """Remove what crashed runtimes left: segments whose creator is gone,
     socket directories no manager answers on, stale pid files."""
     removed = []
-    for entry in sorted(os.listdir("/dev/shm")):
-        parts = entry.rsplit("-", 2)
-        if entry.startswith("procmgr") and len(parts) == 3 and parts[1].isdigit() \
-                and not psutil.pid_exists(int(parts[1])):
-            _remove(os.path.join("/dev/shm", entry), removed)
+    for entry in ringbuf.orphaned_segments("procmgr"):
+        _remove(os.path.join("/dev/shm", entry), removed)
     root = os.path.dirname(runtime_dir("x"))
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)

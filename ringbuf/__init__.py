@@ -15,6 +15,7 @@ from ringbuf.ring import (
     Ring,
     RingError,
     RingException,
+    orphaned_segments,
     segment_size,
     slot_dtype,
     unique_name,
@@ -23,5 +24,5 @@ from ringbuf.ring import (
 __all__ = [
     "HEADER_DTYPE", "HEADER_SIZE", "LINE", "Closed", "Empty", "Full",
     "MessageTooLarge", "PeerDied", "Ring", "RingError", "RingException",
-    "segment_size", "slot_dtype", "unique_name",
+    "orphaned_segments", "segment_size", "slot_dtype", "unique_name",
 ]

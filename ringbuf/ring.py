@@ -139,6 +139,33 @@ def unique_name(prefix: str = "procmgr") -> str:
     return f"/{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
+def orphaned_segments(prefix: str = "procmgr", also_pid: int | None = None) -> list[str]:
+    """Entries of /dev/shm named by unique_name under ``prefix`` whose creator
+    process is gone (or is ``also_pid``): what a crashed run left behind.
+
+    The creator's pid is in the name, so no registry is needed; a segment of
+    another live run is never listed."""
+    found = []
+    for entry in sorted(os.listdir("/dev/shm")):
+        parts = entry.rsplit("-", 2)
+        if not (entry.startswith(prefix) and len(parts) == 3 and parts[1].isdigit()):
+            continue
+        pid = int(parts[1])
+        if pid == also_pid or not _pid_alive(pid):
+            found.append(entry)
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
 def _shm_name(name: str) -> str:
     return name if name.startswith("/") else "/" + name
 

@@ -20,39 +20,14 @@ SHM_PREFIX = "procmgr-test"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _creator_pid(entry: str) -> int | None:
-    """Our segment names are PREFIX-PID-HEX (ringbuf.unique_name)."""
-    parts = entry.rsplit("-", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _procmgr_segments() -> set[str]:
-    return {p for p in os.listdir("/dev/shm") if p.startswith("procmgr")}
-
-
-_AT_START = _procmgr_segments()
+_AT_START = set(os.listdir("/dev/shm"))
 
 
 def _leaked_by_this_run() -> list[str]:
     """Segments of ours this run left: made by this process, or by one of its
     children that has exited. (Segments of other live runs are not ours.)"""
-    me = os.getpid()
-    leaked = []
-    for entry in _procmgr_segments() - _AT_START:
-        pid = _creator_pid(entry)
-        if pid == me or (pid is not None and not _alive(pid)):
-            leaked.append(entry)
-    return sorted(leaked)
+    return [entry for entry in ringbuf.orphaned_segments("procmgr", also_pid=os.getpid())
+            if entry not in _AT_START]
 
 
 @pytest.fixture

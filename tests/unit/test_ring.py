@@ -1020,3 +1020,22 @@ def test_unique_name_prefix():
     a, b = ringbuf.unique_name("procmgr-test"), ringbuf.unique_name("procmgr-test")
     assert a != b
     assert a.startswith(f"/procmgr-test-{os.getpid()}-")
+
+
+def test_orphaned_segments_lists_only_those_whose_creator_is_gone(children):
+    # A child makes a segment under its own pid and exits without unlinking it,
+    # as a crashed run would.
+    dead = children.python("-c", "import os, ringbuf; r = ringbuf.Ring.create("
+                           "ringbuf.unique_name('procmgr-test'), 4); print(r.name); os._exit(0)")
+    out, _ = dead.communicate(timeout=30)
+    left = out.decode().strip().lstrip("/")
+    with Ring.create(ringbuf.unique_name("procmgr-test"), 4) as mine:
+        try:
+            found = ringbuf.orphaned_segments("procmgr-test")
+            assert left in found
+            assert mine.name.lstrip("/") not in found  # its creator (we) lives
+            assert mine.name.lstrip("/") in ringbuf.orphaned_segments(
+                "procmgr-test", also_pid=os.getpid())
+        finally:
+            posix_ipc.unlink_shared_memory("/" + left)
+    assert left not in ringbuf.orphaned_segments("procmgr-test")
