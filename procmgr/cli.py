@@ -239,13 +239,14 @@ def cmd_storm(args) -> int:
         raise CliError("--cores, --clients and --ops must be at least 1")
     total = args.clients * args.ops
     if args.json:
-        summary = storm.storm(args.cores, args.clients, args.ops, mix)
+        summary = storm.storm(args.cores, args.clients, args.ops, mix, simulate=args.simulate)
     else:
         with Progress(transient=True) as bar:
             task = bar.add_task(f"storm: {args.clients} clients x {args.ops} ops on "
                                 f"{args.cores} cores", total=total)
             summary = storm.storm(args.cores, args.clients, args.ops, mix,
-                                  progress=lambda n: bar.update(task, completed=n))
+                                  progress=lambda n: bar.update(task, completed=n),
+                                  simulate=args.simulate)
     _emit(args, summary, _summary_table(summary))
     return 0 if storm.healthy(summary) else 1
 
@@ -264,6 +265,10 @@ def _summary_table(s: dict) -> str:
             ("wrong exit statuses", str(s["wrong_status"])),
             ("lost replies", str(s["lost"])), ("duplicated replies", str(s["duplicated"])),
             ("errors by code", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none"),
+            ("answers the manager counted", f"{s['manager_answered']:,}"),
+            ("domains left", str(s["domains_left"])),
+            ("manager RSS KiB start/warm/end",
+             "/".join(str(v) for v in s["manager_rss_kb"].values())),
             ("zombies", str(len(s["zombies"]))), ("orphans", str(len(s["orphans"]))),
             ("leaked segments", str(len(s["leaked_segments"]))), ("seconds", str(s["seconds"]))]
     for k, v in rows:
@@ -443,7 +448,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=4)
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--ops", type=int, default=200, help="operations per client")
-    p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1")
+    p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1,exit=1")
+    p.add_argument("--simulate", action="store_true",
+                   help="simulated dispatchers: the control plane alone, no process started")
     p.add_argument("--json", action="store_true")
     p = add("top", cmd_top, "live view of cores, queues, requests/s and domains",
             "procmgr top --interval 1")

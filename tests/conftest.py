@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import posix_ipc
+import psutil
 import pytest
 
 import ringbuf
@@ -74,6 +75,24 @@ def children():
         yield kids
     finally:
         kids.reap_all()
+
+
+@pytest.fixture
+def no_zombie_children():
+    """After the test, no child of this process may be left a zombie
+    (nobody reaped it)."""
+    yield
+    me = psutil.Process()
+    zombies = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append((child.pid, child.ppid()))
+                if child.ppid() == me.pid:
+                    os.waitpid(child.pid, 0)   # reap it: one failure, not a cascade
+        except (psutil.NoSuchProcess, ChildProcessError):
+            pass
+    assert not zombies, f"zombie children left behind (pid, parent): {zombies}"
 
 
 def pytest_sessionfinish(session, exitstatus):
