@@ -11,6 +11,14 @@ setup(
             sources=["ringbuf/_fastpath.c", "ringbuf/_ring.c"],
             include_dirs=["ringbuf"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
-        )
+        ),
+        # The protocol's message object and one-slot send/take: see the top
+        # of procmgr/_wire.c for why.
+        Extension(
+            "procmgr._wire",
+            sources=["procmgr/_wire.c", "ringbuf/_ring.c"],
+            include_dirs=["ringbuf"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        ),
     ],
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from procmgr.protocol import Decoder, Msg, ProtocolError, encode, take
+from procmgr.protocol import Decoder, Msg, ProtocolError, encode, send, take
 from ringbuf import Closed, Ring
 
 
@@ -23,6 +23,9 @@ class Channel:
     def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
         self.inbound = inbound      # we consume
         self.outbound = outbound    # we produce
+        # The manager answers a pass's worth of messages at a time: the peer
+        # is woken once, after the pass (wake_peer), not by the first answer.
+        outbound.batch_wakes(True)
         self.decoder = Decoder()
         self.backlog: deque[bytes] = deque()
         self.name = name
@@ -30,10 +33,9 @@ class Channel:
 
     def send(self, msg: Msg) -> bool:
         """Queue ``msg`` for the peer, in order; True if it is in the ring now."""
-        data = encode(msg)
         try:
-            if self.backlog or not self.outbound.try_push_all(data):
-                self.backlog.append(data)
+            if self.backlog or not send(self.outbound, msg):
+                self.backlog.append(encode(msg))
                 return False
         except Closed:
             self.peer_gone = True     # nobody to tell any more
@@ -53,6 +55,11 @@ class Channel:
             self.peer_gone = True
             backlog.clear()
         return True
+
+    def wake_peer(self) -> None:
+        """Wake the peer for what this pass sent it (if it sleeps)."""
+        if not self.peer_gone:
+            self.outbound.wake_consumer()
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
         """Up to ``limit`` decoded messages (or decode errors) now in the ring."""

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.protocol import (
-    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids, encode,
+    MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids,
+    send, take,
 )
 from procmgr.domain import State
-from ringbuf import Empty, Ring
+from ringbuf import Ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +103,13 @@ class Client:
         if not 0 <= msg.core <= 0xFFFF:
             raise ProcMgmtError(Err.INVALID_SPAWND, f"core {msg.core} is out of range")
         msg.seq = self._next_seq
-        data = encode(msg)
+        if len(msg.payload) > MAX_PAYLOAD:   # said before anything is waited on
+            raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes is "
+                                f"over the {MAX_PAYLOAD}-byte limit")
         self._next_seq = (self._next_seq % 0xFFFFFFFF) + 1  # 0 is never a seq
         fut = Future(msg.seq, msg.op, convert)
         self._waiting[msg.seq] = fut
-        while not self.requests.try_push_all(data):
+        while not send(self.requests, msg):
             # The manager is behind: take in answers (which frees it) and retry.
             self._receive(block=True, timeout=1.0)
         return fut
@@ -116,15 +119,10 @@ class Client:
         if self.pump is not None:
             self.pump()
             block = False
-        while True:
-            try:
-                slot = self.responses.pop(timeout if block else 0)
-            except Empty:
-                return
-            block = False
-            msg = self._decoder.feed(slot)
-            if msg is None:
-                continue
+        answers = take(self.responses, self._decoder)
+        if not answers and block and self.responses.wait_data(timeout):
+            answers = take(self.responses, self._decoder)
+        for msg in answers:
             if isinstance(msg, ProtocolError):
                 raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {msg.detail}")
             fut = self._waiting.pop(msg.seq, None)

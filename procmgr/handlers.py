@@ -398,4 +398,5 @@ def dispatch_spawnd(mgr, sd, msg) -> None:
                            Err.INTERNAL)
     finally:
         sd.pending.release(slot)
-    sd.flush()
+    # The slot freed here lets a queued request go: poll flushes each
+    # spawnd's send queue after its batch of replies.

@@ -88,11 +88,20 @@ class EventLoop:
                 armed.append((ring, for_space))
         return armed
 
+    def _wake_peers(self) -> None:
+        """Wake every peer for what this pass sent it: the manager's rings
+        batch their wakes (Channel), so nobody is woken per message."""
+        for sd in self.mgr.spawnds.values():
+            sd.channel.wake_peer()
+        for client in self.mgr.clients.values():
+            client.channel.wake_peer()
+
     def run_once(self, idle_timeout: float = 1.0) -> int:
         while self._calls:
             fn, args = self._calls.popleft()
             fn(*args)
         handled = poll(self.mgr)
+        self._wake_peers()
         if handled:
             return handled
         armed = self._armed()
@@ -116,6 +125,7 @@ class EventLoop:
                     pass
             else:
                 self._watchers[fd](fd, ev)
+        self._wake_peers()   # a watcher (a death, a new client) may have sent
         return 0
 
     def run(self, idle_timeout: float = 1.0) -> None:

@@ -91,16 +91,18 @@ class Manager:
                         core=fields.pop("core", request.core), **fields)
 
     def answer_seq(self, client: ClientBinding | None, op: int, seq: int, err: int = Err.OK,
-                   status: int = 0, flags: int = 0, **fields) -> None:
+                   status: int = 0, flags: int = 0, dom: int = 0, nonce: int = 0,
+                   core: int = 0, payload: bytes = b"") -> None:
         if client is None:
             return  # an internal request (cleanup, kill on exit): nobody waits
-        if seq not in client.outstanding:
+        outstanding = client.outstanding
+        if seq not in outstanding:
             raise AnswerTwice(f"{client}: request {seq} (op {op}) answered twice or never received")
-        client.outstanding.discard(seq)
+        outstanding.discard(seq)
         client.answered += 1
         if client.alive:
-            client.channel.send(Msg(op, seq, err=int(err), status=status,
-                                    flags=flags | Flag.REPLY, **fields))
+            client.channel.send(Msg(op, seq, core, dom, nonce, int(err), status,
+                                    flags | Flag.REPLY, payload))
 
     def fail(self, client: ClientBinding, request: Msg, error: ProtocolError) -> None:
         self.answer(client, request, error.code, payload=error.detail.encode()[:256])

@@ -30,6 +30,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from procmgr import _wire
 from procmgr.errors import Err
 from ringbuf import Closed
 
@@ -108,29 +109,17 @@ class ProtocolError(Exception):
         self.code = Err.BAD_MESSAGE
 
 
-@dataclass(slots=True)
-class Msg:
-    op: int
-    seq: int = 0
-    core: int = 0
-    dom: int = 0
-    nonce: int = 0
-    err: int = 0
-    status: int = 0
-    flags: int = 0
-    payload: bytes = b""
-
-    def reply(self, err: int = Err.OK, status: int = 0, flags: int = 0, **kw) -> Msg:
-        """The answer to this request: same op, seq and domain, REPLY set."""
-        kw.setdefault("dom", self.dom)
-        kw.setdefault("nonce", self.nonce)
-        kw.setdefault("core", self.core)
-        return Msg(self.op, self.seq, err=int(err), status=status,
-                   flags=flags | Flag.REPLY, **kw)
-
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.flags & Flag.REPLY)
+# The message object is C (procmgr/_wire.c), so that the codec's hot path
+# never builds one field by field in Python:
+#   Msg(op, seq=0, core=0, dom=0, nonce=0, err=0, status=0, flags=0, payload=b"")
+# with those nine attributes (writable), ``==`` over all of them, ``is_reply``,
+# and ``reply(err=0, status=0, flags=0, **fields)``: the answer to a request,
+# same op, seq, core, domain and nonce unless given, REPLY set.
+Msg = _wire.Msg
+_wire.set_valid_ops(bytes(op in Op._value2member_map_ for op in range(256)))
+_wire_send, _wire_take = _wire.send, _wire.take
+_TAKE_DONE = (_wire.TAKE_EMPTY, _wire.TAKE_LIMIT)
+_EFULL = -1   # ringbuf's RB_EFULL (_ring.h)
 
 
 def frags_for(plen: int) -> int:
@@ -167,18 +156,16 @@ class Decoder:
     read as a header again.
     """
 
-    __slots__ = ("_pending", "_plen", "_need", "_parts")
+    __slots__ = ("_pending", "_plen", "_need", "_parts", "partial")
 
     def __init__(self):
+        # True while a message's continuation slots are still missing (a
+        # plain attribute: take() reads it once per batch).
+        self.partial = False
         self._pending: Msg | None = None
         self._plen = 0
         self._need = 0
         self._parts: list[bytes] = []
-
-    @property
-    def partial(self) -> bool:
-        """True while a message's continuation slots are still missing."""
-        return self._pending is not None
 
     def feed(self, slot: bytes) -> Msg | ProtocolError | None:
         if self._pending is not None:
@@ -200,12 +187,13 @@ class Decoder:
         if not nfrag:
             return msg
         self._pending, self._plen, self._need, self._parts = msg, plen, nfrag, [inline]
+        self.partial = True
         return None
 
     def _continue(self, slot: bytes) -> Msg | ProtocolError | None:
         msg = self._pending
         if len(slot) != SLOT:
-            self._pending, self._parts = None, []
+            self._pending, self._parts, self.partial = None, [], False
             return ProtocolError(
                 f"truncated continuation slot: {len(slot)} of {SLOT} bytes", msg.op, msg.seq)
         self._parts.append(slot)
@@ -213,27 +201,48 @@ class Decoder:
         if self._need:
             return None
         msg.payload = b"".join(self._parts)[: self._plen]
-        self._pending, self._parts = None, []
+        self._pending, self._parts, self.partial = None, [], False
         return msg
+
+
+def send(ring, msg: Msg) -> bool:
+    """Put ``msg`` in ``ring`` now, all its slots or none; False if it does
+    not fit. Never waits. A one-slot message goes straight from the object
+    into the slot (_wire); a longer one is encoded here and pushed whole."""
+    rc = _wire_send(ring.handle_addr, msg)
+    if rc == 0:
+        return True
+    if rc == _EFULL:
+        return False
+    if rc == _wire.SEND_NOT_INLINE:
+        return ring.try_push_all(encode(msg))
+    ring.raise_code(rc, "send")
 
 
 def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolError]:
     """Up to ``limit`` decoded messages (or decode errors) now in ``ring``;
     never waits. A message whose fragments are not all in yet stays in
     ``decoder`` for the next call. A closed or dead peer raises ringbuf's
-    Closed -- but only once what it sent before has been returned."""
+    Closed -- but only once what it sent before has been returned.
+
+    One-slot messages are read in C (_wire.take), which stops in front of
+    anything else: a message with continuation slots, or a slot that is not
+    a valid header, is fed to ``decoder`` here, one slot at a time."""
     out = []
-    pop, feed = ring.try_pop, decoder.feed
+    addr = ring.handle_addr
     while len(out) < limit:
+        if not decoder.partial and _wire_take(addr, limit - len(out), out) in _TAKE_DONE:
+            break
+        # Declined by _wire (or the ring reported an error): the Python way.
         try:
-            slot = pop()
+            slot = ring.try_pop()
         except Closed:
             if out:
                 return out      # the next call raises again: Closed is sticky
             raise
         if slot is None:
             break
-        item = feed(slot)
+        item = decoder.feed(slot)
         if item is not None:
             out.append(item)
     return out

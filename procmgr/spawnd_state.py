@@ -48,8 +48,11 @@ class SpawndState:
         """Send a request now if nothing is queued before it, else queue it."""
         msg.seq = self.next_seq
         self.next_seq = (self.next_seq + 1) & 0xFFFFFFFF
-        self.sendq.append(Outgoing(msg, client, client_seq, extra))
-        self.flush()
+        if not self.sendq and self.pending.has_room() and not self.channel.backlog:
+            self._dispatch(msg, client, client_seq, extra)   # nothing queued before it
+        else:
+            self.sendq.append(Outgoing(msg, client, client_seq, extra))
+            self.flush()
 
     def flush(self) -> None:
         """Move queued requests on while the ring and the pending structure have room."""
@@ -57,14 +60,17 @@ class SpawndState:
         channel.flush()
         while sendq and pending.has_room() and not channel.backlog:
             out = sendq.popleft()
-            # Into the ring, or (ring full) first in the channel's ordered
-            # backlog; either way its place in the spawnd's order is fixed,
-            # so it takes its pending slot now.
-            channel.send(out.msg)
-            slot = pending.claim(out.msg.seq, out.msg.op, out.msg.dom)
-            slot.core = self.core
-            slot.client, slot.client_seq, slot.extra = out.client, out.client_seq, out.extra
-            self.sent += 1
+            self._dispatch(out.msg, out.client, out.client_seq, out.extra)
+
+    def _dispatch(self, msg: Msg, client, client_seq: int, extra) -> None:
+        # Into the ring, or (ring full) first in the channel's ordered
+        # backlog; either way its place in the spawnd's order is fixed, so
+        # it takes its pending slot now.
+        self.channel.send(msg)
+        slot = self.pending.claim(msg.seq, msg.op, msg.dom)
+        slot.core = self.core
+        slot.client, slot.client_seq, slot.extra = client, client_seq, extra
+        self.sent += 1
 
     @property
     def queued(self) -> int:

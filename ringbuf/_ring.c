@@ -272,11 +272,28 @@ static void publish_tail(struct rb_handle *h, uint64_t tail)
     /* Release: pairs with the consumer's acquire of prod_tail; the slot bytes
      * and lens written before this are visible to it. */
     __atomic_store_n(&h->hdr->prod_tail, tail, __ATOMIC_RELEASE);
+    if (!h->batch_wakes)
+        rb_wake_consumer(h);
+}
+
+void rb_wake_consumer(struct rb_handle *h)
+{
+    if (h->closed)
+        return;
     /* Seq_cst fence, then read cons_sleep: the Dekker pairing with the
-     * consumer's sleep path (cons_sleep = 1; fence; reload prod_tail). */
+     * consumer's sleep path (cons_sleep = 1; fence; reload prod_tail). Run
+     * after the publish it follows, however much later, it still pairs:
+     * a consumer that armed before that publish is seen asleep here. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (__atomic_load_n(&h->hdr->cons_sleep, __ATOMIC_RELAXED))
         wake_word(h, &h->hdr->cons_sleep);
+}
+
+void rb_set_batch_wakes(struct rb_handle *h, int32_t on)
+{
+    h->batch_wakes = on;
+    if (!on)
+        rb_wake_consumer(h);   /* whatever the batch left unannounced */
 }
 
 static int try_push(struct rb_handle *h, const void *data, uint32_t len)

@@ -60,6 +60,15 @@
  * writes when it finds the word at 2. Either way the hot path makes no
  * system call: a producer looks at the word and wakes only a sleeper.
  *
+ * Batched wakes: a producer that sends many messages in one go (the
+ * manager, answering a pass's worth of requests) can ask that pushes not
+ * wake the consumer (rb_set_batch_wakes) and wake it once at the end
+ * (rb_wake_consumer). On a machine with fewer CPUs than busy processes, a
+ * consumer woken by the first message of a batch preempts its producer and
+ * then sleeps again after that one message: a wake-up per message instead
+ * of per batch. A forgotten rb_wake_consumer costs latency, not a hang: a
+ * sleeper re-checks the ring after every slice.
+ *
  * Parties: the creator and the attacher of the segment. Either may be the
  * producer. Each waiting side watches the other party: its closed word and
  * its pid (a pidfd, so a dead-but-unreaped child counts as dead).
@@ -161,7 +170,8 @@ struct rb_handle {
     int64_t spin_ns;           /* how long a waiter spins before sleeping */
     int64_t slice_ns;          /* longest single futex sleep */
     int32_t doorbell_fd;       /* eventfd to ring for a peer armed on a doorbell */
-    int32_t _pad;
+    int32_t batch_wakes;       /* pushes do not wake a sleeping consumer;
+                                  rb_wake_consumer does, once per batch */
 };
 
 int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out);
@@ -183,6 +193,8 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
 int rb_arm(struct rb_handle *h, int32_t what);
 void rb_disarm(struct rb_handle *h, int32_t what);
 void rb_set_doorbell(struct rb_handle *h, int32_t fd);
+void rb_set_batch_wakes(struct rb_handle *h, int32_t on);
+void rb_wake_consumer(struct rb_handle *h);
 uint64_t rb_len(const struct rb_handle *h);
 int rb_peer_alive(struct rb_handle *h);
 /* CDEF-END */

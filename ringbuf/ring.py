@@ -199,7 +199,7 @@ class Ring:
     """
 
     __slots__ = (
-        "name", "capacity", "slot_size", "_h", "_addr", "_mmap", "_mem",
+        "name", "capacity", "slot_size", "_h", "_addr", "handle_addr", "_mmap", "_mem",
         "_closed", "_creator", "__weakref__",
     )
 
@@ -217,7 +217,7 @@ class Ring:
         self.capacity = self._h.mask + 1
         self.slot_size = self._h.slot_size
         # The fast path takes the handle by address; self._h keeps it alive.
-        self._addr = int(ffi.cast("uintptr_t", self._h))
+        self._addr = self.handle_addr = int(ffi.cast("uintptr_t", self._h))
 
     # ---- lifetime ----
 
@@ -315,6 +315,18 @@ class Ring:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self)}/{self.capacity}"
         return f"<Ring {self.name} {state} x {self.slot_size}B>"
+
+    # ---- for C extensions that work on the ring directly ----
+
+    # ``handle_addr`` (an attribute: read on every message) is the address of
+    # this end's ``struct rb_handle`` (``_ring.h``), for a C extension that
+    # reads and writes slots in place (procmgr._wire). It stays valid while
+    # this object lives; after ``close`` the handle says closed and every
+    # function of ``_ring.h`` answers RB_ECLOSED.
+
+    def raise_code(self, rc: int, what: str) -> None:
+        """Raise the exception for a negative RB_E* code such an extension got."""
+        _raise_for(rc, self, what)
 
     # ---- single messages ----
 
@@ -476,6 +488,16 @@ class Ring:
         """Give this end the peer's doorbell (an eventfd): when the peer armed
         the ring and this end makes progress for it, the doorbell is rung."""
         lib.rb_set_doorbell(self._h, fd)
+
+    def batch_wakes(self, on: bool = True) -> None:
+        """Producer: let pushes not wake a sleeping consumer; ``wake_consumer``
+        does, once per batch (see "Batched wakes" in ``_ring.h``). Turning it
+        off wakes the consumer for whatever is unannounced."""
+        lib.rb_set_batch_wakes(self._h, 1 if on else 0)
+
+    def wake_consumer(self) -> None:
+        """Producer: wake the consumer if it sleeps (no system call if not)."""
+        lib.rb_wake_consumer(self._h)
 
     def arm(self, for_space: bool = False) -> bool:
         """Before sleeping on a doorbell: mark this end as asleep on it.

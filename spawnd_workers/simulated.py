@@ -13,7 +13,7 @@ import errno
 from collections import deque
 
 from procmgr.errors import Err
-from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, encode, take
+from procmgr.protocol import Decoder, Flag, Msg, Op, ProtocolError, send, take
 from ringbuf import Closed, Ring
 
 
@@ -75,7 +75,7 @@ class SimulatedSpawnd:
         return msg.reply(Err.UNKNOWN_OP)
 
     def send(self, msg: Msg) -> None:
-        if not self.replies.try_push_all(encode(msg)):
+        if not send(self.replies, msg):
             raise AssertionError("simulated spawnd: reply ring full")
 
     def release(self, count: int | None = None) -> None:

@@ -43,7 +43,7 @@ from procmgr.osutil import (
     ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays,
 )
 from procmgr.protocol import (
-    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, encode, take,
+    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
 
@@ -80,6 +80,9 @@ class Worker:
         self._next_fake_pid = 1 << 22
         self.requests = requests      # we consume
         self.replies = replies        # we produce
+        # Replies to a batch of requests wake the manager once, after the
+        # batch (see "Batched wakes" in ringbuf/_ring.h).
+        replies.batch_wakes(True)
         self.doorbell = doorbell
         self.kill_grace = kill_grace
         self.decoder = Decoder()
@@ -100,7 +103,9 @@ class Worker:
 
     def run(self) -> None:
         while not self.stopping:
-            if self.serve_requests():
+            served = self.serve_requests()
+            self.replies.wake_consumer()   # for this batch and the exits before it
+            if served:
                 continue
             if self.requests.arm():
                 continue
@@ -130,11 +135,11 @@ class Worker:
         return n
 
     def reply(self, msg: Msg) -> None:
-        data = encode(msg)
         # The manager keeps at most its reply queue's worth of requests in
         # flight, and the reply ring holds that many: waiting here is rare
         # and short; a dead manager ends it (and us) through PeerDied.
-        while not self.replies.try_push_all(data):
+        while not send(self.replies, msg):
+            self.replies.wake_consumer()
             self.replies.wait_space(1.0)
         self.served += 1
 

@@ -8,6 +8,7 @@ a crash of the decoder.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ringbuf
 from procmgr.errors import Err
 from procmgr.protocol import (
     ARG_LIMIT,
@@ -38,6 +40,8 @@ from procmgr.protocol import (
     encode_ids,
     encode_rows,
     frags_for,
+    send,
+    take,
 )
 
 # No example database: the tests must not write into the working tree.
@@ -593,3 +597,110 @@ def test_ids_are_little_endian():
 def test_decode_ids_partial_id(n):
     with pytest.raises(ProtocolError, match=f"{n} bytes is not whole u32 ids"):
         decode_ids(bytes(n))
+
+
+# ---- the C hot path (procmgr/_wire.c): send and take through a real ring ------
+
+
+@pytest.fixture
+def wire_ring(shm_name):
+    """(producer, consumer) ends of one ring, for send/take."""
+    prod = ringbuf.Ring.create(shm_name, 64)
+    cons = ringbuf.Ring.attach(shm_name)
+    yield prod, cons
+    cons.close()
+    prod.close()
+    prod.unlink()
+
+
+@FAST
+@given(st.lists(msgs, min_size=1, max_size=8))
+def test_send_and_take_round_trip_as_the_python_codec_does(ms):
+    # Short messages go slot <-> object in C, longer ones through encode and
+    # the Decoder: the bytes in the ring and what comes out are the same either way.
+    name = ringbuf.unique_name("procmgr-test")
+    with ringbuf.Ring.create(name, 1024) as prod, ringbuf.Ring.attach(name) as cons:
+        for m in ms:
+            assert send(prod, m)
+        slots = [bytes(row) for row in cons.pop_many(1024, timeout=0)]
+        assert b"".join(slots) == b"".join(encode(m) for m in ms)
+        for m in ms:
+            assert send(prod, m)
+        assert take(cons, Decoder()) == ms
+
+
+def test_take_stops_in_front_of_a_bad_slot_and_the_decoder_answers_it(wire_ring):
+    prod, cons = wire_ring
+    good = Msg(Op.KILL, seq=1, dom=3)
+    bad = HEADER.pack(250, 0, 0, 2, 0, 0, 0, 0, 0, 0, b"")       # unknown op 250
+    lying = HEADER.pack(Op.WAIT, 0, 0, 3, 0, 0, 1, 0, 0, 5, b"")  # 5 bytes, 1 frag
+    for data in (encode(good), bad, lying, encode(good), b"\1" * 10, encode(good)):
+        assert prod.try_push(data)
+    out = take(cons, Decoder())
+    assert out[0] == good and out[3] == good and out[-1] == good
+    assert isinstance(out[1], ProtocolError) and "unknown op 250" in str(out[1])
+    assert isinstance(out[2], ProtocolError) and (out[2].op, out[2].seq) == (Op.WAIT, 3)
+    assert isinstance(out[4], ProtocolError) and "truncated" in str(out[4])
+    assert len(out) == 6
+
+
+def test_take_respects_its_limit_and_keeps_fragments_together(wire_ring):
+    prod, cons = wire_ring
+    long = Msg(Op.SPAWN, seq=7, payload=bytes(range(150)))        # 1 + 2 slots
+    for m in (Msg(Op.WAIT, seq=1), long, Msg(Op.WAIT, seq=2), Msg(Op.WAIT, seq=3)):
+        assert send(prod, m)
+    dec = Decoder()
+    assert take(cons, dec, limit=2) == [Msg(Op.WAIT, seq=1), long]
+    assert take(cons, dec, limit=1) == [Msg(Op.WAIT, seq=2)]
+    assert take(cons, dec) == [Msg(Op.WAIT, seq=3)]
+    assert take(cons, dec) == []
+
+
+def test_send_says_full_and_writes_nothing(shm_name):
+    with ringbuf.Ring.create(shm_name, 2) as prod, ringbuf.Ring.attach(shm_name) as cons:
+        assert send(prod, Msg(Op.WAIT, seq=1)) and send(prod, Msg(Op.WAIT, seq=2))
+        assert not send(prod, Msg(Op.WAIT, seq=3))
+        assert not send(prod, Msg(Op.SPAWN, seq=4, payload=bytes(100)))
+        assert take(cons, Decoder()) == [Msg(Op.WAIT, seq=1), Msg(Op.WAIT, seq=2)]
+
+
+def test_send_on_a_closed_peer_raises_closed(wire_ring):
+    prod, cons = wire_ring
+    cons.close()
+    with pytest.raises(ringbuf.Closed):
+        send(prod, Msg(Op.WAIT, seq=1))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("op", 256), ("flags", -1), ("core", 0x10000), ("seq", 2**32), ("dom", -5),
+    ("err", 2**16), ("nonce", 2**64), ("status", 2**31), ("status", "x"), ("seq", 1.5),
+])
+def test_a_field_that_does_not_fit_is_named(wire_ring, field, value):
+    prod, cons = wire_ring
+    m = Msg(Op.WAIT, seq=1)
+    setattr(m, field, value)
+    with pytest.raises(OverflowError, match=f"Msg.{field} ="):
+        send(prod, m)
+    assert take(cons, Decoder()) == []        # nothing half-written
+
+
+def test_msg_object_behaves_like_a_record():
+    m = Msg(Op.SPAWN, 5, payload=b"p")
+    assert m == Msg(Op.SPAWN, seq=5, core=0, dom=0, nonce=0, err=0, status=0, flags=0,
+                    payload=b"p")
+    assert m != Msg(Op.SPAWN, 6, payload=b"p") and m != (Op.SPAWN, 5)
+    assert "seq=5" in repr(m) and "payload=b'p'" in repr(m)
+    m.dom = 9
+    assert m.dom == 9
+    with pytest.raises(TypeError):
+        hash(m)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Msg(Op.SPAWN, colour=1)
+    with pytest.raises(TypeError, match="twice"):
+        Msg(Op.SPAWN, 1, seq=2)
+    with pytest.raises(TypeError, match="needs an op"):
+        Msg(seq=2)
+    with pytest.raises(TypeError, match="cannot set"):
+        m.reply(seq=3)
+    # Built through the tuple/dict entry too (functools.partial, hypothesis).
+    assert functools.partial(Msg, Op.KILL, dom=4)(seq=8) == Msg(Op.KILL, 8, dom=4)

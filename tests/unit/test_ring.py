@@ -18,6 +18,7 @@ import mmap
 import os
 import queue
 import struct
+import threading
 import time
 import types
 
@@ -1039,3 +1040,65 @@ def test_orphaned_segments_lists_only_those_whose_creator_is_gone(children):
         finally:
             posix_ipc.unlink_shared_memory("/" + left)
     assert left not in ringbuf.orphaned_segments("procmgr-test")
+
+
+# ---- batched wakes ------------------------------------------------------------
+
+
+def _doorbell_rung(fd: int) -> bool:
+    try:
+        return os.eventfd_read(fd) > 0
+    except BlockingIOError:
+        return False
+
+
+def test_batched_pushes_wake_an_armed_consumer_once_at_the_end(shm_name):
+    with ring_pair(shm_name, 8) as (prod, cons):
+        bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            prod.set_doorbell(bell)
+            prod.batch_wakes(True)
+            assert not cons.arm()             # empty: the consumer goes to sleep
+            for i in range(3):
+                prod.push(b"m%d" % i)
+            assert not _doorbell_rung(bell), "a batched push woke the consumer"
+            prod.wake_consumer()
+            assert _doorbell_rung(bell)
+            prod.wake_consumer()              # nobody asleep any more: no second ring
+            assert not _doorbell_rung(bell)
+            assert [cons.pop(0) for _ in range(3)] == [b"m0", b"m1", b"m2"]
+        finally:
+            os.close(bell)
+
+
+def test_turning_batched_wakes_off_wakes_for_what_is_unannounced(shm_name):
+    with ring_pair(shm_name, 8) as (prod, cons):
+        bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            prod.set_doorbell(bell)
+            prod.batch_wakes(True)
+            assert not cons.arm()
+            prod.push(b"x")
+            prod.batch_wakes(False)
+            assert _doorbell_rung(bell)
+            assert cons.pop(0) == b"x"
+            assert not cons.arm()             # unbatched: the next push rings at once
+            prod.push(b"y")
+            assert _doorbell_rung(bell)
+        finally:
+            os.close(bell)
+
+
+def test_a_forgotten_wake_costs_one_slice_not_a_hang(shm_name):
+    """A futex sleeper re-checks the ring after every slice (50 ms)."""
+    with ring_pair(shm_name, 8) as (prod, cons):
+        prod.batch_wakes(True)
+        got = []
+        t = threading.Thread(target=lambda: got.append(cons.pop(timeout=5)))
+        t.start()
+        time.sleep(0.05)
+        start = time.monotonic()
+        prod.push(b"late")
+        t.join(5)
+        assert got == [b"late"]
+        assert time.monotonic() - start < 1.0
