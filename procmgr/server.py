@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 from procmgr.channel import Channel
 from procmgr.loop import EventLoop
@@ -56,6 +57,7 @@ class Server:
         self.worker_doorbells: dict[int, int] = {}
         self._to_unlink: list[Ring] = []          # created, waiting for the peer to attach
         self._clients: dict[int, tuple[socket.socket, object]] = {}
+        self._handshakes: dict[int, _Handshake] = {}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(os.path.join(self.dir, "manager.sock"))
         self.sock.listen(64)
@@ -116,39 +118,67 @@ class Server:
     # ---- clients ----
 
     def _accept(self, fd, events) -> None:
+        """A client connects. The handshake is a few lines each way, driven
+        by the loop like everything else: a client that is slow, silent or
+        stopped mid-handshake never holds up anybody's answers."""
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
-        try:
-            self._handshake(conn)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"procmgr {self.name}: client refused: {e}", file=sys.stderr)
-            conn.close()
-
-    def _handshake(self, conn: socket.socket) -> None:
-        conn.settimeout(HANDSHAKE_TIMEOUT)   # a local peer answers at once
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        if uid != os.getuid():
-            raise PermissionError(f"uid {uid} is not the runtime's owner")
-        hello = json.loads(_read_line(conn))
-        requests = Ring.create(unique_name("procmgr"), RING_CAPACITY)
-        responses = Ring.create(unique_name("procmgr"), RING_CAPACITY)
-        try:
-            socket.send_fds(conn, [json.dumps({"requests": requests.name,
-                                               "responses": responses.name}).encode() + b"\n"],
-                            [self.loop.doorbell])
-            if json.loads(_read_line(conn)).get("attached") != 1:
-                raise ValueError("client did not attach")
-        finally:
-            requests.unlink()
-            responses.unlink()
-        channel = Channel(requests, responses, f"client@{_pid}")
-        client = self.mgr.add_client(channel, is_monitor=hello.get("token") == self.token)
         conn.setblocking(False)
-        self._clients[conn.fileno()] = (conn, client)
-        self.loop.watch(conn.fileno(), self._client_readable)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            print(f"procmgr {self.name}: client refused: uid {uid} is not the runtime's owner",
+                  file=sys.stderr)
+            conn.close()
+            return
+        hs = _Handshake(conn, pid, time.monotonic() + HANDSHAKE_TIMEOUT)
+        self._handshakes[conn.fileno()] = hs
+        self.loop.watch(conn.fileno(), self._handshake_readable)
+
+    def _handshake_readable(self, fd, events) -> None:
+        hs = self._handshakes[fd]
+        try:
+            line = hs.read_line()
+            if line is None:
+                return                      # the rest of the line is still to come
+            if hs.rings is None:            # 1. hello -> ring names and our doorbell
+                hello = json.loads(line)
+                hs.monitor = hello.get("token") == self.token
+                hs.rings = (Ring.create(unique_name("procmgr"), RING_CAPACITY),
+                            Ring.create(unique_name("procmgr"), RING_CAPACITY))
+                names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
+                # A few dozen bytes into an empty socket buffer: never EAGAIN.
+                socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
+                                [self.loop.doorbell])
+                return
+            if json.loads(line).get("attached") != 1:   # 2. attached -> a client
+                raise ValueError("client did not attach")
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            self._drop_handshake(fd, f"client refused: {e}")
+            return
+        del self._handshakes[fd]
+        self.loop.unwatch(fd)
+        requests, responses = hs.rings
+        requests.unlink()
+        responses.unlink()
+        client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}"),
+                                     is_monitor=hs.monitor)
+        self._clients[fd] = (hs.conn, client)
+        self.loop.watch(fd, self._client_readable)
+
+    def _drop_handshake(self, fd: int, why: str) -> None:
+        hs = self._handshakes.pop(fd)
+        self.loop.unwatch(fd)
+        hs.close()
+        print(f"procmgr {self.name}: {why}", file=sys.stderr)
+
+    def expire_handshakes(self) -> None:
+        """Drop connections that did not finish the handshake in time."""
+        now = time.monotonic()
+        for fd in [fd for fd, hs in self._handshakes.items() if hs.deadline < now]:
+            self._drop_handshake(fd, f"client refused: no handshake within {HANDSHAKE_TIMEOUT} s")
 
     def _client_readable(self, fd, events) -> None:
         conn, client = self._clients[fd]
@@ -182,6 +212,8 @@ class Server:
             self.loop.run_once(1.0)
             if self._to_unlink:
                 self.unlink_attached()
+            if self._handshakes:
+                self.expire_handshakes()
 
     def shutdown(self) -> None:
         for proc in self.workers.values():
@@ -196,6 +228,8 @@ class Server:
             ring.unlink()
         for conn, _ in self._clients.values():
             conn.close()
+        for hs in self._handshakes.values():
+            hs.close()
         self.sock.close()
         try:
             os.unlink(os.path.join(self.dir, "manager.sock"))
@@ -204,16 +238,39 @@ class Server:
             pass
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
+class _Handshake:
+    """A connection on its way to being a client: hello, then attached."""
+
+    __slots__ = ("conn", "pid", "deadline", "buf", "rings", "monitor")
+
+    def __init__(self, conn: socket.socket, pid: int, deadline: float):
+        self.conn, self.pid, self.deadline = conn, pid, deadline
+        self.buf = b""
+        self.rings: tuple[Ring, Ring] | None = None
+        self.monitor = False
+
+    def read_line(self) -> bytes | None:
+        """The next whole line, or None until it has all arrived."""
+        try:
+            chunk = self.conn.recv(4096)
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
             raise ValueError("connection closed during the handshake")
-        buf += chunk
-        if len(buf) > 65536:
+        self.buf += chunk or b""
+        if len(self.buf) > 65536:
             raise ValueError("handshake line too long")
-    return buf
+        line, sep, rest = self.buf.partition(b"\n")
+        if not sep:
+            return None
+        self.buf = rest
+        return line
+
+    def close(self) -> None:
+        for ring in self.rings or ():
+            ring.close()
+            ring.unlink()
+        self.conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,16 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulate", action="store_true",
                     help="workers record dispatchers without starting processes")
     args = ap.parse_args(argv)
-    die_with_parent()
-    token = os.environ.pop("PROCMGR_MONITOR_TOKEN", "")
-    server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
-                    pin=not args.no_pin, simulate=args.simulate)
+    server = None
 
     def stop(signum, frame):
+        if server is None:
+            raise SystemExit(1)     # still starting: the workers die with us
         server.loop.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # SIGTERM, not SIGKILL, when the process that started us dies (even by
+    # SIGKILL): the loop stops and shutdown ends every domain and worker.
+    die_with_parent(signal.SIGTERM)
+    token = os.environ.pop("PROCMGR_MONITOR_TOKEN", "")
+    server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
+                    pin=not args.no_pin, simulate=args.simulate)
     print("ready", flush=True)
     try:
         server.run()

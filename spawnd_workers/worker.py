@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from procmgr.errors import Err
 from procmgr.osutil import (
-    ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays,
+    ChildWatch, become_subreaper, children_of, die_with_parent, kill_group, reap_strays,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
@@ -241,10 +241,25 @@ class Worker:
         return status
 
     def shutdown(self) -> None:
-        """End every dispatcher (no grace: the runtime is going away)."""
+        """End every dispatcher (no grace: the runtime is going away), and
+        every orphan of theirs re-parented to us (we are a subreaper): none
+        is handed on up, alive or as a zombie."""
         for d in list(self.dispatchers.values()):
             kill_group(d.pid, signal.SIGKILL)
             self._reap(d)
+        deadline = time.monotonic() + 5
+        while (strays := children_of()) and time.monotonic() < deadline:
+            for pid in strays:
+                kill_group(pid)          # a group it leads is a domain's too
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in strays:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
 
 
 HANDLERS = {
@@ -293,8 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulate", action="store_true",
                     help="record dispatchers without starting processes (measurements)")
     args = ap.parse_args(argv)
+    worker = None
 
-    die_with_parent()
+    def stop(signum, frame):
+        if worker is None:
+            raise SystemExit(1)     # no domain started yet: nothing to end
+        worker.stopping = True
+        os.eventfd_write(args.doorbell_fd, 1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # SIGTERM when the manager dies, however it dies: our domains are ended
+    # (shutdown) before we go, so none is left to init.
+    die_with_parent(signal.SIGTERM)
     if not args.no_pin:
         cpus = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpus[args.core % len(cpus)]})
@@ -310,13 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
                     args.runtime, args.simulate)
-
-    def stop(signum, frame):
-        worker.stopping = True
-        os.eventfd_write(args.doorbell_fd, 1)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
         worker.run()
     except Closed:
