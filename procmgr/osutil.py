@@ -69,6 +69,22 @@ def children_of(pid: int | None = None) -> list[int]:
     return found
 
 
+def end_and_reap(pids) -> None:
+    """SIGKILL each of our children in ``pids`` and the process group it
+    leads (a domain's group: its own descendants), then reap it."""
+    for pid in pids:
+        kill_group(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass          # not ours after all, or reaped meanwhile
+
+
 def reap_strays(keep) -> int:
     """Reap every exited child of ours not in ``keep`` (orphans a subreaper
     inherited); the children in ``keep`` are someone else's to reap."""

@@ -27,7 +27,7 @@ import threading
 import time
 
 from procmgr.client import Client
-from procmgr.osutil import become_subreaper, children_of, kill_group, runtime_dir
+from procmgr.osutil import become_subreaper, children_of, end_and_reap, runtime_dir
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
@@ -162,18 +162,8 @@ class Runtime:
                     if p != manager_pid and (self._is_ours(p) or _pgid(p) in groups)]
             if not ours:
                 break
-            for pid in ours:
-                groups.add(pid)
-                kill_group(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            for pid in ours:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+            groups.update(ours)
+            end_and_reap(ours)
         for path in glob.glob(f"/dev/shm/procmgr-{manager_pid}-*"):
             try:
                 os.unlink(path)

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 from procmgr.errors import Err
 from procmgr.osutil import (
-    ChildWatch, become_subreaper, children_of, die_with_parent, kill_group, reap_strays,
+    ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
+    reap_strays,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
@@ -249,17 +250,7 @@ class Worker:
             self._reap(d)
         deadline = time.monotonic() + 5
         while (strays := children_of()) and time.monotonic() < deadline:
-            for pid in strays:
-                kill_group(pid)          # a group it leads is a domain's too
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            for pid in strays:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+            end_and_reap(strays)
 
 
 HANDLERS = {
