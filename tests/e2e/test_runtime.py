@@ -14,37 +14,7 @@ import pytest
 
 import procmgr
 from procmgr import Domain, Err, ProcMgmtError, State
-
-T = 10.0      # bound on every answer
-
-
-@pytest.fixture
-def rt():
-    runtime = procmgr.Runtime(cores=2, name=f"procmgr-test-{os.getpid()}-{time.monotonic_ns()}")
-    runtime.start()
-    try:
-        yield runtime
-    finally:
-        manager_pid = runtime.proc.pid
-        worker_pids = [p.pid for p in psutil.Process(manager_pid).children()]
-        runtime.close()
-        # nothing outlives the runtime
-        for pid in [manager_pid] + worker_pids:
-            assert not psutil.pid_exists(pid) or \
-                psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        assert not os.path.exists(procmgr.osutil.runtime_dir(runtime.name))
-
-
-@pytest.fixture
-def pm(rt):
-    return rt.client()
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+from e2e_helpers import T, pm, process_gone, rt  # noqa: F401 (fixtures)
 
 
 def test_exit_statuses(pm):

@@ -1,0 +1,108 @@
+"""What the end-to-end tests share: a bound on every answer, the ``rt`` and
+``pm`` fixtures (a real runtime -- manager process, two workers -- that
+leaves nothing behind, and a client of it; a test module imports them),
+process checks, and a client handshake done by hand, so a test can stop
+half-way through it or do with the rings what a well-behaved client would
+not."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import psutil
+import pytest
+
+import procmgr
+from procmgr.osutil import runtime_dir
+from ringbuf import Ring
+
+T = 10.0      # bound on every answer
+
+
+@pytest.fixture
+def rt():
+    runtime = procmgr.Runtime(cores=2, name=f"procmgr-test-{os.getpid()}-{time.monotonic_ns()}")
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        manager_pid = runtime.proc.pid
+        try:
+            worker_pids = [p.pid for p in psutil.Process(manager_pid).children()]
+        except psutil.NoSuchProcess:
+            worker_pids = []
+        runtime.close()
+        # nothing outlives the runtime, not even after a crash of its manager
+        for pid in [manager_pid] + worker_pids:
+            assert process_gone(pid), pid
+        assert not os.path.exists(runtime_dir(runtime.name))
+        assert manager_segments(manager_pid) == []
+
+
+@pytest.fixture
+def pm(rt):
+    return rt.client()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout: float = T, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout} s")
+        time.sleep(0.01)
+
+
+def manager_segments(manager_pid: int) -> list[str]:
+    """The names the manager's segments have in /dev/shm (linked, not yet attached)."""
+    return [e for e in os.listdir("/dev/shm") if e.startswith(f"procmgr-{manager_pid}-")]
+
+
+class RawHandshake:
+    """The client side of the manager's socket handshake, step by step.
+
+    The manager serves the handshake synchronously with a 2 s bound
+    (server.HANDSHAKE_TIMEOUT): what a test does between ``hello`` and
+    ``attached`` must be quick, or the manager gives the client up.
+    """
+
+    def __init__(self, name: str, hello: bytes = b'{"hello": 1, "token": ""}\n'):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(T)
+        self.sock.connect(os.path.join(runtime_dir(name), "manager.sock"))
+        self.sock.sendall(hello)
+        self.doorbell = -1
+        self.rings: list[Ring] = []
+
+    def names(self) -> dict:
+        """The manager's answer: the names of the client's two rings."""
+        msg, fds, _, _ = socket.recv_fds(self.sock, 4096, 1)
+        assert msg and fds, "the manager refused the handshake"
+        self.doorbell = fds[0]
+        return json.loads(msg)
+
+    def attach(self, names: dict) -> tuple[Ring, Ring]:
+        """Map both rings (in the roles given) and say so; (requests, responses)."""
+        requests, responses = Ring.attach(names["requests"]), Ring.attach(names["responses"])
+        self.rings += [requests, responses]
+        for ring in self.rings:
+            ring.set_doorbell(self.doorbell)
+        self.sock.sendall(b'{"attached": 1}\n')
+        return requests, responses
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        if self.doorbell >= 0:
+            os.close(self.doorbell)
+            self.doorbell = -1
+        self.sock.close()
