@@ -23,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
+
 from procmgr.errors import Err
 
 EXIT_STATUS_KILLED = 9
@@ -90,6 +92,26 @@ class Domain:
         return self.state in (State.STOPPED, State.CLEANED)
 
 
+class _NonceSource:
+    """64-bit cap nonces from the OS's CSPRNG, drawn 512 at a time: one
+    getrandom() call per 512 spawns instead of one per spawn."""
+
+    __slots__ = ("_pool", "_next")
+    _BATCH = 512
+
+    def __init__(self):
+        self._pool: list[int] = []
+        self._next = 0
+
+    def next(self) -> int:
+        if self._next == len(self._pool):
+            self._pool = np.frombuffer(secrets.token_bytes(8 * self._BATCH), "<u8").tolist()
+            self._next = 0
+        nonce = self._pool[self._next]
+        self._next += 1
+        return nonce
+
+
 def _transition(dom: Domain, to: State) -> None:
     if to not in _EDGES[dom.state]:
         raise IllegalTransition(
@@ -113,6 +135,7 @@ class DomainTable:
         self._live: dict[int, Domain] = {}
         self._cleaned: OrderedDict[int, Domain] = OrderedDict()
         self._next_id = 1
+        self._nonces = _NonceSource()
         self.capacity = capacity
         self.history = history
 
@@ -124,7 +147,7 @@ class DomainTable:
 
     def create(self, argv: list[str], core: int, spawn_payload: bytes = b"") -> Domain:
         """A new NIL entry with a fresh cap (the caller checked ``full``)."""
-        dom = Domain(self._next_id, secrets.randbits(64), list(argv), core, spawn_payload)
+        dom = Domain(self._next_id, self._nonces.next(), list(argv), core, spawn_payload)
         self._next_id += 1
         self._live[dom.id] = dom
         return dom

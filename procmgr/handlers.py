@@ -225,7 +225,9 @@ def dispatch_client(mgr, client, msg) -> None:
         # has no request to answer, and is only counted.
         if msg.op and msg.seq and msg.seq not in client.outstanding:
             client.outstanding.add(msg.seq)
-            mgr.answer_seq(client, msg.op, msg.seq, msg.code, payload=msg.detail.encode()[:256])
+            # An op the client's decoder would refuse too cannot be echoed.
+            op = msg.op if msg.op in CLIENT_HANDLERS else Op.UNREADABLE
+            mgr.answer_seq(client, op, msg.seq, msg.code, payload=msg.detail.encode()[:256])
         return
     if msg.seq in client.outstanding:
         mgr.protocol_errors += 1  # a second request under a seq still pending

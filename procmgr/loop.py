@@ -79,8 +79,10 @@ class EventLoop:
                     if sd.alive and not sd.channel.peer_gone]
         channels += [c.channel for c in self.mgr.clients.values()]
         for ch in channels:
-            for ring, for_space in ((ch.inbound, False),) + (
-                    ((ch.outbound, True),) if ch.backlog else ()):
+            # A peer whose answers do not fit is not read from (poll): wait
+            # for it to make room, not for its requests, which may already
+            # be waiting -- armed for them, the loop would never sleep.
+            for ring, for_space in ((ch.outbound, True),) if ch.backlog else ((ch.inbound, False),):
                 if ring.arm(for_space):
                     for r, s in armed:
                         r.disarm(s)

@@ -73,6 +73,10 @@ class Op(IntEnum):
     GET_DOMAINLIST = 8
     ADD_SPAWND = 9
     GET_STATS = 10      # the manager's own figures (JSON payload), for `procmgr top`
+    # manager -> client only: the answer to a request whose op it could not
+    # read (an unknown op byte), so the client can still decode it and match
+    # it by seq; err says why
+    UNREADABLE = 11
     # manager -> spawnd (each answered by one SD_REPLY, in order)
     SD_SPAWN = 16
     SD_SPAN = 17
@@ -294,23 +298,26 @@ class SpawnArgs:
             raise ProtocolError(
                 f"spawn payload is {len(payload)} bytes but its fields add up to "
                 f"{_SPAWN_LENS.size + lp + la + le + lc}")
-        for name, n in (("path", lp), ("argv", la), ("env", le), ("caps", lc)):
-            if n > ARG_LIMIT:
-                raise ArgTooLong(name, n)
-        off = _SPAWN_LENS.size
-        raw = []
-        for n in (lp, la, le, lc):
-            raw.append(payload[off:off + n])
-            off += n
+        if max(lp, la, le, lc) > ARG_LIMIT:
+            for name, n in (("path", lp), ("argv", la), ("env", le), ("caps", lc)):
+                if n > ARG_LIMIT:
+                    raise ArgTooLong(name, n)
+        # Every spawn passes through here in the manager: slice once, and
+        # skip the fields a plain spawn leaves empty.
+        a = _SPAWN_LENS.size + lp
+        b = a + la
+        c = b + le
         try:
-            path = raw[0].decode()
-            argv = _split(raw[1])
-            env_items = _split(raw[2])
-            caps = [_parse_cap(t) for t in _split(raw[3])]
+            path = payload[_SPAWN_LENS.size:a].decode()
+            argv = _split(payload[a:b])
+            env_items = _split(payload[b:c]) if le else []
+            caps = [_parse_cap(t) for t in _split(payload[c:])] if lc else []
         except UnicodeDecodeError as e:
             raise ProtocolError(f"spawn payload is not valid UTF-8: {e}") from None
         if not path:
             raise ProtocolError("spawn without a program path")
+        if "\0" in path:
+            raise ProtocolError("the program path contains a NUL byte")
         if env_items and not env_given:
             raise ProtocolError("spawn payload has env entries but says env is not given")
         env = None

@@ -31,6 +31,8 @@ from procmgr.osutil import become_subreaper, children_of, end_and_reap, runtime_
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
+# How long the workers of a dead manager get to end their domains themselves.
+WORKER_CLEANUP_TIMEOUT = 5.0
 
 
 def _pgid(pid: int) -> int:
@@ -93,9 +95,14 @@ class Runtime:
 
     def start(self) -> Runtime:
         token = secrets.token_hex(16)
+        # The monitor's token goes to the manager through a pipe: in its
+        # environment or argv any process of the user could read it in /proc.
+        token_r, token_w = os.pipe()
+        os.write(token_w, token.encode())
+        os.close(token_w)
         cmd = [sys.executable, "-m", "procmgr.server", "--name", self.name,
                "--cores", str(self.cores), "--pending", self.pending,
-               "--kill-grace", str(self.kill_grace)]
+               "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r)]
         if not self.pin:
             cmd.append("--no-pin")
         if self.simulate:
@@ -103,8 +110,11 @@ class Runtime:
         # Orphans of a killed manager (its workers, then their domains) are
         # re-parented to us rather than to init, so the guard can end them.
         become_subreaper()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                     env=dict(os.environ, PROCMGR_MONITOR_TOKEN=token))
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, pass_fds=(token_r,),
+                                         env=dict(os.environ))
+        finally:
+            os.close(token_r)
         self._guard = threading.Thread(target=self._guard_manager, args=(self.proc.pid,),
                                        name=f"procmgr-guard-{self.name}", daemon=True)
         self._guard.start()
@@ -141,9 +151,13 @@ class Runtime:
         """End and reap every process of this runtime re-parented to us
         (workers, then the domains they leave), unlink the manager's
         segments, remove the runtime's directory."""
-        # The workers die with the manager (PDEATHSIG); once each is gone its
-        # domains have been re-parented to us and can be found.
+        # The workers are told of the manager's death (PDEATHSIG, SIGTERM)
+        # and end and reap their domains themselves: give them the time to,
+        # then make sure. Once each is gone, whatever of its domains is left
+        # has been re-parented to us and can be found.
+        deadline = time.monotonic() + WORKER_CLEANUP_TIMEOUT
         for pid, pidfd in list(self._workers.items()):
+            select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
             try:            # by pidfd: never a reused pid
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except ProcessLookupError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -145,7 +146,9 @@ class Server:
                 return                      # the rest of the line is still to come
             if hs.rings is None:            # 1. hello -> ring names and our doorbell
                 hello = json.loads(line)
-                hs.monitor = hello.get("token") == self.token
+                given = hello.get("token")
+                hs.monitor = bool(self.token) and isinstance(given, str) and \
+                    secrets.compare_digest(given, self.token)
                 hs.rings = (Ring.create(unique_name("procmgr"), RING_CAPACITY),
                             Ring.create(unique_name("procmgr"), RING_CAPACITY))
                 names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
@@ -155,8 +158,8 @@ class Server:
                 return
             if json.loads(line).get("attached") != 1:   # 2. attached -> a client
                 raise ValueError("client did not attach")
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            self._drop_handshake(fd, f"client refused: {e}")
+        except (OSError, ValueError, KeyError, AttributeError, RecursionError) as e:
+            self._drop_handshake(fd, f"client refused: {type(e).__name__}: {e}"[:300])
             return
         del self._handshakes[fd]
         self.loop.unwatch(fd)
@@ -282,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--simulate", action="store_true",
                     help="workers record dispatchers without starting processes")
+    ap.add_argument("--token-fd", type=int, default=-1,
+                    help="a pipe holding the monitor's token (no token: no monitor)")
     args = ap.parse_args(argv)
     server = None
 
@@ -295,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM, not SIGKILL, when the process that started us dies (even by
     # SIGKILL): the loop stops and shutdown ends every domain and worker.
     die_with_parent(signal.SIGTERM)
-    token = os.environ.pop("PROCMGR_MONITOR_TOKEN", "")
+    token = ""
+    if args.token_fd >= 0:
+        with os.fdopen(args.token_fd, "rb") as f:
+            token = f.read(256).decode()
     server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
                     pin=not args.no_pin, simulate=args.simulate)
     print("ready", flush=True)

@@ -183,6 +183,9 @@ class Worker:
         except OSError as e:
             return msg.reply(Err.EXEC_FAILED, e.errno or errno.EIO,
                              payload=f"{args.path}: {e.strerror}".encode()[:256])
+        except (ValueError, TypeError) as e:   # refused before any system call
+            return msg.reply(Err.EXEC_FAILED, errno.EINVAL,
+                             payload=f"{args.path}: {e}".encode()[:256])
         pidfd = os.pidfd_open(pid)
         d = Dispatcher(msg.dom, msg.nonce, pid, pidfd, span)
         self.dispatchers[msg.dom] = d

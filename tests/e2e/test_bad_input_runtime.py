@@ -123,9 +123,6 @@ def test_garbage_in_one_ring_costs_no_other_client_an_answer(rt):
     assert good.unmatched_answers == liar.unmatched_answers == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a request with an unknown op is answered "
-                   "with that op echoed, which the client cannot decode "
-                   "(handlers.dispatch_client answers ProtocolError.op as is)")
 def test_an_unknown_op_gets_an_answer_the_client_can_read(pm):
     fut = expect(pm, SEQ0, 239)
     assert pm.requests.try_push(header(239, SEQ0))
@@ -400,16 +397,11 @@ def test_a_malformed_handshake_is_refused_not_fatal(rt, pm):
     wait_until(lambda: not manager_segments(rt.proc.pid), what="the refused rings unlinked")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: JSON nested past the recursion limit kills the "
-                   "manager (server handshake: json.loads raises RecursionError, not caught)")
 def test_a_deeply_nested_hello_is_refused_not_fatal(rt, pm):
     _refused(rt, b"[" * 30000 + b"\n", b"")
     assert pm.stats(timeout=T)["clients"] == 2      # a dead manager: Closed here
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a spawn posix_spawn refuses with ValueError "
-                   "(empty argv[0], NUL in the path) kills the worker and every domain "
-                   "on its core (spawnd_workers/worker.py Worker._start catches only OSError)")
 def test_a_spawn_the_os_refuses_fails_alone(rt, pm):
     other = rt.client()
     workers = workers_of(rt)

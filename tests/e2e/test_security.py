@@ -156,9 +156,6 @@ def test_only_the_monitor_adds_a_spawnd(rt, pm):
     assert pm.wait(pm.spawn(["/bin/sh", "-c", "exit 5"], core=2, timeout=T), timeout=T) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the monitor token is passed to the manager in "
-                   "its environment (runtime.Runtime.start), which any process of the user "
-                   "reads in /proc/PID/environ and then connects as the monitor")
 def test_the_monitor_token_is_not_readable_by_other_processes(rt):
     with open(f"/proc/{rt.proc.pid}/environ", "rb") as f:
         assert b"PROCMGR_MONITOR_TOKEN" not in f.read()

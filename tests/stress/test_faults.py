@@ -128,9 +128,6 @@ def test_sigkill_of_a_client_mid_storm(children, make_runtime):
 # ---- the manager dies or stops ----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: runtime.py Runtime._sweep never reaps orphans "
-                   "that are already zombies when re-parented (a zombie's environ reads "
-                   "empty, so _is_ours is False)")
 def test_sigkill_of_the_manager_mid_storm(children, make_runtime, tmp_path):
     rt = make_runtime(cores=2)
     pm = rt.client()
@@ -340,9 +337,6 @@ def test_slow_consumer_mid_storm(children, make_runtime):
     assert out.split() == [str(N_SLOW).encode(), str(N_SLOW).encode(), b"0", b"9"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: loop.py run_once never sleeps while a client "
-                   "that does not read has unread requests: the manager spins and its "
-                   "watchers (new connections, deaths) starve")
 def test_manager_idles_and_accepts_while_a_consumer_stalls(children, make_runtime):
     """While one client does not read, the manager has nothing it may do
     for it: it must sleep, and still accept new clients."""
