@@ -12,6 +12,7 @@ import select
 from collections import deque
 
 from procmgr.handlers import dispatch_client, dispatch_spawnd
+from ringbuf import Ring
 
 BATCH = 64  # messages taken from one ring per pass: fairness between peers
 
@@ -72,22 +73,26 @@ class EventLoop:
         if self._watchers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
-    def _armed(self) -> list:
-        """Arm every ring the manager waits on; None if one is ready already."""
-        armed = []
+    def _waits(self) -> list[tuple[Ring, bool]]:
+        """(ring, for_space): what the manager waits for from each peer."""
         channels = [sd.channel for sd in self.mgr.spawnds.values()
                     if sd.alive and not sd.channel.peer_gone]
         channels += [c.channel for c in self.mgr.clients.values()]
-        for ch in channels:
-            # A peer whose answers do not fit is not read from (poll): wait
-            # for it to make room, not for its requests, which may already
-            # be waiting -- armed for them, the loop would never sleep.
-            for ring, for_space in ((ch.outbound, True),) if ch.backlog else ((ch.inbound, False),):
-                if ring.arm(for_space):
-                    for r, s in armed:
-                        r.disarm(s)
-                    return None
-                armed.append((ring, for_space))
+        # A peer whose answers do not fit is not read from (poll): wait for
+        # it to make room, not for its requests, which may already be
+        # waiting -- armed for them, the loop would never sleep.
+        return [(ch.outbound, True) if ch.backlog else (ch.inbound, False) for ch in channels]
+
+    @staticmethod
+    def _armed(waits) -> list | None:
+        """Arm every ring the manager waits on; None if one is ready already."""
+        armed = []
+        for ring, for_space in waits:
+            if ring.arm(for_space):
+                for r, s in armed:
+                    r.disarm(s)
+                return None
+            armed.append((ring, for_space))
         return armed
 
     def _wake_peers(self) -> None:
@@ -106,7 +111,7 @@ class EventLoop:
         self._wake_peers()
         if handled:
             return handled
-        armed = self._armed()
+        armed = self._armed(self._waits())
         if armed is None or self._calls:
             for ring, for_space in armed or ():
                 ring.disarm(for_space)

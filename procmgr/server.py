@@ -20,6 +20,7 @@ Started by a Runtime (the monitor). It
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import secrets
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             token = f.read(256).decode()
     server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
                     pin=not args.no_pin, simulate=args.simulate)
+    # Everything made so far (modules, the server, its workers' state) lives
+    # as long as the manager: out of the collector's way. Measured: full
+    # collections walking it cost the control plane ~15% of its requests/s.
+    gc.freeze()
     print("ready", flush=True)
     try:
         server.run()
