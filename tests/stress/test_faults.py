@@ -299,7 +299,13 @@ SLOW_CONSUMER = """
 import sys, time, procmgr
 pm = procmgr.connect(sys.argv[1])
 d = pm.spawn(['/bin/sleep', '3600'], timeout=10)
+# A client that never reads: when its request ring is full it waits for room
+# (the client library would take in answers meanwhile, which a stalled
+# consumer does not).
+reads = pm._receive
+pm._receive = lambda block, timeout: pm.requests.wait_space(timeout)
 futures = [pm.wait_async(d, nohang=True) for _ in range(int(sys.argv[2]))]
+pm._receive = reads
 def full():
     h = pm.responses.header()
     return h['prod_tail'] - h['cons_head'] == h['capacity']
@@ -319,7 +325,8 @@ def start_slow_consumer(children, rt):
     import subprocess
 
     slow = children.python("-c", SLOW_CONSUMER, rt.name, str(N_SLOW), stdin=subprocess.PIPE)
-    assert slow.stdout.readline() == b"full\n", slow.stderr.read().decode()
+    line = slow.stdout.readline()   # not stderr: the child waits on stdin, it would never end
+    assert line == b"full\n", line
     return slow
 
 
