@@ -42,14 +42,19 @@ def runtime_dir(name: str) -> str:
 
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 
 
-def become_subreaper() -> None:
+def become_subreaper(on: bool = True) -> bool:
     """Orphans among our descendants are re-parented to us, not to init, so
-    that we can end and reap them (see reap_strays)."""
+    that we can end and reap them (see reap_strays); ``on=False`` undoes it.
+    Returns whether we were a subreaper before."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    was = ctypes.c_int(0)
+    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) != 0 or \
+            libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    return bool(was.value)
 
 
 def children_of(pid: int | None = None) -> list[int]:

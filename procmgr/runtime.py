@@ -44,6 +44,33 @@ def _pgid(pid: int) -> int:
         return -1
 
 
+class _Subreaping:
+    """This process is a child subreaper while it runs a Runtime, and goes
+    back to what it was when its last Runtime has closed: afterwards, an
+    unrelated orphan (a daemon a user's program starts, say) goes to init,
+    not to a program that does not expect to reap it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open = 0
+        self._was = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._open == 0:
+                self._was = become_subreaper(True)
+            self._open += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0 and not self._was:
+                become_subreaper(False)
+
+
+_SUBREAPER = _Subreaping()
+
+
 class RuntimeNotFound(ConnectionError):
     """No runtime of that name is running (for this user)."""
 
@@ -109,10 +136,13 @@ class Runtime:
             cmd.append("--simulate")
         # Orphans of a killed manager (its workers, then their domains) are
         # re-parented to us rather than to init, so the guard can end them.
-        become_subreaper()
+        _SUBREAPER.acquire()
         try:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, pass_fds=(token_r,),
                                          env=dict(os.environ))
+        except BaseException:
+            _SUBREAPER.release()
+            raise
         finally:
             os.close(token_r)
         self._guard = threading.Thread(target=self._guard_manager, args=(self.proc.pid,),
@@ -230,6 +260,7 @@ class Runtime:
         self._guard.join(timeout=15)
         self.proc.stdout.close()
         self.proc = None
+        _SUBREAPER.release()
 
     def __enter__(self) -> Runtime:
         return self.start()

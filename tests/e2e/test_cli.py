@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -22,22 +21,6 @@ def run(*args, check=True):
     if check:
         assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
     return proc
-
-
-@pytest.fixture(autouse=True)
-def not_a_subreaper():
-    """Run the CLI as a shell does: from a process that is no subreaper. (A
-    Runtime started earlier in this test process made it one; then a
-    detached `procmgr up` daemon would be re-parented to us, not to init,
-    and left for us to reap.)"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    was = ctypes.c_int(0)
-    libc.prctl(37, ctypes.byref(was), 0, 0, 0)          # PR_GET_CHILD_SUBREAPER
-    libc.prctl(36, 0, 0, 0, 0)                          # PR_SET_CHILD_SUBREAPER
-    try:
-        yield
-    finally:
-        libc.prctl(36, was.value, 0, 0, 0)
 
 
 @pytest.fixture

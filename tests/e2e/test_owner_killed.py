@@ -4,6 +4,7 @@ every domain ended, every worker gone, the socket directory removed."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -67,3 +68,25 @@ def test_sigkill_of_the_runtimes_owner_leaves_no_domain(children):
                 pass
     assert not os.path.exists(procmgr.osutil.runtime_dir(name))
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(f"procmgr-{manager_pid}-")]
+
+
+def _is_subreaper() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    flag = ctypes.c_int(0)
+    assert libc.prctl(37, ctypes.byref(flag), 0, 0, 0) == 0   # PR_GET_CHILD_SUBREAPER
+    return bool(flag.value)
+
+
+def test_the_owner_is_a_subreaper_only_while_it_runs_a_runtime():
+    """Orphans of a crashed manager come to the owner while a Runtime runs;
+    once the last one has closed, an unrelated orphan goes to init again."""
+    procmgr.osutil.become_subreaper(False)
+    try:
+        with procmgr.Runtime(cores=1, name=f"procmgr-test-{os.getpid()}-sr1"):
+            assert _is_subreaper()
+            with procmgr.Runtime(cores=1, name=f"procmgr-test-{os.getpid()}-sr2"):
+                assert _is_subreaper()
+            assert _is_subreaper()          # the first one still runs
+        assert not _is_subreaper()
+    finally:
+        procmgr.osutil.become_subreaper(False)
