@@ -33,6 +33,7 @@ import numpy as np
 from procmgr import _wire
 from procmgr.errors import Err
 from ringbuf import Closed
+from ringbuf._cffi_ring import lib as _ring_codes
 
 SLOT = 64
 INLINE = 32
@@ -123,7 +124,7 @@ Msg = _wire.Msg
 _wire.set_valid_ops(bytes(op in Op._value2member_map_ for op in range(256)))
 _wire_send, _wire_take = _wire.send, _wire.take
 _TAKE_DONE = (_wire.TAKE_EMPTY, _wire.TAKE_LIMIT)
-_EFULL = -1   # ringbuf's RB_EFULL (_ring.h)
+_EFULL = _ring_codes.RB_EFULL
 
 
 def frags_for(plen: int) -> int:
