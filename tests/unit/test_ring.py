@@ -1052,41 +1052,42 @@ def _doorbell_rung(fd: int) -> bool:
         return False
 
 
-def test_batched_pushes_wake_an_armed_consumer_once_at_the_end(shm_name):
+@contextlib.contextmanager
+def batched_and_asleep(shm_name):
+    """(producer, consumer, doorbell): the producer batches its wakes, the
+    consumer has armed the empty ring and sleeps on the doorbell."""
     with ring_pair(shm_name, 8) as (prod, cons):
         bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             prod.set_doorbell(bell)
             prod.batch_wakes(True)
             assert not cons.arm()             # empty: the consumer goes to sleep
-            for i in range(3):
-                prod.push(b"m%d" % i)
-            assert not _doorbell_rung(bell), "a batched push woke the consumer"
-            prod.wake_consumer()
-            assert _doorbell_rung(bell)
-            prod.wake_consumer()              # nobody asleep any more: no second ring
-            assert not _doorbell_rung(bell)
-            assert [cons.pop(0) for _ in range(3)] == [b"m0", b"m1", b"m2"]
+            yield prod, cons, bell
         finally:
             os.close(bell)
+
+
+def test_batched_pushes_wake_an_armed_consumer_once_at_the_end(shm_name):
+    with batched_and_asleep(shm_name) as (prod, cons, bell):
+        for i in range(3):
+            prod.push(b"m%d" % i)
+        assert not _doorbell_rung(bell), "a batched push woke the consumer"
+        prod.wake_consumer()
+        assert _doorbell_rung(bell)
+        prod.wake_consumer()                  # nobody asleep any more: no second ring
+        assert not _doorbell_rung(bell)
+        assert [cons.pop(0) for _ in range(3)] == [b"m0", b"m1", b"m2"]
 
 
 def test_turning_batched_wakes_off_wakes_for_what_is_unannounced(shm_name):
-    with ring_pair(shm_name, 8) as (prod, cons):
-        bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        try:
-            prod.set_doorbell(bell)
-            prod.batch_wakes(True)
-            assert not cons.arm()
-            prod.push(b"x")
-            prod.batch_wakes(False)
-            assert _doorbell_rung(bell)
-            assert cons.pop(0) == b"x"
-            assert not cons.arm()             # unbatched: the next push rings at once
-            prod.push(b"y")
-            assert _doorbell_rung(bell)
-        finally:
-            os.close(bell)
+    with batched_and_asleep(shm_name) as (prod, cons, bell):
+        prod.push(b"x")
+        prod.batch_wakes(False)
+        assert _doorbell_rung(bell)
+        assert cons.pop(0) == b"x"
+        assert not cons.arm()                 # unbatched: the next push rings at once
+        prod.push(b"y")
+        assert _doorbell_rung(bell)
 
 
 def test_a_forgotten_wake_costs_one_slice_not_a_hang(shm_name):
