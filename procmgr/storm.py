@@ -215,9 +215,12 @@ class StormClient:
 
 def client_main(name: str, ops: int, cores: int, mix: dict, seed: int,
                 simulate: bool = False, faulted_core: int | None = None) -> dict:
-    from procmgr.runtime import connect
+    from procmgr.runtime import RuntimeNotFound, connect
 
-    pm = connect(name)
+    try:
+        pm = connect(name)
+    except (RuntimeNotFound, ConnectionError):   # it went away before we got in
+        return {"stats": {"manager_gone": 1}, "errors": {}, "fault_errors": {}, "latency": {}}
     client = StormClient(pm, cores, mix, seed, simulate, faulted_core)
     every = max(20, ops // 500)
     try:

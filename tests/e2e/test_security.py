@@ -54,7 +54,7 @@ for line in sys.stdin:
             msg, fds, _, _ = socket.recv_fds(s, 4096, 1)
             print("refused" if not msg and not fds else f"ACCEPTED {{msg!r}}", flush=True)
             continue
-    except ConnectionResetError:            # hung up on us
+    except (ConnectionResetError, BrokenPipeError):   # hung up on us (before or after our hello)
         print("refused", flush=True)
     except (RingError, OSError) as e:
         print(f"{{type(e).__name__}}: {{e}}", flush=True)
