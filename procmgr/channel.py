@@ -18,7 +18,8 @@ from ringbuf import Closed, Ring
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone")
+    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone",
+                 "unannounced")
 
     def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
         self.inbound = inbound      # we consume
@@ -26,6 +27,7 @@ class Channel:
         # The manager answers a pass's worth of messages at a time: the peer
         # is woken once, after the pass (wake_peer), not by the first answer.
         outbound.batch_wakes(True)
+        self.unannounced = False    # pushed since the last wake_peer
         self.decoder = Decoder()
         self.backlog: deque[bytes] = deque()
         self.name = name
@@ -37,6 +39,7 @@ class Channel:
             if self.backlog or not send(self.outbound, msg):
                 self.backlog.append(encode(msg))
                 return False
+            self.unannounced = True
         except Closed:
             self.peer_gone = True     # nobody to tell any more
             self.backlog.clear()
@@ -51,15 +54,18 @@ class Channel:
                 if not push(backlog[0]):
                     return False
                 backlog.popleft()
+                self.unannounced = True
         except Closed:
             self.peer_gone = True
             backlog.clear()
         return True
 
     def wake_peer(self) -> None:
-        """Wake the peer for what this pass sent it (if it sleeps)."""
-        if not self.peer_gone:
+        """Wake the peer for what this pass sent it (if it sleeps). A peer
+        sent nothing costs nothing: no call into the ring at all."""
+        if self.unannounced and not self.peer_gone:
             self.outbound.wake_consumer()
+        self.unannounced = False
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
         """Up to ``limit`` decoded messages (or decode errors) now in the ring."""

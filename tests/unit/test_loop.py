@@ -29,3 +29,44 @@ def test_many_clients_are_all_served():
         doms = [c.wait_for(f, timeout=10) for c, f in futures]
         assert len({d.id for d in doms}) == 100
         assert sorted(clients[0].domains(timeout=5)) == sorted(d.id for d in doms)
+
+
+def test_a_channel_wakes_its_peer_once_per_pass_and_only_for_news(shm_name):
+    """The manager's answers go out as they are made, the peer is woken
+    once after the pass; a peer sent nothing is not woken at all."""
+    import os
+
+    from procmgr.channel import Channel
+    from procmgr.protocol import Decoder, Msg, Op, take
+    from ringbuf import Ring
+
+    answers = Ring.create(shm_name, 64)
+    peer = Ring.attach(shm_name)
+    requests = Ring.create(shm_name + "-back", 64)
+    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def rung() -> bool:
+        try:
+            return os.eventfd_read(bell) > 0
+        except BlockingIOError:
+            return False
+
+    try:
+        channel = Channel(requests, answers)
+        answers.set_doorbell(bell)
+        assert not peer.arm()                  # the peer sleeps on its doorbell
+        for seq in (1, 2, 3):
+            channel.send(Msg(Op.WAIT, seq))
+        assert not rung(), "an answer woke the peer before the pass ended"
+        channel.wake_peer()
+        assert rung()
+        assert [m.seq for m in take(peer, Decoder())] == [1, 2, 3]
+        assert not peer.arm()                  # asleep again; this pass sends nothing
+        channel.wake_peer()
+        assert not rung(), "a peer sent nothing was woken"
+    finally:
+        os.close(bell)
+        for ring in (peer, answers, requests):
+            ring.close()
+        answers.unlink()
+        requests.unlink()
