@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 
 import procmgr
+from bench.pipeline import spawn_kill_wait_rate
 from bench.spawn import runtime_rate
 
 CORES = (1, 2, 4, 8, 16)
@@ -17,16 +17,7 @@ CORES = (1, 2, 4, 8, 16)
 
 def control_plane_rate(pm, cores: int, domains: int = 600, in_flight: int = 256) -> float:
     """spawn + kill + wait requests/s, pipelined, against simulated dispatchers."""
-    done = 0
-    start = time.perf_counter()
-    while done < 3 * domains:
-        batch = min(in_flight, domains - done // 3)
-        doms = [pm.wait_for(f, timeout=60) for f in
-                [pm.spawn_async(["sim"], core=i % cores) for i in range(batch)]]
-        for f in [pm.kill_async(d) for d in doms] + [pm.wait_async(d) for d in doms]:
-            pm.wait_for(f, timeout=60)
-        done += 3 * batch
-    return done / (time.perf_counter() - start)
+    return spawn_kill_wait_rate(pm, cores, domains, in_flight)
 
 
 def measure(cores_list=CORES, domains: int = 3000, spawns: int = 200,

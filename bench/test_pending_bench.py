@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bench.pipeline import PER_DOMAIN, spawn_kill_wait_rate
 from procmgr.inprocess import InProcessRuntime
 from procmgr.pending import make_pending
 from procmgr.protocol import Op
@@ -46,19 +47,7 @@ def match_cost_ns(kind: str, in_flight: int = 64, rounds: int = 20_000) -> float
 def control_plane_rate(kind: str, requests: int = 4000, in_flight: int = 256) -> float:
     """Spawn + kill + wait requests/s through the manager, pipelined."""
     with InProcessRuntime(cores=2, pending=kind, prefix="procmgr-bench") as rt:
-        client = rt.client()
-        done = 0
-        start = time.perf_counter()
-        while done < requests:
-            batch = min(in_flight, (requests - done) // 3 or 1)
-            spawns = [client.spawn_async(["sim"], core=i % 2) for i in range(batch)]
-            doms = [client.wait_for(f, timeout=30) for f in spawns]
-            kills = [client.kill_async(d) for d in doms]
-            waits = [client.wait_async(d) for d in doms]
-            for f in kills + waits:
-                client.wait_for(f, timeout=30)
-            done += 3 * batch
-        return done / (time.perf_counter() - start)
+        return spawn_kill_wait_rate(rt.client(), 2, max(1, requests // PER_DOMAIN), in_flight)
 
 
 @pytest.mark.parametrize("kind", STRATEGIES)

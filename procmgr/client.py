@@ -11,6 +11,7 @@ an answer calls ``pump()`` to let it work instead of blocking on the ring.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -65,13 +66,26 @@ class DomainInfo:
 class Future:
     """The answer to one request, once it has come."""
 
-    __slots__ = ("seq", "op", "reply", "convert")
+    __slots__ = ("seq", "op", "reply", "convert", "callbacks")
 
     def __init__(self, seq: int, op: int, convert):
         self.seq, self.op, self.reply, self.convert = seq, op, None, convert
+        self.callbacks = None
 
     def done(self) -> bool:
         return self.reply is not None
+
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(future)`` once answered: from the client call that takes
+        the answer in (``poll``, ``wait_for``, or a send that had to wait),
+        or now if it has been answered already. What keeps a pipeline full:
+        the callback sends the next request (bench/pipeline.py)."""
+        if self.reply is not None:
+            fn(self)
+        elif self.callbacks is None:
+            self.callbacks = [fn]
+        else:
+            self.callbacks.append(fn)
 
     def result(self):
         """The converted answer; raises ProcMgmtError if the request failed."""
@@ -122,14 +136,21 @@ class Client:
         answers = take(self.responses, self._decoder)
         if not answers and block and self.responses.wait_data(timeout):
             answers = take(self.responses, self._decoder)
+        waiting, answered = self._waiting, None
         for msg in answers:
-            if isinstance(msg, ProtocolError):
+            if type(msg) is not Msg:
                 raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {msg.detail}")
-            fut = self._waiting.pop(msg.seq, None)
-            if fut is not None:
-                fut.reply = msg
-            else:
+            fut = waiting.pop(msg.seq, None)
+            if fut is None:
                 self.unmatched_answers += 1
+                continue
+            fut.reply = msg
+            if fut.callbacks is not None:
+                if answered is None:
+                    answered = []
+                answered.append(fut)
+        if answered is not None:
+            _run_callbacks(answered)
 
     def wait_for(self, fut: Future, timeout: float | None = None):
         """Block until ``fut`` is answered (bounded by ``timeout``) and return its result."""
@@ -142,22 +163,21 @@ class Client:
             self._receive(block=True, timeout=left)
         return fut.result()
 
-    def poll(self) -> None:
-        """Take in whatever answers have arrived, without waiting."""
-        self._receive(block=False, timeout=0)
+    def poll(self, timeout: float = 0) -> None:
+        """Take in whatever answers have arrived; with a ``timeout``, wait up
+        to that long for one if none has."""
+        self._receive(block=timeout > 0, timeout=timeout)
 
     # ---- operations ----
 
     def spawn_async(self, argv: list[str], core: int = 0, env: dict | None = None,
                     path: str | None = None, caps=None) -> Future:
-        args = SpawnArgs(path or argv[0], list(argv), env, list(caps or []))
         op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
         try:
-            payload = args.encode()
+            payload = _spawn_payload(path or argv[0], argv, env, caps)
         except ProtocolError as e:
             raise ProcMgmtError(e.code, e.detail) from None
-        return self._send(Msg(op, core=core, payload=payload),
-                          lambda m: Domain(m.dom, m.nonce, m.core, m.status))
+        return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
     def spawn(self, argv, core: int = 0, env=None, path=None, timeout=None) -> Domain:
         return self.wait_for(self.spawn_async(argv, core, env, path), timeout)
@@ -240,6 +260,42 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _domain_result(msg: Msg) -> Domain:
+    return Domain(msg.dom, msg.nonce, msg.core, msg.status)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_spawn_payload(path: str, argv: tuple[str, ...]) -> bytes:
+    return SpawnArgs(path, list(argv)).encode()
+
+
+def _spawn_payload(path, argv, env, caps) -> bytes:
+    """A spawn's payload. The common case -- the same program and argv
+    again, no env, no caps -- is encoded once and remembered."""
+    if env is None and not caps:
+        try:
+            return _plain_spawn_payload(path, tuple(argv))
+        except TypeError:
+            pass    # something unhashable in argv: the full path says what is wrong
+    return SpawnArgs(path, list(argv), env, list(caps or [])).encode()
+
+
+def _run_callbacks(answered: list[Future]) -> None:
+    """Every callback of every answered future runs, even if one raises:
+    a pipeline must not lose the rest of a batch to one failed request.
+    The first exception is raised once all have run."""
+    first = None
+    for fut in answered:
+        callbacks, fut.callbacks = fut.callbacks, None
+        for fn in callbacks:
+            try:
+                fn(fut)
+            except Exception as e:
+                first = first or e
+    if first is not None:
+        raise first
 
 
 def _wait_result(msg: Msg) -> int | None:
