@@ -38,15 +38,22 @@ class State(IntEnum):
     CLEANED = 4
 
 
+# The states as module-level names, for the code that tests them per
+# message: on Python 3.11 reading ``State.RUNNING`` costs ~95 ns (attribute
+# reads on an enum class are not specialised), a global ~20 ns.
+NIL, RUNNING, STOP_PEND, STOPPED, CLEANED = State
+_FINISHED = frozenset((STOPPED, CLEANED))
+
+
 # The only legal edges; _transition refuses everything else.
 _EDGES = {
-    State.NIL: {State.RUNNING, State.CLEANED},
-    State.RUNNING: {State.STOP_PEND},
+    NIL: {RUNNING, CLEANED},
+    RUNNING: {STOP_PEND},
     # Back to RUNNING only when a kill failed on a core that still runs it:
     # the domain was not stopped, and its own exit must still count.
-    State.STOP_PEND: {State.STOPPED, State.RUNNING},
-    State.STOPPED: {State.CLEANED},
-    State.CLEANED: set(),
+    STOP_PEND: {STOPPED, RUNNING},
+    STOPPED: {CLEANED},
+    CLEANED: set(),
 }
 
 
@@ -61,7 +68,7 @@ class Domain:
     argv: list[str]
     home_core: int
     spawn_payload: bytes = b""       # what a span starts again on another core
-    state: State = State.NIL
+    state: State = NIL
     cores: list[int] = field(default_factory=list)       # every core it ran on, in order
     pids: dict[int, int] = field(default_factory=dict)   # core -> pid
     live: set[int] = field(default_factory=set)          # cores that may still run it
@@ -89,7 +96,7 @@ class Domain:
     @property
     def finished(self) -> bool:
         """Stopped or cleaned: a wait is answered at once (defect 8)."""
-        return self.state in (State.STOPPED, State.CLEANED)
+        return self.state in _FINISHED
 
 
 class _NonceSource:
@@ -174,8 +181,8 @@ class DomainTable:
 
     def dispatcher_started(self, dom: Domain, core: int, pid: int) -> None:
         """A spawn or span reply: a dispatcher of ``dom`` runs on ``core``."""
-        if dom.state == State.NIL:
-            _transition(dom, State.RUNNING)
+        if dom.state == NIL:
+            _transition(dom, RUNNING)
         dom.cores.append(core)
         dom.pids[core] = pid
         dom.live.add(core)
@@ -190,13 +197,13 @@ class DomainTable:
 
     def stop_requested(self, dom: Domain, status: int, signaled: bool = False) -> None:
         """kill or exit accepted: RUNNING -> STOP_PEND, status recorded once."""
-        _transition(dom, State.STOP_PEND)
+        _transition(dom, STOP_PEND)
         dom.exit_status = status
         dom.signaled = signaled
 
     def stop_failed(self, dom: Domain) -> None:
         """STOP_PEND -> RUNNING: the kill failed where the domain still runs."""
-        _transition(dom, State.RUNNING)
+        _transition(dom, RUNNING)
         dom.exit_status = None
         dom.signaled = False
 
@@ -204,12 +211,12 @@ class DomainTable:
         """STOP_PEND -> STOPPED, once no core runs the domain."""
         if dom.live:
             raise IllegalTransition(f"domain {dom.id}: STOPPED while cores {sorted(dom.live)} run")
-        _transition(dom, State.STOPPED)
+        _transition(dom, STOPPED)
 
     def dispatcher_cleaned(self, dom: Domain, core: int) -> bool:
         """``core`` released the domain; True when that made it CLEANED."""
         dom.held.discard(core)
-        if not dom.held and dom.state == State.STOPPED:
+        if not dom.held and dom.state == STOPPED:
             self._retire(dom)
             return True
         return False
@@ -220,7 +227,7 @@ class DomainTable:
         self._retire(dom)
 
     def _retire(self, dom: Domain) -> None:
-        _transition(dom, State.CLEANED)
+        _transition(dom, CLEANED)
         del self._live[dom.id]
         self._cleaned[dom.id] = dom
         while len(self._cleaned) > self.history:

@@ -27,12 +27,13 @@ Defined behaviour for the cases Barrelfish got wrong (BARRELFISH.md §5):
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
 
 from procmgr.channel import Channel
-from procmgr.domain import Domain, State
+from procmgr.domain import NIL, RUNNING, STOP_PEND, Domain
 from procmgr.errors import Err
 from procmgr.manager import AnswerTwice
 from procmgr.protocol import (
@@ -52,9 +53,17 @@ def _domain(mgr, client, msg) -> Domain | None:
     return dom
 
 
+# A client spawning one program many times sends the same payload bytes
+# each time: decoding them once saves most of a spawn's cost here. The
+# SpawnArgs it returns is shared: read it, never change it (the table keeps
+# its own copy of argv). A payload that does not decode raises, and is not
+# remembered.
+_spawn_args = functools.lru_cache(maxsize=256)(SpawnArgs.decode)
+
+
 def spawn(mgr, client, msg) -> None:
     try:
-        args = SpawnArgs.decode(msg.payload)
+        args = _spawn_args(msg.payload)
     except ProtocolError as e:
         return mgr.fail(client, msg, e)
     if args.caps and msg.op == Op.SPAWN:
@@ -73,7 +82,7 @@ def span(mgr, client, msg) -> None:
     dom = _domain(mgr, client, msg)
     if dom is None:
         return
-    if dom.state != State.RUNNING:
+    if dom.state != RUNNING:
         return mgr.answer(client, msg, Err.DOMAIN_NOT_RUNNING)
     if msg.core in dom.held or msg.core in dom.span_pending:
         return mgr.answer(client, msg, Err.ALREADY_SPANNED)
@@ -92,12 +101,12 @@ def kill(mgr, client, msg) -> None:
     dom = _domain(mgr, client, msg)
     if dom is None:
         return
-    if dom.state == State.NIL:
+    if dom.state == NIL:
         dom.deferred.append((Op.KILL, client, msg.seq, 9, False))
-    elif dom.state == State.RUNNING:
+    elif dom.state == RUNNING:
         dom.killers.append((client, msg.seq))
         mgr.begin_stop(dom, 9)
-    elif dom.state == State.STOP_PEND:
+    elif dom.state == STOP_PEND:
         dom.killers.append((client, msg.seq))   # answered when it has stopped
     else:
         mgr.answer(client, msg, Err.DOMAIN_NOT_RUNNING)
@@ -108,9 +117,9 @@ def exit_(mgr, client, msg) -> None:
     dom = _domain(mgr, client, msg)
     if dom is None:
         return
-    if dom.state == State.NIL:
+    if dom.state == NIL:
         dom.deferred.append((Op.EXIT, None, 0, msg.status, False))
-    elif dom.state == State.RUNNING:
+    elif dom.state == RUNNING:
         mgr.begin_stop(dom, msg.status)
     else:
         return mgr.answer(client, msg, Err.DOMAIN_NOT_RUNNING)
@@ -269,7 +278,7 @@ def spawn_reply(mgr, sd, slot, msg) -> None:
             mgr.table.dispatcher_stopped(dom, sd.core)
         if op == Op.KILL:
             dom.killers.append((client, seq))   # answered at STOPPED
-        if dom.state == State.RUNNING:
+        if dom.state == RUNNING:
             mgr.begin_stop(dom, status, signaled)
         else:
             mgr.maybe_stopped(dom)
@@ -302,11 +311,15 @@ def span_reply(mgr, sd, slot, msg) -> None:
         mgr.maybe_stopped(dom)
 
 
+# A kill reply saying the dispatcher is gone: killed, or NOT_FOUND (it had
+# exited already), or SPAWND_DIED (it died with its worker).
+_KILL_DONE = frozenset((Err.OK, Err.NOT_FOUND, Err.SPAWND_DIED))
+
+
 def kill_reply(mgr, sd, slot, msg) -> None:
     dom = mgr.table.by_id(slot.dom)
     dom.kills_in_flight -= 1
-    # NOT_FOUND: it had exited already; SPAWND_DIED: it died with its worker.
-    if msg.err in (Err.OK, Err.NOT_FOUND, Err.SPAWND_DIED):
+    if msg.err in _KILL_DONE:
         mgr.table.dispatcher_stopped(dom, sd.core)
     else:
         dom.kill_error = (msg.err, msg.status)
@@ -320,7 +333,7 @@ def kill_reply(mgr, sd, slot, msg) -> None:
         for client, seq in killers:
             mgr.answer_seq(client, Op.KILL, seq, err, status=status,
                            dom=dom.id, nonce=dom.nonce)
-        if dom.state == State.STOP_PEND:
+        if dom.state == STOP_PEND:
             mgr.table.stop_failed(dom)
 
 
@@ -354,14 +367,14 @@ def dispatcher_exit(mgr, sd, msg) -> None:
         mgr.protocol_errors += 1
         return
     signaled = bool(msg.flags & Flag.SIGNALED)
-    if dom.state == State.NIL:
+    if dom.state == NIL:
         # Overtook its own spawn reply (a worker that reports out of order):
         # counted once the reply has made it a running dispatcher.
         dom.deferred.append((Op.SD_EXIT, None, 0, msg.status, signaled))
         return
     if not mgr.table.dispatcher_stopped(dom, sd.core):
         return              # a kill reply already counted this core
-    if dom.state == State.RUNNING:
+    if dom.state == RUNNING:
         if sd.core == dom.home_core or not dom.live:
             mgr.begin_stop(dom, msg.status, signaled)
         # else: a spanned dispatcher ended; the domain runs on elsewhere

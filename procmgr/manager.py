@@ -12,7 +12,7 @@ raises at once.
 from __future__ import annotations
 
 from procmgr.channel import Channel
-from procmgr.domain import Domain, DomainTable, State
+from procmgr.domain import RUNNING, STOP_PEND, STOPPED, Domain, DomainTable
 from procmgr.errors import Err
 from procmgr.protocol import Flag, Msg, Op, ProtocolError
 from procmgr.spawnd_state import SpawndState
@@ -128,7 +128,7 @@ class Manager:
 
     def maybe_stopped(self, dom: Domain) -> None:
         """If no core runs ``dom`` any more: STOPPED, answer everyone, clean up."""
-        if dom.state != State.STOP_PEND or dom.live:
+        if dom.state != STOP_PEND or dom.live:
             return
         self.table.stopped(dom)
         flags = Flag.SIGNALED if dom.signaled else 0
@@ -179,11 +179,11 @@ class Manager:
                 continue
             self.table.dispatcher_stopped(dom, core)
             dom.held.discard(core)
-            if dom.state == State.RUNNING:
+            if dom.state == RUNNING:
                 self.begin_stop(dom, 9, signaled=True)
-            elif dom.state == State.STOP_PEND:
+            elif dom.state == STOP_PEND:
                 self.maybe_stopped(dom)
-            elif dom.state == State.STOPPED and not dom.held:
+            elif dom.state == STOPPED and not dom.held:
                 self.table.dispatcher_cleaned(dom, core)
         # Then the requests that will never be answered by it.
         for slot in sd.pending.drain():

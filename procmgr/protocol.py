@@ -348,6 +348,8 @@ def _join(name: str, items: list[str]) -> bytes:
     """Items each ended by a NUL, so [] and [""] stay different."""
     out = []
     for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} entry {item!r} is not a string")
         if "\0" in item:
             raise ValueError(f"{name} entry {item!r} contains a NUL byte")
         out.append(item.encode() + b"\0")

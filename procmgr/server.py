@@ -311,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     # as long as the manager: out of the collector's way. Measured: full
     # collections walking it cost the control plane ~15% of its requests/s.
     gc.freeze()
+    # Every request allocates a few containers that outlive it (a domain's
+    # sets and lists live until it is retired): at the default threshold of
+    # 700 a young collection runs every few dozen requests. Ten thousand
+    # keeps the same bound on cyclic garbage, collected ~15x less often.
+    # Measured (callgrind, whole control plane): 5% of its instructions.
+    gc.set_threshold(10_000, 10, 10)
     print("ready", flush=True)
     try:
         server.run()
