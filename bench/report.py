@@ -10,6 +10,7 @@ import sys
 from bench import peers, pending_report, ring_report, scale, spawn
 
 KINDS = ("ring", "spawn", "pending", "scale")
+CONTROL_PLANE_TARGET = 100_000   # requests/s, simulated dispatchers (issue 6)
 
 
 def run(kinds, quick: bool = False) -> dict:
@@ -84,9 +85,13 @@ def write(results: dict, directory: str) -> str:
             ax.set_xlabel("simulated cores")
             ax.set_title(title, fontsize=9)
             ax.set_ylim(bottom=0)
+            if key == "control_plane_per_s":
+                ax.axhline(CONTROL_PLANE_TARGET, color="tab:red", ls="--", lw=1,
+                           label=f"target {CONTROL_PLANE_TARGET // 1000} K/s")
             if max(xs) > m["cpus"]:
                 ax.axvspan(m["cpus"] * 1.3, max(xs) * 1.3, color="0.92",
                            label=f"oversubscribed (> {m['cpus']} CPUs)")
+            if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="lower left")
         fig.tight_layout()
         fig.savefig(os.path.join(directory, "scale.png"), dpi=100)

@@ -46,7 +46,7 @@ def match_cost_ns(kind: str, in_flight: int = 64, rounds: int = 20_000) -> float
 
 def control_plane_rate(kind: str, requests: int = 4000, in_flight: int = 256) -> float:
     """Spawn + kill + wait requests/s through the manager, pipelined."""
-    with InProcessRuntime(cores=2, pending=kind, prefix="procmgr-bench") as rt:
+    with InProcessRuntime(cores=2, pending=kind, prefix="procmgr-bench", releases=True) as rt:
         return spawn_kill_wait_rate(rt.client(), 2, max(1, requests // PER_DOMAIN), in_flight)
 
 

@@ -213,6 +213,12 @@ class DomainTable:
             raise IllegalTransition(f"domain {dom.id}: STOPPED while cores {sorted(dom.live)} run")
         _transition(dom, STOPPED)
 
+    def dispatcher_released(self, dom: Domain, core: int) -> None:
+        """``core`` released the domain as its dispatcher stopped (the
+        worker said so: Flag.RELEASED); no SD_CLEANUP will be sent there.
+        Retiring waits for STOPPED (maybe_stopped), as after a cleanup."""
+        dom.held.discard(core)
+
     def dispatcher_cleaned(self, dom: Domain, core: int) -> bool:
         """``core`` released the domain; True when that made it CLEANED."""
         dom.held.discard(core)

@@ -321,6 +321,8 @@ def kill_reply(mgr, sd, slot, msg) -> None:
     dom.kills_in_flight -= 1
     if msg.err in _KILL_DONE:
         mgr.table.dispatcher_stopped(dom, sd.core)
+        if msg.flags & Flag.RELEASED:
+            mgr.table.dispatcher_released(dom, sd.core)
     else:
         dom.kill_error = (msg.err, msg.status)
     if not dom.live:
@@ -374,6 +376,8 @@ def dispatcher_exit(mgr, sd, msg) -> None:
         return
     if not mgr.table.dispatcher_stopped(dom, sd.core):
         return              # a kill reply already counted this core
+    if msg.flags & Flag.RELEASED:
+        mgr.table.dispatcher_released(dom, sd.core)
     if dom.state == RUNNING:
         if sd.core == dom.home_core or not dom.live:
             mgr.begin_stop(dom, msg.status, signaled)

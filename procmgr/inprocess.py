@@ -24,8 +24,12 @@ from spawnd_workers.simulated import SimulatedSpawnd
 class InProcessRuntime:
     def __init__(self, cores: int = 2, pending: str = "replyq", reply_queue: int = 1024,
                  ring_capacity: int = 4096, prefix: str = "procmgr-inproc",
-                 threads: bool = False):
+                 threads: bool = False, releases: bool = False):
+        """``releases``: the simulated spawnds release a domain as its
+        dispatcher stops, as the real worker does (Flag.RELEASED); by
+        default they hold it until SD_CLEANUP, as Barrelfish's spawnd did."""
         self.prefix = prefix
+        self.releases = releases
         self.ring_capacity = ring_capacity
         self._rings: list[Ring] = []
         self.manager = Manager(pending=pending, reply_queue=reply_queue)
@@ -80,6 +84,7 @@ class InProcessRuntime:
         req.unlink()
         rep.unlink()
         sd = SimulatedSpawnd(core, req, rep)
+        sd.releases = self.releases
         self._doorbell(req, rep)
         self.spawnds[core] = sd
         if self.loop is not None:

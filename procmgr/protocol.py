@@ -100,6 +100,11 @@ class Flag:
     NOHANG = 1          # wait: answer at once if the domain has not stopped
     SIGNALED = 2        # SD_EXIT / wait: status is the number of a killing signal
     STILL_RUNNING = 4   # wait with NOHANG: the domain has not stopped yet
+    # SD_EXIT, and the reply to SD_KILL: the worker has reaped the dispatcher
+    # and holds nothing of the domain any more, so this core needs no
+    # SD_CLEANUP (our worker always releases at once; a spawnd that keeps a
+    # domain's resources until told -- Barrelfish's -- leaves it clear).
+    RELEASED = 8
     REPLY = 0x80        # every reply carries its request's op with this bit
 
 

@@ -29,6 +29,10 @@ class SimulatedSpawnd:
         self.held: deque[Msg] = deque()
         self.hold = False            # keep replies back until release()
         self.fail_next: dict[int, tuple[int, int]] = {}    # op -> (err, status)
+        # Like our real worker: a kill or exit releases the domain here at
+        # once (Flag.RELEASED). Off by default: a spawnd that holds it until
+        # SD_CLEANUP, as Barrelfish's does, which the regression tests script.
+        self.releases = False
         self._next_pid = 10_000 + 1000 * core
 
     def step(self) -> int:
@@ -68,7 +72,7 @@ class SimulatedSpawnd:
         if msg.op == Op.SD_KILL:
             if self.dispatchers.pop(msg.dom, None) is None:
                 return msg.reply(Err.NOT_FOUND)
-            return msg.reply(Err.OK)
+            return msg.reply(Err.OK, flags=self._released(msg.dom))
         if msg.op == Op.SD_CLEANUP:
             self.cleaned.add(msg.dom)
             return msg.reply(Err.OK)
@@ -88,7 +92,14 @@ class SimulatedSpawnd:
         """A dispatcher ends by itself: report it as the real worker would."""
         nonce, _ = self.dispatchers.pop(dom_id)
         self.send(Msg(Op.SD_EXIT, core=self.core, dom=dom_id, nonce=nonce, status=status,
-                      flags=Flag.SIGNALED if signal else 0))
+                      flags=(Flag.SIGNALED if signal else 0) | self._released(dom_id)))
+
+    def _released(self, dom_id: int) -> int:
+        """The flag a stop report carries; a releasing spawnd lets go now."""
+        if not self.releases:
+            return 0
+        self.cleaned.add(dom_id)
+        return Flag.RELEASED
 
     def fail(self, op: Op, err: Err = Err.EXEC_FAILED, status: int = errno.ENOENT) -> None:
         """Make the next request of ``op`` fail with ``err``."""

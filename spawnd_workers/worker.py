@@ -195,7 +195,7 @@ class Worker:
 
     def kill(self, msg: Msg) -> Msg:
         if self.simulated.pop(msg.dom, None) is not None:
-            return msg.reply(Err.OK)
+            return msg.reply(Err.OK, flags=Flag.RELEASED)
         d = self.dispatchers.get(msg.dom)
         if d is None:
             return msg.reply(Err.NOT_FOUND)
@@ -203,7 +203,7 @@ class Worker:
             self._end(d)
         except OSError as e:
             return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
-        return msg.reply(Err.OK)
+        return msg.reply(Err.OK, flags=Flag.RELEASED)      # reaped and forgotten
 
     def cleanup(self, msg: Msg) -> Msg:
         """Release the domain here; a dispatcher still running is ended first."""
@@ -234,7 +234,7 @@ class Worker:
         else:
             code, flags = os.WEXITSTATUS(status), 0
         self.reply(Msg(Op.SD_EXIT, core=self.core, dom=d.dom, nonce=d.nonce,
-                       status=code, flags=flags))
+                       status=code, flags=flags | Flag.RELEASED))
 
     def _reap(self, d: Dispatcher) -> int:
         self.epoll.unregister(d.pidfd)

@@ -30,8 +30,18 @@ def test_kill_gives_9_and_leaves_no_process(pm):
     pm.kill(d, timeout=T)
     assert pm.wait(d, timeout=T) == 9
     assert process_gone(d.pid)
+    # The worker reaped it and says so (Flag.RELEASED): cleaned with the
+    # stop, no cleanup round trip to wait for.
     info = pm.status(d, timeout=T)
-    assert info.state in (State.STOPPED, State.CLEANED) and info.exit_status == 9
+    assert info.state == State.CLEANED and info.exit_status == 9
+
+
+def test_a_domain_that_exits_is_cleaned_when_waited_for(pm):
+    d = pm.spawn(["/bin/sh", "-c", "exit 4"], core=1, timeout=T)
+    assert pm.wait(d, timeout=T) == 4
+    info = pm.status(d, timeout=T)
+    assert info.state == State.CLEANED and info.exit_status == 4
+    assert d.id not in pm.domains(timeout=T)
 
 
 def test_span_then_kill_ends_both(pm):
