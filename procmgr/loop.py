@@ -12,6 +12,7 @@ import select
 from collections import deque
 
 from procmgr.handlers import dispatch_client, dispatch_spawnd
+from procmgr.osutil import watch_doorbell
 from ringbuf import Ring
 
 BATCH = 64  # messages taken from one ring per pass: fairness between peers
@@ -54,7 +55,7 @@ class EventLoop:
         self.mgr = mgr
         self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll = select.epoll()
-        self._epoll.register(self.doorbell, select.EPOLLIN)
+        watch_doorbell(self._epoll, self.doorbell)
         self._watchers: dict[int, object] = {}
         self._calls: deque = deque()
         self.wakeups = 0
@@ -125,12 +126,7 @@ class EventLoop:
                 ring.disarm(for_space)
         self.wakeups += 1
         for fd, ev in events:
-            if fd == self.doorbell:
-                try:
-                    os.eventfd_read(self.doorbell)
-                except BlockingIOError:
-                    pass
-            else:
+            if fd != self.doorbell:        # the doorbell is only a wake-up
                 self._watchers[fd](fd, ev)
         self._wake_peers()   # a watcher (a death, a new client) may have sent
         return 0

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from procmgr.errors import Err
 from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
-    reap_strays,
+    reap_strays, watch_doorbell,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
@@ -90,7 +90,7 @@ class Worker:
         self.dispatchers: dict[int, Dispatcher] = {}       # dom -> its dispatcher here
         self.by_pidfd: dict[int, Dispatcher] = {}
         self.epoll = select.epoll()
-        self.epoll.register(doorbell, select.EPOLLIN)
+        watch_doorbell(self.epoll, doorbell)
         # What a domain forked and left behind is re-parented to us: reap it.
         become_subreaper()
         self.child_watch = ChildWatch()
@@ -117,9 +117,7 @@ class Worker:
             finally:
                 self.requests.disarm()
             for fd, _ in events:
-                if fd == self.doorbell:
-                    _drain_eventfd(fd)
-                elif fd in self.by_pidfd:
+                if fd in self.by_pidfd:     # (the doorbell is only a wake-up)
                     self.exited(self.by_pidfd[fd])
                 elif fd == self.child_watch.read_fd:
                     self.child_watch.drain()
@@ -276,13 +274,6 @@ def _wait_readable(fd: int, timeout: float | None) -> bool:
             return bool(ready)
         except InterruptedError:
             continue
-
-
-def _drain_eventfd(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
