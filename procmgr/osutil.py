@@ -102,8 +102,29 @@ def end_and_reap(pids) -> None:
 
 def reap_strays(keep) -> int:
     """Reap every exited child of ours not in ``keep`` (orphans a subreaper
-    inherited); the children in ``keep`` are someone else's to reap."""
+    inherited); the children in ``keep`` are someone else's to reap.
+
+    Asked after every SIGCHLD, so the common answer must be cheap: the
+    kernel names an exited child (waitid with WNOWAIT, which leaves it a
+    zombie) until none is left -- one system call when the child that
+    exited was already reaped by its owner. Only when it names a child in
+    ``keep``, which may hide others behind it, are all our children listed
+    from /proc (a dozen system calls: ~150 µs on this VM)."""
     reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped       # no children at all
+        if info is None:
+            return reaped       # none has exited
+        if info.si_pid in keep:
+            break
+        try:
+            os.waitpid(info.si_pid, os.WNOHANG)
+            reaped += 1
+        except ChildProcessError:
+            pass
     for pid in children_of():
         if pid in keep:
             continue

@@ -116,12 +116,17 @@ class Worker:
                 events = []
             finally:
                 self.requests.disarm()
+            children_changed = False
             for fd, _ in events:
                 if fd in self.by_pidfd:     # (the doorbell is only a wake-up)
                     self.exited(self.by_pidfd[fd])
                 elif fd == self.child_watch.read_fd:
-                    self.child_watch.drain()
-                    reap_strays(keep={d.pid for d in self.dispatchers.values()})
+                    children_changed = True
+            # After the dispatchers' own exits: the SIGCHLD they caused then
+            # finds nothing left to reap, at the cost of one system call.
+            if children_changed:
+                self.child_watch.drain()
+                reap_strays(keep={d.pid for d in self.dispatchers.values()})
 
     def serve_requests(self) -> int:
         n = 0
@@ -224,23 +229,29 @@ class Worker:
         self._reap(d)
 
     def exited(self, d: Dispatcher) -> None:
-        """A dispatcher ended by itself: reap it and tell the manager."""
-        status = self._reap(d)
-        kill_group(d.pid, signal.SIGKILL)    # no orphan left behind
+        """A dispatcher ended by itself: reap it and tell the manager -- and
+        wake it at once: whoever waits for this exit waits on us, and the
+        rest (its group, our tables) can come after."""
+        _, status = os.waitpid(d.pid, 0)
         if os.WIFSIGNALED(status):
             code, flags = os.WTERMSIG(status), Flag.SIGNALED
         else:
             code, flags = os.WEXITSTATUS(status), 0
         self.reply(Msg(Op.SD_EXIT, core=self.core, dom=d.dom, nonce=d.nonce,
                        status=code, flags=flags | Flag.RELEASED))
+        self.replies.wake_consumer()
+        kill_group(d.pid, signal.SIGKILL)    # no orphan left behind
+        self._forget(d)
 
     def _reap(self, d: Dispatcher) -> int:
-        self.epoll.unregister(d.pidfd)
+        _, status = os.waitpid(d.pid, 0)
+        self._forget(d)
+        return status
+
+    def _forget(self, d: Dispatcher) -> None:
         del self.by_pidfd[d.pidfd]
         self.dispatchers.pop(d.dom, None)
-        _, status = os.waitpid(d.pid, 0)
-        os.close(d.pidfd)
-        return status
+        os.close(d.pidfd)      # which also takes it out of the epoll set
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and

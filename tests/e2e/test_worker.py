@@ -85,6 +85,34 @@ def test_true_exits_zero_and_is_reaped(worker):
     assert not psutil.pid_exists(pid), "the worker did not reap its child"
 
 
+def test_exit_report_says_released_and_kill_reply_too(worker):
+    worker.spawn(1, ["/bin/true"])
+    assert worker.receive().flags & Flag.RELEASED
+    worker.spawn(2, ["/bin/sleep", "60"])
+    assert worker.call(Op.SD_KILL, 2).flags & Flag.RELEASED
+
+
+def test_orphan_that_left_the_group_is_reaped_when_it_exits(worker, tmp_path):
+    """A domain's child that escaped its process group (setsid) outlives it,
+    is re-parented to the worker (a subreaper) and, when it exits, is
+    reaped by it: no zombie. The domain's own exit is reaped first, so the
+    SIGCHLD of the orphan is the one that finds a stray."""
+    pidfile = tmp_path / "orphan.pid"
+    worker.spawn(1, ["/bin/sh", "-c",
+                     f'setsid /bin/sh -c "echo \\$\\$ > {pidfile}; sleep 0.3" & '
+                     # gone from our group before we exit (and the group is killed)
+                     f'while [ ! -s {pidfile} ]; do sleep 0.01; done; exit 0'])
+    assert worker.receive().op == Op.SD_EXIT
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "the orphan never started"
+        time.sleep(0.01)
+    orphan = int(pidfile.read_text())
+    while psutil.pid_exists(orphan) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not psutil.pid_exists(orphan), "the orphan was left a zombie or never ended"
+
+
 def test_exit_code_and_signal_death_are_reported(worker):
     worker.spawn(1, ["/bin/sh", "-c", "exit 7"])
     assert worker.receive().status == 7
