@@ -105,21 +105,23 @@ class EventLoop:
             client.channel.wake_peer()
 
     def run_once(self, idle_timeout: float = 1.0) -> int:
-        """Handle what the rings hold now, then sleep unless something is
-        ready again; the number of messages handled."""
+        """One pass over the rings; if it found nothing, sleep until a peer
+        rings or a watched descriptor is ready. The number handled."""
         while self._calls:
             fn, args = self._calls.popleft()
             fn(*args)
         handled = poll(self.mgr)
         self._wake_peers()
-        # Straight to arming, not another pass to see whether more came:
-        # arming looks at every ring anyway, and a ring that is ready cancels
-        # the sleep. An empty pass cost as much again, once per wake-up.
+        if handled:
+            # Another pass before sleeping: under load more has come in by
+            # now. (Arming straight away saved that pass when idle, but cost
+            # 4-7% of the pipelined control plane, measured A/B in one run.)
+            return handled
         armed = self._armed(self._waits())
         if armed is None or self._calls:
             for ring, for_space in armed or ():
                 ring.disarm(for_space)
-            return handled
+            return 0
         try:
             events = self._epoll.poll(idle_timeout)
         except InterruptedError:
@@ -135,7 +137,7 @@ class EventLoop:
                 watched = True
         if watched:
             self._wake_peers()   # a watcher (a death, a new client) may have sent
-        return handled
+        return 0
 
     def run(self, idle_timeout: float = 1.0) -> None:
         """Until ``mgr.stopping`` is set (from a handler or another thread
