@@ -232,7 +232,9 @@ class Worker:
         """A dispatcher ended by itself: reap it and tell the manager -- and
         wake it at once: whoever waits for this exit waits on us, and the
         rest (its group, our tables) can come after."""
-        _, status = os.waitpid(d.pid, 0)
+        pid, status = os.waitpid(d.pid, os.WNOHANG)   # the loop never blocks here
+        if pid == 0:
+            return      # not exited after all: a report about a closed pidfd (see _forget)
         if os.WIFSIGNALED(status):
             code, flags = os.WTERMSIG(status), Flag.SIGNALED
         else:
@@ -251,7 +253,14 @@ class Worker:
     def _forget(self, d: Dispatcher) -> None:
         del self.by_pidfd[d.pidfd]
         self.dispatchers.pop(d.dom, None)
-        os.close(d.pidfd)      # which also takes it out of the epoll set
+        # Unregister before closing: closing alone does not take the pidfd
+        # out of the epoll set while another reference to it lives -- and a
+        # program we just started holds copies of all our descriptors until
+        # its exec has closed them, which can be after posix_spawn returned
+        # to us. Meanwhile the number is reused for the next pidfd, and the
+        # old registration reports the dead process under the new number.
+        self.epoll.unregister(d.pidfd)
+        os.close(d.pidfd)
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and
