@@ -84,7 +84,9 @@ def span(mgr, client, msg) -> None:
         return
     if dom.state != RUNNING:
         return mgr.answer(client, msg, Err.DOMAIN_NOT_RUNNING)
-    if msg.core in dom.held or msg.core in dom.span_pending:
+    # Every core it ever ran on, not only those holding it: a core whose
+    # dispatcher ended and released it (Flag.RELEASED) is not spanned to again.
+    if msg.core in dom.cores or msg.core in dom.span_pending:
         return mgr.answer(client, msg, Err.ALREADY_SPANNED)
     sd = mgr.spawnd(msg.core)
     if sd is None:

@@ -7,6 +7,7 @@ domain is cleaned only once that is answered."""
 import pytest
 
 from procmgr.domain import State
+from procmgr.errors import Err, ProcMgmtError
 from procmgr.inprocess import InProcessRuntime
 from procmgr.loop import poll
 from procmgr.protocol import Op
@@ -84,3 +85,21 @@ def test_kill_racing_exit_counts_the_core_once(rt):
     assert client.status(dom, timeout=T).state == State.CLEANED
     assert _requests(sd, Op.SD_CLEANUP, dom.id) == 0
     assert rt.manager.protocol_errors == 0 and rt.manager.internal_errors == 0
+
+
+def test_no_span_again_to_a_core_whose_dispatcher_ended(rt):
+    """A spanned dispatcher that exits releases its core; the domain still
+    ran there, and a second span there is ALREADY_SPANNED, as before."""
+    client = rt.client()
+    dom = client.spawn(["prog"], core=0, timeout=T)
+    client.span(dom, 1, timeout=T)
+    rt.spawnds[1].exit(dom.id, 0)             # the spanned one ends; home runs on
+    rt.pump()
+    info = client.status(dom, timeout=T)
+    assert info.state == State.RUNNING and info.cores == [0, 1]
+    with pytest.raises(ProcMgmtError) as e:
+        client.span(dom, 1, timeout=T)
+    assert e.value.code == Err.ALREADY_SPANNED
+    client.kill(dom, timeout=T)
+    assert client.wait(dom, timeout=T) == 9
+    assert client.status(dom, timeout=T).state == State.CLEANED
