@@ -25,17 +25,17 @@ def compare(rounds: int = ROUNDS, scale: float = 1.0) -> dict:
     # queue takes the overflow (backpressure) -- and the hashtable's chains grow.
     # Three interleaved runs per level, the median kept: one run alone
     # swings by 2x on this machine.
-    sweep = {}
+    sweep, sweep_runs = {}, SWEEP_RUNS if scale >= 0.1 else 1
     for level in IN_FLIGHT if scale >= 0.1 else IN_FLIGHT[:2]:
         requests = max(3 * level, int(3000 * scale))
         runs = {k: [] for k in STRATEGIES}
-        for _ in range(SWEEP_RUNS if scale >= 0.1 else 1):
+        for _ in range(sweep_runs):
             for kind in STRATEGIES:
                 runs[kind].append(control_plane_rate(kind, requests=requests, in_flight=level))
         sweep[level] = {k: statistics.median(v) for k, v in runs.items()}
     return {"ns_per_request": {k: statistics.median(v) for k, v in costs.items()},
             "requests_per_s": {k: statistics.median(v) for k, v in rates.items()},
-            "in_flight": sweep, "rounds": rounds}
+            "in_flight": sweep, "rounds": rounds, "sweep_runs": sweep_runs}
 
 
 def table(r: dict) -> str:
@@ -52,7 +52,7 @@ def table(r: dict) -> str:
     for level, by_kind in r["in_flight"].items():
         lines.append(f"| {level} | {by_kind['replyq']:,.0f} | {by_kind['hashtable']:,.0f} |")
     lines.append(f"\nMedians of {r['rounds']} interleaved rounds (the in-flight sweep: of "
-                 f"{SWEEP_RUNS}; the reply queue has 1024 slots per spawnd, the rest waits in "
+                 f"{r['sweep_runs']}; the reply queue has 1024 slots per spawnd, the rest waits in "
                  "the send queue). Control plane: spawn + kill + wait with 256 requests in "
                  "flight (a sliding window, bench/pipeline.py); manager, codec, rings and "
                  "simulated spawnds that release at once, as the real worker does, all in "
