@@ -49,6 +49,8 @@ from procmgr.protocol import (
 from ringbuf import Closed, Ring
 
 DEFAULT_KILL_GRACE = 0.2
+# How long a kill waits for the last members of a group it SIGKILLed to die.
+GROUP_GONE_TIMEOUT = 1.0
 _CAP_FLAGS = {
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -219,7 +221,8 @@ class Worker:
 
     def _end(self, d: Dispatcher) -> None:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
-        period, reap the dispatcher, forget it."""
+        period, reap the dispatcher, forget it -- and return only once no
+        process of its group is left (bounded), so a kill's reply means it."""
         kill_group(d.pid, signal.SIGTERM)
         if not _wait_readable(d.pidfd, self.kill_grace):
             kill_group(d.pid, signal.SIGKILL)
@@ -227,6 +230,23 @@ class Worker:
         # Whatever the program forked dies with it, even if it outlived TERM.
         kill_group(d.pid, signal.SIGKILL)
         self._reap(d)
+        self._wait_group_gone(d.pid)
+
+    def _wait_group_gone(self, pgid: int, timeout: float = GROUP_GONE_TIMEOUT) -> None:
+        """Until the group is empty: a SIGKILLed process takes a moment to
+        die, and those of its members re-parented to us (we are a subreaper)
+        stay in it as zombies until we reap them. Usually one system call:
+        a program that forked nothing left nobody behind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            if time.monotonic() >= deadline:
+                return      # not ours to wait for any longer; the reply goes out
+            reap_strays(keep={d.pid for d in self.dispatchers.values()})
+            time.sleep(0.001)
 
     def exited(self, d: Dispatcher) -> None:
         """A dispatcher ended by itself: reap it and tell the manager -- and
