@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 
 import pytest
 
@@ -215,9 +216,18 @@ def _fds(pid: int, expected: list[int]) -> dict[int, str]:
 
 
 def _environ(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        entries = f.read().decode().split("\0")[:-1]
-    return dict(e.split("=", 1) for e in entries)
+    """The environment the program runs with. A spawn is answered as soon
+    as posix_spawn returns -- the exec is past its point of no return, but
+    /proc may show the new environment a moment later, empty until then
+    (it is never empty here: the worker adds the documented four)."""
+    deadline = time.monotonic() + T
+    while True:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+        if data or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    return dict(e.split("=", 1) for e in data.decode().split("\0")[:-1])
 
 
 def _signals(pid: int) -> dict[str, int]:
