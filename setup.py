@@ -19,6 +19,15 @@ setup(
             sources=["procmgr/_wire.c", "ringbuf/_ring.c"],
             include_dirs=["ringbuf"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+            depends=["procmgr/_wire.h"],
+        ),
+        # The worker's spawn and exit path: see the top of
+        # spawnd_workers/_spawnd.c for why.
+        Extension(
+            "spawnd_workers._spawnd",
+            sources=["spawnd_workers/_spawnd.c", "ringbuf/_ring.c"],
+            include_dirs=["ringbuf", "procmgr"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
         ),
     ],
 )

@@ -31,31 +31,7 @@
 #include <string.h>
 
 #include "_ring.h"
-
-#define SLOT 64
-#define INLINE 32
-#define FLAG_REPLY 0x80
-
-struct wire_header {
-    uint8_t op;
-    uint8_t flags;
-    uint16_t core;
-    uint32_t seq;
-    uint32_t dom;
-    uint16_t err;
-    uint16_t nfrag;
-    uint64_t nonce;
-    int32_t status;
-    uint32_t plen;
-    uint8_t inline_[INLINE];
-};
-
-_Static_assert(sizeof(struct wire_header) == SLOT,
-               "a header is exactly one 64-byte slot, no padding");
-_Static_assert(offsetof(struct wire_header, nonce) == 16,
-               "nonce at 16 as protocol.HEADER_FIELDS says");
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-               "the wire is little-endian and this code copies fields as they are");
+#include "_wire.h"
 
 /* What `take` reports besides a negative RB_E* code from the ring. */
 #define TAKE_EMPTY 0      /* nothing more in the ring now */

@@ -272,14 +272,17 @@ static void publish_tail(struct rb_handle *h, uint64_t tail)
     /* Release: pairs with the consumer's acquire of prod_tail; the slot bytes
      * and lens written before this are visible to it. */
     __atomic_store_n(&h->hdr->prod_tail, tail, __ATOMIC_RELEASE);
+    h->unannounced = 1;
     if (!h->batch_wakes)
         rb_wake_consumer(h);
 }
 
 void rb_wake_consumer(struct rb_handle *h)
 {
-    if (h->closed)
+    /* Nothing published since the last call: that call paired with it. */
+    if (h->closed || !h->unannounced)
         return;
+    h->unannounced = 0;
     /* Seq_cst fence, then read cons_sleep: the Dekker pairing with the
      * consumer's sleep path (cons_sleep = 1; fence; reload prod_tail). Run
      * after the publish it follows, however much later, it still pairs:

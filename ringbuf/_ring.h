@@ -67,7 +67,10 @@
  * consumer woken by the first message of a batch preempts its producer and
  * then sleeps again after that one message: a wake-up per message instead
  * of per batch. A forgotten rb_wake_consumer costs latency, not a hang: a
- * sleeper re-checks the ring after every slice.
+ * sleeper re-checks the ring after every slice. A rb_wake_consumer with
+ * nothing published since the last one rings nobody: every earlier publish
+ * was paired already, and a second ring would only wake the consumer to an
+ * empty ring (a whole pass of its loop, for nothing).
  *
  * Parties: the creator and the attacher of the segment. Either may be the
  * producer. Each waiting side watches the other party: its closed word and
@@ -172,6 +175,7 @@ struct rb_handle {
     int32_t doorbell_fd;       /* eventfd to ring for a peer armed on a doorbell */
     int32_t batch_wakes;       /* pushes do not wake a sleeping consumer;
                                   rb_wake_consumer does, once per batch */
+    int32_t unannounced;       /* published since the last rb_wake_consumer */
 };
 
 int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out);

@@ -9,6 +9,10 @@ Single-threaded and event driven. It sleeps in one epoll on
   the exit is reaped at once and reported, with no SIGCHLD handler and no
   race with a reused pid.
 
+The round that matters for speed -- a spawn served, sleep, an exit reported
+-- runs in C (``_spawnd.HotPath.run_once``; see the top of _spawnd.c for why);
+everything it does not serve comes back here, in order.
+
 Requests are served in arrival order and each gets exactly one reply,
 pushed in the same order (the manager checks the sequence numbers).
 
@@ -36,7 +40,6 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 from procmgr.errors import Err
 from procmgr.osutil import (
@@ -47,6 +50,9 @@ from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
+from spawnd_workers._spawnd import (
+    RUN_CHILDREN, RUN_DECLINED, RUN_FULL, HotPath, Prepared,
+)
 
 DEFAULT_KILL_GRACE = 0.2
 # How long a kill waits for the last members of a group it SIGKILLed to die.
@@ -59,15 +65,8 @@ _CAP_FLAGS = {
 }
 # Variables of the runtime itself, never passed on to a domain.
 _INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER", "PROCMGR_RUNTIME")
-
-
-@dataclass
-class Dispatcher:
-    dom: int
-    nonce: int
-    pid: int
-    pidfd: int
-    span: bool
+# Distinct spawn payloads kept Prepared; past this the cache starts over.
+PREPARED_CACHE = 256
 
 
 class Worker:
@@ -75,7 +74,6 @@ class Worker:
                  kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = "",
                  simulate: bool = False):
         self.core = core
-        self.runtime = runtime
         # Simulated dispatchers: recorded, never started (control-plane
         # measurements; every figure taken this way says so).
         self.simulate = simulate
@@ -89,56 +87,48 @@ class Worker:
         self.doorbell = doorbell
         self.kill_grace = kill_grace
         self.decoder = Decoder()
-        self.dispatchers: dict[int, Dispatcher] = {}       # dom -> its dispatcher here
-        self.by_pidfd: dict[int, Dispatcher] = {}
         self.epoll = select.epoll()
         watch_doorbell(self.epoll, doorbell)
         # What a domain forked and left behind is re-parented to us: reap it.
         become_subreaper()
         self.child_watch = ChildWatch()
         self.epoll.register(self.child_watch.read_fd, select.EPOLLIN)
+        self.hot = HotPath(requests.handle_addr, replies.handle_addr, self.epoll.fileno(),
+                           self.child_watch.read_fd, core, runtime)
+        # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
+        # table, read here; started by hot.start, removed by hot.forget.
+        self.dispatchers = self.hot.dispatchers
         self.stopping = False
-        self.served = 0
-        # Read once: os.environ decodes every entry on each access.
-        self._env = {k: v for k, v in os.environ.items() if k not in _INTERNAL_ENV}
+        # The environment a domain gets when its spawn gives none.
+        self._env = [k + b"=" + v for k, v in os.environb.items()
+                     if k.decode(errors="replace") not in _INTERNAL_ENV]
 
     # ---- the loop ----
 
     def run(self) -> None:
         while not self.stopping:
-            served = self.serve_requests()
-            self.replies.wake_consumer()   # for this batch and the exits before it
-            if served:
-                continue
-            if self.requests.arm():
-                continue
-            try:
-                events = self.epoll.poll(1.0)
-            except InterruptedError:
-                events = []
-            finally:
-                self.requests.disarm()
-            children_changed = False
-            for fd, _ in events:
-                if fd in self.by_pidfd:     # (the doorbell is only a wake-up)
-                    self.exited(self.by_pidfd[fd])
-                elif fd == self.child_watch.read_fd:
-                    children_changed = True
-            # After the dispatchers' own exits: the SIGCHLD they caused then
-            # finds nothing left to reap, at the cost of one system call.
-            if children_changed:
+            # Serves spawns it knows, sleeps, reports exits (see _spawnd.c);
+            # says what is left for us.
+            woke = self.hot.run_once(1.0, self.decoder.partial)
+            if woke & RUN_DECLINED:
+                self.serve_requests()
+                self.replies.wake_consumer()   # for this batch
+            if woke & RUN_FULL:
+                self.replies.wake_consumer()
+                self.replies.wait_space(1.0)
+            # After the dispatchers' own exits (run_once reported them): the
+            # SIGCHLD they caused then finds nothing left to reap, at the cost
+            # of one system call.
+            if woke & RUN_CHILDREN:
                 self.child_watch.drain()
                 reap_strays(keep={d.pid for d in self.dispatchers.values()})
 
-    def serve_requests(self) -> int:
-        n = 0
+    def serve_requests(self) -> None:
         for msg in take(self.requests, self.decoder):
             if isinstance(msg, ProtocolError):
                 print(f"spawnd.{self.core}: bad request: {msg.detail}", file=sys.stderr)
                 continue
             self.reply(HANDLERS.get(msg.op, Worker.unknown)(self, msg))
-            n += 1
-        return n
 
     def reply(self, msg: Msg) -> None:
         # The manager keeps at most its reply queue's worth of requests in
@@ -147,7 +137,6 @@ class Worker:
         while not send(self.replies, msg):
             self.replies.wake_consumer()
             self.replies.wait_space(1.0)
-        self.served += 1
 
     # ---- requests ----
 
@@ -168,35 +157,45 @@ class Worker:
             self.simulated[msg.dom] = self._next_fake_pid
             return msg.reply(Err.OK, self._next_fake_pid)
         try:
-            args = SpawnArgs.decode(msg.payload)
+            program = self._prepared(msg.payload)
         except ProtocolError as e:
             return msg.reply(e.code, payload=e.detail.encode()[:256])
-        env = dict(self._env if args.env is None else args.env)
-        for key in _INTERNAL_ENV:
-            env.pop(key, None)
-        env.update(PROCMGR_DOMAIN_ID=str(msg.dom), PROCMGR_CORE=str(self.core),
-                   PROCMGR_DISPATCHER=str(int(span)), PROCMGR_RUNTIME=self.runtime)
-        actions = [(os.POSIX_SPAWN_OPEN, fd, path, _CAP_FLAGS[mode], 0o600)
-                   for fd, mode, path in args.caps]
-        if all(fd != 0 for fd, _, _ in args.caps):
-            # Nobody reads a domain's terminal input: stdin is /dev/null.
-            actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        except (ValueError, TypeError) as e:   # refused before any system call
+            return msg.reply(Err.EXEC_FAILED, errno.EINVAL, payload=str(e).encode()[:256])
         try:
-            pid = os.posix_spawn(
-                args.path, args.argv or [args.path], env, file_actions=actions,
-                setpgroup=0, setsigdef=_ALL_SIGNALS, setsigmask=())
+            pid = self.hot.start(program, msg.dom, msg.nonce, span)
         except OSError as e:
             return msg.reply(Err.EXEC_FAILED, e.errno or errno.EIO,
-                             payload=f"{args.path}: {e.strerror}".encode()[:256])
-        except (ValueError, TypeError) as e:   # refused before any system call
-            return msg.reply(Err.EXEC_FAILED, errno.EINVAL,
-                             payload=f"{args.path}: {e}".encode()[:256])
-        pidfd = os.pidfd_open(pid)
-        d = Dispatcher(msg.dom, msg.nonce, pid, pidfd, span)
-        self.dispatchers[msg.dom] = d
-        self.by_pidfd[pidfd] = d
-        self.epoll.register(pidfd, select.EPOLLIN)
+                             payload=f"{program.path}: {e.strerror}".encode()[:256])
         return msg.reply(Err.OK, pid)
+
+    def _prepared(self, payload: bytes) -> Prepared:
+        """The program a spawn payload names, as posix_spawn takes it:
+        decoded and checked here once, then kept -- where run_once finds it
+        and starts the next spawn of the same payload by itself. What every
+        dispatcher gets besides (its identity, signals, process group) is
+        HotPath.start's."""
+        program = self.hot.prepared.get(payload)
+        if program is not None:
+            return program
+        args = SpawnArgs.decode(payload)
+        env = self._env if args.env is None else [
+            os.fsencode(f"{k}={v}") for k, v in args.env.items() if k not in _INTERNAL_ENV]
+        opens = [(fd, path, _CAP_FLAGS[mode], 0o600) for fd, mode, path in args.caps]
+        if all(fd != 0 for fd, _, _ in args.caps):
+            # Nobody reads a domain's terminal input: stdin is /dev/null.
+            opens.insert(0, (0, os.devnull, os.O_RDONLY, 0))
+        argv = args.argv or [args.path]
+        try:
+            if not argv[0]:
+                raise ValueError("argv[0] is empty")   # as os.posix_spawn has it
+            program = Prepared(args.path, argv, env, opens)
+        except ValueError as e:       # that, or a NUL byte
+            raise ValueError(f"{args.path}: {e}") from None
+        if len(self.hot.prepared) >= PREPARED_CACHE:
+            self.hot.prepared.clear()
+        self.hot.prepared[payload] = program
+        return program
 
     def kill(self, msg: Msg) -> Msg:
         if self.simulated.pop(msg.dom, None) is not None:
@@ -219,7 +218,7 @@ class Worker:
 
     # ---- processes ----
 
-    def _end(self, d: Dispatcher) -> None:
+    def _end(self, d) -> None:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
         period, reap the dispatcher, forget it -- and return only once no
         process of its group is left (bounded), so a kill's reply means it."""
@@ -248,39 +247,10 @@ class Worker:
             reap_strays(keep={d.pid for d in self.dispatchers.values()})
             time.sleep(0.001)
 
-    def exited(self, d: Dispatcher) -> None:
-        """A dispatcher ended by itself: reap it and tell the manager -- and
-        wake it at once: whoever waits for this exit waits on us, and the
-        rest (its group, our tables) can come after."""
-        pid, status = os.waitpid(d.pid, os.WNOHANG)   # the loop never blocks here
-        if pid == 0:
-            return      # not exited after all: a report about a closed pidfd (see _forget)
-        if os.WIFSIGNALED(status):
-            code, flags = os.WTERMSIG(status), Flag.SIGNALED
-        else:
-            code, flags = os.WEXITSTATUS(status), 0
-        self.reply(Msg(Op.SD_EXIT, core=self.core, dom=d.dom, nonce=d.nonce,
-                       status=code, flags=flags | Flag.RELEASED))
-        self.replies.wake_consumer()
-        kill_group(d.pid, signal.SIGKILL)    # no orphan left behind
-        self._forget(d)
-
-    def _reap(self, d: Dispatcher) -> int:
+    def _reap(self, d) -> int:
         _, status = os.waitpid(d.pid, 0)
-        self._forget(d)
+        self.hot.forget(d.dom)
         return status
-
-    def _forget(self, d: Dispatcher) -> None:
-        del self.by_pidfd[d.pidfd]
-        self.dispatchers.pop(d.dom, None)
-        # Unregister before closing: closing alone does not take the pidfd
-        # out of the epoll set while another reference to it lives -- and a
-        # program we just started holds copies of all our descriptors until
-        # its exec has closed them, which can be after posix_spawn returned
-        # to us. Meanwhile the number is reused for the next pidfd, and the
-        # old registration reports the dead process under the new number.
-        self.epoll.unregister(d.pidfd)
-        os.close(d.pidfd)
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and
@@ -300,10 +270,6 @@ HANDLERS = {
     Op.SD_KILL: Worker.kill,
     Op.SD_CLEANUP: Worker.cleanup,
 }
-
-_ALL_SIGNALS = tuple(s for s in signal.valid_signals()
-                     if s not in (signal.SIGKILL, signal.SIGSTOP))
-
 
 def _wait_readable(fd: int, timeout: float | None) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout

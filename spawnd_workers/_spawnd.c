@@ -1,0 +1,629 @@
+/*
+ * The spawnd worker's hot path in C: start a program, report its exit.
+ *
+ * Why: one spawn + wait crosses the worker twice, and the program waits
+ * for it both times -- a program inherits its worker's CPU, so it runs only
+ * once the worker sleeps again. Traced with `perf sched` (README, "Spawn"),
+ * the Python worker ran ~140 us between its wake-up and posix_spawn, ~90 us
+ * after it, and ~55 us between a program's exit and the manager's wake-up:
+ * little of it work, most of it the interpreter with caches the program had
+ * just emptied. Here those stretches are a few microseconds plus the
+ * system calls themselves.
+ *
+ * What is here:
+ *   Prepared  one program as posix_spawn takes it (path, argv, envp, file
+ *             actions), built once from a decoded, checked SpawnArgs and
+ *             reused for every spawn of the same payload.
+ *   HotPath   the worker's dispatcher table; `start` (posix_spawn, pidfd,
+ *             epoll), the one way a dispatcher is started; and `run_once`:
+ *             serve the requests at the head of the ring that are spawns
+ *             of a Prepared payload, sleep, and report the exits that woke
+ *             it -- the whole round of the worker's loop, without Python.
+ *
+ * What stays in Python (worker.py): decoding and checking payloads, kills,
+ * cleanups, every error reply, strays, shutdown. run_once stops in front of
+ * a request it does not serve and leaves it in the ring (as procmgr/_wire.c's
+ * take does), so Python serves it and replies stay in request order. A spawn
+ * that fails here is left in the ring too: Python tries it again and words
+ * the error. Op codes and flags below are checked against protocol.py by
+ * tests/unit/test_spawnd_core.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "_ring.h"
+#include "_wire.h"
+
+/* protocol.Op and protocol.Flag, as far as this code speaks them. */
+#define OP_SD_SPAWN 16
+#define OP_SD_SPAN 17
+#define OP_SD_EXIT 25
+#define FLAG_SIGNALED 2
+#define FLAG_RELEASED 8
+
+/* What run_once reports (bits). */
+#define RUN_IDLE 0        /* woke (or timed out) and handled what woke it */
+#define RUN_DECLINED 1    /* the request at the head of the ring is Python's */
+#define RUN_CHILDREN 2    /* the child watch is readable: strays to reap */
+#define RUN_FULL 4        /* the reply ring is full: wait for room, then again */
+
+/* Per-spawn variables at the end of every envp (worker.py documents them). */
+#define IDENT_VARS 4
+
+static PyTypeObject *DispatcherType;   /* a struct sequence */
+
+static PyStructSequence_Field dispatcher_fields[] = {
+    {"dom", "domain id"},
+    {"nonce", "the domain cap's nonce"},
+    {"pid", "process id (also its process group: it leads one)"},
+    {"pidfd", "readable once the process has exited"},
+    {"span", "True for a dispatcher started by span"},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc dispatcher_desc = {
+    "spawnd_workers._spawnd.Dispatcher",
+    "One running dispatcher of a domain on this core.",
+    dispatcher_fields, 5,
+};
+
+/* ---- Prepared ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *path;       /* as given: for error messages */
+    PyObject *keep;       /* list of the bytes the arrays below point into */
+    char *file;
+    char **argv;          /* NULL-terminated */
+    char **envp;          /* nenv entries, IDENT_VARS slots, NULL */
+    Py_ssize_t nenv;
+    posix_spawn_file_actions_t actions;
+    int have_actions;
+} PreparedObject;
+
+/* The bytes of a str or bytes (via the file-system encoding, as os.posix_spawn
+ * does), kept alive in `keep`; NULL with ValueError on an embedded NUL. */
+static char *keep_fs_bytes(PyObject *keep, PyObject *text)
+{
+    PyObject *b = NULL;
+    if (!PyUnicode_FSConverter(text, &b))
+        return NULL;
+    int rc = PyList_Append(keep, b);
+    Py_DECREF(b);
+    return rc < 0 ? NULL : PyBytes_AS_STRING(b);
+}
+
+static char **string_array(PyObject *keep, PyObject *seq, Py_ssize_t spare,
+                           Py_ssize_t *count, const char *what)
+{
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **arr = PyMem_Calloc((size_t)(n + spare + 1), sizeof(char *));
+    if (arr == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        arr[i] = keep_fs_bytes(keep, PySequence_Fast_GET_ITEM(fast, i));
+        if (arr[i] == NULL) {
+            PyMem_Free(arr);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    if (count)
+        *count = n;
+    return arr;
+}
+
+/* Prepared(path, argv, env, opens): env is the whole environment but for
+ * the per-spawn variables; opens are (fd, path, flags, mode) to open in the
+ * child, in order. */
+static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "argv", "env", "opens", NULL};
+    PyObject *path, *argv, *env, *opens;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO:Prepared", kwlist,
+                                     &path, &argv, &env, &opens))
+        return NULL;
+    PreparedObject *p = (PreparedObject *)type->tp_alloc(type, 0);
+    if (p == NULL)
+        return NULL;
+    p->path = Py_NewRef(path);
+    p->keep = PyList_New(0);
+    if (p->keep == NULL || (p->file = keep_fs_bytes(p->keep, path)) == NULL)
+        goto fail;
+    p->argv = string_array(p->keep, argv, 0, NULL, "argv must be a sequence");
+    if (p->argv == NULL)
+        goto fail;
+    p->envp = string_array(p->keep, env, IDENT_VARS, &p->nenv, "env must be a sequence");
+    if (p->envp == NULL)
+        goto fail;
+    posix_spawn_file_actions_init(&p->actions);
+    p->have_actions = 1;
+    PyObject *fast = PySequence_Fast(opens, "opens must be a sequence");
+    if (fast == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        int fd, flags, mode;
+        PyObject *file;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iOii:opens entry",
+                              &fd, &file, &flags, &mode)) {
+            Py_DECREF(fast);
+            goto fail;
+        }
+        char *name = keep_fs_bytes(p->keep, file);
+        int rc = name ? posix_spawn_file_actions_addopen(&p->actions, fd, name, flags,
+                                                         (mode_t)mode) : 0;
+        if (name == NULL || rc != 0) {
+            if (rc != 0) {
+                errno = rc;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            Py_DECREF(fast);
+            goto fail;
+        }
+    }
+    Py_DECREF(fast);
+    return (PyObject *)p;
+fail:
+    Py_DECREF(p);
+    return NULL;
+}
+
+static void prepared_dealloc(PreparedObject *p)
+{
+    if (p->have_actions)
+        posix_spawn_file_actions_destroy(&p->actions);
+    PyMem_Free(p->argv);
+    PyMem_Free(p->envp);
+    Py_XDECREF(p->path);
+    Py_XDECREF(p->keep);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyMemberDef prepared_members[] = {
+    {"path", T_OBJECT_EX, offsetof(PreparedObject, path), READONLY, "the program's path"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PreparedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "spawnd_workers._spawnd.Prepared",
+    .tp_doc = "Prepared(path, argv, env, opens): a program as posix_spawn takes it.",
+    .tp_basicsize = sizeof(PreparedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = prepared_new,
+    .tp_dealloc = (destructor)prepared_dealloc,
+    .tp_members = prepared_members,
+};
+
+/* ---- HotPath ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    struct rb_handle *requests;   /* we consume */
+    struct rb_handle *replies;    /* we produce */
+    int epfd;                     /* the worker's epoll: doorbell, child watch, pidfds */
+    int child_fd;                 /* the child watch (SIGCHLD) */
+    uint16_t core;
+    posix_spawnattr_t attr;
+    PyObject *dispatchers;        /* dom -> Dispatcher */
+    PyObject *by_pidfd;           /* pidfd -> Dispatcher */
+    PyObject *prepared;           /* spawn payload -> Prepared (filled by worker.py) */
+    PyObject *runtime_var;        /* bytes: PROCMGR_RUNTIME=... */
+    char core_var[32];
+    char dom_var[32];
+} HotPathObject;
+
+static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span)
+{
+    PyObject *d = PyStructSequence_New(DispatcherType);
+    if (d == NULL)
+        return NULL;
+    PyObject *v[5] = {
+        PyLong_FromUnsignedLong(dom), PyLong_FromUnsignedLongLong(nonce),
+        PyLong_FromLong(pid), PyLong_FromLong(pidfd), PyBool_FromLong(span),
+    };
+    int ok = 1;
+    for (int i = 0; i < 5; i++) {
+        if (v[i] == NULL) {
+            ok = 0;
+            v[i] = Py_NewRef(Py_None);
+        }
+        PyStructSequence_SET_ITEM(d, i, v[i]);
+    }
+    if (!ok)
+        Py_CLEAR(d);
+    return d;
+}
+
+static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"requests", "replies", "epoll_fd", "child_fd", "core",
+                             "runtime", NULL};
+    PyObject *req, *rep, *runtime;
+    int core;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO:HotPath", kwlist, &req, &rep,
+                                     &c->epfd, &c->child_fd, &core, &runtime))
+        return -1;
+    c->requests = PyLong_AsVoidPtr(req);
+    c->replies = PyLong_AsVoidPtr(rep);
+    if (PyErr_Occurred())
+        return -1;
+    c->core = (uint16_t)core;
+    snprintf(c->core_var, sizeof c->core_var, "PROCMGR_CORE=%d", core);
+    PyObject *name = NULL;
+    if (!PyUnicode_FSConverter(runtime, &name))
+        return -1;
+    Py_XSETREF(c->runtime_var, PyBytes_FromFormat("PROCMGR_RUNTIME=%s", PyBytes_AS_STRING(name)));
+    Py_DECREF(name);
+    Py_XSETREF(c->dispatchers, PyDict_New());
+    Py_XSETREF(c->by_pidfd, PyDict_New());
+    Py_XSETREF(c->prepared, PyDict_New());
+    if (!c->runtime_var || !c->dispatchers || !c->by_pidfd || !c->prepared)
+        return -1;
+    /* Every program: in a group of its own (a kill ends all it forked), all
+     * signals at their defaults and none blocked, whatever the worker had. */
+    sigset_t all, none;
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    sigemptyset(&none);
+    posix_spawnattr_init(&c->attr);
+    posix_spawnattr_setflags(&c->attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF |
+                                       POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setpgroup(&c->attr, 0);
+    posix_spawnattr_setsigdefault(&c->attr, &all);
+    posix_spawnattr_setsigmask(&c->attr, &none);
+    return 0;
+}
+
+static void hotpath_dealloc(HotPathObject *c)
+{
+    posix_spawnattr_destroy(&c->attr);
+    Py_XDECREF(c->dispatchers);
+    Py_XDECREF(c->by_pidfd);
+    Py_XDECREF(c->prepared);
+    Py_XDECREF(c->runtime_var);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* The dispatcher out of our table and our epoll set. Unregister before
+ * closing: a program just started holds copies of our descriptors until its
+ * exec closes them, and while a copy lives, closing alone leaves the pidfd in
+ * the epoll set -- to report the dead process under the number's next use. */
+static int forget(HotPathObject *c, PyObject *d)
+{
+    int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
+    epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
+    close(pidfd);
+    Py_INCREF(d);
+    int rc = PyDict_DelItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3));
+    if (PyDict_DelItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0)) < 0)
+        rc = -1;
+    Py_DECREF(d);
+    return rc;
+}
+
+/* Start the program; 0 with *out = its pid, or an errno (nothing left
+ * running, nothing recorded). */
+static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t nonce, int span,
+                 pid_t *out)
+{
+    snprintf(c->dom_var, sizeof c->dom_var, "PROCMGR_DOMAIN_ID=%u", dom);
+    char **ident = p->envp + p->nenv;
+    ident[0] = c->dom_var;
+    ident[1] = c->core_var;
+    ident[2] = span ? "PROCMGR_DISPATCHER=1" : "PROCMGR_DISPATCHER=0";
+    ident[3] = PyBytes_AS_STRING(c->runtime_var);
+    pid_t pid;
+    int rc = posix_spawn(&pid, p->file, &p->actions, &c->attr, p->argv, p->envp);
+    if (rc != 0)
+        return rc;
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = pidfd};
+    if (pidfd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
+        rc = errno;
+        goto undo;
+    }
+    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span);
+    if (d == NULL || PyDict_SetItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0), d) < 0 ||
+        PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0) {
+        PyErr_Clear();
+        if (d != NULL)
+            PyDict_DelItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0));
+        PyErr_Clear();
+        Py_XDECREF(d);
+        epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
+        rc = ENOMEM;
+        goto undo;
+    }
+    Py_DECREF(d);
+    *out = pid;
+    return 0;
+undo:
+    if (pidfd >= 0)
+        close(pidfd);
+    killpg(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return rc;
+}
+
+/* start(prepared, dom, nonce, span) -> pid; OSError if it cannot start. */
+static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyObject_TypeCheck(args[0], &PreparedType)) {
+        PyErr_SetString(PyExc_TypeError, "start(prepared: Prepared, dom, nonce, span)");
+        return NULL;
+    }
+    unsigned long dom = PyLong_AsUnsignedLong(args[1]);
+    unsigned long long nonce = PyLong_AsUnsignedLongLong(args[2]);
+    int span = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    pid_t pid;
+    int rc = start(c, (PreparedObject *)args[0], (uint32_t)dom, nonce, span, &pid);
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
+}
+
+/* forget(dom): the dispatcher (reaped by the caller) out of the table. */
+static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
+{
+    PyObject *d = PyDict_GetItemWithError(c->dispatchers, dom);
+    if (d == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, dom);
+        return NULL;
+    }
+    if (forget(c, d) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int reply_room(HotPathObject *c)
+{
+    return rb_len(c->replies) <= c->replies->mask;   /* (only we produce: it stays) */
+}
+
+/* Serve requests from the head of the ring while they are spawns of a
+ * Prepared payload: 0 once it is empty, RUN_DECLINED / RUN_FULL, -1 with
+ * an exception set. */
+static int serve(HotPathObject *c)
+{
+    for (;;) {
+        const uint8_t *slot;
+        int len = rb_peek(c->requests, &slot);
+        if (len == RB_EEMPTY)
+            return 0;
+        if (len != SLOT)          /* an error, or not a header: Python says which */
+            return RUN_DECLINED;
+        struct wire_header w;
+        memcpy(&w, slot, SLOT);
+        if ((w.op != OP_SD_SPAWN && w.op != OP_SD_SPAN) || w.nfrag != 0 || w.plen > INLINE)
+            return RUN_DECLINED;
+        PyObject *dom = PyLong_FromUnsignedLong(w.dom);
+        if (dom == NULL)
+            return -1;
+        int here = PyDict_Contains(c->dispatchers, dom);
+        Py_DECREF(dom);
+        if (here != 0)
+            return here < 0 ? -1 : RUN_DECLINED;    /* Python refuses it */
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)w.inline_, w.plen);
+        if (payload == NULL)
+            return -1;
+        PyObject *p = PyDict_GetItemWithError(c->prepared, payload);
+        Py_XINCREF(p);
+        Py_DECREF(payload);
+        if (p == NULL)
+            return PyErr_Occurred() ? -1 : RUN_DECLINED;
+        if (!reply_room(c)) {
+            Py_DECREF(p);
+            return RUN_FULL;
+        }
+        pid_t pid;
+        int rc = start(c, (PreparedObject *)p, w.dom, w.nonce, w.op == OP_SD_SPAN, &pid);
+        Py_DECREF(p);
+        if (rc != 0)
+            return RUN_DECLINED;   /* left in the ring: Python tries and words the error */
+        rb_consume(c->requests, 1);
+        struct wire_header r;
+        memset(&r, 0, sizeof r);
+        r.op = w.op;
+        r.flags = FLAG_REPLY;
+        r.core = w.core;
+        r.seq = w.seq;
+        r.dom = w.dom;
+        r.nonce = w.nonce;
+        r.status = pid;
+        rb_push(c->replies, &r, SLOT);     /* (room checked above) */
+    }
+}
+
+/* A pidfd woke us: reap the dispatcher, tell the manager -- and wake it at
+ * once, whoever waits for this exit waits on us -- then end what is left of
+ * its group and forget it. 0, RUN_FULL (try again later: the pidfd stays
+ * readable), or -1 with an exception set. */
+static int report_exit(HotPathObject *c, PyObject *d)
+{
+    if (!reply_room(c))
+        return RUN_FULL;
+    pid_t pid = (pid_t)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 2));
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);   /* nobody else reaps our dispatchers */
+        return -1;
+    }
+    if (si.si_pid == 0)
+        return 0;          /* not exited after all */
+    struct wire_header r;
+    memset(&r, 0, sizeof r);
+    r.op = OP_SD_EXIT;
+    r.flags = FLAG_RELEASED | (si.si_code == CLD_EXITED ? 0 : FLAG_SIGNALED);
+    r.core = c->core;
+    r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
+    r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
+    r.status = si.si_status;   /* the exit code, or the signal's number */
+    rb_push(c->replies, &r, SLOT);
+    rb_wake_consumer(c->replies);
+    killpg(pid, SIGKILL);      /* no orphan left behind */
+    return forget(c, d);
+}
+
+/* run_once(timeout, python_first) -> RUN_* bits. Serve what this code
+ * serves, wake the manager for the replies, sleep on the epoll set (armed on
+ * the request ring) for up to `timeout` seconds, and report the exits that
+ * woke it. python_first: Python's decoder holds part of a message, so the
+ * ring's next slots are Python's. */
+static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run_once(timeout, python_first)");
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[0]);
+    int python_first = PyObject_IsTrue(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    for (;;) {
+        int r;
+        if (python_first) {
+            const uint8_t *slot;
+            r = rb_peek(c->requests, &slot) == RB_EEMPTY ? 0 : RUN_DECLINED;
+        } else {
+            r = serve(c);
+        }
+        rb_wake_consumer(c->replies);   /* for this batch and the exits before it */
+        if (r < 0)
+            return NULL;
+        if (r != 0)
+            return PyLong_FromLong(r);
+        if (rb_arm(c->requests, RB_WAIT_DATA) == 0)
+            break;      /* else it has data (or the peer closed): serve again */
+    }
+    struct epoll_event evs[64];
+    int n, err;
+    int timeout_ms = timeout < 0 ? -1 : (int)(timeout * 1000.0 + 0.999);
+    Py_BEGIN_ALLOW_THREADS
+    n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    rb_disarm(c->requests, RB_WAIT_DATA);
+    if (n < 0) {
+        if (err == EINTR)
+            return PyLong_FromLong(RUN_IDLE);   /* the handlers run as we return */
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int result = RUN_IDLE;
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        if (fd == c->child_fd) {
+            result |= RUN_CHILDREN;
+            continue;
+        }
+        PyObject *key = PyLong_FromLong(fd);
+        if (key == NULL)
+            return NULL;
+        PyObject *d = PyDict_GetItemWithError(c->by_pidfd, key);
+        Py_DECREF(key);
+        if (d == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue;         /* the doorbell: only a wake-up */
+        }
+        int r = report_exit(c, d);
+        if (r < 0)
+            return NULL;
+        result |= r;
+    }
+    return PyLong_FromLong(result);
+}
+
+static PyMemberDef hotpath_members[] = {
+    {"dispatchers", T_OBJECT_EX, offsetof(HotPathObject, dispatchers), READONLY,
+     "dom -> Dispatcher, for every dispatcher running here (read it, do not change it)"},
+    {"prepared", T_OBJECT_EX, offsetof(HotPathObject, prepared), READONLY,
+     "spawn payload -> Prepared: the spawns run_once serves by itself"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef hotpath_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))hotpath_start, METH_FASTCALL,
+     "start(prepared, dom, nonce, span) -> pid"},
+    {"forget", (PyCFunction)hotpath_forget, METH_O,
+     "forget(dom): a dispatcher the caller reaped, out of the table"},
+    {"run_once", (PyCFunction)(void (*)(void))hotpath_run_once, METH_FASTCALL,
+     "run_once(timeout, python_first) -> RUN_* bits"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HotPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "spawnd_workers._spawnd.HotPath",
+    .tp_doc = "HotPath(requests, replies, epoll_fd, child_fd, core, runtime): "
+              "the worker's dispatchers and its loop's hot path.",
+    .tp_basicsize = sizeof(HotPathObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)hotpath_init,
+    .tp_dealloc = (destructor)hotpath_dealloc,
+    .tp_members = hotpath_members,
+    .tp_methods = hotpath_methods,
+};
+
+static struct PyModuleDef spawnd_module = {
+    PyModuleDef_HEAD_INIT, "spawnd_workers._spawnd",
+    "The spawnd worker's hot path (see worker.py).", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__spawnd(void)
+{
+    if (PyType_Ready(&PreparedType) < 0 || PyType_Ready(&HotPathType) < 0)
+        return NULL;
+    DispatcherType = PyStructSequence_NewType(&dispatcher_desc);
+    if (DispatcherType == NULL)
+        return NULL;
+    PyObject *mod = PyModule_Create(&spawnd_module);
+    if (mod == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(mod, "Prepared", (PyObject *)&PreparedType) < 0 ||
+        PyModule_AddObjectRef(mod, "HotPath", (PyObject *)&HotPathType) < 0 ||
+        PyModule_AddObjectRef(mod, "Dispatcher", (PyObject *)DispatcherType) < 0 ||
+        PyModule_AddIntConstant(mod, "RUN_IDLE", RUN_IDLE) < 0 ||
+        PyModule_AddIntConstant(mod, "RUN_DECLINED", RUN_DECLINED) < 0 ||
+        PyModule_AddIntConstant(mod, "RUN_CHILDREN", RUN_CHILDREN) < 0 ||
+        PyModule_AddIntConstant(mod, "RUN_FULL", RUN_FULL) < 0 ||
+        PyModule_AddIntConstant(mod, "OP_SD_SPAWN", OP_SD_SPAWN) < 0 ||
+        PyModule_AddIntConstant(mod, "OP_SD_SPAN", OP_SD_SPAN) < 0 ||
+        PyModule_AddIntConstant(mod, "OP_SD_EXIT", OP_SD_EXIT) < 0 ||
+        PyModule_AddIntConstant(mod, "FLAG_SIGNALED", FLAG_SIGNALED) < 0 ||
+        PyModule_AddIntConstant(mod, "FLAG_RELEASED", FLAG_RELEASED) < 0 ||
+        PyModule_AddIntConstant(mod, "FLAG_REPLY", FLAG_REPLY) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}

@@ -1,0 +1,182 @@
+"""The spawnd worker's hot path in C (spawnd_workers/_spawnd.c), driven in
+this process through real rings: it serves the spawns it knows, leaves the
+rest in the ring in order, and reports real exits of real programs.
+(tests/e2e/test_worker.py drives it inside a whole worker process.)"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+import pytest
+
+from procmgr.protocol import Decoder, Flag, Msg, Op, SpawnArgs, encode, take
+from ringbuf import Ring, unique_name
+from spawnd_workers import _spawnd
+from spawnd_workers._spawnd import RUN_DECLINED, HotPath, Prepared
+
+T = 10.0
+
+
+def test_the_codes_it_speaks_are_the_protocols():
+    assert (_spawnd.OP_SD_SPAWN, _spawnd.OP_SD_SPAN, _spawnd.OP_SD_EXIT) == (
+        Op.SD_SPAWN, Op.SD_SPAN, Op.SD_EXIT)
+    assert (_spawnd.FLAG_SIGNALED, _spawnd.FLAG_RELEASED, _spawnd.FLAG_REPLY) == (
+        Flag.SIGNALED, Flag.RELEASED, Flag.REPLY)
+
+
+@pytest.mark.parametrize("argv, env, error", [
+    (["a\0b"], [], ValueError),           # NUL inside an argument
+    (["a"], [b"K=\0"], ValueError),       # ... or an environment entry
+    (["a"], 5, TypeError),
+    ([3], [], TypeError),
+])
+def test_prepared_refuses_what_exec_cannot_take(argv, env, error):
+    with pytest.raises(error):
+        Prepared("/bin/true", argv, env, [])
+
+
+class Bench:
+    """The worker's side of a request/reply ring pair, and the manager's."""
+
+    def __init__(self):
+        self.requests = Ring.create(unique_name("procmgr-test"), 64)
+        self.replies = Ring.create(unique_name("procmgr-test"), 64)
+        self.epoll = select.epoll()
+        self.child_r, self.child_w = os.pipe()
+        self.epoll.register(self.child_r, select.EPOLLIN)
+        self.hot = HotPath(self.requests.handle_addr, self.replies.handle_addr,
+                           self.epoll.fileno(), self.child_r, 3, "bench")
+        self.decoder = Decoder()
+
+    def prepare(self, argv: list[str], path: str | None = None) -> bytes:
+        payload = SpawnArgs(path or argv[0], argv).encode()
+        self.hot.prepared[payload] = Prepared(path or argv[0], argv, [b"PATH=/bin:/usr/bin"],
+                                              [(0, os.devnull, os.O_RDONLY, 0)])
+        return payload
+
+    def request(self, op, seq, dom, payload=b""):
+        assert self.requests.try_push_all(encode(Msg(op, seq, 3, dom, 40 + dom,
+                                                     payload=payload)))
+
+    def replies_now(self) -> list[Msg]:
+        return take(self.replies, self.decoder)
+
+    def until_exit(self) -> Msg:
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:
+            self.hot.run_once(0.1, False)
+            if got := self.replies_now():
+                return got[0]
+        raise AssertionError("no exit reported")
+
+    def close(self):
+        for d in list(self.hot.dispatchers.values()):
+            os.killpg(d.pid, signal.SIGKILL)
+            os.waitpid(d.pid, 0)
+            self.hot.forget(d.dom)
+        self.epoll.close()
+        os.close(self.child_r)
+        os.close(self.child_w)
+        for ring in (self.requests, self.replies):
+            ring.close()
+            ring.unlink()
+
+
+@pytest.fixture
+def bench():
+    b = Bench()
+    yield b
+    b.close()
+
+
+def test_a_prepared_spawn_is_served_and_its_exit_reported(bench):
+    payload = bench.prepare(["sh", "-c", "exit 7"], path="/bin/sh")   # fits one slot
+    bench.request(Op.SD_SPAWN, 1, dom=5, payload=payload)
+    assert bench.hot.run_once(0, False) == 0             # served, nothing left for Python
+    (reply,) = bench.replies_now()
+    assert (reply.op, reply.seq, reply.dom, reply.nonce, reply.err) == (Op.SD_SPAWN, 1, 5, 45, 0)
+    assert reply.flags == Flag.REPLY
+    d = bench.hot.dispatchers[5]
+    assert (d.pid, d.nonce, d.span) == (reply.status, 45, False)
+    assert os.getpgid(d.pid) == d.pid                     # a group of its own
+    exit_ = bench.until_exit()
+    assert (exit_.op, exit_.dom, exit_.nonce, exit_.core, exit_.status) == (Op.SD_EXIT, 5, 45, 3, 7)
+    assert exit_.flags == Flag.RELEASED                   # reaped: nothing held any more
+    assert 5 not in bench.hot.dispatchers
+    with pytest.raises(ChildProcessError):
+        os.waitpid(d.pid, os.WNOHANG)                     # reaped
+
+
+def test_a_signal_death_is_reported_as_one(bench):
+    payload = bench.prepare(["/bin/sleep", "30"])
+    bench.request(Op.SD_SPAN, 1, dom=6, payload=payload)
+    bench.hot.run_once(0, False)
+    (reply,) = bench.replies_now()
+    assert bench.hot.dispatchers[6].span
+    os.kill(reply.status, signal.SIGTERM)
+    exit_ = bench.until_exit()
+    assert (exit_.status, exit_.flags) == (signal.SIGTERM, Flag.SIGNALED | Flag.RELEASED)
+
+
+def test_what_it_does_not_serve_stays_in_the_ring_in_order(bench):
+    known = bench.prepare(["/bin/true"])
+    unknown = SpawnArgs("/bin/echo", ["/bin/echo"]).encode()
+    bench.request(Op.SD_SPAWN, 1, dom=1, payload=known)
+    bench.request(Op.SD_SPAWN, 2, dom=2, payload=unknown)   # not prepared
+    bench.request(Op.SD_SPAWN, 3, dom=3, payload=known)
+    assert bench.hot.run_once(0, False) == RUN_DECLINED
+    assert [r.seq for r in bench.replies_now()] == [1]        # served up to the unknown one
+    assert [m.seq for m in take(bench.requests, Decoder())] == [2, 3]   # left, in order
+
+
+def test_a_payload_longer_than_a_slot_is_pythons(bench):
+    payload = bench.prepare(["/bin/sh", "-c", "exit 7"])     # 33 bytes: one past inline
+    bench.request(Op.SD_SPAWN, 1, dom=1, payload=payload)
+    assert bench.hot.run_once(0, False) == RUN_DECLINED
+    assert not bench.hot.dispatchers
+
+
+def test_a_domain_already_here_and_a_kill_are_declined(bench):
+    known = bench.prepare(["/bin/sleep", "30"])
+    bench.request(Op.SD_SPAWN, 1, dom=1, payload=known)
+    bench.request(Op.SD_SPAWN, 2, dom=1, payload=known)     # again: Python refuses it
+    assert bench.hot.run_once(0, False) == RUN_DECLINED
+    assert len(bench.replies_now()) == 1
+    assert [m.seq for m in take(bench.requests, Decoder())] == [2]
+    bench.request(Op.SD_KILL, 3, dom=1)
+    assert bench.hot.run_once(0, False) == RUN_DECLINED
+
+
+def test_a_failed_start_is_left_for_python_to_word(bench):
+    payload = SpawnArgs("/no/such/program", ["/no/such/program"]).encode()
+    bench.hot.prepared[payload] = Prepared("/no/such/program", ["x"], [], [])
+    with pytest.raises(FileNotFoundError):
+        bench.hot.start(bench.hot.prepared[payload], 9, 0, False)
+    bench.request(Op.SD_SPAWN, 1, dom=9, payload=payload)
+    assert bench.hot.run_once(0, False) == RUN_DECLINED
+    assert bench.replies_now() == [] and not bench.hot.dispatchers
+
+
+def test_a_python_partial_message_comes_first(bench):
+    bench.request(Op.SD_SPAWN, 1, dom=1, payload=bench.prepare(["/bin/true"]))
+    assert bench.hot.run_once(0, True) == RUN_DECLINED
+    assert bench.replies_now() == []
+
+
+def test_it_sleeps_until_the_timeout_when_nothing_comes(bench):
+    start = time.monotonic()
+    assert bench.hot.run_once(0.05, False) == 0
+    assert 0.04 <= time.monotonic() - start < 2.0
+
+
+def test_a_full_reply_ring_holds_the_spawn_back(bench):
+    payload = bench.prepare(["/bin/sleep", "30"])
+    while bench.replies.try_push_all(encode(Msg(Op.SD_REPLY, 0))):
+        pass
+    bench.request(Op.SD_SPAWN, 1, dom=1, payload=payload)
+    assert bench.hot.run_once(0, False) == _spawnd.RUN_FULL
+    assert not bench.hot.dispatchers                          # nothing started
+    assert [m.seq for m in take(bench.requests, Decoder())] == [1]
