@@ -116,9 +116,8 @@ class Worker:
             if woke & RUN_FULL:
                 self.replies.wake_consumer()
                 self.replies.wait_space(1.0)
-            # After the dispatchers' own exits (run_once reported them): the
-            # SIGCHLD they caused then finds nothing left to reap, at the cost
-            # of one system call.
+            # run_once reports the dispatchers' own exits first: the SIGCHLD
+            # they caused then finds nothing left to reap, and it asked.
             if woke & RUN_CHILDREN:
                 self.child_watch.drain()
                 reap_strays(keep={d.pid for d in self.dispatchers.values()})
