@@ -26,7 +26,7 @@
  * take does), so Python serves it and replies stay in request order. A spawn
  * that fails here is left in the ring too: Python tries it again and words
  * the error. Op codes and flags below are checked against protocol.py by
- * tests/unit/test_spawnd_core.py.
+ * tests/unit/test_spawnd_hotpath.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
