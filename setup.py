@@ -28,6 +28,7 @@ setup(
             sources=["spawnd_workers/_spawnd.c", "ringbuf/_ring.c"],
             include_dirs=["ringbuf", "procmgr"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+            depends=["procmgr/_wire.h"],
         ),
     ],
 )

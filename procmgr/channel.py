@@ -61,8 +61,9 @@ class Channel:
         return True
 
     def wake_peer(self) -> None:
-        """Wake the peer for what this pass sent it (if it sleeps). A peer
-        sent nothing costs nothing: no call into the ring at all."""
+        """Wake the peer for what this pass sent it (if it sleeps). The ring
+        itself rings only for what was published since its last wake; this
+        flag saves the call into it for every peer sent nothing, every pass."""
         if self.unannounced and not self.peer_gone:
             self.outbound.wake_consumer()
         self.unannounced = False

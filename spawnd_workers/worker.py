@@ -116,10 +116,10 @@ class Worker:
             if woke & RUN_FULL:
                 self.replies.wake_consumer()
                 self.replies.wait_space(1.0)
-            # run_once reports the dispatchers' own exits first: the SIGCHLD
-            # they caused then finds nothing left to reap, and it asked.
+            # run_once reports the dispatchers' own exits first, then drains
+            # the child watch and asks whether anything else exited: only a
+            # stray comes here.
             if woke & RUN_CHILDREN:
-                self.child_watch.drain()
                 reap_strays(keep={d.pid for d in self.dispatchers.values()})
 
     def serve_requests(self) -> None:
