@@ -21,6 +21,14 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
             depends=["procmgr/_wire.h"],
         ),
+        # The manager loop's arming, sleeping and waking: see the top of
+        # procmgr/_loop.c for why.
+        Extension(
+            "procmgr._loop",
+            sources=["procmgr/_loop.c", "ringbuf/_ring.c"],
+            include_dirs=["ringbuf"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+        ),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
         Extension(

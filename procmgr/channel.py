@@ -18,16 +18,15 @@ from ringbuf import Closed, Ring
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone",
-                 "unannounced")
+    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone")
 
     def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
         self.inbound = inbound      # we consume
         self.outbound = outbound    # we produce
         # The manager answers a pass's worth of messages at a time: the peer
-        # is woken once, after the pass (wake_peer), not by the first answer.
+        # is woken once, after the pass (the event loop's RingSet.wake), not
+        # by the first answer.
         outbound.batch_wakes(True)
-        self.unannounced = False    # pushed since the last wake_peer
         self.decoder = Decoder()
         self.backlog: deque[bytes] = deque()
         self.name = name
@@ -39,7 +38,6 @@ class Channel:
             if self.backlog or not send(self.outbound, msg):
                 self.backlog.append(encode(msg))
                 return False
-            self.unannounced = True
         except Closed:
             self.peer_gone = True     # nobody to tell any more
             self.backlog.clear()
@@ -54,19 +52,10 @@ class Channel:
                 if not push(backlog[0]):
                     return False
                 backlog.popleft()
-                self.unannounced = True
         except Closed:
             self.peer_gone = True
             backlog.clear()
         return True
-
-    def wake_peer(self) -> None:
-        """Wake the peer for what this pass sent it (if it sleeps). The ring
-        itself rings only for what was published since its last wake; this
-        flag saves the call into it for every peer sent nothing, every pass."""
-        if self.unannounced and not self.peer_gone:
-            self.outbound.wake_consumer()
-        self.unannounced = False
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
         """Up to ``limit`` decoded messages (or decode errors) now in the ring."""

@@ -1,8 +1,9 @@
 """The manager's event loop, and nothing else.
 
-``poll`` drains every inbound ring once (spawnd replies first: they free
+``poll`` drains inbound rings once (spawnd replies first: they free
 reply-queue slots and answer clients), running each message's handler to
-completion. ``run`` repeats it, sleeping when a pass found nothing.
+completion. ``EventLoop`` repeats it for the rings that have something,
+sleeping when none has.
 """
 
 from __future__ import annotations
@@ -11,24 +12,31 @@ import os
 import select
 from collections import deque
 
+from procmgr._loop import RingSet
 from procmgr.handlers import dispatch_client, dispatch_spawnd
 from procmgr.osutil import watch_doorbell
-from ringbuf import Ring
 
 BATCH = 64  # messages taken from one ring per pass: fairness between peers
 
 
-def poll(mgr) -> int:
-    """One pass over all inbound rings; the number of messages handled."""
+def poll(mgr, spawnds=None, clients=None) -> int:
+    """One pass over inbound rings: those of the given peers (the event
+    loop passes the ones that have something), by default every peer's.
+    The number of messages handled."""
     handled = 0
-    for sd in list(mgr.spawnds.values()):
+    for sd in list(mgr.spawnds.values()) if spawnds is None else spawnds:
         if not sd.alive:
             continue
-        for msg in sd.channel.receive(BATCH):
+        channel = sd.channel
+        for msg in channel.receive(BATCH):
             dispatch_spawnd(mgr, sd, msg)
             handled += 1
         sd.flush()
-    for client in list(mgr.clients.values()):
+        if channel.peer_gone:
+            mgr.peers_changed += 1     # stop waiting on it; its pidfd says why
+    for client in list(mgr.clients.values()) if clients is None else clients:
+        if not client.alive:
+            continue               # gone earlier in this pass
         channel = client.channel
         if channel.flush():   # else its answers do not fit: read no more until it catches up
             for msg in channel.receive(BATCH):
@@ -41,13 +49,14 @@ def poll(mgr) -> int:
 
 
 class EventLoop:
-    """Runs the manager: drain the rings, and when a pass finds nothing,
-    sleep on one doorbell (an eventfd every peer was given) plus whatever
-    other descriptors were registered with ``watch`` (sockets, pidfds).
+    """Runs the manager: wait until a peer's ring has something (RingSet,
+    procmgr/_loop.c: arm every inbound ring, sleep on one doorbell -- an
+    eventfd every peer was given -- plus whatever other descriptors were
+    registered with ``watch``, disarm), run the watchers that fired, drain
+    the rings that are ready, then wake the peers that were answered.
 
-    Before sleeping every inbound ring is armed (ringbuf's ``arm``), so a
-    peer that pushes afterwards rings the doorbell; a ring that turns out
-    ready while being armed cancels the sleep. The sleep is bounded
+    A ring that is ready while being armed cancels the sleep, so under load
+    the loop goes from pass to pass without sleeping. The sleep is bounded
     (``idle_timeout``) so that ``stop`` is noticed even if nobody rings.
     """
 
@@ -56,9 +65,17 @@ class EventLoop:
         self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll = select.epoll()
         watch_doorbell(self._epoll, self.doorbell)
+        self._rings = RingSet(self._epoll.fileno(), self.doorbell)
+        self._peers_seen = -1           # mgr.peers_changed when _peers was made
+        self._spawnds: list = []
+        self._peers: list = []          # spawnds, then clients: RingSet's order
         self._watchers: dict[int, object] = {}
         self._calls: deque = deque()
-        self.wakeups = 0
+
+    @property
+    def wakeups(self) -> int:
+        """How many times the loop has slept (and woken up)."""
+        return self._rings.sleeps
 
     def call_soon_threadsafe(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop's thread, at its next pass."""
@@ -74,70 +91,39 @@ class EventLoop:
         if self._watchers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
-    def _waits(self) -> list[tuple[Ring, bool]]:
-        """(ring, for_space): what the manager waits for from each peer."""
-        channels = [sd.channel for sd in self.mgr.spawnds.values()
-                    if sd.alive and not sd.channel.peer_gone]
-        channels += [c.channel for c in self.mgr.clients.values()]
-        # A peer whose answers do not fit is not read from (poll): wait for
-        # it to make room, not for its requests, which may already be
-        # waiting -- armed for them, the loop would never sleep.
-        return [(ch.outbound, True) if ch.backlog else (ch.inbound, False) for ch in channels]
-
-    @staticmethod
-    def _armed(waits) -> list | None:
-        """Arm every ring the manager waits on; None if one is ready already."""
-        armed = []
-        for ring, for_space in waits:
-            if ring.arm(for_space):
-                for r, s in armed:
-                    r.disarm(s)
-                return None
-            armed.append((ring, for_space))
-        return armed
-
-    def _wake_peers(self) -> None:
-        """Wake every peer for what this pass sent it: the manager's rings
-        batch their wakes (Channel), so nobody is woken per message."""
-        for sd in self.mgr.spawnds.values():
-            sd.channel.wake_peer()
-        for client in self.mgr.clients.values():
-            client.channel.wake_peer()
+    def _refresh_peers(self) -> None:
+        """Peers came or went: the rings to wait on. A spawnd whose channel
+        is gone is not waited on (its closed ring would always be ready);
+        its pidfd watcher retires it."""
+        mgr = self.mgr
+        self._spawnds = [sd for sd in mgr.spawnds.values()
+                         if sd.alive and not sd.channel.peer_gone]
+        self._peers = self._spawnds + list(mgr.clients.values())
+        self._rings.set([(p.channel.inbound, p.channel.outbound) for p in self._peers])
+        self._peers_seen = mgr.peers_changed
 
     def run_once(self, idle_timeout: float = 1.0) -> int:
-        """One pass over the rings; if it found nothing, sleep until a peer
-        rings or a watched descriptor is ready. The number handled."""
+        """One pass: wait (only if no ring is ready) up to ``idle_timeout``,
+        handle what came in, wake who was answered. The number handled."""
         while self._calls:
             fn, args = self._calls.popleft()
             fn(*args)
-        handled = poll(self.mgr)
-        self._wake_peers()
-        if handled:
-            # Another pass before sleeping: under load more has come in by
-            # now. (Arming straight away saved that pass when idle, but cost
-            # 4-7% of the pipelined control plane, measured A/B in one run.)
-            return handled
-        armed = self._armed(self._waits())
-        if armed is None or self._calls:
-            for ring, for_space in armed or ():
-                ring.disarm(for_space)
-            return 0
-        try:
-            events = self._epoll.poll(idle_timeout)
-        except InterruptedError:
-            events = []
-        finally:
-            for ring, for_space in armed:
-                ring.disarm(for_space)
-        self.wakeups += 1
-        watched = False
-        for fd, ev in events:
-            if fd != self.doorbell:        # the doorbell is only a wake-up
-                self._watchers[fd](fd, ev)
-                watched = True
-        if watched:
-            self._wake_peers()   # a watcher (a death, a new client) may have sent
-        return 0
+        if self._peers_seen != self.mgr.peers_changed:
+            self._refresh_peers()
+        peers = self._peers
+        # A peer whose answers do not fit is not read from (poll): wait for
+        # it to make room, not for its requests, which may already be
+        # waiting -- armed for them, the loop would never sleep.
+        space = [i for i, p in enumerate(peers) if p.channel.backlog]
+        ready, fired = self._rings.wait(0 if self._calls else idle_timeout, space)
+        for fd, events in fired:
+            self._watchers[fd](fd, events)
+        nsd = len(self._spawnds)
+        handled = poll(self.mgr, [peers[i] for i in ready if i < nsd],
+                       [peers[i] for i in ready if i >= nsd])
+        # Every peer answered in this pass (or by a watcher) is woken once.
+        self._rings.wake()
+        return handled
 
     def run(self, idle_timeout: float = 1.0) -> None:
         """Until ``mgr.stopping`` is set (from a handler or another thread

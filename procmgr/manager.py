@@ -50,6 +50,9 @@ class Manager:
         self.spawnds: dict[int, SpawndState] = {}
         self.clients: dict[int, ClientBinding] = {}
         self._next_client = 1
+        # Counts every change to who the manager waits on (a client or spawnd
+        # added or gone): the event loop re-reads the peers when it moves.
+        self.peers_changed = 0
         self.protocol_errors = 0
         self.internal_errors = 0
         self.stopping = False
@@ -66,6 +69,7 @@ class Manager:
         client = ClientBinding(self._next_client, channel, is_monitor)
         self._next_client += 1
         self.clients[client.id] = client
+        self.peers_changed += 1
         return client
 
     def add_spawnd(self, core: int, channel: Channel) -> Err:
@@ -74,6 +78,7 @@ class Manager:
         if core in self.spawnds:
             return Err.SPAWND_EXISTS
         self.spawnds[core] = SpawndState(core, channel, self.pending_kind, self.reply_queue)
+        self.peers_changed += 1
         return Err.OK
 
     def spawnd(self, core: int) -> SpawndState | None:
@@ -156,6 +161,7 @@ class Manager:
             self.answered_gone += client.answered
         client.alive = False
         self.clients.pop(client.id, None)
+        self.peers_changed += 1
         for dom_id in self.table.ids():
             dom = self.table.by_id(dom_id)
             dom.waiters = [w for w in dom.waiters if w[0] is not client]
@@ -172,6 +178,7 @@ class Manager:
         if sd is None:
             return
         sd.alive = False
+        self.peers_changed += 1
         # First the dispatchers: they died with their worker (PDEATHSIG).
         for dom_id in self.table.ids():
             dom = self.table.by_id(dom_id)

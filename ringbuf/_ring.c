@@ -150,7 +150,7 @@ int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
     h->side = side;
     h->self_pid = (int32_t)getpid();
     h->peer_pidfd = -1;
-    h->spin_ns = RB_DEFAULT_SPIN_NS;
+    h->spin_ns = h->spin_next = RB_DEFAULT_SPIN_NS;
     h->slice_ns = RB_DEFAULT_SLICE_NS;
     h->doorbell_fd = -1;
     if (side == RB_ATTACHER) {
@@ -461,6 +461,22 @@ static int ready(struct rb_handle *h, int32_t what)
     return producer_room(h, tail, 1) > 0;
 }
 
+/* Adaptive spin, after a wait that had to sleep (`waited`: until the data or
+ * room came). A spin pays only when the peer answers within it; spinning
+ * otherwise takes a CPU that, on a small machine, the peer itself or the
+ * program it starts may need (a client waiting on a spawn and on an exit
+ * burned ~30 µs of CPU per spawn that way). So: an answer that came within
+ * spin_ns would have been caught by a full spin -- spin fully next time; a
+ * later one means the spin was wasted -- halve the next spin, down to none
+ * after a few. A wait caught by the spin leaves it as it is. */
+static void adapt_spin(struct rb_handle *h, int64_t waited)
+{
+    if (waited <= h->spin_ns)
+        h->spin_next = h->spin_ns;
+    else if ((h->spin_next /= 2) < 1000)
+        h->spin_next = 0;
+}
+
 int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
 {
     if (h->closed)
@@ -476,8 +492,9 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
 
     /* Spin phase (first call of a wait only): the common case is a peer
      * that answers within a few µs; sleeping would cost a futex round trip
-     * and a scheduler wake-up. */
-    int64_t spin_end = spin ? start + h->spin_ns : start;
+     * and a scheduler wake-up. How long: see adapt_spin. */
+    int64_t spin_for = h->spin_next < h->spin_ns ? h->spin_next : h->spin_ns;
+    int64_t spin_end = spin ? start + spin_for : start;
     if (spin_end > deadline)
         spin_end = deadline;
     for (unsigned k = 0;; k++) {
@@ -485,7 +502,7 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
             return RB_OK;
         if (peer_closed(h))
             return RB_ECLOSED;
-        if (!spin || ((k & 63) == 63 && now_ns() >= spin_end))
+        if (spin_end <= start || ((k & 63) == 63 && now_ns() >= spin_end))
             break;
         cpu_relax();
     }
@@ -525,7 +542,16 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
             rc = RB_OK;
     }
     __atomic_store_n(word, 0, __ATOMIC_RELAXED);
+    if (spin)
+        adapt_spin(h, rc == RB_OK ? now_ns() - start : INT64_MAX);
     return rc;
+}
+
+int rb_ready(struct rb_handle *h, int32_t what)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    return ready(h, what) || peer_closed(h);
 }
 
 int rb_arm(struct rb_handle *h, int32_t what)
@@ -537,7 +563,7 @@ int rb_arm(struct rb_handle *h, int32_t what)
      * doorbell instead. Same Dekker pairing with publish_tail/publish_head. */
     __atomic_store_n(word, RB_SLEEP_DOORBELL, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (ready(h, what) || peer_closed(h)) {
+    if (rb_ready(h, what)) {
         __atomic_store_n(word, 0, __ATOMIC_RELAXED);
         return 1;
     }

@@ -170,7 +170,8 @@ struct rb_handle {
     int32_t self_pid;
     int32_t peer_pid;          /* pid peer_pidfd refers to, 0 if none */
     int32_t peer_pidfd;        /* -1 until the peer is first checked */
-    int64_t spin_ns;           /* how long a waiter spins before sleeping */
+    int64_t spin_ns;           /* how long a waiter spins before sleeping, at most */
+    int64_t spin_next;         /* how long the next wait spins (adaptive, <= spin_ns) */
     int64_t slice_ns;          /* longest single futex sleep */
     int32_t doorbell_fd;       /* eventfd to ring for a peer armed on a doorbell */
     int32_t batch_wakes;       /* pushes do not wake a sleeping consumer;
@@ -194,6 +195,8 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
 int rb_peek(struct rb_handle *h, const uint8_t **slot);
 int rb_consume(struct rb_handle *h, uint64_t n);
 int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin);
+/* 1 if there is data (room, for RB_WAIT_SPACE) or the peer closed; never waits. */
+int rb_ready(struct rb_handle *h, int32_t what);
 int rb_arm(struct rb_handle *h, int32_t what);
 void rb_disarm(struct rb_handle *h, int32_t what);
 void rb_set_doorbell(struct rb_handle *h, int32_t fd);

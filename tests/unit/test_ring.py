@@ -1103,3 +1103,33 @@ def test_a_forgotten_wake_costs_one_slice_not_a_hang(shm_name):
         t.join(5)
         assert got == [b"late"]
         assert time.monotonic() - start < 1.0
+
+
+def _timed_wait(cons, prod, push_after: float) -> float:
+    """CPU seconds the waiting thread spent in one wait_data whose message
+    the producer pushes ``push_after`` seconds in."""
+    pusher = threading.Timer(push_after, prod.push, (b"x",))
+    cpu = time.thread_time()
+    pusher.start()
+    assert cons.wait_data(timeout=5)
+    spent = time.thread_time() - cpu
+    pusher.join()
+    assert cons.pop(0) == b"x"
+    return spent
+
+
+def test_a_waiter_stops_spinning_for_late_answers_and_spins_again_for_prompt_ones(shm_name):
+    """The spin before sleeping adapts: it is halved after each wait it did
+    not catch, to nothing, and back to full after one it would have caught
+    -- a client waiting on programs that run for a while does not burn the
+    CPU they need. Measured in the waiting thread's own CPU time, with the
+    spin widened to 5 ms so that a spin shows over the noise."""
+    with ring_pair(shm_name, 8) as (prod, cons):
+        cons._h.spin_ns = cons._h.spin_next = 5_000_000
+        late = [_timed_wait(cons, prod, 0.030) for _ in range(12)]
+        assert late[0] > 0.003, f"the first wait did not spin its 5 ms: {late[0]:.4f} s"
+        assert sum(late[-4:]) < 0.003, f"late answers still spun: {late}"
+        # An answer within the spin (it slept, but a spin would have caught
+        # it) restores the full spin: the next prompt answer is spun for.
+        _timed_wait(cons, prod, 0.001)
+        assert _timed_wait(cons, prod, 0.002) > 0.0015
