@@ -139,7 +139,13 @@ def reap_strays(keep) -> int:
 class ChildWatch:
     """A descriptor that becomes readable when a child of ours changes state:
     SIGCHLD through Python's wakeup fd, for an epoll loop. The handler does
-    nothing; the loop reaps (no work in signal context, no races)."""
+    nothing; the loop reaps (no work in signal context, no races).
+
+    The manager's (its children exit rarely: workers, orphans). A worker,
+    whose dispatchers exit all the time, uses a signalfd instead
+    (``_spawnd.child_signals``): no handler at all, but every thread must
+    block SIGCHLD from before any starts, which a worker arranges first
+    thing and the manager, importing numpy with the package, cannot."""
 
     def __init__(self):
         self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

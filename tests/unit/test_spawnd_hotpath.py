@@ -9,6 +9,8 @@ import os
 import select
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -200,3 +202,43 @@ def test_the_child_watch_asks_python_only_about_a_stray(bench):
     assert bench.hot.run_once(0, False) == RUN_CHILDREN
     assert stray.wait(timeout=T) == 0
     assert bench.hot.run_once(0, False) == 0        # drained: asked once
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (the signal mask is per process)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_child_signals_is_readable_when_a_child_exits():
+    """As a worker uses it: SIGCHLD blocked before anything starts a thread,
+    then the signalfd reports a child's exit, with no handler involved."""
+    done = _run_python("""
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        import os, select, struct
+        from spawnd_workers._spawnd import child_signals
+        fd = child_signals()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == [], "readable before any child exited"
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+        assert poller.poll(5000), "no SIGCHLD through the signalfd"
+        signo = struct.unpack_from("<I", os.read(fd, 128))[0]
+        assert os.waitpid(pid, 0)[1] == 0
+        print(signo)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == signal.SIGCHLD
+
+
+def test_child_signals_refuses_when_a_thread_could_take_the_signal():
+    done = _run_python("""
+        import threading, time
+        t = threading.Thread(target=time.sleep, args=(1,), daemon=True)
+        t.start()                       # started before SIGCHLD was blocked
+        from spawnd_workers._spawnd import child_signals
+        child_signals()
+    """)
+    assert done.returncode != 0
+    assert "does not block SIGCHLD" in done.stderr
