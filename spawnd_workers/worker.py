@@ -111,8 +111,8 @@ class Worker:
 
     def run(self) -> None:
         while not self.stopping:
-            # Serves spawns it knows, sleeps, reports exits (see _spawnd.c);
-            # says what is left for us.
+            # Serves spawns it knows, sleeps, reports exits, and again (see
+            # _spawnd.c), until something is left for us.
             woke = self.hot.run_once(1.0, self.decoder.partial)
             if woke & RUN_DECLINED:
                 self.serve_requests()
