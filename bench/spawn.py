@@ -96,7 +96,7 @@ def spawn_latency_us(pm, n: int, cores: int) -> tuple[float, float]:
     return float(np.median(samples)) / 1e3, float(np.percentile(samples, 99)) / 1e3
 
 
-def compare(n: int = 400, rounds: int = 3, cores: int = 2) -> dict:
+def compare(n: int = 400, rounds: int = 5, cores: int = 2) -> dict:
     res = {k: [] for k in ("raw1", "rt1", "popen1", "mp1", "raw8", "rt8", "popen8", "mp8")}
     with procmgr.Runtime(cores=cores) as rt:
         pm = rt.client()
@@ -109,8 +109,14 @@ def compare(n: int = 400, rounds: int = 3, cores: int = 2) -> dict:
                 res[f"mp{k}"].append(mp_process_rate(n, k))
         lat = spawn_latency_us(pm, n // 2, cores)
     med = {k: statistics.median(v) for k, v in res.items()}
+    # Each round's runtime against that round's raw, then the median: the
+    # machine's speed drifts between rounds (raw alone moved by 20% within
+    # one run), and a ratio of rates measured seconds apart cancels it.
+    paired = {k: sorted(rt / raw for rt, raw in zip(res[f"rt{k}"], res[f"raw{k}"]))
+              for k in (1, 8)}
     return {"medians": med, "latency_us": lat,
-            "ratio1": med["rt1"] / med["raw1"], "ratio8": med["rt8"] / med["raw8"],
+            "ratio1": statistics.median(paired[1]), "ratio8": statistics.median(paired[8]),
+            "spread1": (paired[1][0], paired[1][-1]), "spread8": (paired[8][0], paired[8][-1]),
             "rounds": rounds, "cores": cores, "cpus": os.cpu_count()}
 
 
@@ -125,8 +131,11 @@ def table(r: dict) -> str:
         f"| 8 in flight | {m['raw8']:,.0f} | {m['rt8']:,.0f} | {r['ratio8']:.2f}x | "
         f"{m['popen8']:,.0f} | {m['mp8']:,.0f} |",
         f"\nClient-measured spawn latency: median {r['latency_us'][0]:,.0f} µs, "
-        f"p99 {r['latency_us'][1]:,.0f} µs. Medians of {r['rounds']} interleaved rounds, "
-        f"{r['cores']} cores on {r['cpus']} CPUs. Reproduce: `.venv/bin/python -m bench.spawn`.",
+        f"p99 {r['latency_us'][1]:,.0f} µs. Rates: medians of {r['rounds']} interleaved "
+        f"rounds; runtime / raw: the median of each round's ratio (one at a time "
+        f"{r['spread1'][0]:.2f}–{r['spread1'][1]:.2f}x, 8 in flight "
+        f"{r['spread8'][0]:.2f}–{r['spread8'][1]:.2f}x over the rounds). {r['cores']} cores "
+        f"on {r['cpus']} CPUs. Reproduce: `.venv/bin/python -m bench.spawn`.",
     ])
 
 

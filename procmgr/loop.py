@@ -31,14 +31,16 @@ def poll(mgr, spawnds=None, clients=None) -> int:
         for msg in channel.receive(BATCH):
             dispatch_spawnd(mgr, sd, msg)
             handled += 1
-        sd.flush()
+        if sd.sendq or channel.backlog:     # its replies may have made room
+            sd.flush()
         if channel.peer_gone:
             mgr.peers_changed += 1     # stop waiting on it; its pidfd says why
     for client in list(mgr.clients.values()) if clients is None else clients:
         if not client.alive:
             continue               # gone earlier in this pass
         channel = client.channel
-        if channel.flush():   # else its answers do not fit: read no more until it catches up
+        # Answers that did not fit go first; until they have, read no more.
+        if not channel.backlog or channel.flush():
             for msg in channel.receive(BATCH):
                 dispatch_client(mgr, client, msg)
                 handled += 1

@@ -17,9 +17,15 @@ def test_ring_comparison_runs_and_reports():
 def test_spawn_comparison_runs():
     from bench.spawn import compare as spawn_compare
 
-    r = spawn_compare(n=10, rounds=1)
+    from bench.spawn import table
+
+    r = spawn_compare(n=10, rounds=2)
     assert all(v > 0 for v in r["medians"].values())
     assert r["latency_us"][0] > 0
+    for k in (1, 8):    # the ratio is the median of the rounds' own ratios
+        low, high = r[f"spread{k}"]
+        assert 0 < low <= r[f"ratio{k}"] <= high
+    assert f"{r['ratio1']:.2f}x" in table(r)
 
 
 def test_scale_runs_and_flags_oversubscription():
