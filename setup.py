@@ -1,42 +1,29 @@
 # Everything else is in pyproject.toml; these two have no pyproject form.
 from setuptools import Extension, setup
 
+
+def c_module(name: str, source: str, include_dirs=("ringbuf",), depends=()) -> Extension:
+    """A CPython extension that works on rings: its source plus the ring."""
+    return Extension(name, sources=[source, "ringbuf/_ring.c"], include_dirs=list(include_dirs),
+                     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+                     depends=list(depends))
+
+
 setup(
     # The ring itself, and every call but the single-message hot path.
     cffi_modules=["ringbuf/build.py:ffibuilder"],
-    # push/pop by METH_FASTCALL: see the top of ringbuf/_fastpath.c for why.
     ext_modules=[
-        Extension(
-            "ringbuf._fastpath",
-            sources=["ringbuf/_fastpath.c", "ringbuf/_ring.c"],
-            include_dirs=["ringbuf"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
-        ),
+        # push/pop by METH_FASTCALL: see the top of ringbuf/_fastpath.c for why.
+        c_module("ringbuf._fastpath", "ringbuf/_fastpath.c"),
         # The protocol's message object and one-slot send/take: see the top
         # of procmgr/_wire.c for why.
-        Extension(
-            "procmgr._wire",
-            sources=["procmgr/_wire.c", "ringbuf/_ring.c"],
-            include_dirs=["ringbuf"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
-            depends=["procmgr/_wire.h"],
-        ),
+        c_module("procmgr._wire", "procmgr/_wire.c", depends=["procmgr/_wire.h"]),
         # The manager loop's arming, sleeping and waking: see the top of
         # procmgr/_loop.c for why.
-        Extension(
-            "procmgr._loop",
-            sources=["procmgr/_loop.c", "ringbuf/_ring.c"],
-            include_dirs=["ringbuf"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
-        ),
+        c_module("procmgr._loop", "procmgr/_loop.c"),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
-        Extension(
-            "spawnd_workers._spawnd",
-            sources=["spawnd_workers/_spawnd.c", "ringbuf/_ring.c"],
-            include_dirs=["ringbuf", "procmgr"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
-            depends=["procmgr/_wire.h"],
-        ),
+        c_module("spawnd_workers._spawnd", "spawnd_workers/_spawnd.c",
+                 include_dirs=["ringbuf", "procmgr"], depends=["procmgr/_wire.h"]),
     ],
 )

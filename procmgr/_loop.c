@@ -33,6 +33,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <string.h>
 #include <sys/epoll.h>
 
 #include "_ring.h"
@@ -45,6 +46,7 @@ typedef struct {
     int doorbell_fd;            /* an event on it is only a wake-up */
     PyObject *rings;            /* tuple of (inbound Ring, outbound Ring) */
     struct rb_handle **in, **out;
+    uint8_t *space;             /* per peer, for wait(): 1 if it waits for room */
     Py_ssize_t n;
     unsigned long long sleeps;  /* times wait() slept */
 } RingSetObject;
@@ -53,7 +55,9 @@ static void ringset_free_handles(RingSetObject *self)
 {
     PyMem_Free(self->in);
     PyMem_Free(self->out);
+    PyMem_Free(self->space);
     self->in = self->out = NULL;
+    self->space = NULL;
     self->n = 0;
     Py_CLEAR(self->rings);
 }
@@ -96,7 +100,8 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
     Py_ssize_t n = PyTuple_GET_SIZE(rings);
     struct rb_handle **in = PyMem_Calloc((size_t)n + 1, sizeof *in);
     struct rb_handle **out = PyMem_Calloc((size_t)n + 1, sizeof *out);
-    if (in == NULL || out == NULL) {
+    uint8_t *space = PyMem_Calloc((size_t)n + 1, 1);
+    if (in == NULL || out == NULL || space == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -114,11 +119,13 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
     self->rings = rings;
     self->in = in;
     self->out = out;
+    self->space = space;
     self->n = n;
     Py_RETURN_NONE;
 fail:
     PyMem_Free(in);
     PyMem_Free(out);
+    PyMem_Free(space);
     Py_DECREF(rings);
     return NULL;
 }
@@ -168,13 +175,12 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
         return NULL;
     int timeout_ms = timeout < 0 ? -1 : timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3);
     Py_ssize_t n = self->n;
-    /* Per peer: 1 if the loop waits for room in its outbound ring. */
-    uint8_t *space = PyMem_Calloc((size_t)n + 1, 1);
-    if (space == NULL)
-        return PyErr_NoMemory();
+    uint8_t *space = self->space;     /* allocated by set(): none per pass */
+    if (n > 0)
+        memset(space, 0, (size_t)n);
     PyObject *indexes = PyObject_GetIter(args[1]), *item;
     if (indexes == NULL)
-        goto fail;
+        return NULL;
     while ((item = PyIter_Next(indexes)) != NULL) {
         Py_ssize_t i = PyLong_AsSsize_t(item);
         Py_DECREF(item);
@@ -187,7 +193,7 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     }
     Py_DECREF(indexes);
     if (PyErr_Occurred())
-        goto fail;
+        return NULL;
 
     /* Arm every ring; one found ready cancels the sleep (ready_list then
      * looks at the others). */
@@ -219,20 +225,19 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     if (nev < 0) {
         if (err != EINTR) {
             errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
+            return PyErr_SetFromErrno(PyExc_OSError);
         }
         nev = 0;
         if (PyErr_CheckSignals() < 0)   /* a handler raised (KeyboardInterrupt) */
-            goto fail;
+            return NULL;
     }
     PyObject *ready = ready_list(self, space);
     if (ready == NULL)
-        goto fail;
+        return NULL;
     PyObject *fired = PyList_New(0);
     if (fired == NULL) {
         Py_DECREF(ready);
-        goto fail;
+        return NULL;
     }
     for (int k = 0; k < nev; k++) {
         if (events[k].data.fd == self->doorbell_fd)
@@ -242,15 +247,11 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
             Py_XDECREF(ev);
             Py_DECREF(ready);
             Py_DECREF(fired);
-            goto fail;
+            return NULL;
         }
         Py_DECREF(ev);
     }
-    PyMem_Free(space);
     return Py_BuildValue("(NN)", ready, fired);
-fail:
-    PyMem_Free(space);
-    return NULL;
 }
 
 static PyObject *ringset_wake(RingSetObject *self, PyObject *unused)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -50,6 +51,11 @@ class Bench:
         self.epoll = select.epoll()
         self.child_r, self.child_w = os.pipe2(os.O_NONBLOCK)   # as ChildWatch's
         self.epoll.register(self.child_r, select.EPOLLIN)
+        # The worker's doorbell: the manager's pushes ring it while the
+        # worker sleeps armed on its request ring.
+        self.doorbell = os.eventfd(0, os.EFD_NONBLOCK)
+        self.epoll.register(self.doorbell, select.EPOLLIN | select.EPOLLET)
+        self.requests.set_doorbell(self.doorbell)
         self.hot = HotPath(self.requests.handle_addr, self.replies.handle_addr,
                            self.epoll.fileno(), self.child_r, 3, "bench")
         self.decoder = Decoder()
@@ -81,6 +87,7 @@ class Bench:
             os.waitpid(d.pid, 0)
             self.hot.forget(d.dom)
         self.epoll.close()
+        os.close(self.doorbell)
         os.close(self.child_r)
         os.close(self.child_w)
         for ring in (self.requests, self.replies):
@@ -181,6 +188,34 @@ def test_it_sleeps_until_the_timeout_when_nothing_comes(bench):
     start = time.monotonic()
     assert bench.hot.run_once(0.05, False) == 0
     assert 0.04 <= time.monotonic() - start < 2.0
+
+
+def test_it_serves_what_wakes_it_without_returning_until_a_wake_brings_nothing(bench):
+    """A spawn that arrives while it sleeps is served in the same run_once
+    (its exit reported too); a bare doorbell -- what the stop handler rings
+    -- sends it back to Python at once, well before the timeout."""
+    payload = bench.prepare(["/bin/true"])
+    result = []
+    loop = threading.Thread(target=lambda: result.append(bench.hot.run_once(T, False)))
+    loop.start()
+    try:
+        time.sleep(0.1)                             # asleep by now
+        bench.request(Op.SD_SPAWN, 1, dom=5, payload=payload)
+        got, deadline = [], time.monotonic() + T
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += bench.replies_now()
+            time.sleep(0.01)
+        assert [m.op for m in got] == [Op.SD_SPAWN, Op.SD_EXIT]
+        assert loop.is_alive(), "run_once went back to Python between the spawn and its exit"
+        start = time.monotonic()
+        os.eventfd_write(bench.doorbell, 1)
+        loop.join(T)
+        assert not loop.is_alive() and result == [0]
+        assert time.monotonic() - start < T / 2
+    finally:
+        if loop.is_alive():
+            os.eventfd_write(bench.doorbell, 1)
+            loop.join(T)
 
 
 def test_a_full_reply_ring_holds_the_spawn_back(bench):
