@@ -38,6 +38,7 @@ import traceback
 import numpy as np
 
 import ringbuf
+from bench.stats import median_p99_us
 
 MSG = b"x" * 64
 BATCH = 4096
@@ -440,10 +441,6 @@ def c_batch_rate(count: int = 40_000_000) -> float:
 # ---- round trip (µs) --------------------------------------------------------------------
 
 
-def _percentiles(samples_ns: np.ndarray) -> tuple[float, float]:
-    return (float(np.median(samples_ns)) / 1e3, float(np.percentile(samples_ns, 99)) / 1e3)
-
-
 def _time_round_trips(send, recv, count: int, warmup: int) -> tuple[float, float]:
     """send(MSG) then recv() against an echoing peer, timed one by one."""
     clock = time.perf_counter_ns
@@ -456,7 +453,7 @@ def _time_round_trips(send, recv, count: int, warmup: int) -> tuple[float, float
         send(MSG)
         recv()
         samples[i] = clock() - t
-    return _percentiles(samples)
+    return median_p99_us(samples)
 
 
 def ring_pingpong_us(count: int = 20_000, warmup: int = 2_000) -> tuple[float, float]:

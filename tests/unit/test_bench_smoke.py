@@ -23,9 +23,9 @@ def test_spawn_comparison_runs():
     assert all(v > 0 for v in r["medians"].values())
     assert r["latency_us"][0] > 0
     for k in (1, 8):    # the ratio is the median of the rounds' own ratios
-        low, high = r[f"spread{k}"]
+        low, high, _ = r[f"interval{k}"]
         assert 0 < low <= r[f"ratio{k}"] <= high
-    assert f"{r['ratio1']:.2f}x" in table(r)
+    assert f"{r['ratio1']:.2f}x" in table(r) and "confidence" in table(r)
 
 
 def test_scale_runs_and_flags_oversubscription():
