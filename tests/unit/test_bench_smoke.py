@@ -37,3 +37,18 @@ def test_scale_runs_and_flags_oversubscription():
     assert all(r["control_plane_per_s"] > 0 and r["spawn_per_s"] > 0 for r in rows)
     assert [r["oversubscribed"] for r in rows] == [False, True]
     assert "oversubscribed" in table(rows)
+
+
+def test_ab_runs_two_runtimes_and_refuses_a_bad_assignment():
+    import pytest
+
+    from bench.ab import compare, table
+
+    # B's switch is one nothing reads: the point is that both sides run.
+    r = compare([], ["PROCMGR_AB_SMOKE=1"], block=3, blocks=2)
+    assert all(v > 0 for v in r["rates"].values())
+    for median, (low, high, _) in r["ratios"].values():
+        assert 0 < low <= median <= high
+    assert "b/a" in table(r) and "PROCMGR_AB_SMOKE=1" in table(r)
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        compare([], ["PYTHONPATH"], block=1, blocks=1)

@@ -1,0 +1,120 @@
+"""Two runtimes side by side, spawn + wait one at a time, in finely
+interleaved blocks: `python -m bench.ab --b PYTHONPATH=/other/checkout`.
+
+For a change worth a few percent. This machine's speed drifts by ±10%
+within seconds, and rounds of 400 spawns measured one after the other
+could not tell such a change from nothing: the same pair gave B/A 1.04x and
+0.99x in two runs of 32 and 24 rounds. Blocks of 50 spawns, taken A, B, raw
+then raw, B, A and so on, put every block next to the conditions of its
+neighbours. The same pair then gave 0.97x with a 96% interval of
+0.97-0.99x, in half a minute; A against itself 1.00x (0.98-1.01x).
+
+Each side is a Runtime started with its own environment (``--a`` / ``--b``
+NAME=VALUE, repeatable). That is a switch the code under test reads, or
+PYTHONPATH naming another checkout, built in place. The runtimes start from
+a scratch directory, so that the current one, first on a `python -m`
+process's path, does not shadow PYTHONPATH. The client side is this
+process's, the same for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+
+import procmgr
+from bench.spawn import raw_rate, runtime_rate
+from bench.stats import median_interval
+
+
+def _parse(assignments: list[str]) -> dict[str, str]:
+    env = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{assignment!r} is not NAME=VALUE")
+        env[name] = value
+    return env
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """os.environ with ``env`` added, the current directory a scratch one;
+    both put back after."""
+    saved, cwd = dict(os.environ), os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="procmgr-ab-") as scratch:
+        try:
+            os.environ.update(env)
+            os.chdir(scratch)
+            yield
+        finally:
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
+            cores: int = 2) -> dict:
+    """Rates per block of A, B and raw; the per-block ratios' medians with
+    their intervals (bench/stats.py)."""
+    if block < 1 or blocks < 1:
+        raise ValueError("block and blocks must be at least 1")
+    envs = {"a": _parse(a), "b": _parse(b)}
+    with contextlib.ExitStack() as stack:
+        sides = {}
+        for name, env in envs.items():
+            with _environment(env):
+                rt = stack.enter_context(procmgr.Runtime(cores=cores))
+            sides[name] = rt.client()
+            runtime_rate(sides[name], max(20, block), 1, cores)     # warm
+        rates = {"a": [], "b": [], "raw": []}
+        for i in range(blocks):
+            order = ["a", "b", "raw"] if i % 2 == 0 else ["raw", "b", "a"]
+            for name in order:
+                pm = sides.get(name)
+                rates[name].append(raw_rate(block, 1) if pm is None
+                                   else runtime_rate(pm, block, 1, cores))
+    ratios = {"b/a": [y / x for x, y in zip(rates["a"], rates["b"])],
+              "a/raw": [x / r for x, r in zip(rates["a"], rates["raw"])],
+              "b/raw": [y / r for y, r in zip(rates["b"], rates["raw"])]}
+    return {"rates": {k: statistics.median(v) for k, v in rates.items()},
+            "ratios": {k: (statistics.median(v), median_interval(v)) for k, v in ratios.items()},
+            "a": a, "b": b, "block": block, "blocks": blocks, "cores": cores}
+
+
+def table(r: dict) -> str:
+    lines = ["| spawn + wait one at a time | median | interval |", "|---|---:|---:|"]
+    for key, (median, (low, high, coverage)) in r["ratios"].items():
+        lines.append(f"| {key} | {median:.3f}x | {low:.3f}–{high:.3f}x ({coverage:.0%}) |")
+    rates = r["rates"]
+    lines.append(f"\nA: {' '.join(r['a']) or '(as is)'}, {rates['a']:,.0f}/s; "
+                 f"B: {' '.join(r['b']) or '(as is)'}, {rates['b']:,.0f}/s; raw "
+                 f"{rates['raw']:,.0f}/s (medians per block). {r['blocks']} blocks of "
+                 f"{r['block']} spawns each, interleaved; {r['cores']} cores.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of runtime A (repeatable)")
+    ap.add_argument("--b", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of runtime B (repeatable)")
+    ap.add_argument("--block", type=int, default=50, help="spawns per block")
+    ap.add_argument("--blocks", type=int, default=200, help="blocks per side")
+    ap.add_argument("--cores", type=int, default=2)
+    args = ap.parse_args(argv)
+    try:
+        r = compare(args.a, args.b, args.block, args.blocks, args.cores)
+    except ValueError as e:
+        ap.error(str(e))
+    print(table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
