@@ -200,19 +200,26 @@ def test_a_cap_cannot_be_guessed(rt, pm, children):
 
 
 def _fds(pid: int, expected: list[int]) -> dict[int, str]:
-    """The program's descriptors once it has settled (the dynamic loader opens
-    and closes a few of its own just after exec)."""
-    def now() -> dict[int, str]:
+    """The program's descriptors, from the first look that finds exactly
+    ``expected``. The dynamic loader opens and closes a few of its own just
+    after exec, so a look can catch one of those, or lose the race with its
+    close (then it sees nothing); the look that matched is the one returned,
+    never a second one that could land in the middle of the loader's work."""
+    seen: dict[int, str] = {}
+
+    def matches() -> bool:
+        seen.clear()
         try:
-            return {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}")
-                    for fd in os.listdir(f"/proc/{pid}/fd")}
+            seen.update({int(fd): os.readlink(f"/proc/{pid}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{pid}/fd")})
         except FileNotFoundError:
-            return {}
+            pass
+        return sorted(seen) == expected
     try:
-        wait_until(lambda: sorted(now()) == expected, timeout=T)
+        wait_until(matches, timeout=T)
     except AssertionError:
-        raise AssertionError(f"descriptors {now()}, expected only {expected}") from None
-    return now()
+        raise AssertionError(f"descriptors {seen}, expected only {expected}") from None
+    return dict(seen)
 
 
 def _environ(pid: int) -> dict[str, str]:
