@@ -31,14 +31,20 @@ from bench.spawn import raw_rate, runtime_rate
 from bench.stats import median_interval
 
 
-def _parse(assignments: list[str]) -> dict[str, str]:
-    env = {}
-    for assignment in assignments:
-        name, sep, value = assignment.partition("=")
-        if not sep or not name:
-            raise ValueError(f"{assignment!r} is not NAME=VALUE")
-        env[name] = value
-    return env
+def _environments(a: list[str], b: list[str], block: int, blocks: int) -> dict:
+    """The two sides' environments from NAME=VALUE lists; ValueError, saying
+    what is wrong, for a malformed one or a size below 1."""
+    if block < 1 or blocks < 1:
+        raise ValueError("block and blocks must be at least 1")
+    envs = {}
+    for side, assignments in (("a", a), ("b", b)):
+        envs[side] = {}
+        for assignment in assignments:
+            name, sep, value = assignment.partition("=")
+            if not sep or not name:
+                raise ValueError(f"{assignment!r} is not NAME=VALUE")
+            envs[side][name] = value
+    return envs
 
 
 @contextlib.contextmanager
@@ -61,9 +67,7 @@ def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
             cores: int = 2) -> dict:
     """Rates per block of A, B and raw; the per-block ratios' medians with
     their intervals (bench/stats.py)."""
-    if block < 1 or blocks < 1:
-        raise ValueError("block and blocks must be at least 1")
-    envs = {"a": _parse(a), "b": _parse(b)}
+    envs = _environments(a, b, block, blocks)
     with contextlib.ExitStack() as stack:
         sides = {}
         for name, env in envs.items():
@@ -109,10 +113,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args(argv)
     try:
-        r = compare(args.a, args.b, args.block, args.blocks, args.cores)
+        _environments(args.a, args.b, args.block, args.blocks)
     except ValueError as e:
-        ap.error(str(e))
-    print(table(r))
+        ap.error(str(e))        # before any runtime starts
+    print(table(compare(args.a, args.b, args.block, args.blocks, args.cores)))
     return 0
 
 

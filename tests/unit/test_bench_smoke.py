@@ -52,3 +52,15 @@ def test_ab_runs_two_runtimes_and_refuses_a_bad_assignment():
     assert "b/a" in table(r) and "PROCMGR_AB_SMOKE=1" in table(r)
     with pytest.raises(ValueError, match="NAME=VALUE"):
         compare([], ["PYTHONPATH"], block=1, blocks=1)
+
+
+def test_ab_command_line_refuses_bad_input_before_starting_anything(capsys):
+    import pytest
+
+    from bench.ab import main
+
+    for argv, why in ((["--b", "FOO"], "'FOO' is not NAME=VALUE"),
+                      (["--blocks", "0"], "at least 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and why in capsys.readouterr().err
