@@ -228,6 +228,7 @@ typedef struct {
     int child_fd;                 /* the child watch (SIGCHLD): child_signals() */
     uint16_t core;
     posix_spawnattr_t attr;
+    int have_attr;                /* attr initialised (init may run again) */
     PyObject *dispatchers;        /* dom -> Dispatcher */
     PyObject *by_pidfd;           /* pidfd -> Dispatcher */
     PyObject *prepared;           /* spawn payload -> Prepared (filled by worker.py) */
@@ -290,7 +291,10 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
     sigdelset(&all, SIGKILL);
     sigdelset(&all, SIGSTOP);
     sigemptyset(&none);
+    if (c->have_attr)
+        posix_spawnattr_destroy(&c->attr);
     posix_spawnattr_init(&c->attr);
+    c->have_attr = 1;
     posix_spawnattr_setflags(&c->attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF |
                                        POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setpgroup(&c->attr, 0);
@@ -301,7 +305,8 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
 
 static void hotpath_dealloc(HotPathObject *c)
 {
-    posix_spawnattr_destroy(&c->attr);
+    if (c->have_attr)
+        posix_spawnattr_destroy(&c->attr);
     Py_XDECREF(c->dispatchers);
     Py_XDECREF(c->by_pidfd);
     Py_XDECREF(c->prepared);

@@ -274,6 +274,7 @@ HANDLERS = {
     Op.SD_CLEANUP: Worker.cleanup,
 }
 
+
 def _wait_readable(fd: int, timeout: float | None) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
