@@ -2,9 +2,10 @@
 from setuptools import Extension, setup
 
 
-def c_module(name: str, source: str, include_dirs=("ringbuf",), depends=()) -> Extension:
-    """A CPython extension that works on rings: its source plus the ring."""
-    return Extension(name, sources=[source, "ringbuf/_ring.c"], include_dirs=list(include_dirs),
+def c_module(name: str, sources, include_dirs=("ringbuf",), depends=()) -> Extension:
+    """A CPython extension that works on rings: its source(s) plus the ring."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    return Extension(name, sources=sources + ["ringbuf/_ring.c"], include_dirs=list(include_dirs),
                      extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
                      depends=list(depends))
 
@@ -18,9 +19,11 @@ setup(
         # The protocol's message object and one-slot send/take: see the top
         # of procmgr/_wire.c for why.
         c_module("procmgr._wire", "procmgr/_wire.c", depends=["procmgr/_wire.h"]),
-        # The manager loop's arming, sleeping and waking: see the top of
-        # procmgr/_loop.c for why.
-        c_module("procmgr._loop", "procmgr/_loop.c"),
+        # The manager's state and handlers, and its loop's arming, sleeping
+        # and waking: see the tops of procmgr/_core.c and procmgr/_loop.c for why.
+        c_module("procmgr._core", ["procmgr/_core.c", "procmgr/_loop.c"],
+                 include_dirs=["ringbuf", "procmgr"],
+                 depends=["procmgr/_wire.h", "procmgr/_core.h"]),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
         c_module("spawnd_workers._spawnd", "spawnd_workers/_spawnd.c",

@@ -1,32 +1,37 @@
 /*
- * The manager loop's ring work in C: which peers have something, sleeping
- * until one does, and waking the peers a pass answered.
+ * The manager loop's ring work in C: which peers have something, serving
+ * what the core can serve straight from the rings, sleeping until a peer
+ * has something, and waking the peers a pass answered.
  *
  * Why: a spawn + wait wakes the manager three times, and two of those
  * wake-ups are on the path the client waits on. Timed inside the manager
  * (README, "Spawn"), each wake-up ran ~46 us of Python around the ~17 us
  * its handler needed: disarming every ring, visiting every peer's channel
  * to find the one with a message, an empty pass to make sure, listing what
- * to wait for and arming every ring again -- a handful of calls per peer,
- * each slow with caches the programs just started had emptied. Here it is
- * one call per pass, and the Python that remains visits only the peers
- * that have something.
+ * to wait for and arming every ring again. Here it is one call per pass.
+ * Since the core's handlers are C too (_core.c), a one-slot message is
+ * handled here without Python at all, and a pass that leaves nothing for
+ * Python goes back to sleep without returning.
  *
  * RingSet holds, in the loop's visiting order, each peer's inbound ring
  * (the manager consumes it) and outbound ring (the manager produces it),
- * as the ringbuf.Ring objects: it keeps them alive, so their handles are
+ * as the ringbuf.Ring objects, with the peer's kind and key (core or
+ * client id) in the core: it keeps the rings alive, so their handles are
  * valid for as long as it may use them (a closed Ring's handle refuses
  * every call).
  *
- *   wait(timeout, space)  arm every ring, sleep on the epoll descriptor if
- *                         none is ready, disarm, and return which peers are
- *                         ready and which watched descriptors fired. A peer
- *                         whose index is in `space` has answers that did not
- *                         fit: the loop waits for room in its outbound ring,
- *                         not for its requests (loop.py says why).
- *   wake()                rb_wake_consumer on every outbound ring: each rings
- *                         its peer only if something was published since
- *                         its last wake (ringbuf/_ring.h, "Batched wakes").
+ *   wait(timeout)  arm every ring, sleep on the epoll descriptor if none is
+ *                  ready, disarm, serve in C what the core can serve, wake
+ *                  who was answered, and return which peers have something
+ *                  left for Python and which watched descriptors fired. A
+ *                  peer whose answers wait in the core's outbox (its ring
+ *                  was full) is waited on for room in that ring, not for
+ *                  its requests (loop.py says why).
+ *   wake()         rb_wake_consumer on every outbound ring: each rings its
+ *                  peer only if something was published since its last
+ *                  wake (ringbuf/_ring.h, "Batched wakes").
+ *   interrupt()    make a wait() in progress return to Python (stop, a
+ *                  call from another thread); safe from any thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,7 +41,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 
-#include "_ring.h"
+#include <unistd.h>
+
+#include "_core.h"
 
 #define MAX_EVENTS 64
 
@@ -44,11 +51,16 @@ typedef struct {
     PyObject_HEAD
     int epoll_fd;
     int doorbell_fd;            /* an event on it is only a wake-up */
-    PyObject *rings;            /* tuple of (inbound Ring, outbound Ring) */
+    PyObject *core;             /* _core.Core */
+    PyObject *rings;            /* tuple of (inbound Ring, outbound Ring, kind, key) */
     struct rb_handle **in, **out;
+    int *kind;
+    uint32_t *key;
     uint8_t *space;             /* per peer, for wait(): 1 if it waits for room */
     Py_ssize_t n;
+    int interrupted;            /* interrupt() was called: return to Python */
     unsigned long long sleeps;  /* times wait() slept */
+    unsigned long long served;  /* messages the core served in C */
 } RingSetObject;
 
 static void ringset_free_handles(RingSetObject *self)
@@ -56,26 +68,33 @@ static void ringset_free_handles(RingSetObject *self)
     PyMem_Free(self->in);
     PyMem_Free(self->out);
     PyMem_Free(self->space);
+    PyMem_Free(self->kind);
+    PyMem_Free(self->key);
     self->in = self->out = NULL;
     self->space = NULL;
+    self->kind = NULL;
+    self->key = NULL;
     self->n = 0;
     Py_CLEAR(self->rings);
 }
 
 static int ringset_init(RingSetObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"epoll_fd", "doorbell_fd", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii", kwlist, &self->epoll_fd,
-                                     &self->doorbell_fd))
+    static char *kwlist[] = {"epoll_fd", "doorbell_fd", "core", NULL};
+    PyObject *core;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iiO", kwlist, &self->epoll_fd,
+                                     &self->doorbell_fd, &core))
         return -1;
     ringset_free_handles(self);
-    self->sleeps = 0;
+    Py_XSETREF(self->core, Py_NewRef(core));
+    self->sleeps = self->served = 0;
     return 0;
 }
 
 static void ringset_dealloc(RingSetObject *self)
 {
     ringset_free_handles(self);
+    Py_XDECREF(self->core);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -91,7 +110,7 @@ static struct rb_handle *handle_of(PyObject *ring)
     return h;
 }
 
-/* set(pairs): [(inbound Ring, outbound Ring), ...] in visiting order. */
+/* set(peers): [(inbound Ring, outbound Ring, kind, key), ...] in visiting order. */
 static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
 {
     PyObject *rings = PySequence_Tuple(pairs);
@@ -101,16 +120,22 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
     struct rb_handle **in = PyMem_Calloc((size_t)n + 1, sizeof *in);
     struct rb_handle **out = PyMem_Calloc((size_t)n + 1, sizeof *out);
     uint8_t *space = PyMem_Calloc((size_t)n + 1, 1);
-    if (in == NULL || out == NULL || space == NULL) {
+    int *kind = PyMem_Calloc((size_t)n + 1, sizeof *kind);
+    uint32_t *key = PyMem_Calloc((size_t)n + 1, sizeof *key);
+    if (in == NULL || out == NULL || space == NULL || kind == NULL || key == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PyTuple_GET_ITEM(rings, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set() takes (inbound, outbound) ring pairs");
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 4) {
+            PyErr_SetString(PyExc_TypeError, "set() takes (inbound, outbound, kind, key) tuples");
             goto fail;
         }
+        kind[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 2));
+        key[i] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 3));
+        if (PyErr_Occurred())
+            goto fail;
         if ((in[i] = handle_of(PyTuple_GET_ITEM(pair, 0))) == NULL ||
             (out[i] = handle_of(PyTuple_GET_ITEM(pair, 1))) == NULL)
             goto fail;
@@ -120,12 +145,16 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
     self->in = in;
     self->out = out;
     self->space = space;
+    self->kind = kind;
+    self->key = key;
     self->n = n;
     Py_RETURN_NONE;
 fail:
     PyMem_Free(in);
     PyMem_Free(out);
     PyMem_Free(space);
+    PyMem_Free(kind);
+    PyMem_Free(key);
     Py_DECREF(rings);
     return NULL;
 }
@@ -163,11 +192,34 @@ static PyObject *ready_list(RingSetObject *self, const uint8_t *space)
     return ready;
 }
 
-/* wait(timeout, space) -> (ready peer indexes, [(fd, events), ...]) */
+/* Serve in C what the core can serve from every peer with data (not one
+ * that waits for room). The number served, or -1 with an exception set. */
+static Py_ssize_t serve_ready(RingSetObject *self, const uint8_t *space)
+{
+    Py_ssize_t served = 0;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        if (space[i] || rb_ready(self->in[i], RB_WAIT_DATA) == 0)
+            continue;
+        Py_ssize_t k = core_serve(self->core, self->kind[i], self->key[i], self->in[i]);
+        if (k < 0)
+            return -1;
+        served += k;
+    }
+    self->served += (unsigned long long)served;
+    return served;
+}
+
+static void wake_all(RingSetObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->n; i++)
+        rb_wake_consumer(self->out[i]);
+}
+
+/* wait(timeout) -> (ready peer indexes, [(fd, events), ...]) */
 static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "wait(timeout, space)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "wait(timeout)");
         return NULL;
     }
     double timeout = PyFloat_AsDouble(args[0]);
@@ -176,24 +228,14 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     int timeout_ms = timeout < 0 ? -1 : timeout > 86400.0 ? 86400000 : (int)ceil(timeout * 1e3);
     Py_ssize_t n = self->n;
     uint8_t *space = self->space;     /* allocated by set(): none per pass */
-    if (n > 0)
-        memset(space, 0, (size_t)n);
-    PyObject *indexes = PyObject_GetIter(args[1]), *item;
-    if (indexes == NULL)
-        return NULL;
-    while ((item = PyIter_Next(indexes)) != NULL) {
-        Py_ssize_t i = PyLong_AsSsize_t(item);
-        Py_DECREF(item);
-        if (i < 0 || i >= n) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_IndexError, "space: no peer %zd", i);
-            break;
-        }
-        space[i] = 1;
-    }
-    Py_DECREF(indexes);
-    if (PyErr_Occurred())
-        return NULL;
+    struct epoll_event events[MAX_EVENTS];
+    int nev = 0;
+again:
+    /* A peer whose answers do not fit is not read from: wait for it to
+     * make room, not for its requests, which may already be waiting --
+     * armed for them, the loop would never sleep. */
+    for (Py_ssize_t i = 0; i < n; i++)
+        space[i] = (uint8_t)core_backlogged(self->core, self->kind[i], self->key[i]);
 
     /* Arm every ring; one found ready cancels the sleep (ready_list then
      * looks at the others). */
@@ -207,9 +249,9 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
         else
             armed = i + 1;
     }
-    struct epoll_event events[MAX_EVENTS];
-    int nev = 0, err = 0;
-    if (!any_ready) {
+    int err = 0;
+    nev = 0;
+    if (!any_ready && !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
         Py_BEGIN_ALLOW_THREADS
         nev = epoll_wait(self->epoll_fd, events, MAX_EVENTS, timeout_ms);
         err = errno;
@@ -231,6 +273,33 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
         if (PyErr_CheckSignals() < 0)   /* a handler raised (KeyboardInterrupt) */
             return NULL;
     }
+    Py_ssize_t served = serve_ready(self, space);
+    if (served < 0)
+        return NULL;
+    if (served > 0) {
+        wake_all(self);
+        /* Nothing left for Python, no descriptor but the doorbell fired, and
+         * nobody asked for Python: sleep again right here. */
+        int others = 0;
+        for (int k = 0; k < nev; k++)
+            if (events[k].data.fd != self->doorbell_fd)
+                others = 1;
+        int left = 0;
+        for (Py_ssize_t i = 0; i < n && !left; i++) {
+            int32_t what = RB_WAIT_DATA;
+            left = rb_ready(waited(self, i, space, &what), what) != 0;
+        }
+        if (!others && !left && timeout_ms != 0 &&
+            !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
+            /* A signal that came while serving runs its handler now, not
+             * after a stretch of traffic that never needs Python. */
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            if (!__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE))
+                goto again;
+        }
+    }
+    __atomic_store_n(&self->interrupted, 0, __ATOMIC_RELEASE);
     PyObject *ready = ready_list(self, space);
     if (ready == NULL)
         return NULL;
@@ -254,11 +323,24 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     return Py_BuildValue("(NN)", ready, fired);
 }
 
+/* interrupt(): a wait() in progress, or the next one, returns to Python. */
+static PyObject *ringset_interrupt(RingSetObject *self, PyObject *unused)
+{
+    (void)unused;
+    __atomic_store_n(&self->interrupted, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t w;
+    Py_BEGIN_ALLOW_THREADS
+    w = write(self->doorbell_fd, &one, sizeof one);
+    Py_END_ALLOW_THREADS
+    (void)w;     /* EAGAIN: the counter is full, so it is readable already */
+    Py_RETURN_NONE;
+}
+
 static PyObject *ringset_wake(RingSetObject *self, PyObject *unused)
 {
     (void)unused;
-    for (Py_ssize_t i = 0; i < self->n; i++)
-        rb_wake_consumer(self->out[i]);
+    wake_all(self);
     Py_RETURN_NONE;
 }
 
@@ -268,12 +350,20 @@ static PyObject *ringset_get_sleeps(RingSetObject *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->sleeps);
 }
 
+static PyObject *ringset_get_served(RingSetObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->served);
+}
+
 static PyMethodDef ringset_methods[] = {
     {"set", (PyCFunction)ringset_set, METH_O,
-     "set(pairs): the peers' (inbound Ring, outbound Ring) pairs, in visiting order"},
+     "set(peers): (inbound Ring, outbound Ring, kind, key) per peer, in visiting order"},
     {"wait", (PyCFunction)(void (*)(void))ringset_wait, METH_FASTCALL,
-     "wait(timeout, space) -> (ready peer indexes, [(fd, events)]): arm, sleep if "
-     "nothing is ready, disarm"},
+     "wait(timeout) -> (ready peer indexes, [(fd, events)]): arm, sleep if nothing is "
+     "ready, disarm, serve what C can serve"},
+    {"interrupt", (PyCFunction)ringset_interrupt, METH_NOARGS,
+     "make wait() return to Python; safe from any thread"},
     {"wake", (PyCFunction)ringset_wake, METH_NOARGS,
      "wake every peer that was sent something since its last wake"},
     {NULL, NULL, 0, NULL},
@@ -281,13 +371,14 @@ static PyMethodDef ringset_methods[] = {
 
 static PyGetSetDef ringset_getset[] = {
     {"sleeps", (getter)ringset_get_sleeps, NULL, "how many times wait() slept (a zero timeout only looks)", NULL},
+    {"served", (getter)ringset_get_served, NULL, "messages the core served straight from the rings", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject RingSetType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr._loop.RingSet",
-    .tp_doc = "RingSet(epoll_fd, doorbell_fd): the manager's peers' rings (see _loop.c).",
+    .tp_name = "procmgr._core.RingSet",
+    .tp_doc = "RingSet(epoll_fd, doorbell_fd, core): the manager's peers' rings (see _loop.c).",
     .tp_basicsize = sizeof(RingSetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -297,21 +388,9 @@ static PyTypeObject RingSetType = {
     .tp_getset = ringset_getset,
 };
 
-static struct PyModuleDef loop_module = {
-    PyModuleDef_HEAD_INIT, "procmgr._loop",
-    "The manager loop's ring work (see loop.py).", -1, NULL, NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__loop(void)
+int loop_register(PyObject *module)
 {
     if (PyType_Ready(&RingSetType) < 0)
-        return NULL;
-    PyObject *mod = PyModule_Create(&loop_module);
-    if (mod == NULL)
-        return NULL;
-    if (PyModule_AddObjectRef(mod, "RingSet", (PyObject *)&RingSetType) < 0) {
-        Py_DECREF(mod);
-        return NULL;
-    }
-    return mod;
+        return -1;
+    return PyModule_AddObjectRef(module, "RingSet", (PyObject *)&RingSetType);
 }

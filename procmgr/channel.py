@@ -1,24 +1,25 @@
 """A ring pair as one end of a conversation: messages in, messages out.
 
 The manager talks to clients and to spawnd workers the same way, so both
-are Channels. Sending never blocks the (single-threaded) manager: a message
-that does not fit goes to a backlog, flushed in order when the peer has
-made room. Receiving decodes slots into messages, reassembling fragments.
+are Channels. Receiving is here: it decodes slots into messages,
+reassembling fragments. Sending is the core's (procmgr/_core.c), which
+pushes into ``outbound`` and keeps what does not fit in an outbox of its
+own, flushed in order when the peer has made room: sending never blocks
+the (single-threaded) manager.
 
 A peer that closed its end or died is not an error here: the channel
-records it (``peer_gone``) and the loop releases what the peer held.
+records it (``peer_gone``; the core sets it too when a send finds the ring
+closed) and the loop releases what the peer held.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
-from procmgr.protocol import Decoder, Msg, ProtocolError, encode, send, take
+from procmgr.protocol import Decoder, Msg, ProtocolError, take
 from ringbuf import Closed, Ring
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "backlog", "name", "peer_gone")
+    __slots__ = ("inbound", "outbound", "decoder", "name", "peer_gone")
 
     def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
         self.inbound = inbound      # we consume
@@ -28,34 +29,8 @@ class Channel:
         # by the first answer.
         outbound.batch_wakes(True)
         self.decoder = Decoder()
-        self.backlog: deque[bytes] = deque()
         self.name = name
         self.peer_gone = False
-
-    def send(self, msg: Msg) -> bool:
-        """Queue ``msg`` for the peer, in order; True if it is in the ring now."""
-        try:
-            if self.backlog or not send(self.outbound, msg):
-                self.backlog.append(encode(msg))
-                return False
-        except Closed:
-            self.peer_gone = True     # nobody to tell any more
-            self.backlog.clear()
-            return False
-        return True
-
-    def flush(self) -> bool:
-        """Push what the backlog holds while it fits; True once it is empty."""
-        backlog, push = self.backlog, self.outbound.try_push_all
-        try:
-            while backlog:
-                if not push(backlog[0]):
-                    return False
-                backlog.popleft()
-        except Closed:
-            self.peer_gone = True
-            backlog.clear()
-        return True
 
     def receive(self, limit: int = 64) -> list[Msg | ProtocolError]:
         """Up to ``limit`` decoded messages (or decode errors) now in the ring."""

@@ -1,9 +1,11 @@
 """The manager's event loop, and nothing else.
 
-``poll`` drains inbound rings once (spawnd replies first: they free
-reply-queue slots and answer clients), running each message's handler to
-completion. ``EventLoop`` repeats it for the rings that have something,
-sleeping when none has.
+``EventLoop`` sleeps until a peer's ring has something, lets the core
+serve in C what it can straight from the rings (procmgr/_loop.c), and
+``poll`` hands the rest -- messages with continuation slots, the requests
+Python answers, anything the C path stops in front of -- to the core in
+the order they came. Spawnd replies go first: they free reply-queue slots
+and answer clients.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import os
 import select
 from collections import deque
 
-from procmgr._loop import RingSet
-from procmgr.handlers import dispatch_client, dispatch_spawnd
+from procmgr._core import PEER_CLIENT, PEER_SPAWND, RingSet
 from procmgr.osutil import watch_doorbell
 
 BATCH = 64  # messages taken from one ring per pass: fairness between peers
@@ -24,15 +25,15 @@ def poll(mgr, spawnds=None, clients=None) -> int:
     loop passes the ones that have something), by default every peer's.
     The number of messages handled."""
     handled = 0
+    core = mgr.core
     for sd in list(mgr.spawnds.values()) if spawnds is None else spawnds:
         if not sd.alive:
             continue
         channel = sd.channel
         for msg in channel.receive(BATCH):
-            dispatch_spawnd(mgr, sd, msg)
+            core.dispatch_spawnd(sd.core, msg)
             handled += 1
-        if sd.sendq or channel.backlog:     # its replies may have made room
-            sd.flush()
+        core.flush(PEER_SPAWND, sd.core)     # its replies may have made room
         if channel.peer_gone:
             mgr.peers_changed += 1     # stop waiting on it; its pidfd says why
     for client in list(mgr.clients.values()) if clients is None else clients:
@@ -40,9 +41,9 @@ def poll(mgr, spawnds=None, clients=None) -> int:
             continue               # gone earlier in this pass
         channel = client.channel
         # Answers that did not fit go first; until they have, read no more.
-        if not channel.backlog or channel.flush():
+        if core.flush(PEER_CLIENT, client.id):
             for msg in channel.receive(BATCH):
-                dispatch_client(mgr, client, msg)
+                core.dispatch_client(client.id, msg)
                 handled += 1
         if channel.peer_gone:
             mgr.client_gone(client)
@@ -54,8 +55,9 @@ class EventLoop:
     """Runs the manager: wait until a peer's ring has something (RingSet,
     procmgr/_loop.c: arm every inbound ring, sleep on one doorbell -- an
     eventfd every peer was given -- plus whatever other descriptors were
-    registered with ``watch``, disarm), run the watchers that fired, drain
-    the rings that are ready, then wake the peers that were answered.
+    registered with ``watch``, disarm, serve in C what the core can), run
+    the watchers that fired, hand the rings that still have something to
+    ``poll``, then wake the peers that were answered.
 
     A ring that is ready while being armed cancels the sleep, so under load
     the loop goes from pass to pass without sleeping. The sleep is bounded
@@ -67,7 +69,7 @@ class EventLoop:
         self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll = select.epoll()
         watch_doorbell(self._epoll, self.doorbell)
-        self._rings = RingSet(self._epoll.fileno(), self.doorbell)
+        self._rings = RingSet(self._epoll.fileno(), self.doorbell, mgr.core)
         self._peers_seen = -1           # mgr.peers_changed when _peers was made
         self._spawnds: list = []
         self._peers: list = []          # spawnds, then clients: RingSet's order
@@ -79,10 +81,15 @@ class EventLoop:
         """How many times the loop has slept (and woken up)."""
         return self._rings.sleeps
 
+    @property
+    def served_in_c(self) -> int:
+        """Messages the core served straight from the rings."""
+        return self._rings.served
+
     def call_soon_threadsafe(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop's thread, at its next pass."""
         self._calls.append((fn, args))   # deque.append is atomic
-        os.eventfd_write(self.doorbell, 1)
+        self._rings.interrupt()
 
     def watch(self, fd: int, callback) -> None:
         """Call ``callback(fd, events)`` from the loop when ``fd`` is readable."""
@@ -101,7 +108,10 @@ class EventLoop:
         self._spawnds = [sd for sd in mgr.spawnds.values()
                          if sd.alive and not sd.channel.peer_gone]
         self._peers = self._spawnds + list(mgr.clients.values())
-        self._rings.set([(p.channel.inbound, p.channel.outbound) for p in self._peers])
+        self._rings.set([(p.channel.inbound, p.channel.outbound, PEER_SPAWND, p.core)
+                         for p in self._spawnds] +
+                        [(p.channel.inbound, p.channel.outbound, PEER_CLIENT, p.id)
+                         for p in self._peers[len(self._spawnds):]])
         self._peers_seen = mgr.peers_changed
 
     def run_once(self, idle_timeout: float = 1.0) -> int:
@@ -113,11 +123,7 @@ class EventLoop:
         if self._peers_seen != self.mgr.peers_changed:
             self._refresh_peers()
         peers = self._peers
-        # A peer whose answers do not fit is not read from (poll): wait for
-        # it to make room, not for its requests, which may already be
-        # waiting -- armed for them, the loop would never sleep.
-        space = [i for i, p in enumerate(peers) if p.channel.backlog]
-        ready, fired = self._rings.wait(0 if self._calls else idle_timeout, space)
+        ready, fired = self._rings.wait(0 if self._calls else idle_timeout)
         for fd, events in fired:
             self._watchers[fd](fd, events)
         nsd = len(self._spawnds)
@@ -136,7 +142,7 @@ class EventLoop:
     def stop(self) -> None:
         """Ask a running loop to return; safe from another thread."""
         self.mgr.stopping = True
-        os.eventfd_write(self.doorbell, 1)
+        self._rings.interrupt()
 
     def close(self) -> None:
         self._epoll.close()

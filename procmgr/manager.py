@@ -1,213 +1,219 @@
-"""The process manager's state and the few operations every handler shares.
+"""The process manager's bindings, and the way into its core.
 
-Single-threaded: one event loop (loop.py) calls ``poll`` which drains the
-inbound rings and runs one handler (handlers.py) per message to completion.
+Single-threaded: one event loop (loop.py) serves one-slot messages in C
+straight from the rings, and ``poll`` hands the rest (decoded in Python)
+to the core (procmgr/_core.c), which keeps the domain table and runs one
+handler per message to completion. The few requests answered in Python
+(handlers.py) come back through ``python_op``.
 
-Exactly-once answers are enforced here, not hoped for: every request a
-client sends is recorded as outstanding when it arrives, and ``answer``
+Exactly-once answers are enforced in the core, not hoped for: every request
+a client sends is recorded as outstanding when it arrives, and answering
 removes it; answering twice, or a request never received, is a bug and
-raises at once.
+raises AnswerTwice at once.
 """
 
 from __future__ import annotations
 
+import functools
+
+from procmgr._core import PEER_CLIENT, PEER_SPAWND, AnswerTwice, Core  # noqa: F401
 from procmgr.channel import Channel
-from procmgr.domain import RUNNING, STOP_PEND, STOPPED, Domain, DomainTable
+from procmgr.domain import TableView
 from procmgr.errors import Err
-from procmgr.protocol import Flag, Msg, Op, ProtocolError
-from procmgr.spawnd_state import SpawndState
+from procmgr.pending import make_pending
+from procmgr.protocol import Msg, ProtocolError, SpawnArgs
+
+# A client spawning one program many times sends the same payload bytes
+# each time: decoding them once saves most of a spawn's cost. The SpawnArgs
+# it returns is shared: read it, never change it. A payload that does not
+# decode raises, and is not remembered.
+_spawn_args = functools.lru_cache(maxsize=256)(SpawnArgs.decode)
 
 
 class ClientBinding:
-    """One client's ring pair, and what it is still owed."""
+    """One client's ring pair; what it is owed is kept by the core."""
 
-    __slots__ = ("id", "channel", "is_monitor", "alive", "outstanding", "received", "answered")
+    __slots__ = ("id", "channel", "is_monitor", "alive", "_core")
 
-    def __init__(self, client_id: int, channel: Channel, is_monitor: bool):
+    def __init__(self, client_id: int, channel: Channel, is_monitor: bool, core: Core):
         self.id = client_id
         self.channel = channel
         self.is_monitor = is_monitor
         self.alive = True
-        self.outstanding: set[int] = set()  # request seqs not yet answered
-        self.received = 0
-        self.answered = 0
+        self._core = core
+
+    def _figures(self) -> tuple[int, int, set[int], int]:
+        return self._core.client(self.id) or (0, 0, set(), 0)
+
+    @property
+    def outstanding(self) -> set[int]:
+        """Seqs of its requests not yet answered (a copy)."""
+        return self._figures()[2]
+
+    @property
+    def received(self) -> int:
+        return self._figures()[0]
+
+    @property
+    def answered(self) -> int:
+        return self._figures()[1]
+
+    @property
+    def backlog(self) -> int:
+        """Answers waiting for room in its ring."""
+        return self._figures()[3]
 
     def __repr__(self) -> str:
         return f"<client {self.id}{' monitor' if self.is_monitor else ''}>"
 
 
-class AnswerTwice(AssertionError):
-    """A request was answered twice or answered without being received."""
+class SpawndBinding:
+    """One spawnd worker's ring pair; its send queue, sequence numbers and
+    pending structure (reply queue or hashtable, pending.py) are the core's."""
+
+    __slots__ = ("core", "channel", "alive", "_core")
+
+    def __init__(self, core: int, channel: Channel, mgr_core: Core):
+        self.core = core
+        self.channel = channel
+        self.alive = True
+        self._core = mgr_core
+
+    def _figures(self) -> dict:
+        figures = self._core.spawnd(self.core)
+        if figures is None:
+            raise LookupError(f"spawnd.{self.core} is gone")
+        return figures
+
+    @property
+    def pending(self):
+        """The pending structure: requests sent and not yet answered."""
+        return self._figures()["pending"]
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the send queue."""
+        return self._figures()["queued"]
+
+    sendq = queued
+
+    @property
+    def sent(self) -> int:
+        return self._figures()["sent"]
+
+    @property
+    def replies(self) -> int:
+        return self._figures()["replies"]
+
+    @property
+    def protocol_errors(self) -> int:
+        return self._figures()["protocol_errors"]
+
+    @property
+    def backlog(self) -> int:
+        """Requests in the ring's overflow: sent, waiting for room."""
+        return self._figures()["backlog"]
+
+    @property
+    def next_seq(self) -> int:
+        return self._figures()["next_seq"]
+
+    @next_seq.setter
+    def next_seq(self, seq: int) -> None:
+        self._core.set_next_seq(self.core, seq)
+
+    def __repr__(self) -> str:
+        return f"<spawnd {self.core}>"
 
 
 class Manager:
     def __init__(self, pending: str = "replyq", reply_queue: int = 1024,
                  max_cores: int = 1024, table_capacity: int = 1 << 20):
+        make_pending(pending, reply_queue)      # a bad kind or size is said now
         self.pending_kind = pending
         self.reply_queue = reply_queue
         self.max_cores = max_cores
-        self.table = DomainTable(table_capacity)
-        self.spawnds: dict[int, SpawndState] = {}
+        self.core = Core(make_pending, _spawn_args, ProtocolError, self._python_op,
+                         pending=pending, reply_queue=reply_queue, max_cores=max_cores,
+                         table_capacity=table_capacity)
+        self.table = TableView(self.core)
+        self.spawnds: dict[int, SpawndBinding] = {}
         self.clients: dict[int, ClientBinding] = {}
         self._next_client = 1
         # Counts every change to who the manager waits on (a client or spawnd
         # added or gone): the event loop re-reads the peers when it moves.
         self.peers_changed = 0
-        self.protocol_errors = 0
-        self.internal_errors = 0
         self.stopping = False
         # Set by the manager process: starts a worker for a core (add_spawnd
         # with no ring names). None when the manager runs in-process.
         self.start_spawnd = None
         # core -> worker pid, for monitoring; empty when the manager runs in-process.
         self.worker_pids = dict
-        self.answered_gone = 0   # answers counted for clients since gone
+
+    @property
+    def protocol_errors(self) -> int:
+        return self.core.protocol_errors
+
+    @property
+    def internal_errors(self) -> int:
+        return self.core.internal_errors
+
+    @property
+    def answered_gone(self) -> int:
+        return self.core.answered_gone
 
     # ---- bindings ----
 
     def add_client(self, channel: Channel, is_monitor: bool = False) -> ClientBinding:
-        client = ClientBinding(self._next_client, channel, is_monitor)
+        client = ClientBinding(self._next_client, channel, is_monitor, self.core)
         self._next_client += 1
+        self.core.add_client(client.id, channel, is_monitor)
         self.clients[client.id] = client
         self.peers_changed += 1
         return client
 
     def add_spawnd(self, core: int, channel: Channel) -> Err:
-        if not 0 <= core < self.max_cores:
-            return Err.INVALID_SPAWND
-        if core in self.spawnds:
-            return Err.SPAWND_EXISTS
-        self.spawnds[core] = SpawndState(core, channel, self.pending_kind, self.reply_queue)
-        self.peers_changed += 1
-        return Err.OK
+        err = Err(self.core.add_spawnd(core, channel))
+        if err == Err.OK:
+            self.spawnds[core] = SpawndBinding(core, channel, self.core)
+            self.peers_changed += 1
+        return err
 
-    def spawnd(self, core: int) -> SpawndState | None:
-        sd = self.spawnds.get(core)
-        return sd if sd is not None and sd.alive else None
+    # ---- answering (the requests Python answers) ----
 
-    # ---- answering ----
+    def _python_op(self, client_id: int, msg: Msg) -> None:
+        from procmgr.handlers import PYTHON_HANDLERS
 
-    def answer(self, client: ClientBinding | None, request: Msg, err: int = Err.OK,
+        PYTHON_HANDLERS[msg.op](self, self.clients[client_id], msg)
+
+    def answer(self, client: ClientBinding, request: Msg, err: int = Err.OK,
                status: int = 0, flags: int = 0, **fields) -> None:
-        """Answer one request, exactly once (a dead client's answer is dropped)."""
-        self.answer_seq(client, request.op, request.seq, err, status, flags,
-                        dom=fields.pop("dom", request.dom),
-                        nonce=fields.pop("nonce", request.nonce),
-                        core=fields.pop("core", request.core), **fields)
-
-    def answer_seq(self, client: ClientBinding | None, op: int, seq: int, err: int = Err.OK,
-                   status: int = 0, flags: int = 0, dom: int = 0, nonce: int = 0,
-                   core: int = 0, payload: bytes = b"") -> None:
-        if client is None:
-            return  # an internal request (cleanup, kill on exit): nobody waits
-        outstanding = client.outstanding
-        if seq not in outstanding:
-            raise AnswerTwice(f"{client}: request {seq} (op {op}) answered twice or never received")
-        outstanding.discard(seq)
-        client.answered += 1
-        if client.alive:
-            client.channel.send(Msg(op, seq, core, dom, nonce, int(err), status,
-                                    flags | Flag.REPLY, payload))
+        """Answer one request, exactly once, with its own domain, nonce and
+        core unless given (a dead client's answer is dropped)."""
+        self.core.answer(client.id, request.op, request.seq, int(err), status, flags,
+                         dom=fields.pop("dom", request.dom),
+                         nonce=fields.pop("nonce", request.nonce),
+                         core=fields.pop("core", request.core), **fields)
 
     def fail(self, client: ClientBinding, request: Msg, error: ProtocolError) -> None:
         self.answer(client, request, error.code, payload=error.detail.encode()[:256])
-
-    # ---- the stop sequence, shared by kill, exit, and dispatcher deaths ----
-
-    def begin_stop(self, dom: Domain, status: int, signaled: bool = False) -> None:
-        """RUNNING -> STOP_PEND: record the status, kill every core still running it."""
-        self.table.stop_requested(dom, status, signaled)
-        self.send_kills(dom)
-        self.maybe_stopped(dom)
-
-    def send_kills(self, dom: Domain) -> None:
-        dom.kill_error = None
-        for core in sorted(dom.live):
-            sd = self.spawnd(core)
-            if sd is None:  # its worker is gone, and its processes with it
-                self.table.dispatcher_stopped(dom, core)
-                dom.held.discard(core)
-                continue
-            dom.kills_in_flight += 1
-            sd.send(Msg(Op.SD_KILL, core=core, dom=dom.id, nonce=dom.nonce))
-
-    def maybe_stopped(self, dom: Domain) -> None:
-        """If no core runs ``dom`` any more: STOPPED, answer everyone, clean up."""
-        if dom.state != STOP_PEND or dom.live:
-            return
-        self.table.stopped(dom)
-        flags = Flag.SIGNALED if dom.signaled else 0
-        killers, dom.killers = dom.killers, []
-        for client, seq in killers:
-            self.answer_seq(client, Op.KILL, seq, dom=dom.id, nonce=dom.nonce)
-        waiters, dom.waiters = dom.waiters, []
-        for client, seq in waiters:
-            self.answer_seq(client, Op.WAIT, seq, status=dom.exit_status, flags=flags,
-                            dom=dom.id, nonce=dom.nonce)
-        for core in sorted(dom.held):
-            sd = self.spawnd(core)
-            if sd is None:
-                dom.held.discard(core)
-            else:
-                sd.send(Msg(Op.SD_CLEANUP, core=core, dom=dom.id, nonce=dom.nonce))
-        if not dom.held:
-            self.table.dispatcher_cleaned(dom, dom.home_core)
 
     # ---- lifecycle of peers ----
 
     def client_gone(self, client: ClientBinding) -> None:
         """The client died or disconnected: drop what waits for it."""
-        if client.alive:
-            self.answered_gone += client.answered
         client.alive = False
         self.clients.pop(client.id, None)
         self.peers_changed += 1
-        for dom_id in self.table.ids():
-            dom = self.table.by_id(dom_id)
-            dom.waiters = [w for w in dom.waiters if w[0] is not client]
-            dom.killers = [k for k in dom.killers if k[0] is not client]
-        # Its pending spawnd requests stay in flight (their replies must still
-        # be matched) and are answered into the void by answer_seq.
+        self.core.client_gone(client.id)
 
     def spawnd_died(self, core: int) -> None:
         """The worker of ``core`` is gone: fail what waited on it, its domains
         lost their dispatchers there. A new worker may then take the core."""
-        from procmgr.handlers import fail_pending
-
         sd = self.spawnds.pop(core, None)
         if sd is None:
             return
         sd.alive = False
         self.peers_changed += 1
-        # First the dispatchers: they died with their worker (PDEATHSIG).
-        for dom_id in self.table.ids():
-            dom = self.table.by_id(dom_id)
-            if core not in dom.live and core not in dom.held:
-                continue
-            self.table.dispatcher_stopped(dom, core)
-            dom.held.discard(core)
-            if dom.state == RUNNING:
-                self.begin_stop(dom, 9, signaled=True)
-            elif dom.state == STOP_PEND:
-                self.maybe_stopped(dom)
-            elif dom.state == STOPPED and not dom.held:
-                self.table.dispatcher_cleaned(dom, core)
-        # Then the requests that will never be answered by it.
-        for slot in sd.pending.drain():
-            fail_pending(self, sd, slot, Err.SPAWND_DIED)
-            sd.pending.release(slot)
-        for out in sd.sendq:
-            fail_pending(self, sd, _Unsent(out), Err.SPAWND_DIED)
-        sd.sendq.clear()
+        self.core.spawnd_died(core)
         sd.channel.close()
-
-
-class _Unsent:
-    """A send-queue entry seen as a pending slot, to fail it the same way."""
-
-    __slots__ = ("seq", "op", "dom", "core", "client", "client_seq", "extra")
-
-    def __init__(self, out):
-        self.seq, self.op, self.dom = out.msg.seq, out.msg.op, out.msg.dom
-        self.core = out.msg.core
-        self.client, self.client_seq, self.extra = out.client, out.client_seq, out.extra

@@ -6,7 +6,7 @@ of the send queue, but ``dequeue`` had not cleared its ``next`` and
 behind aborted proc_mgmt.
 
 Here a full request ring or a full reply queue is backpressure: requests
-wait in the send queue (and the channel's backlog), in order, and are all
+wait in the send queue (and the core's outbox), in order, and are all
 sent and answered in that order once there is room again.
 """
 
@@ -31,7 +31,7 @@ def _in_order(doms, sd) -> None:
 
 def test_full_request_ring_queues_in_order(make_rt):
     """The spawnd does not read its ring (it is busy): requests fill the
-    ring, then the channel backlog, then the send queue. Nothing is lost,
+    ring, then the core's outbox, then the send queue. Nothing is lost,
     nothing overtakes."""
     rt = make_rt(cores=1, ring_capacity=4)
     clients = [watch(rt.client()) for _ in range(3)]
@@ -42,7 +42,7 @@ def test_full_request_ring_queues_in_order(make_rt):
         futs.append((c, c.spawn_async([f"{'x' * 40}{i}"], core=0)))
         poll(rt.manager)          # the manager runs, the spawnd does not
     sd_state = rt.manager.spawnds[0]
-    assert sd_state.queued > 0 and sd_state.channel.backlog, "ring never filled"
+    assert sd_state.queued > 0 and sd_state.backlog, "ring never filled"
     assert not any(f.done() for _, f in futs)
     doms = [c.wait_for(f, timeout=TIMEOUT) for c, f in futs]
     _in_order(doms, rt.spawnds[0])
@@ -111,8 +111,8 @@ def test_client_that_does_not_read_its_answers(make_rt):
     for _ in range(3):
         futs += [slow.wait_async(dom, nohang=True) for _ in range(3)]
         poll(rt.manager)             # answers pile up: slow reads nothing
-    binding = next(b for b in rt.manager.clients.values() if b.channel.backlog)
-    assert len(binding.channel.backlog) > 0
+    binding = next(b for b in rt.manager.clients.values() if b.backlog)
+    assert binding.backlog > 0
     other = fast.spawn(["b"], core=0, timeout=TIMEOUT)
     assert state_of(fast, other) == State.RUNNING
     assert not any(f.done() for f in futs)
