@@ -21,7 +21,7 @@ setup(
         c_module("procmgr._wire", "procmgr/_wire.c", depends=["procmgr/_wire.h"]),
         # The manager's state and handlers, and its loop's arming, sleeping
         # and waking: see the tops of procmgr/_core.c and procmgr/_loop.c for why.
-        c_module("procmgr._core", ["procmgr/_core.c", "procmgr/_loop.c"],
+        c_module("procmgr._core", ["procmgr/_core.c", "procmgr/_loop.c", "procmgr/_pending.c"],
                  include_dirs=["ringbuf", "procmgr"],
                  depends=["procmgr/_wire.h", "procmgr/_core.h"]),
         # The worker's spawn and exit path: see the top of

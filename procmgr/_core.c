@@ -19,9 +19,9 @@
  * Behaviour is the one handlers.py documented, defect by defect
  * (BARRELFISH.md section 5); the comments at each handler say which.
  *
- * Ownership: the pending structure of a spawnd (pending.py: reply queue or
- * hashtable) is a Python object; a slot belongs to it from claim to release,
- * and a reply handler runs between match and release. Clients are known by
+ * Ownership: a pending slot (_pending.c: reply queue or hashtable) belongs
+ * to its structure from claim to release, and a reply handler runs between
+ * match and release. Clients are known by
  * id: a waiter or a pending slot holds the id, not a pointer, so a client
  * that leaves frees nothing another record still points to.
  */
@@ -353,6 +353,7 @@ static int next_nonce(struct table *t, uint64_t *out)
     return 0;
 }
 
+static PyObject *str_partial, *str_argv, *str_caps;   /* interned attribute names */
 static PyObject *IllegalTransition;   /* domain.IllegalTransition */
 static PyObject *AnswerTwice;         /* manager.AnswerTwice */
 
@@ -495,6 +496,7 @@ struct outbox {
 
 struct peer {
     PyObject *channel;       /* channel.Channel: its rings, its peer_gone */
+    PyObject *decoder;       /* channel.decoder: mid-message, C reads nothing */
     struct rb_handle *out;   /* channel.outbound's handle */
     struct outbox outbox;
     int gone;                /* its ring is closed: nothing more goes out */
@@ -520,8 +522,7 @@ struct outgoing {
 struct spawnd {
     struct peer p;
     uint16_t core;
-    PyObject *pending;       /* pending.ReplyQueue or pending.HashTable */
-    PyObject *has_room, *claim, *match, *release;   /* its bound methods */
+    PyObject *pending;       /* a ReplyQueue or a HashTable (_pending.c) */
     struct outgoing *sendq_head, *sendq_tail;
     uint32_t queued;
     uint32_t next_seq;
@@ -751,16 +752,6 @@ static int answer_detail(CoreObject *c, uint32_t client, uint8_t op, uint32_t se
  * the send queue while the pending structure is full (backpressure: the
  * reply queue is preallocated) or while the outbox is not empty. */
 
-static int pending_has_room(struct spawnd *sd)
-{
-    PyObject *r = PyObject_CallNoArgs(sd->has_room);
-    if (r == NULL)
-        return -1;
-    int room = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return room;
-}
-
 /* Into the ring (or outbox), and claim its pending slot. */
 static int sd_dispatch(struct spawnd *sd, const uint8_t *data, uint32_t nslots,
                        uint32_t client, uint32_t client_seq, int32_t extra)
@@ -769,23 +760,15 @@ static int sd_dispatch(struct spawnd *sd, const uint8_t *data, uint32_t nslots,
     memcpy(&h, data, SLOT);
     if (peer_send(&sd->p, data, nslots) < 0)
         return -1;
-    PyObject *slot = PyObject_CallFunction(sd->claim, "kII", (unsigned long)h.seq,
-                                           (unsigned int)h.op, (unsigned int)h.dom);
+    PendingSlotObject *slot = pending_claim(sd->pending, h.seq, h.op, h.dom);
     if (slot == NULL)
         return -1;
-    PyObject *vals[4] = {PyLong_FromUnsignedLong(sd->core), PyLong_FromUnsignedLong(client),
-                         PyLong_FromUnsignedLong(client_seq), PyLong_FromLong(extra)};
-    static const char *const names[4] = {"core", "client", "client_seq", "extra"};
-    int rc = 0;
-    for (int i = 0; i < 4; i++) {
-        if (rc == 0 && (vals[i] == NULL || PyObject_SetAttrString(slot, names[i], vals[i]) < 0))
-            rc = -1;
-        Py_XDECREF(vals[i]);
-    }
-    Py_DECREF(slot);
-    if (rc == 0)
-        sd->sent++;
-    return rc;
+    slot->core = sd->core;
+    slot->client = client;
+    slot->client_seq = client_seq;
+    slot->extra = extra;
+    sd->sent++;
+    return 0;
 }
 
 /* Move queued requests on while the outbox is empty and the pending
@@ -794,9 +777,8 @@ static int sd_flush(struct spawnd *sd)
 {
     peer_flush(&sd->p);
     while (sd->sendq_head != NULL && sd->p.outbox.n == 0) {
-        int room = pending_has_room(sd);
-        if (room <= 0)
-            return room;
+        if (!pending_has_room(sd->pending))
+            return 0;
         struct outgoing *o = sd->sendq_head;
         sd->sendq_head = o->next;
         if (sd->sendq_head == NULL)
@@ -830,10 +812,7 @@ static int sd_send(struct spawnd *sd, uint8_t op, uint32_t dom, uint64_t nonce,
     }
     uint32_t nslots = encode(buf, &h, payload, plen);
     int rc;
-    int room = sd->sendq_head == NULL && sd->p.outbox.n == 0 ? pending_has_room(sd) : 0;
-    if (room < 0) {
-        rc = -1;
-    } else if (room) {
+    if (sd->sendq_head == NULL && sd->p.outbox.n == 0 && pending_has_room(sd->pending)) {
         rc = sd_dispatch(sd, buf, nslots, client, client_seq, extra);
     } else {
         struct outgoing *o = PyMem_Malloc(sizeof *o + (size_t)nslots * SLOT);
@@ -1016,8 +995,8 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
     PyObject *args = PyObject_CallOneArg(c->spawn_args, r->payload);
     if (args == NULL)
         return fail_protocol(c, client, r);
-    PyObject *argv = PyObject_GetAttrString(args, "argv");
-    PyObject *caps = PyObject_GetAttrString(args, "caps");
+    PyObject *argv = PyObject_GetAttr(args, str_argv);
+    PyObject *caps = PyObject_GetAttr(args, str_caps);
     Py_DECREF(args);
     int rc = 0, has_caps = caps ? PyObject_IsTrue(caps) : -1;
     Py_XDECREF(caps);
@@ -1198,26 +1177,14 @@ struct slotv {               /* a pending slot's fields, read once */
     int32_t extra;
 };
 
-static int read_slot(PyObject *slot, struct slotv *s)
+static void read_slot(const PendingSlotObject *slot, struct slotv *s)
 {
-    static const char *const names[6] = {"seq", "op", "dom", "client", "client_seq", "extra"};
-    long long v[6];
-    for (int i = 0; i < 6; i++) {
-        PyObject *x = PyObject_GetAttrString(slot, names[i]);
-        if (x == NULL)
-            return -1;
-        v[i] = x == Py_None ? 0 : PyLong_AsLongLong(x);
-        Py_DECREF(x);
-        if (v[i] == -1 && PyErr_Occurred())
-            return -1;
-    }
-    s->seq = (uint32_t)v[0];
-    s->op = (uint8_t)v[1];
-    s->dom = (uint32_t)v[2];
-    s->client = (uint32_t)v[3];
-    s->client_seq = (uint32_t)v[4];
-    s->extra = (int32_t)v[5];
-    return 0;
+    s->seq = (uint32_t)slot->seq;
+    s->op = slot->op;
+    s->dom = slot->dom;
+    s->client = slot->client;
+    s->client_seq = slot->client_seq;
+    s->extra = slot->extra;
 }
 
 struct reply {
@@ -1420,14 +1387,6 @@ static int fail_pending(CoreObject *c, struct spawnd *sd, const struct slotv *s,
     return reply_handler_of(s->op)(c, sd, s, &m);
 }
 
-/* The slot's reply is handled (or failed); the slot goes back. */
-static int release_slot(struct spawnd *sd, PyObject *slot)
-{
-    PyObject *r = PyObject_CallOneArg(sd->release, slot);
-    Py_XDECREF(r);
-    return r == NULL ? -1 : 0;
-}
-
 /* SD_EXIT: a dispatcher of the domain on this core ended by itself. */
 static int dispatcher_exit(CoreObject *c, struct spawnd *sd, const struct reply *m)
 {
@@ -1468,50 +1427,32 @@ static int dispatch_spawnd(CoreObject *c, struct spawnd *sd, const struct reply 
         sd->protocol_errors++;
         return 0;
     }
-    PyObject *found = PyObject_CallFunction(sd->match, "kII", (unsigned long)m->h.seq,
-                                            (unsigned int)m->h.op, (unsigned int)m->h.dom);
-    if (found == NULL)
-        return internal_error(c, 0, 0, 0);
-    PyObject *slot = NULL, *lost = NULL;
-    if (!PyArg_ParseTuple(found, "OO", &slot, &lost)) {
-        Py_DECREF(found);
-        return internal_error(c, 0, 0, 0);
-    }
+    Py_ssize_t nlost;
+    PendingSlotObject *slot = pending_match(sd->pending, m->h.seq, m->h.op, m->h.dom, &nlost);
     /* Their replies never came: fail them loudly, in order (defect 16). */
-    Py_ssize_t nlost = PySequence_Size(lost);
     for (Py_ssize_t i = 0; i < nlost; i++) {
-        PyObject *old = PySequence_GetItem(lost, i);
         struct slotv s;
-        int rc = old == NULL || read_slot(old, &s) < 0 ? -1
-                 : fail_pending(c, sd, &s, E_REPLY_OUT_OF_ORDER);
-        if (rc < 0 && internal_error(c, 0, 0, 0) < 0) {
-            Py_XDECREF(old);
-            Py_DECREF(found);
+        PendingSlotObject *old = pending_lost(sd->pending, 0);   /* the oldest, each time */
+        read_slot(old, &s);
+        if (fail_pending(c, sd, &s, E_REPLY_OUT_OF_ORDER) < 0 &&
+            internal_error(c, s.client, client_op_of(&s), s.client_seq) < 0)
             return -1;
-        }
-        rc = old == NULL ? -1 : release_slot(sd, old);
-        Py_XDECREF(old);
-        if (rc < 0) {
-            Py_DECREF(found);
-            return internal_error(c, 0, 0, 0);
-        }
+        if (pending_release(sd->pending, old) < 0)
+            return -1;       /* the structure is broken: nothing sane to do */
         sd->protocol_errors++;
     }
-    if (slot == Py_None) {
+    if (slot == NULL) {
         sd->protocol_errors++;   /* duplicate, stale or unknown reply */
-        Py_DECREF(found);
         return 0;
     }
     sd->replies++;
-    struct slotv s = {0};
-    int rc = read_slot(slot, &s);
-    if (rc == 0)
-        rc = handler(c, sd, &s, m);
+    struct slotv s;
+    read_slot(slot, &s);
+    int rc = handler(c, sd, &s, m);
     if (rc < 0)
         rc = internal_error(c, s.client, client_op_of(&s), s.client_seq);
-    if (release_slot(sd, slot) < 0 && rc == 0)
-        rc = internal_error(c, 0, 0, 0);
-    Py_DECREF(found);
+    if (pending_release(sd->pending, slot) < 0)
+        return -1;
     return rc;
 }
 
@@ -1520,6 +1461,7 @@ static int dispatch_spawnd(CoreObject *c, struct spawnd *sd, const struct reply 
 static void peer_init(struct peer *p, PyObject *channel, struct rb_handle *out)
 {
     p->channel = Py_NewRef(channel);
+    p->decoder = PyObject_GetAttrString(channel, "decoder");   /* NULL: checked by callers */
     p->out = out;
     p->outbox.head = p->outbox.tail = NULL;
     p->outbox.n = 0;
@@ -1529,6 +1471,7 @@ static void peer_init(struct peer *p, PyObject *channel, struct rb_handle *out)
 static void client_free(struct client *cl)
 {
     Py_XDECREF(cl->p.channel);
+    Py_XDECREF(cl->p.decoder);
     outbox_clear(&cl->p.outbox);
     map_free(&cl->outstanding);
     PyMem_Free(cl);
@@ -1537,12 +1480,9 @@ static void client_free(struct client *cl)
 static void spawnd_free(struct spawnd *sd)
 {
     Py_XDECREF(sd->p.channel);
+    Py_XDECREF(sd->p.decoder);
     outbox_clear(&sd->p.outbox);
     Py_XDECREF(sd->pending);
-    Py_XDECREF(sd->has_room);
-    Py_XDECREF(sd->claim);
-    Py_XDECREF(sd->match);
-    Py_XDECREF(sd->release);
     struct outgoing *o = sd->sendq_head;
     while (o != NULL) {
         struct outgoing *next = o->next;
@@ -1618,18 +1558,19 @@ static int spawnd_died(CoreObject *c, uint16_t core)
     if (rc < 0 && internal_error(c, 0, 0, 0) < 0)
         goto done;
     /* Then the requests it will never answer. */
-    PyObject *drained = PyObject_CallMethod(sd->pending, "drain", NULL);
+    PyObject *drained = pending_drain(sd->pending);
     if (drained == NULL) {
         rc = internal_error(c, 0, 0, 0);
         goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(drained); i++) {
-        PyObject *slot = PyList_GET_ITEM(drained, i);
+        PendingSlotObject *slot = (PendingSlotObject *)PyList_GET_ITEM(drained, i);
         struct slotv s;
-        rc = read_slot(slot, &s) < 0 ? -1 : fail_pending(c, sd, &s, E_SPAWND_DIED);
-        if (rc == 0)
-            rc = release_slot(sd, slot);
-        if (rc < 0 && (rc = internal_error(c, 0, 0, 0)) < 0)
+        read_slot(slot, &s);
+        rc = fail_pending(c, sd, &s, E_SPAWND_DIED);
+        if (rc < 0 && (rc = internal_error(c, s.client, client_op_of(&s), s.client_seq)) < 0)
+            break;
+        if ((rc = pending_release(sd->pending, slot)) < 0)
             break;
     }
     Py_DECREF(drained);
@@ -1661,13 +1602,9 @@ static int known_op(uint8_t op)
            op == 24 || op == OP_SD_EXIT;
 }
 
-static int decoder_partial(PyObject *channel)
+static int decoder_partial(PyObject *decoder)
 {
-    PyObject *dec = PyObject_GetAttrString(channel, "decoder");
-    if (dec == NULL)
-        return -1;
-    PyObject *partial = PyObject_GetAttrString(dec, "partial");
-    Py_DECREF(dec);
+    PyObject *partial = PyObject_GetAttr(decoder, str_partial);
     if (partial == NULL)
         return -1;
     int p = PyObject_IsTrue(partial);
@@ -1693,7 +1630,7 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
             return 0;
         p = &sd->p;
     }
-    int partial = decoder_partial(p->channel);
+    int partial = decoder_partial(p->decoder);
     if (partial != 0)
         return partial < 0 ? -1 : 0;   /* the Python decoder is mid-message */
     Py_ssize_t handled = 0;
@@ -1844,7 +1781,7 @@ static PyObject *core_add_client(CoreObject *self, PyObject *args)
     peer_init(&cl->p, channel, out);
     cl->id = id;
     cl->is_monitor = is_monitor;
-    if (map_put(&self->clients, id, cl) < 0) {
+    if (cl->p.decoder == NULL || map_put(&self->clients, id, cl) < 0) {
         client_free(cl);
         return NULL;
     }
@@ -1882,11 +1819,11 @@ static PyObject *core_add_spawnd(CoreObject *self, PyObject *args)
     sd->next_seq = 1;
     sd->pending = PyObject_CallFunction(self->pending_factory, "OI", self->pending_kind,
                                         self->reply_queue);
-    if (sd->pending == NULL ||
-        (sd->has_room = PyObject_GetAttrString(sd->pending, "has_room")) == NULL ||
-        (sd->claim = PyObject_GetAttrString(sd->pending, "claim")) == NULL ||
-        (sd->match = PyObject_GetAttrString(sd->pending, "match")) == NULL ||
-        (sd->release = PyObject_GetAttrString(sd->pending, "release")) == NULL) {
+    if (sd->pending != NULL && !pending_check(sd->pending)) {
+        PyErr_SetString(PyExc_TypeError, "make_pending must give a ReplyQueue or a HashTable");
+        Py_CLEAR(sd->pending);
+    }
+    if (sd->pending == NULL || sd->p.decoder == NULL) {
         spawnd_free(sd);
         return NULL;
     }
@@ -2356,7 +2293,11 @@ PyMODINIT_FUNC PyInit__core(void)
     IllegalTransition = PyErr_NewExceptionWithDoc(
         "procmgr._core.IllegalTransition", "A handler tried an edge the domain state machine "
         "does not have: a bug.", PyExc_AssertionError, NULL);
-    if (AnswerTwice == NULL || IllegalTransition == NULL ||
+    str_partial = PyUnicode_InternFromString("partial");
+    str_argv = PyUnicode_InternFromString("argv");
+    str_caps = PyUnicode_InternFromString("caps");
+    if (AnswerTwice == NULL || IllegalTransition == NULL || str_partial == NULL ||
+        str_argv == NULL || str_caps == NULL || pending_register(mod) < 0 ||
         PyModule_AddObjectRef(mod, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(mod, "AnswerTwice", AnswerTwice) < 0 ||
         PyModule_AddObjectRef(mod, "IllegalTransition", IllegalTransition) < 0 ||

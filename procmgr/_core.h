@@ -31,4 +31,38 @@ int core_backlogged(PyObject *core, int kind, uint32_t key);
 /* Adds RingSet to the module (_loop.c). */
 int loop_register(PyObject *module);
 
+/* ---- pending clients (_pending.c) ----
+ * A request sent to a spawnd and not yet answered by it: one slot. The
+ * core reads and writes the fields directly; Python sees them as
+ * attributes (pending.py). */
+typedef struct PendingSlotObject {
+    PyObject_HEAD
+    int64_t seq;             /* -1 while free */
+    uint32_t dom;
+    uint32_t client;         /* the client to answer (its id), 0: internal */
+    uint32_t client_seq;
+    int32_t extra;           /* what the reply handler needs back: a spawn's op */
+    uint16_t core;
+    uint8_t op;
+    /* HashTable only: its chain (same op and domain) and claim order. */
+    struct PendingSlotObject *chain_next, *order_prev, *order_next;
+} PendingSlotObject;
+
+/* 1 if p is a ReplyQueue or a HashTable. */
+int pending_check(PyObject *p);
+int pending_has_room(PyObject *p);
+/* The next slot (borrowed: the structure owns it until release), or NULL
+ * with OverflowError if full. */
+PendingSlotObject *pending_claim(PyObject *p, uint32_t seq, uint8_t op, uint32_t dom);
+/* The slot a reply answers, or NULL (no exception) if none. *nlost: how
+ * many older slots lost their replies -- pending_lost(p, 0..nlost-1). */
+PendingSlotObject *pending_match(PyObject *p, uint32_t seq, uint8_t op, uint32_t dom,
+                                 Py_ssize_t *nlost);
+PendingSlotObject *pending_lost(PyObject *p, Py_ssize_t i);
+/* 0, or -1 with AssertionError (not the oldest, nothing pending) or KeyError. */
+int pending_release(PyObject *p, PendingSlotObject *slot);
+/* Every pending slot, oldest (first claimed) first: a new list. */
+PyObject *pending_drain(PyObject *p);
+int pending_register(PyObject *module);
+
 #endif /* PROCMGR_CORE_H */

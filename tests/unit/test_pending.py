@@ -81,9 +81,9 @@ def test_claim_match_release_in_order(pending):
 
 def test_slot_carries_handler_state(pending):
     slot = pending.claim(5, KILL, 9)
-    slot.client, slot.client_seq, slot.extra, slot.core = "client", 77, {"why": 1}, 3
+    slot.client, slot.client_seq, slot.extra, slot.core = 4, 77, int(Op.SPAWN), 3
     got, _ = pending.match(5, KILL, 9)
-    assert (got.client, got.client_seq, got.extra, got.core) == ("client", 77, {"why": 1}, 3)
+    assert (got.client, got.client_seq, got.extra, got.core) == (4, 77, Op.SPAWN, 3)
 
 
 def test_len_and_has_room(pending):
@@ -206,14 +206,14 @@ def test_replyq_reuses_slots_without_allocating():
     seen = []
     for seq in range(100):
         slot = q.claim(seq, KILL, seq % 3)
-        slot.client, slot.extra = object(), [seq]
+        slot.client, slot.extra = seq + 1, seq
         seen.append(slot)
         got, _ = q.match(seq, KILL, seq % 3)
         assert got is slot
         q.release(slot)
         # Cleared on release: no reference to the client outlives the request.
         assert (slot.seq, slot.op, slot.dom, slot.core) == (-1, 0, 0, 0)
-        assert slot.client is None and slot.client_seq == 0 and slot.extra is None
+        assert (slot.client, slot.client_seq, slot.extra) == (0, 0, 0)
     assert len({id(s) for s in seen}) == 4
     assert all(seen[k] is seen[k % 4] for k in range(100))
 
@@ -275,7 +275,7 @@ def test_replyq_release_when_empty_raises(cap):
         q.release(slot)
     with pytest.raises(AssertionError):
         q.release(slots[0])                               # a double release
-    assert q._tail - q._head == 0
+    assert len(q) == 0
 
 
 def test_replyq_slot_in_use_is_not_given_away():
