@@ -37,7 +37,8 @@
 #include "_core.h"
 #include "_wire.h"
 
-/* ---- the protocol's numbers (protocol.py, errors.py; test_core.py checks) */
+/* ---- the protocol's numbers (protocol.py, errors.py, domain.py): _core.NUMBERS
+ * lists them, and tests/unit/test_core.py checks them against the Python enums */
 
 enum {
     OP_SPAWN = 1, OP_SPAWN_WITH_CAPS = 2, OP_SPAN = 3, OP_KILL = 4, OP_EXIT = 5,
@@ -53,8 +54,8 @@ enum { F_NOHANG = 1, F_SIGNALED = 2, F_STILL_RUNNING = 4, F_RELEASED = 8 };
 enum {
     E_OK = 0, E_INVALID_SPAWND = 1, E_CREATE_DOMAIN_CAP = 2, E_DOMAIN_TABLE_FIND = 4,
     E_DOMAIN_NOT_RUNNING = 5, E_ALREADY_SPANNED = 6, E_UNKNOWN_OP = 21, E_BAD_CAP = 23,
-    E_SPAWND_DIED = 24, E_REPLY_OUT_OF_ORDER = 25, E_NOT_FOUND = 30, E_INTERNAL = 32,
-    E_BAD_MESSAGE = 20,
+    E_SPAWND_EXISTS = 7, E_BAD_MESSAGE = 20, E_SPAWND_DIED = 24, E_REPLY_OUT_OF_ORDER = 25,
+    E_NOT_FOUND = 30, E_INTERNAL = 32,
 };
 
 enum { NIL = 0, RUNNING = 1, STOP_PEND = 2, STOPPED = 3, CLEANED = 4 };
@@ -1807,7 +1808,7 @@ static PyObject *core_add_spawnd(CoreObject *self, PyObject *args)
     if (core >= self->max_cores)
         return PyLong_FromLong(E_INVALID_SPAWND);
     if (self->spawnds[core] != NULL)
-        return PyLong_FromLong(7 /* SPAWND_EXISTS */);
+        return PyLong_FromLong(E_SPAWND_EXISTS);
     struct rb_handle *out = outbound_handle(channel);
     if (out == NULL)
         return NULL;
@@ -2274,6 +2275,41 @@ static PyTypeObject CoreType = {
     .tp_as_sequence = &core_as_sequence,
 };
 
+/* The numbers this file hard-codes, by their Python names, for the test that
+ * holds them to protocol.Op, protocol.Flag, errors.Err and domain.State. */
+static PyObject *numbers(void)
+{
+    return Py_BuildValue(
+        "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
+        "s:{s:i,s:i,s:i,s:i,s:i},"
+        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
+        "s:{s:i,s:i,s:i,s:i,s:i}}",
+        "Op", "SPAWN", OP_SPAWN, "SPAWN_WITH_CAPS", OP_SPAWN_WITH_CAPS, "SPAN", OP_SPAN,
+        "KILL", OP_KILL, "EXIT", OP_EXIT, "WAIT", OP_WAIT, "GET_STATUS", OP_GET_STATUS,
+        "GET_DOMAINLIST", OP_GET_DOMAINLIST, "ADD_SPAWND", OP_ADD_SPAWND,
+        "GET_STATS", OP_GET_STATS, "UNREADABLE", OP_UNREADABLE, "SD_SPAWN", OP_SD_SPAWN,
+        "SD_SPAN", OP_SD_SPAN, "SD_KILL", OP_SD_KILL, "SD_CLEANUP", OP_SD_CLEANUP,
+        "SD_EXIT", OP_SD_EXIT,
+        "Flag", "NOHANG", F_NOHANG, "SIGNALED", F_SIGNALED, "STILL_RUNNING", F_STILL_RUNNING,
+        "RELEASED", F_RELEASED, "REPLY", FLAG_REPLY,
+        "Err", "OK", E_OK, "INVALID_SPAWND", E_INVALID_SPAWND,
+        "CREATE_DOMAIN_CAP", E_CREATE_DOMAIN_CAP, "DOMAIN_TABLE_FIND", E_DOMAIN_TABLE_FIND,
+        "DOMAIN_NOT_RUNNING", E_DOMAIN_NOT_RUNNING, "ALREADY_SPANNED", E_ALREADY_SPANNED,
+        "SPAWND_EXISTS", E_SPAWND_EXISTS, "BAD_MESSAGE", E_BAD_MESSAGE,
+        "UNKNOWN_OP", E_UNKNOWN_OP, "BAD_CAP", E_BAD_CAP, "SPAWND_DIED", E_SPAWND_DIED,
+        "REPLY_OUT_OF_ORDER", E_REPLY_OUT_OF_ORDER, "NOT_FOUND", E_NOT_FOUND,
+        "INTERNAL", E_INTERNAL, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
+        "CLEANED", CLEANED);
+}
+
+static int add_numbers(PyObject *mod)
+{
+    PyObject *n = numbers();
+    int rc = n == NULL ? -1 : PyModule_AddObjectRef(mod, "NUMBERS", n);
+    Py_XDECREF(n);
+    return rc;
+}
+
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "procmgr._core",
     "The manager's core (state and handlers) and its loop's ring work; see _core.c "
@@ -2303,6 +2339,7 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddObjectRef(mod, "IllegalTransition", IllegalTransition) < 0 ||
         PyModule_AddIntConstant(mod, "PEER_SPAWND", PEER_SPAWND) < 0 ||
         PyModule_AddIntConstant(mod, "PEER_CLIENT", PEER_CLIENT) < 0 ||
+        add_numbers(mod) < 0 ||
         loop_register(mod) < 0) {
         Py_DECREF(mod);
         return NULL;

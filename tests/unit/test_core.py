@@ -1,0 +1,75 @@
+"""The manager's core in C (procmgr/_core.c, _pending.c): what it shares
+with the Python around it, its limits, and the bad input its own
+interface gets. Its behaviour per message is what the rest of the suite
+drives: tests/regress (one file per Barrelfish defect) and tests/unit
+through the in-process runtime take the Python path into it
+(dispatch_client, dispatch_spawnd), tests/e2e the event loop's C path
+(RingSet serving straight from the rings)."""
+
+import pytest
+
+from procmgr import _core
+from procmgr.domain import State
+from procmgr.errors import Err, ProcMgmtError
+from procmgr.inprocess import InProcessRuntime
+from procmgr.manager import Manager, _spawn_args
+from procmgr.pending import HashTable, PendingSlot, ReplyQueue, make_pending
+from procmgr.protocol import Flag, Op, ProtocolError
+
+
+def test_the_numbers_the_core_hard_codes_are_the_protocols():
+    enums = {"Op": Op, "Flag": Flag, "Err": Err, "State": State}
+    for kind, numbers in _core.NUMBERS.items():
+        for name, value in numbers.items():
+            assert getattr(enums[kind], name) == value, f"{kind}.{name}"
+
+
+def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
+    """A late wait still gets a cleaned domain's status, up to the history
+    bound; then DOMAIN_TABLE_FIND. Memory stays bounded over any number of
+    spawns."""
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        client = rt.client()
+        first = client.spawn(["a"], core=0)
+        client.kill(first)
+        assert client.wait(first) == 9
+        doms = [client.spawn_async(["a"], core=0) for _ in range(4096)]
+        doms = [client.wait_for(f) for f in doms]
+        for fut in [client.kill_async(d) for d in doms]:
+            client.wait_for(fut)
+        with pytest.raises(ProcMgmtError) as dropped:
+            client.wait(first)
+        assert dropped.value.code == Err.DOMAIN_TABLE_FIND
+        assert client.wait(doms[0]) == 9 and client.wait(doms[-1]) == 9
+        assert len(rt.manager.table) == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"history": 0}, "history"),
+    ({"max_cores": 0}, "max_cores"),
+    ({"max_cores": 0x10001}, "max_cores"),
+])
+def test_core_limits_are_checked(kwargs, match):
+    mgr = Manager()
+    with pytest.raises(ValueError, match=match):
+        _core.Core(make_pending, _spawn_args, ProtocolError, mgr._python_op, **kwargs)
+
+
+def test_a_core_is_initialised_once():
+    mgr = Manager()
+    with pytest.raises(RuntimeError, match="once"):
+        mgr.core.__init__(None, None, None, None)
+
+
+def test_pending_structures_refuse_what_is_not_theirs():
+    for p in (ReplyQueue(4), HashTable(4)):
+        with pytest.raises(TypeError, match="PendingSlot"):
+            p.release("a slot")
+        with pytest.raises(OverflowError, match="u32"):
+            p.claim(1 << 32, Op.SD_KILL, 1)
+        with pytest.raises(TypeError):
+            p.claim(1, Op.SD_KILL)
+    with pytest.raises(KeyError, match="does not hold"):
+        HashTable(4).release(PendingSlot())
+    with pytest.raises(ValueError, match="1..2"):
+        HashTable(0)
