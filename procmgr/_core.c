@@ -355,8 +355,8 @@ static int next_nonce(struct table *t, uint64_t *out)
 }
 
 static PyObject *str_partial, *str_argv, *str_caps;   /* interned attribute names */
-static PyObject *IllegalTransition;   /* domain.IllegalTransition */
-static PyObject *AnswerTwice;         /* manager.AnswerTwice */
+static PyObject *IllegalTransition;   /* a bug in a handler: answered INTERNAL */
+static PyObject *AnswerTwice;         /* the exactly-once check: stops the manager */
 
 /* The only legal edges (bit per target state). */
 static const uint8_t edges[5] = {

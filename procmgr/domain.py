@@ -11,14 +11,18 @@ that drives them are C (procmgr/_core.c: why, and the state diagram).
 
 A domain cap is (id, nonce): ids are handed out in order and never reused;
 the 64-bit nonce is random, so a cap cannot be guessed from an id.
+
+A handler that tries an edge the machine does not have is a bug: the core
+raises ``procmgr._core.IllegalTransition``, counts it as an internal error
+and answers the request INTERNAL. A request answered twice raises
+``procmgr._core.AnswerTwice``, which is let through: the exactly-once check
+stops the manager rather than let it carry on wrong.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-
-from procmgr._core import IllegalTransition  # noqa: F401  (raised by the core)
 
 EXIT_STATUS_KILLED = 9
 

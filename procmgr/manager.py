@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 
-from procmgr._core import PEER_CLIENT, PEER_SPAWND, AnswerTwice, Core  # noqa: F401
+from procmgr._core import Core
 from procmgr.channel import Channel
 from procmgr.domain import TableView
 from procmgr.errors import Err
