@@ -1842,21 +1842,42 @@ static PyObject *core_spawnd_died(CoreObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* A Msg's header fields and payload, for a handler. */
+static PyTypeObject *msg_type;   /* procmgr._wire.Msg */
+
+/* A Msg's header fields and payload (a new reference), for a handler; -1
+ * with an exception set if it is not a Msg or a field does not fit. */
 static int msg_fields_of(PyObject *msg, struct wire_header *h, PyObject **payload)
 {
-    static const char *const names[8] = {"op", "seq", "core", "dom", "nonce", "err", "status",
-                                         "flags"};
-    unsigned long long v[8];
-    for (int i = 0; i < 8; i++) {
-        PyObject *x = PyObject_GetAttrString(msg, names[i]);
-        if (x == NULL)
-            return -1;
-        v[i] = i == 6 ? (unsigned long long)(uint32_t)PyLong_AsLong(x)
-                      : PyLong_AsUnsignedLongLong(x);
-        Py_DECREF(x);
+    if (!Py_IS_TYPE(msg, msg_type)) {
+        PyErr_Format(PyExc_TypeError, "a message is a Msg or a ProtocolError, not %R",
+                     Py_TYPE(msg));
+        return -1;
+    }
+    MsgObject *m = (MsgObject *)msg;
+    PyObject *fields[8] = {m->op, m->seq, m->core, m->dom, m->nonce, m->err, m->flags,
+                           m->status};
+    static const unsigned long long max[7] = {0xFF, UINT32_MAX, 0xFFFF, UINT32_MAX,
+                                              UINT64_MAX, 0xFFFF, 0xFF};
+    unsigned long long v[7];
+    for (int i = 0; i < 7; i++) {
+        v[i] = PyLong_AsUnsignedLongLong(fields[i]);
         if (PyErr_Occurred())
             return -1;
+        if (v[i] > max[i]) {
+            PyErr_Format(PyExc_OverflowError, "Msg field %R does not fit", fields[i]);
+            return -1;
+        }
+    }
+    long status = PyLong_AsLong(fields[7]);
+    if (status == -1 && PyErr_Occurred())
+        return -1;
+    if (status < INT32_MIN || status > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Msg.status does not fit its field");
+        return -1;
+    }
+    if (!PyBytes_Check(m->payload)) {
+        PyErr_SetString(PyExc_TypeError, "a message's payload is bytes");
+        return -1;
     }
     memset(h, 0, sizeof *h);
     h->op = (uint8_t)v[0];
@@ -1865,17 +1886,10 @@ static int msg_fields_of(PyObject *msg, struct wire_header *h, PyObject **payloa
     h->dom = (uint32_t)v[3];
     h->nonce = v[4];
     h->err = (uint16_t)v[5];
-    h->status = (int32_t)(uint32_t)v[6];
-    h->flags = (uint8_t)v[7];
-    *payload = PyObject_GetAttrString(msg, "payload");
-    if (*payload == NULL)
-        return -1;
-    if (!PyBytes_Check(*payload)) {
-        Py_CLEAR(*payload);
-        PyErr_SetString(PyExc_TypeError, "a message's payload is bytes");
-        return -1;
-    }
-    h->plen = (uint32_t)PyBytes_GET_SIZE(*payload);
+    h->flags = (uint8_t)v[6];
+    h->status = (int32_t)status;
+    h->plen = (uint32_t)PyBytes_GET_SIZE(m->payload);
+    *payload = Py_NewRef(m->payload);
     return 0;
 }
 
@@ -2329,6 +2343,13 @@ PyMODINIT_FUNC PyInit__core(void)
     IllegalTransition = PyErr_NewExceptionWithDoc(
         "procmgr._core.IllegalTransition", "A handler tried an edge the domain state machine "
         "does not have: a bug.", PyExc_AssertionError, NULL);
+    PyObject *wire = PyImport_ImportModule("procmgr._wire");
+    msg_type = wire ? (PyTypeObject *)PyObject_GetAttrString(wire, "Msg") : NULL;
+    Py_XDECREF(wire);
+    if (msg_type == NULL) {
+        Py_DECREF(mod);
+        return NULL;
+    }
     str_partial = PyUnicode_InternFromString("partial");
     str_argv = PyUnicode_InternFromString("argv");
     str_caps = PyUnicode_InternFromString("caps");

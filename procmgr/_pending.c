@@ -16,6 +16,7 @@
 #include "_core.h"
 
 #include <structmember.h>
+#include <time.h>
 
 static PyTypeObject PendingSlotType, ReplyQueueType, HashTableType;
 
@@ -385,6 +386,15 @@ static int ht_release(HashTableObject *h, PendingSlotObject *s)
     return 0;
 }
 
+static Py_ssize_t rq_len(ReplyQueueObject *q) { return (Py_ssize_t)(q->tail - q->head); }
+static Py_ssize_t ht_len(HashTableObject *h) { return h->n; }
+
+static Py_ssize_t len_of_pending(PyObject *p)
+{
+    return Py_IS_TYPE(p, &ReplyQueueType) ? rq_len((ReplyQueueObject *)p)
+                                          : ht_len((HashTableObject *)p);
+}
+
 /* ---- the interface the core uses ---- */
 
 int pending_check(PyObject *p)
@@ -526,8 +536,6 @@ static PyObject *py_drain(PyObject *self, PyObject *unused)
     return pending_drain(self);
 }
 
-static Py_ssize_t rq_len(ReplyQueueObject *q) { return (Py_ssize_t)(q->tail - q->head); }
-static Py_ssize_t ht_len(HashTableObject *h) { return h->n; }
 
 static PyMethodDef pending_methods[] = {
     {"claim", (PyCFunction)(void (*)(void))py_claim, METH_FASTCALL,
@@ -603,7 +611,67 @@ static PyObject *py_seq_before(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return PyBool_FromLong(seq_before((uint32_t)a, (uint32_t)b));
 }
 
+/* churn(pending, in_flight, rounds) -> ns per request: with in_flight
+ * requests standing, claim one, match the oldest's reply, release it,
+ * `rounds` times -- what the core does per request, timed in C, so that
+ * the strategies' own cost is measured and not the cost of calling them
+ * from Python (bench/test_pending_bench.py). */
+static PyObject *py_churn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 3 || !pending_check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "churn(pending, in_flight, rounds)");
+        return NULL;
+    }
+    PyObject *p = args[0];
+    long in_flight = PyLong_AsLong(args[1]), rounds = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (in_flight < 0 || rounds < 1 || len_of_pending(p) != 0) {
+        PyErr_SetString(PyExc_ValueError, "churn needs an empty structure, in_flight >= 0 "
+                        "and rounds >= 1");
+        return NULL;
+    }
+    uint32_t seq = 0, oldest = 1;
+    for (long i = 0; i < in_flight; i++) {
+        seq++;
+        if (pending_claim(p, seq, 16, seq) == NULL)
+            return NULL;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < rounds; i++) {
+        seq++;
+        Py_ssize_t nlost;
+        if (pending_claim(p, seq, 16, seq) == NULL)
+            return NULL;
+        PendingSlotObject *s = pending_match(p, oldest, 16, oldest, &nlost);
+        if (s == NULL || nlost != 0) {
+            PyErr_SetString(PyExc_AssertionError, "churn: an in-order reply did not match");
+            return NULL;
+        }
+        if (pending_release(p, s) < 0)
+            return NULL;
+        oldest++;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    while (len_of_pending(p) != 0) {          /* leave it empty, as it came */
+        Py_ssize_t nlost;
+        PendingSlotObject *s = pending_match(p, oldest, 16, oldest, &nlost);
+        if (s == NULL || pending_release(p, s) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AssertionError, "churn: a standing request was lost");
+            return NULL;
+        }
+        oldest++;
+    }
+    double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+    return PyFloat_FromDouble(ns / (double)rounds);
+}
+
 static PyMethodDef pending_functions[] = {
+    {"churn", (PyCFunction)(void (*)(void))py_churn, METH_FASTCALL,
+     "churn(pending, in_flight, rounds) -> ns per request (claim, match, release), in C"},
     {"seq_before", (PyCFunction)(void (*)(void))py_seq_before, METH_FASTCALL,
      "seq_before(a, b): a comes before b in serial-number order (u32, wrapping)"},
     {NULL, NULL, 0, NULL},

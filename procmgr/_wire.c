@@ -46,10 +46,7 @@ static uint8_t valid_ops[256];
 
 /* ---- Msg --------------------------------------------------------------- */
 
-typedef struct {
-    PyObject_HEAD
-    PyObject *op, *seq, *core, *dom, *nonce, *err, *status, *flags, *payload;
-} MsgObject;
+/* MsgObject: _wire.h */
 
 #define MSG_NFIELDS 9
 static const char *const field_names[MSG_NFIELDS] = {

@@ -35,4 +35,14 @@ _Static_assert(offsetof(struct wire_header, nonce) == 16,
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the wire is little-endian and this code copies fields as they are");
 
+#ifdef Py_PYTHON_H
+/* The message object (_wire.c's Msg): nine attributes, each a Python
+ * object, in this order. The manager's core (_core.c) reads a Msg's fields
+ * here directly rather than by name. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *op, *seq, *core, *dom, *nonce, *err, *status, *flags, *payload;
+} MsgObject;
+#endif
+
 #endif /* PROCMGR_WIRE_H */
