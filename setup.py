@@ -23,7 +23,7 @@ setup(
         # and waking: see the tops of procmgr/_core.c and procmgr/_loop.c for why.
         c_module("procmgr._core", ["procmgr/_core.c", "procmgr/_loop.c", "procmgr/_pending.c"],
                  include_dirs=["ringbuf", "procmgr"],
-                 depends=["procmgr/_wire.h", "procmgr/_core.h"]),
+                 depends=["procmgr/_wire.h", "procmgr/_core.h", "procmgr/_map.h"]),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
         c_module("spawnd_workers._spawnd", "spawnd_workers/_spawnd.c",

@@ -14,6 +14,7 @@
  * reading (the shape of Barrelfish defect 1, a use-after-free).
  */
 #include "_core.h"
+#include "_map.h"
 
 #include <structmember.h>
 #include <time.h>
@@ -57,10 +58,11 @@ static PyObject *slot_repr(PendingSlotObject *s)
 }
 
 static PyMemberDef slot_members[] = {
-    {"seq", T_LONGLONG, offsetof(PendingSlotObject, seq), 0,
+    /* What the structure files the slot under: set by claim, read-only. */
+    {"seq", T_LONGLONG, offsetof(PendingSlotObject, seq), READONLY,
      "the request's sequence number to that spawnd; -1 while free"},
-    {"op", T_UBYTE, offsetof(PendingSlotObject, op), 0, "the request's op"},
-    {"dom", T_UINT, offsetof(PendingSlotObject, dom), 0, "the domain it is about"},
+    {"op", T_UBYTE, offsetof(PendingSlotObject, op), READONLY, "the request's op"},
+    {"dom", T_UINT, offsetof(PendingSlotObject, dom), READONLY, "the domain it is about"},
     {"core", T_USHORT, offsetof(PendingSlotObject, core), 0, "the spawnd's core"},
     {"client", T_UINT, offsetof(PendingSlotObject, client), 0,
      "the id of the client to answer; 0: an internal request"},
@@ -207,76 +209,14 @@ static int rq_release(ReplyQueueObject *q, PendingSlotObject *s)
 
 typedef struct {
     PyObject_HEAD
-    uint64_t *keys;          /* open addressing: key -> first slot of its chain */
-    PendingSlotObject **chains;
-    uint32_t cap, used;      /* table size (power of two), keys in it */
+    struct map chains;       /* key -> the first slot of its chain (_map.h) */
     PendingSlotObject *first, *last;   /* claim order; owns a reference to each */
     uint32_t n, capacity;
 } HashTableObject;
 
 static inline uint64_t ht_key(uint8_t op, uint32_t dom)
 {
-    return ((uint64_t)op << 32 | dom) + 1;   /* never 0, the empty key */
-}
-
-static inline uint32_t ht_home(const HashTableObject *h, uint64_t key)
-{
-    return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & (h->cap - 1);
-}
-
-/* Index of key's entry, or of the empty slot where it would go. */
-static uint32_t ht_find(const HashTableObject *h, uint64_t key)
-{
-    uint32_t i = ht_home(h, key);
-    while (h->keys[i] != 0 && h->keys[i] != key)
-        i = (i + 1) & (h->cap - 1);
-    return i;
-}
-
-static int ht_grow(HashTableObject *h)
-{
-    uint32_t cap = h->cap ? h->cap * 2 : 16;
-    uint64_t *keys = PyMem_Calloc(cap, sizeof *keys);
-    PendingSlotObject **chains = PyMem_Calloc(cap, sizeof *chains);
-    if (keys == NULL || chains == NULL) {
-        PyMem_Free(keys);
-        PyMem_Free(chains);
-        PyErr_NoMemory();
-        return -1;
-    }
-    uint64_t *old_keys = h->keys;
-    PendingSlotObject **old_chains = h->chains;
-    uint32_t old_cap = h->cap;
-    h->keys = keys;
-    h->chains = chains;
-    h->cap = cap;
-    for (uint32_t i = 0; i < old_cap; i++) {
-        if (old_keys[i] == 0)
-            continue;
-        uint32_t j = ht_find(h, old_keys[i]);
-        keys[j] = old_keys[i];
-        chains[j] = old_chains[i];
-    }
-    PyMem_Free(old_keys);
-    PyMem_Free(old_chains);
-    return 0;
-}
-
-/* Remove the entry at i, shifting later ones of its run back. */
-static void ht_remove_at(HashTableObject *h, uint32_t i)
-{
-    uint32_t mask = h->cap - 1;
-    for (uint32_t j = (i + 1) & mask; h->keys[j] != 0; j = (j + 1) & mask) {
-        uint32_t home = ht_home(h, h->keys[j]);
-        if (((j - home) & mask) >= ((j - i) & mask)) {
-            h->keys[i] = h->keys[j];
-            h->chains[i] = h->chains[j];
-            i = j;
-        }
-    }
-    h->keys[i] = 0;
-    h->chains[i] = NULL;
-    h->used--;
+    return ((uint64_t)op << 32 | dom) + 1;   /* never 0, the map's empty key */
 }
 
 static int ht_init(HashTableObject *h, PyObject *args, PyObject *kw)
@@ -306,8 +246,7 @@ static void ht_dealloc(HashTableObject *h)
         Py_DECREF(s);
         s = next;
     }
-    PyMem_Free(h->keys);
-    PyMem_Free(h->chains);
+    map_free(&h->chains);
     Py_TYPE(h)->tp_free((PyObject *)h);
 }
 
@@ -318,8 +257,6 @@ static PendingSlotObject *ht_claim(HashTableObject *h, uint32_t seq, uint8_t op,
                         "pending table full: the caller must check has_room()");
         return NULL;
     }
-    if ((h->used + 1) * 2 > h->cap && ht_grow(h) < 0)
-        return NULL;
     PendingSlotObject *s = slot_new();
     if (s == NULL)
         return NULL;
@@ -327,13 +264,13 @@ static PendingSlotObject *ht_claim(HashTableObject *h, uint32_t seq, uint8_t op,
     s->op = op;
     s->dom = dom;
     uint64_t key = ht_key(op, dom);
-    uint32_t i = ht_find(h, key);
-    if (h->keys[i] == 0) {
-        h->keys[i] = key;
-        h->chains[i] = s;
-        h->used++;
+    PendingSlotObject *t = map_get(&h->chains, key);
+    if (t == NULL) {
+        if (map_put(&h->chains, key, s) < 0) {
+            Py_DECREF(s);
+            return NULL;
+        }
     } else {
-        PendingSlotObject *t = h->chains[i];
         while (t->chain_next != NULL)
             t = t->chain_next;
         t->chain_next = s;
@@ -350,10 +287,8 @@ static PendingSlotObject *ht_claim(HashTableObject *h, uint32_t seq, uint8_t op,
 
 static PendingSlotObject *ht_match(HashTableObject *h, uint32_t seq, uint8_t op, uint32_t dom)
 {
-    if (h->cap == 0)
-        return NULL;
-    uint32_t i = ht_find(h, ht_key(op, dom));
-    for (PendingSlotObject *s = h->keys[i] ? h->chains[i] : NULL; s != NULL; s = s->chain_next)
+    for (PendingSlotObject *s = map_get(&h->chains, ht_key(op, dom)); s != NULL;
+         s = s->chain_next)
         if (s->seq == (int64_t)seq)
             return s;
     return NULL;
@@ -361,17 +296,22 @@ static PendingSlotObject *ht_match(HashTableObject *h, uint32_t seq, uint8_t op,
 
 static int ht_release(HashTableObject *h, PendingSlotObject *s)
 {
-    uint32_t i = h->cap ? ht_find(h, ht_key(s->op, s->dom)) : 0;
-    PendingSlotObject **link = h->cap && h->keys[i] ? &h->chains[i] : NULL;
-    while (link != NULL && *link != NULL && *link != s)
-        link = &(*link)->chain_next;
-    if (link == NULL || *link == NULL) {
+    uint64_t key = ht_key(s->op, s->dom);
+    PendingSlotObject *first = map_get(&h->chains, key), *prev = NULL, *t = first;
+    while (t != NULL && t != s) {
+        prev = t;
+        t = t->chain_next;
+    }
+    if (t == NULL) {
         PyErr_SetString(PyExc_KeyError, "pending table release of a slot it does not hold");
         return -1;
     }
-    *link = s->chain_next;
-    if (h->chains[i] == NULL)
-        ht_remove_at(h, i);
+    if (prev != NULL)
+        prev->chain_next = s->chain_next;
+    else if (s->chain_next != NULL)
+        map_put(&h->chains, key, s->chain_next);    /* the key is there: no allocation */
+    else
+        map_del(&h->chains, key);
     if (s->order_prev)
         s->order_prev->order_next = s->order_next;
     else
