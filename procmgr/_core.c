@@ -1022,7 +1022,8 @@ static int is_python_op(uint8_t op)
  * is the one exception let through: it is the exactly-once check itself. */
 static int internal_error(CoreObject *c, uint32_t client, uint8_t op, uint32_t seq)
 {
-    if (PyErr_ExceptionMatches(AnswerTwice))
+    /* KeyboardInterrupt and SystemExit are not bugs: they go on up. */
+    if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(AnswerTwice))
         return -1;
     c->internal_errors++;
     PyErr_Print();
@@ -1191,7 +1192,6 @@ static int r_span(CoreObject *c, struct spawnd *sd, const struct slotv *s,
 static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
                   const struct reply *m)
 {
-    (void)s;
     struct domain *d = slot_domain(c, s);
     if (d == NULL)
         return -1;
