@@ -73,3 +73,38 @@ def test_pending_structures_refuse_what_is_not_theirs():
         HashTable(4).release(PendingSlot())
     with pytest.raises(ValueError, match="1..2"):
         HashTable(0)
+
+
+def test_a_bug_in_a_handler_is_answered_internal_and_the_manager_carries_on(monkeypatch,
+                                                                            capsys):
+    from procmgr import handlers
+
+    def broken(mgr, client, msg):
+        raise RuntimeError("a bug")
+
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        client = rt.client()
+        monkeypatch.setitem(handlers.PYTHON_HANDLERS, Op.GET_STATS, broken)
+        with pytest.raises(ProcMgmtError) as failed:
+            client.stats()
+        assert failed.value.code == Err.INTERNAL
+        assert "a bug" in capsys.readouterr().err        # the traceback was printed
+        assert rt.manager.internal_errors == 1
+        dom = client.spawn(["a"], core=0)                # everyone else is still served
+        client.kill(dom)
+        assert client.wait(dom) == 9
+        assert all(not c.outstanding for c in rt.manager.clients.values())
+
+
+def test_keyboard_interrupt_in_a_handler_is_not_taken_for_a_bug(monkeypatch):
+    from procmgr import handlers
+
+    def interrupted(mgr, client, msg):
+        raise KeyboardInterrupt
+
+    with InProcessRuntime(cores=1) as rt:
+        client = rt.client()
+        monkeypatch.setitem(handlers.PYTHON_HANDLERS, Op.GET_STATS, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            client.stats()
+        assert rt.manager.internal_errors == 0
