@@ -300,12 +300,7 @@ static struct domain *table_create(struct table *t, PyObject *argv, uint16_t cor
         return NULL;
     }
     t->next_id++;
-    d->prev = t->last;
-    if (t->last)
-        t->last->next = d;
-    else
-        t->first = d;
-    t->last = d;
+    DLIST_APPEND(t->first, t->last, d, prev, next);
     t->nlive++;
     return d;
 }
@@ -315,15 +310,7 @@ static int table_retire(struct table *t, struct domain *d)
 {
     if (transition(d, CLEANED) < 0)
         return -1;
-    if (d->prev)
-        d->prev->next = d->next;
-    else
-        t->first = d->next;
-    if (d->next)
-        d->next->prev = d->prev;
-    else
-        t->last = d->prev;
-    d->prev = d->next = NULL;
+    DLIST_UNLINK(t->first, t->last, d, prev, next);
     t->nlive--;
     /* What a late wait needs stays; what only a live domain needs goes. */
     Py_CLEAR(d->payload);

@@ -1,8 +1,9 @@
 /*
- * A hash map of 64-bit keys to pointers, for the manager's core: domains
- * by id, clients by id, a client's outstanding requests, the hashtable
- * strategy's chains. Header-only (static inline), included by _core.c and
- * _pending.c.
+ * The containers of the manager's core, header-only, included by _core.c
+ * and _pending.c: a hash map of 64-bit keys to pointers (domains by id,
+ * clients by id, a client's outstanding requests, the hashtable strategy's
+ * chains), and an intrusive doubly linked list (the live domains, the
+ * hashtable's claim order), both in creation order.
  */
 #ifndef PROCMGR_MAP_H
 #define PROCMGR_MAP_H
@@ -117,5 +118,32 @@ static inline void map_free(struct map *m)
     PyMem_Free(m->vals);
     memset(m, 0, sizeof *m);
 }
+
+/* ---- an intrusive doubly linked list ----
+ * first/last: the list's ends; prev/next: the names of the node's links. */
+
+#define DLIST_APPEND(first, last, node, prev, next) \
+    do {                                            \
+        (node)->prev = (last);                      \
+        (node)->next = NULL;                        \
+        if (last)                                   \
+            (last)->next = (node);                  \
+        else                                        \
+            (first) = (node);                       \
+        (last) = (node);                            \
+    } while (0)
+
+#define DLIST_UNLINK(first, last, node, prev, next) \
+    do {                                            \
+        if ((node)->prev)                           \
+            (node)->prev->next = (node)->next;      \
+        else                                        \
+            (first) = (node)->next;                 \
+        if ((node)->next)                           \
+            (node)->next->prev = (node)->prev;      \
+        else                                        \
+            (last) = (node)->prev;                  \
+        (node)->prev = (node)->next = NULL;         \
+    } while (0)
 
 #endif /* PROCMGR_MAP_H */

@@ -275,12 +275,7 @@ static PendingSlotObject *ht_claim(HashTableObject *h, uint32_t seq, uint8_t op,
             t = t->chain_next;
         t->chain_next = s;
     }
-    s->order_prev = h->last;
-    if (h->last)
-        h->last->order_next = s;
-    else
-        h->first = s;
-    h->last = s;
+    DLIST_APPEND(h->first, h->last, s, order_prev, order_next);
     h->n++;
     return s;                /* the table's reference */
 }
@@ -312,14 +307,7 @@ static int ht_release(HashTableObject *h, PendingSlotObject *s)
         map_put(&h->chains, key, s->chain_next);    /* the key is there: no allocation */
     else
         map_del(&h->chains, key);
-    if (s->order_prev)
-        s->order_prev->order_next = s->order_next;
-    else
-        h->first = s->order_next;
-    if (s->order_next)
-        s->order_next->order_prev = s->order_prev;
-    else
-        h->last = s->order_prev;
+    DLIST_UNLINK(h->first, h->last, s, order_prev, order_next);
     h->n--;
     slot_clear(s);
     Py_DECREF(s);
