@@ -418,9 +418,8 @@ typedef struct {
     PyObject *pending_kind;
     uint32_t reply_queue;
     PyObject *python_op;     /* python_op(client_id, msg): the requests Python answers */
-    PyObject *spawn_args;    /* SpawnArgs.decode, remembered (handlers._spawn_args) */
+    PyObject *spawn_args;    /* SpawnArgs.decode, remembered (manager._spawn_args) */
     PyObject *protocol_error;    /* protocol.ProtocolError */
-    PyObject *msg_type;      /* protocol.Msg */
     uint64_t protocol_errors, internal_errors, answered_gone;
 } CoreObject;
 
@@ -531,7 +530,8 @@ static uint32_t encode(uint8_t *buf, const struct wire_header *h, const char *pa
     w.plen = plen;
     w.nfrag = (uint16_t)nfrag;
     memset(w.inline_, 0, INLINE);
-    memcpy(w.inline_, payload, inl);
+    if (inl)
+        memcpy(w.inline_, payload, inl);
     memcpy(buf, &w, SLOT);
     if (nfrag) {
         memset(buf + SLOT, 0, (size_t)nfrag * SLOT);
@@ -570,6 +570,11 @@ static int answer(CoreObject *c, uint32_t client_id, const struct answer *a)
 {
     if (client_id == 0)
         return 0;            /* an internal request (cleanup, kill on exit) */
+    if (a->plen > MAX_PAYLOAD) {   /* a handler's bug: said before anything is sent */
+        PyErr_Format(PyExc_OverflowError, "an answer's payload of %u bytes is over the "
+                     "%d-byte limit", a->plen, MAX_PAYLOAD);
+        return -1;
+    }
     struct client *cl = client_of(c, client_id);
     if (cl == NULL)
         return 0;            /* gone: nobody to tell */
@@ -599,8 +604,7 @@ static int answer(CoreObject *c, uint32_t client_id, const struct answer *a)
         PyErr_NoMemory();
         return -1;
     }
-    uint32_t plen = a->plen > MAX_PAYLOAD ? MAX_PAYLOAD : a->plen;
-    int rc = peer_send(&cl->p, buf, encode(buf, &h, a->payload, plen));
+    int rc = peer_send(&cl->p, buf, encode(buf, &h, a->payload, a->plen));
     PyMem_Free(buf);
     return rc;
 }
@@ -2175,7 +2179,7 @@ static PyObject *numbers(void)
         "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i}}",
+        "s:{s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i}}",
         "Op", "SPAWN", OP_SPAWN, "SPAWN_WITH_CAPS", OP_SPAWN_WITH_CAPS, "SPAN", OP_SPAN,
         "KILL", OP_KILL, "EXIT", OP_EXIT, "WAIT", OP_WAIT, "GET_STATUS", OP_GET_STATUS,
         "GET_DOMAINLIST", OP_GET_DOMAINLIST, "ADD_SPAWND", OP_ADD_SPAWND,
@@ -2191,7 +2195,8 @@ static PyObject *numbers(void)
         "UNKNOWN_OP", E_UNKNOWN_OP, "BAD_CAP", E_BAD_CAP, "SPAWND_DIED", E_SPAWND_DIED,
         "REPLY_OUT_OF_ORDER", E_REPLY_OUT_OF_ORDER, "NOT_FOUND", E_NOT_FOUND,
         "INTERNAL", E_INTERNAL, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
-        "CLEANED", CLEANED);
+        "CLEANED", CLEANED,
+        "protocol", "MAX_PAYLOAD", MAX_PAYLOAD, "SLOT", SLOT, "INLINE", INLINE);
 }
 
 static int add_numbers(PyObject *mod)

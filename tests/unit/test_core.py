@@ -14,11 +14,12 @@ from procmgr.errors import Err, ProcMgmtError
 from procmgr.inprocess import InProcessRuntime
 from procmgr.manager import Manager, _spawn_args
 from procmgr.pending import HashTable, PendingSlot, ReplyQueue, make_pending
+from procmgr import protocol
 from procmgr.protocol import Flag, Op, ProtocolError
 
 
 def test_the_numbers_the_core_hard_codes_are_the_protocols():
-    enums = {"Op": Op, "Flag": Flag, "Err": Err, "State": State}
+    enums = {"Op": Op, "Flag": Flag, "Err": Err, "State": State, "protocol": protocol}
     for kind, numbers in _core.NUMBERS.items():
         for name, value in numbers.items():
             assert getattr(enums[kind], name) == value, f"{kind}.{name}"
@@ -108,3 +109,18 @@ def test_keyboard_interrupt_in_a_handler_is_not_taken_for_a_bug(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             client.stats()
         assert rt.manager.internal_errors == 0
+
+
+def test_an_answer_too_long_for_the_wire_is_a_bug_answered_internal(monkeypatch, capsys):
+    from procmgr import handlers
+
+    def too_long(mgr, client, msg):
+        mgr.answer(client, msg, payload=b"x" * (protocol.MAX_PAYLOAD + 1))
+
+    with InProcessRuntime(cores=1) as rt:
+        client = rt.client()
+        monkeypatch.setitem(handlers.PYTHON_HANDLERS, Op.GET_STATS, too_long)
+        with pytest.raises(ProcMgmtError) as failed:
+            client.stats()
+        assert failed.value.code == Err.INTERNAL
+        assert "over the 8208-byte limit" in capsys.readouterr().err
