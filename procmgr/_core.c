@@ -21,7 +21,15 @@
  *
  * Ownership: a pending slot (_pending.c: reply queue or hashtable) belongs
  * to its structure from claim to release, and a reply handler runs between
- * match and release. Clients are known by
+ * match and release.
+ *
+ * In this file, in order: the protocol's numbers; small containers (the
+ * hash map and list are in _map.h); domains and the table, with the one
+ * transition() that refuses illegal edges; peers (clients, spawnds) and
+ * their outboxes; answering, exactly once; sending to a spawnd; the stop
+ * sequence; one handler per client request (client_handlers); one per
+ * spawnd reply (reply_handler_of) and the exit report; peers coming and
+ * going; core_serve, the loop's way in; the Python type and its views. Clients are known by
  * id: a waiter or a pending slot holds the id, not a pointer, so a client
  * that leaves frees nothing another record still points to.
  */
