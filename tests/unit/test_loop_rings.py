@@ -17,14 +17,15 @@ from procmgr.osutil import watch_doorbell
 from procmgr.protocol import Decoder, Msg, Op, send, take
 from ringbuf import Ring
 
-# A request the core leaves to Python (it answers it in handlers.py): it
-# stays in the ring, and the loop reports its peer ready.
+
 def python_request(seq):
+    """A request the core leaves to Python (handlers.py answers it): it
+    stays in the ring, and the loop reports its peer ready."""
     return Msg(Op.GET_STATS, seq)
 
 
-# A request the core serves in C: a wait on a domain that does not exist.
 def c_request(seq):
+    """A request the core serves in C: a wait on a domain that does not exist."""
     return Msg(Op.WAIT, seq, dom=999)
 
 
