@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 
+#include <time.h>
 #include <unistd.h>
 
 #include "_core.h"
@@ -230,6 +231,11 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     uint8_t *space = self->space;     /* allocated by set(): none per pass */
     struct epoll_event events[MAX_EVENTS];
     int nev = 0;
+    /* However long the core serves without Python, the call returns by the
+     * timeout: the loop's caller has its own rounds to make (handshake
+     * deadlines, ring names to unlink), as it had before serving was C. */
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
 again:
     /* A peer whose answers do not fit is not read from: wait for it to
      * make room, not for its requests, which may already be waiting --
@@ -295,8 +301,18 @@ again:
              * after a stretch of traffic that never needs Python. */
             if (PyErr_CheckSignals() < 0)
                 return NULL;
-            if (!__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE))
+            int remaining = timeout_ms;
+            if (timeout_ms > 0) {
+                struct timespec now;
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                long long spent = (now.tv_sec - start.tv_sec) * 1000LL +
+                                  (now.tv_nsec - start.tv_nsec) / 1000000LL;
+                remaining = spent >= timeout_ms ? 0 : timeout_ms - (int)spent;
+            }
+            if (remaining != 0 && !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
+                timeout_ms = remaining;
                 goto again;
+            }
         }
     }
     __atomic_store_n(&self->interrupted, 0, __ATOMIC_RELEASE);

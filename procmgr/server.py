@@ -202,10 +202,11 @@ class Server:
     # ---- the rest ----
 
     def unlink_attached(self) -> None:
-        """Unlink worker ring names once the worker has mapped them."""
+        """Unlink worker ring names once the worker has mapped them (or is
+        gone: a ring closed since, with its worker, goes too)."""
         still = []
         for ring in self._to_unlink:
-            if ring.peer_pid:
+            if ring.closed or ring.peer_pid:
                 ring.unlink()
             else:
                 still.append(ring)
@@ -213,7 +214,10 @@ class Server:
 
     def run(self) -> None:
         while not self.mgr.stopping:
-            self.loop.run_once(1.0)
+            # The loop serves in C for as long as nothing needs Python; these
+            # rounds need it soon, so its wait is kept short while they have
+            # work: names to unlink, handshakes to expire.
+            self.loop.run_once(0.05 if self._to_unlink or self._handshakes else 1.0)
             if self._to_unlink:
                 self.unlink_attached()
             if self._handshakes:

@@ -109,6 +109,34 @@ def test_what_the_core_serves_is_answered_and_it_sleeps_again_without_returning(
     assert (answer.op, answer.seq, answer.err) == (Op.WAIT, 1, Err.DOMAIN_TABLE_FIND)
 
 
+def test_serving_in_c_still_returns_by_the_timeout(loop):
+    """Requests the core serves keep coming, none for Python: the wait
+    still returns by its timeout, so the loop's caller gets its rounds
+    (handshake deadlines, ring names to unlink)."""
+    rings, peers, _, _ = loop
+    stop = threading.Event()
+
+    def keep_asking():
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            send(peers[0].requests, c_request(seq))
+            take(peers[0].answers, Decoder())       # keep its answer ring open
+            time.sleep(0.002)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        start = time.monotonic()
+        rings.wait(0.2)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        asker.join()
+    assert rings.served > 10, "the core served nothing: the test tested nothing"
+    assert took < 0.5, f"returned after {took:.3f} s"
+
+
 def test_a_sleep_ends_at_its_timeout_with_nothing_ready(loop):
     rings, _, _, _ = loop
     start = time.monotonic()
