@@ -1389,14 +1389,8 @@ static struct rb_handle *outbound_handle(PyObject *channel)
     PyObject *ring = PyObject_GetAttrString(channel, "outbound");
     if (ring == NULL)
         return NULL;
-    PyObject *addr = PyObject_GetAttrString(ring, "handle_addr");
+    struct rb_handle *h = handle_of(ring);
     Py_DECREF(ring);
-    if (addr == NULL)
-        return NULL;
-    struct rb_handle *h = PyLong_AsVoidPtr(addr);
-    Py_DECREF(addr);
-    if (h == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "a channel whose outbound ring has no handle");
     return h;
 }
 

@@ -28,6 +28,9 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
  * was full): the loop then waits for room there, not for its requests. */
 int core_backlogged(PyObject *core, int kind, uint32_t key);
 
+/* A ringbuf.Ring's handle, or NULL with an exception set (_loop.c). */
+struct rb_handle *handle_of(PyObject *ring);
+
 /* Adds RingSet to the module (_loop.c). */
 int loop_register(PyObject *module);
 

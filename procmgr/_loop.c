@@ -99,7 +99,8 @@ static void ringset_dealloc(RingSetObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static struct rb_handle *handle_of(PyObject *ring)
+/* A ringbuf.Ring's handle (its handle_addr); declared in _core.h. */
+struct rb_handle *handle_of(PyObject *ring)
 {
     PyObject *addr = PyObject_GetAttrString(ring, "handle_addr");
     if (addr == NULL)
