@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
 import tempfile
 
 import procmgr
-from bench.spawn import raw_rate, runtime_rate
+from bench.spawn import interleaved, raw_rate, runtime_rate
 from bench.stats import median_interval
 
 
@@ -75,13 +76,9 @@ def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
                 rt = stack.enter_context(procmgr.Runtime(cores=cores))
             sides[name] = rt.client()
             runtime_rate(sides[name], max(20, block), 1, cores)     # warm
-        rates = {"a": [], "b": [], "raw": []}
-        for i in range(blocks):
-            order = ["a", "b", "raw"] if i % 2 == 0 else ["raw", "b", "a"]
-            for name in order:
-                pm = sides.get(name)
-                rates[name].append(raw_rate(block, 1) if pm is None
-                                   else runtime_rate(pm, block, 1, cores))
+        rates = interleaved({name: functools.partial(runtime_rate, pm, block, 1, cores)
+                             for name, pm in sides.items()}
+                            | {"raw": functools.partial(raw_rate, block, 1)}, blocks)
     ratios = {"b/a": [y / x for x, y in zip(rates["a"], rates["b"])],
               "a/raw": [x / r for x, r in zip(rates["a"], rates["raw"])],
               "b/raw": [y / r for y, r in zip(rates["b"], rates["raw"])]}

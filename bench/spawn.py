@@ -4,6 +4,7 @@ os.posix_spawn + waitpid, in one run (`python -m bench.spawn`)."""
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import statistics
 import sys
@@ -95,30 +96,51 @@ def spawn_latency_us(pm, n: int, cores: int) -> tuple[float, float]:
     return median_p99_us(samples)
 
 
-def compare(n: int = 400, rounds: int = 9, cores: int = 2) -> dict:
-    res = {k: [] for k in ("raw1", "rt1", "popen1", "mp1", "raw8", "rt8", "popen8", "mp8")}
+def interleaved(measures: dict, blocks: int) -> dict[str, list[float]]:
+    """Each measure's rate once per block, the order reversed every other
+    block (A, B, C, then C, B, A): every block is taken next to the
+    conditions of its neighbours. This machine's speed drifts by ±10% within
+    seconds, and rounds measured one after the other put that drift into
+    their ratio; blocks of ~50 spawns a few tens of ms apart keep it out."""
+    names = list(measures)
+    rates = {name: [] for name in names}
+    for i in range(blocks):
+        for name in names if i % 2 == 0 else reversed(names):
+            rates[name].append(measures[name]())
+    return rates
+
+
+def compare(n: int = 400, rounds: int = 9, cores: int = 2, block: int = 50,
+            blocks: int = 120) -> dict:
+    res = {k: [] for k in ("popen1", "mp1", "raw8", "rt8", "popen8", "mp8")}
     with procmgr.Runtime(cores=cores) as rt:
         pm = rt.client()
         runtime_rate(pm, max(10, n // 10), 1, cores)      # warm: workers have started up
+        # One at a time, the target that is closest: runtime against raw in
+        # interleaved blocks (as bench.ab does), so the interval below says
+        # how well the ratio is known, not how far the machine drifted.
+        res.update(interleaved({"raw1": functools.partial(raw_rate, block, 1),
+                                "rt1": functools.partial(runtime_rate, pm, block, 1, cores)},
+                               blocks))
         for _ in range(rounds):
+            res["raw8"].append(raw_rate(n, 8))
+            res["rt8"].append(runtime_rate(pm, n, 8, cores))
             for k in (1, 8):
-                res[f"raw{k}"].append(raw_rate(n, k))
-                res[f"rt{k}"].append(runtime_rate(pm, n, k, cores))
                 res[f"popen{k}"].append(popen_rate(n, k))
                 res[f"mp{k}"].append(mp_process_rate(n, k))
         lat = spawn_latency_us(pm, n // 2, cores)
     med = {k: statistics.median(v) for k, v in res.items()}
-    # Each round's runtime against that round's raw, then the median: the
-    # machine's speed drifts between rounds (raw alone moved by 20% within
-    # one run), and a ratio of rates measured seconds apart cancels it.
-    # The rounds' ratios spread widely (±10% on this machine), so the table
-    # gives an interval for their median too: a target is met when all of
-    # it is above, not when one run's median happens to be.
+    # Each block's (one at a time) or round's (8 in flight) runtime against
+    # the raw next to it, then the median: a ratio of rates measured seconds
+    # apart would carry the machine's drift (raw alone moved by 20% within
+    # one run). The median comes with an interval (bench/stats.py): a target
+    # is met when all of it is above, not when one run's median happens to be.
     paired = {k: [rt / raw for rt, raw in zip(res[f"rt{k}"], res[f"raw{k}"])] for k in (1, 8)}
     return {"medians": med, "latency_us": lat,
             "ratio1": statistics.median(paired[1]), "ratio8": statistics.median(paired[8]),
             "interval1": median_interval(paired[1]), "interval8": median_interval(paired[8]),
-            "rounds": rounds, "cores": cores, "cpus": os.cpu_count()}
+            "rounds": rounds, "block": block, "blocks": blocks, "cores": cores,
+            "cpus": os.cpu_count()}
 
 
 def table(r: dict) -> str:
@@ -132,8 +154,10 @@ def table(r: dict) -> str:
         f"| 8 in flight | {m['raw8']:,.0f} | {m['rt8']:,.0f} | {r['ratio8']:.2f}x | "
         f"{m['popen8']:,.0f} | {m['mp8']:,.0f} |",
         f"\nClient-measured spawn latency: median {r['latency_us'][0]:,.0f} µs, "
-        f"p99 {r['latency_us'][1]:,.0f} µs. Rates: medians of {r['rounds']} interleaved "
-        f"rounds; runtime / raw: the median of each round's ratio, and where that median "
+        f"p99 {r['latency_us'][1]:,.0f} µs. One at a time: {r['blocks']} blocks of "
+        f"{r['block']} spawns each, runtime and raw interleaved; 8 in flight, Popen and "
+        f"multiprocessing: {r['rounds']} interleaved rounds. Rates: medians; runtime / raw: "
+        f"the median of each block's or round's ratio, and where that median "
         f"lies with {r['interval1'][2]:.0%} confidence (one at a time "
         f"{r['interval1'][0]:.2f}–{r['interval1'][1]:.2f}x, 8 in flight "
         f"{r['interval8'][0]:.2f}–{r['interval8'][1]:.2f}x; bench/stats.py). {r['cores']} "

@@ -19,7 +19,7 @@ def test_spawn_comparison_runs():
 
     from bench.spawn import table
 
-    r = spawn_compare(n=10, rounds=2)
+    r = spawn_compare(n=10, rounds=2, block=3, blocks=3)
     assert all(v > 0 for v in r["medians"].values())
     assert r["latency_us"][0] > 0
     for k in (1, 8):    # the ratio is the median of the rounds' own ratios
@@ -64,3 +64,13 @@ def test_ab_command_line_refuses_bad_input_before_starting_anything(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_interleaved_blocks_reverse_their_order_every_other_block():
+    from bench.spawn import interleaved
+
+    calls = []
+    measures = {name: (lambda name=name: calls.append(name) or len(calls)) for name in "abc"}
+    rates = interleaved(measures, 3)
+    assert "".join(calls) == "abccbaabc"
+    assert rates == {"a": [1, 6, 7], "b": [2, 5, 8], "c": [3, 4, 9]}
