@@ -35,7 +35,8 @@ from procmgr.channel import Channel
 from procmgr.loop import EventLoop
 from procmgr.manager import Manager
 from procmgr.osutil import (
-    ChildWatch, become_subreaper, die_with_parent, kill_group, reap_strays, runtime_dir,
+    ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
+    reap_strays, runtime_dir,
 )
 from ringbuf import Ring, unique_name
 
@@ -232,6 +233,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # What is left of ours is what dead workers left (re-parented to us,
+        # killed in _worker_died) that the child watch has not come round
+        # to: end and reap it now, or it outlives us as a zombie of our
+        # owner's, which cannot tell it from a child of its own.
+        end_and_reap(children_of())
         for ring in self._to_unlink:
             ring.unlink()
         for conn, _ in self._clients.values():

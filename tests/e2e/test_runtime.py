@@ -202,6 +202,41 @@ def test_worker_death_is_noticed_fast(rt, pm):
     assert time.monotonic() - start < 0.25
 
 
+def test_shutdown_reaps_what_a_dead_worker_left(rt, pm):
+    """A dead worker's domains are re-parented to the manager. One that has
+    died but is not reaped yet when the runtime stops must not outlive the
+    manager as a zombie (re-parented again, to the owner, which cannot tell
+    it from a child of its own). Seen once in CI: the runtime stopped right
+    after a worker's death, before the manager's child watch came round.
+    Here the window is held open: the manager is stopped while its worker
+    and that worker's domain die, and told to stop before it runs again."""
+    d = pm.spawn(["/bin/sleep", "60"], core=0, timeout=T)
+    manager = psutil.Process(rt.proc.pid)
+    worker = next(p for p in manager.children()
+                  if p.cmdline()[p.cmdline().index("--core") + 1] == "0")
+    manager.suspend()
+    try:
+        worker.kill()
+        _until(lambda: worker.status() == psutil.STATUS_ZOMBIE)    # nobody reaps it yet
+        _until(lambda: psutil.Process(d.pid).ppid() == manager.pid)  # re-parented
+        os.kill(d.pid, signal.SIGKILL)
+        _until(lambda: psutil.Process(d.pid).status() == psutil.STATUS_ZOMBIE)
+        manager.terminate()             # pending until it runs again
+    finally:
+        manager.resume()
+    rt.proc.wait(timeout=T)
+    assert process_gone(d.pid)
+    orphans = [c.pid for c in psutil.Process().children() if c.pid == d.pid]
+    assert orphans == [], "the dead worker's domain outlived the manager, unreaped"
+
+
+def _until(condition, timeout: float = T) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_worker_killed_mid_spawn_answers_everyone(rt, pm):
     futures = [pm.spawn_async(["/bin/sleep", "60"], core=1) for _ in range(20)]
     worker = next(p for p in psutil.Process(rt.proc.pid).children()
