@@ -19,7 +19,8 @@ def run(kinds, quick: bool = False) -> dict:
     if "ring" in kinds:
         results["ring"] = peers.compare(rounds=rounds, scale=size)
     if "spawn" in kinds:
-        results["spawn"] = spawn.compare(n=20, rounds=1, block=5, blocks=4) if quick else spawn.compare()
+        results["spawn"] = (spawn.compare(n=20, rounds=1, block=5, blocks=4) if quick
+                            else spawn.compare())
     if "pending" in kinds:
         results["pending"] = pending_report.compare(rounds=rounds, scale=size)
     if "scale" in kinds:

@@ -14,7 +14,7 @@ import pytest
 
 import procmgr
 from procmgr import Domain, Err, ProcMgmtError, State
-from e2e_helpers import T, pm, process_gone, rt  # noqa: F401 (fixtures)
+from e2e_helpers import T, pm, process_gone, rt, wait_until  # noqa: F401 (fixtures)
 
 
 def test_exit_statuses(pm):
@@ -217,24 +217,19 @@ def test_shutdown_reaps_what_a_dead_worker_left(rt, pm):
     manager.suspend()
     try:
         worker.kill()
-        _until(lambda: worker.status() == psutil.STATUS_ZOMBIE)    # nobody reaps it yet
-        _until(lambda: psutil.Process(d.pid).ppid() == manager.pid)  # re-parented
+        wait_until(lambda: worker.status() == psutil.STATUS_ZOMBIE, what="worker dead, unreaped")
+        wait_until(lambda: psutil.Process(d.pid).ppid() == manager.pid,
+                   what="domain re-parented to the manager")
         os.kill(d.pid, signal.SIGKILL)
-        _until(lambda: psutil.Process(d.pid).status() == psutil.STATUS_ZOMBIE)
+        wait_until(lambda: psutil.Process(d.pid).status() == psutil.STATUS_ZOMBIE,
+                   what="domain dead, unreaped")
         manager.terminate()             # pending until it runs again
     finally:
         manager.resume()
     rt.proc.wait(timeout=T)
     assert process_gone(d.pid)
-    orphans = [c.pid for c in psutil.Process().children() if c.pid == d.pid]
-    assert orphans == [], "the dead worker's domain outlived the manager, unreaped"
-
-
-def _until(condition, timeout: float = T) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    assert d.pid not in [c.pid for c in psutil.Process().children()], \
+        "the dead worker's domain outlived the manager, unreaped"
 
 
 def test_worker_killed_mid_spawn_answers_everyone(rt, pm):

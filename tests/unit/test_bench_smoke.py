@@ -22,7 +22,7 @@ def test_spawn_comparison_runs():
     r = spawn_compare(n=10, rounds=2, block=3, blocks=3)
     assert all(v > 0 for v in r["medians"].values())
     assert r["latency_us"][0] > 0
-    for k in (1, 8):    # the ratio is the median of the rounds' own ratios
+    for k in (1, 8):    # the ratio is the median of the blocks' or rounds' own ratios
         low, high, _ = r[f"interval{k}"]
         assert 0 < low <= r[f"ratio{k}"] <= high
     assert f"{r['ratio1']:.2f}x" in table(r) and "confidence" in table(r)
