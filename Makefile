@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test soak bench clean
 
 # (Re)install when the build inputs change; the C extensions build in place.
-$(STAMP): pyproject.toml setup.py ringbuf/build.py ringbuf/_ring.h ringbuf/_ring.c ringbuf/_fastpath.c procmgr/_wire.c procmgr/_wire.h procmgr/_loop.c procmgr/_core.c procmgr/_core.h procmgr/_map.h procmgr/_pending.c spawnd_workers/_spawnd.c
+$(STAMP): pyproject.toml setup.py ringbuf/build.py ringbuf/_ring.h ringbuf/_ring.c ringbuf/_fastpath.c procmgr/_wire.c procmgr/_wire.h procmgr/_loop.c procmgr/_core.c procmgr/_core.h procmgr/_map.h procmgr/_pending.c spawnd_workers/_spawnd.c spawnd_workers/_rotator.c spawnd_workers/_rotator.h
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@

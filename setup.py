@@ -26,7 +26,9 @@ setup(
                  depends=["procmgr/_wire.h", "procmgr/_core.h", "procmgr/_map.h"]),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
-        c_module("spawnd_workers._spawnd", "spawnd_workers/_spawnd.c",
-                 include_dirs=["ringbuf", "procmgr"], depends=["procmgr/_wire.h"]),
+        # and its log rotator (spawnd_workers/_rotator.h says why).
+        c_module("spawnd_workers._spawnd", ["spawnd_workers/_spawnd.c", "spawnd_workers/_rotator.c"],
+                 include_dirs=["ringbuf", "procmgr"],
+                 depends=["procmgr/_wire.h", "spawnd_workers/_rotator.h"]),
     ],
 )

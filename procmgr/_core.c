@@ -38,9 +38,12 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "_core.h"
 #include "_map.h"
@@ -230,6 +233,7 @@ struct table {
     uint32_t history;            /* cleaned domains kept for a late wait */
     uint32_t *cleaned;           /* their ids, a FIFO of `history` */
     uint32_t cleaned_head, ncleaned;
+    int logs_dirfd;              /* the workers' log files; -1: none kept */
     uint32_t next_id;
     uint64_t nonces[NONCE_BATCH];
     uint32_t next_nonce;
@@ -313,6 +317,33 @@ static struct domain *table_create(struct table *t, PyObject *argv, uint16_t cor
     return d;
 }
 
+/* A domain forgotten: its log files go with it (spawnd_workers/_spawnd.c
+ * names them CORE/DOM.stdout and .stderr; rotated ones add .1, .2, ...
+ * without gaps). The current files are handed back to their core's pool of
+ * spare files rather than unlinked: a spawn then needs no file created
+ * (spawnd_workers/_rotator.h, "Spare files"). */
+static void remove_logs(struct table *t, const struct domain *d)
+{
+    static const char *const streams[] = {"stdout", "stderr"};
+    char name[96], spare[96];
+    for (uint32_t i = 0; i < d->cores.n; i++)
+        for (int s = 0; s < 2; s++) {
+            uint16_t core = d->cores.v[i].core;
+            snprintf(name, sizeof name, "%u/%u.%s", core, d->id, streams[s]);
+            snprintf(spare, sizeof spare, "%u/.spare/%u.%s", core, d->id, streams[s]);
+            if (renameat(t->logs_dirfd, name, t->logs_dirfd, spare) < 0) {
+                if (errno == ENOENT)
+                    continue;
+                unlinkat(t->logs_dirfd, name, 0);
+            }
+            for (unsigned n = 1;; n++) {
+                snprintf(name, sizeof name, "%u/%u.%s.%u", core, d->id, streams[s], n);
+                if (unlinkat(t->logs_dirfd, name, 0) < 0)
+                    break;
+            }
+        }
+}
+
 /* -> CLEANED: off the live list, into the history (oldest dropped). */
 static int table_retire(struct table *t, struct domain *d)
 {
@@ -326,8 +357,11 @@ static int table_retire(struct table *t, struct domain *d)
      * retired is safe until the next retirement evicts it. */
     if (t->ncleaned == t->history) {
         struct domain *old = map_del(&t->by_id, t->cleaned[t->cleaned_head]);
-        if (old != NULL)
+        if (old != NULL) {
+            if (t->logs_dirfd >= 0)
+                remove_logs(t, old);
             domain_free(old);
+        }
         t->cleaned[t->cleaned_head] = d->id;
         t->cleaned_head = (t->cleaned_head + 1) % t->history;
     } else {
@@ -1576,17 +1610,19 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"make_pending", "spawn_args", "protocol_error", "python_op",
                              "pending", "reply_queue", "max_cores", "table_capacity",
-                             "history", NULL};
+                             "history", "logs_dir_fd", NULL};
     PyObject *make_pending, *spawn_args, *protocol_error, *python_op, *kind = NULL;
     unsigned int reply_queue = 1024, max_cores = 1024, history = 4096;
+    int logs_dirfd = -1;
     unsigned long long capacity = 1 << 20;
     if (self->spawnds != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Core is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|UIIKI", kwlist, &make_pending,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|UIIKIi", kwlist, &make_pending,
                                      &spawn_args, &protocol_error, &python_op, &kind,
-                                     &reply_queue, &max_cores, &capacity, &history))
+                                     &reply_queue, &max_cores, &capacity, &history,
+                                     &logs_dirfd))
         return -1;
     if (max_cores == 0 || max_cores > 0x10000) {
         PyErr_Format(PyExc_ValueError, "max_cores must be 1..65536, got %u", max_cores);
@@ -1605,6 +1641,7 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
     self->max_cores = max_cores;
     self->table.capacity = capacity;
     self->table.history = history;
+    self->table.logs_dirfd = logs_dirfd;     /* the caller's: it outlives the Core */
     self->table.next_id = 1;
     self->table.next_nonce = NONCE_BATCH;
     self->reply_queue = reply_queue;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import subprocess
 from enum import IntEnum
 
 
@@ -38,6 +39,7 @@ class Err(IntEnum):
     NOT_FOUND = 30            # spawnd: no dispatcher of that domain on this core
     SHUTTING_DOWN = 31        # the manager is stopping
     INTERNAL = 32             # a bug in the manager; the manager carries on
+    OPEN_FAILED = 33          # a file the domain was to get (stdout=, caps) would not open
 
 
 _MESSAGES = {
@@ -64,6 +66,7 @@ _MESSAGES = {
     Err.NOT_FOUND: "no dispatcher of that domain on this core",
     Err.SHUTTING_DOWN: "the process manager is shutting down",
     Err.INTERNAL: "internal error in the process manager (please report it)",
+    Err.OPEN_FAILED: "a file for the program's descriptors could not be opened",
 }
 
 
@@ -74,7 +77,7 @@ def describe(code: int, status: int = 0, detail: str = "") -> str:
         text = f"{err.name}: {_MESSAGES[err]}"
     except ValueError:
         text = f"error {code}: unknown error code"
-    if code in (Err.EXEC_FAILED, Err.KILL_FAILED) and status > 0:
+    if code in (Err.EXEC_FAILED, Err.KILL_FAILED, Err.OPEN_FAILED) and status > 0:
         name = _errno.errorcode.get(status, str(status))
         text += f" ({name}: {os.strerror(status)})"
     if detail:
@@ -90,3 +93,24 @@ class ProcMgmtError(Exception):
         self.status = status
         self.detail = detail
         super().__init__(describe(code, status, detail))
+
+
+class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
+    """``run`` timed out: the domain was killed. Carries what it had printed
+    (``stdout``/``output``, ``stderr``) and the ``domain``. Both a
+    ``subprocess.TimeoutExpired`` and a ``TimeoutError``, so either
+    ``except`` a user's hands know catches it."""
+
+    def __init__(self, cmd, timeout: float, output=None, stderr=None, domain=None):
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
+        self.domain = domain
+
+
+class CalledProcessError(subprocess.CalledProcessError):
+    """``run(check=True)`` of a program that ended with a non-zero status
+    (negative: killed by that signal). A ``subprocess.CalledProcessError``
+    with the ``domain`` besides."""
+
+    def __init__(self, returncode: int, cmd, output=None, stderr=None, domain=None):
+        super().__init__(returncode, cmd, output, stderr)
+        self.domain = domain

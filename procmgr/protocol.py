@@ -261,17 +261,31 @@ def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolErr
 # ---- payloads ---------------------------------------------------------------
 
 _SPAWN_LENS = struct.Struct("<HHHH")
-_CAP_MODES = ("r", "w", "a", "rw")
+_FILE_MODES = ("r", "w", "a", "rw")
+# "n": /dev/null, for reading at 0 and writing elsewhere; its text is "". Short
+# on purpose: a spawn of /bin/true with both streams to /dev/null fits one slot.
+# "log": the runtime captures what the domain writes there (the worker's log
+# relay); its text is "" (the runtime's bounds) or "MAX_BYTES:BACKUPS".
+# "dup": a copy of another of the domain's descriptors; its text is that
+# descriptor's number (stderr=STDOUT is (2, "dup", "1")).
+# "inherit": a copy of another process's descriptor, "PID:FD" (the spawning
+# client's own stdout is (1, "inherit", "PID:1")).
+_CAP_MODES = _FILE_MODES + ("n", "log", "dup", "inherit")
 
 
 @dataclass(slots=True)
 class SpawnArgs:
     """What a spawn carries: the program, its argv and env, and its caps.
 
-    Caps (spawn_with_caps) are files the domain gets open at given
-    descriptor numbers: ``(fd, mode, path)`` with mode one of r, w, a, rw.
-    The worker opens them itself (posix_spawn file actions), so nothing of
+    Caps (spawn_with_caps) say what the domain's descriptors are:
+    ``(fd, mode, text)``. With mode r, w, a or rw, text is a file the
+    domain gets open at ``fd``; with "log", ``fd`` is captured into the
+    domain's log; with "dup", ``fd`` is a copy of descriptor ``int(text)``;
+    with "inherit", of descriptor FD of process PID (text "PID:FD").
+    The worker makes them itself (posix_spawn file actions), so nothing of
     the client's or the runtime's own descriptors leaks into the domain.
+    A spawn without a cap for 0 gets /dev/null there, and without one for 1
+    or 2 has them captured ("log").
     """
 
     path: str
@@ -280,9 +294,12 @@ class SpawnArgs:
     caps: list[tuple[int, str, str]] = field(default_factory=list)
 
     def encode(self) -> bytes:
+        # argv == [path], the usual case, travels as nothing (and a bit): a
+        # spawn of /bin/true with its streams named still fits one slot.
+        argv_is_path = self.argv == [self.path]
         parts = [
             _field("path", self.path.encode()),
-            _field("argv", _join("argv", self.argv)),
+            _field("argv", b"" if argv_is_path else _join("argv", self.argv)),
             _field("env", b"" if self.env is None else _join(
                 "env", [_env_text(k, v) for k, v in self.env.items()])),
             _field("caps", _join("caps", [_cap_text(c) for c in self.caps])),
@@ -290,6 +307,8 @@ class SpawnArgs:
         # env None ("inherit the worker's environment") and {} (empty) differ:
         # the high bit of the env length says "given".
         lens = [len(p) for p in parts]
+        if argv_is_path:
+            lens[1] |= 0x8000
         if self.env is not None:
             lens[2] |= 0x8000
         return _SPAWN_LENS.pack(*lens) + b"".join(parts)
@@ -298,8 +317,9 @@ class SpawnArgs:
     def decode(cls, payload: bytes) -> SpawnArgs:
         if len(payload) < _SPAWN_LENS.size:
             raise ProtocolError("spawn payload shorter than its length fields")
-        lp, la, le_raw, lc = _SPAWN_LENS.unpack_from(payload)
+        lp, la_raw, le_raw, lc = _SPAWN_LENS.unpack_from(payload)
         env_given, le = bool(le_raw & 0x8000), le_raw & 0x7FFF
+        argv_is_path, la = bool(la_raw & 0x8000), la_raw & 0x7FFF
         if _SPAWN_LENS.size + lp + la + le + lc != len(payload):
             raise ProtocolError(
                 f"spawn payload is {len(payload)} bytes but its fields add up to "
@@ -326,6 +346,10 @@ class SpawnArgs:
             raise ProtocolError("the program path contains a NUL byte")
         if env_items and not env_given:
             raise ProtocolError("spawn payload has env entries but says env is not given")
+        if argv_is_path:
+            if argv:
+                raise ProtocolError("spawn payload has argv entries but says argv is [path]")
+            argv = [path]
         env = None
         if env_given:
             env = {}
@@ -379,16 +403,49 @@ def _cap_text(cap: tuple[int, str, str]) -> str:
         raise ValueError(f"cap descriptor {fd!r} is not a number in 0..1023")
     if mode not in _CAP_MODES:
         raise ValueError(f"cap mode {mode!r} is not one of {', '.join(_CAP_MODES)}")
-    if not path:
-        raise ValueError(f"cap for descriptor {fd} has no path")
+    problem = _cap_problem(fd, mode, path)
+    if problem:
+        raise ValueError(problem)
     return f"{fd}:{mode}:{path}"
+
+
+def _cap_problem(fd: int, mode: str, text: str) -> str:
+    """What is wrong with a cap's text for its mode ("" if nothing)."""
+    if mode == "log":
+        if fd not in (1, 2):
+            return f"only stdout and stderr can be captured, not descriptor {fd}"
+        if text:
+            limit, sep, backups = text.partition(":")
+            if not (sep and limit.isascii() and limit.isdigit() and backups.isascii()
+                    and backups.isdigit() and 0 < int(limit) < 1 << 63
+                    and int(backups) < 1000):
+                return f"log bounds {text!r} are not MAX_BYTES:BACKUPS (MAX_BYTES > 0)"
+        return ""
+    if mode == "n":
+        return f"cap for descriptor {fd} to /dev/null has text {text!r}" if text else ""
+    if mode == "inherit":
+        pid, sep, src = text.partition(":")
+        if fd not in (1, 2):
+            return f"only stdout and stderr can be inherited, not descriptor {fd}"
+        if not (sep and pid.isascii() and pid.isdigit() and src.isascii() and src.isdigit()
+                and 0 < int(pid) < 1 << 22 and int(src) < 1 << 20):
+            return f"inherited descriptor {text!r} is not PID:FD"
+        return ""
+    if mode == "dup":
+        if not (text.isascii() and text.isdigit() and int(text) < 1024 and int(text) != fd):
+            return f"cap for descriptor {fd} copies {text!r}, not another descriptor 0..1023"
+        return ""
+    return "" if text else f"cap for descriptor {fd} has no path"
 
 
 def _parse_cap(text: str) -> tuple[int, str, str]:
     fd, _, rest = text.partition(":")
     mode, _, path = rest.partition(":")
-    if not (fd.isascii() and fd.isdigit()) or int(fd) >= 1024 or mode not in _CAP_MODES or not path:
+    if not (fd.isascii() and fd.isdigit()) or int(fd) >= 1024 or mode not in _CAP_MODES:
         raise ProtocolError(f"cap {text!r} is not FD:MODE:PATH")
+    problem = _cap_problem(int(fd), mode, path)
+    if problem:
+        raise ProtocolError(f"cap {text!r} is not FD:MODE:PATH ({problem})")
     return int(fd), mode, path
 
 

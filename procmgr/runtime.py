@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import threading
 import time
 
 from procmgr.client import Client
+from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
 from procmgr.osutil import become_subreaper, children_of, end_and_reap, runtime_dir
 from ringbuf import Ring, RingError
 
@@ -71,6 +73,22 @@ class _Subreaping:
 _SUBREAPER = _Subreaping()
 
 
+def _read_line(fd: int, timeout: float) -> bytes:
+    """One line from a pipe, waiting at most ``timeout`` seconds in all;
+    what came before EOF or the deadline otherwise."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 4096:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class RuntimeNotFound(ConnectionError):
     """No runtime of that name is running (for this user)."""
 
@@ -101,14 +119,26 @@ def connect(name: str, _token: str = "") -> Client:
         sock.close()
         raise
     sock.settimeout(None)
-    return Client(requests, responses, connection=sock, doorbell=doorbell)
+    return Client(requests, responses, connection=sock, doorbell=doorbell,
+                  logs_dir=os.path.join(runtime_dir(name), "logs"))
 
 
 class Runtime:
     def __init__(self, cores: int = 4, pending: str = "replyq", name: str | None = None,
-                 kill_grace: float = 0.2, pin: bool = True, simulate: bool = False):
+                 kill_grace: float = 0.2, pin: bool = True, simulate: bool = False,
+                 log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
+                 history: int = 4096):
         """``simulate``: workers record dispatchers without starting
-        processes -- for measuring the control plane alone."""
+        processes -- for measuring the control plane alone.
+        ``log_max_bytes``, ``log_backups``: a captured stream's file is
+        rotated at that size and that many rotated files kept, unless a
+        spawn says otherwise (procmgr/logs.py). ``history``: how many ended
+        domains are remembered, for a late wait or status and their logs."""
+        if type(history) is not int or history < 1:
+            raise ValueError(f"history must be an int >= 1, not {history!r}")
+        self.history = history
+        stream_caps(log_max_bytes=log_max_bytes, log_backups=log_backups)  # checked now
+        self.log_bounds = (log_max_bytes, log_backups)
         self.simulate = simulate
         self.cores = cores
         self.pending = pending
@@ -127,9 +157,14 @@ class Runtime:
         token_r, token_w = os.pipe()
         os.write(token_w, token.encode())
         os.close(token_w)
+        # It says "ready" on a pipe of its own that it closes then: never on
+        # its stdout, which its workers and their programs would inherit.
+        ready_r, ready_w = os.pipe()
         cmd = [sys.executable, "-m", "procmgr.server", "--name", self.name,
                "--cores", str(self.cores), "--pending", self.pending,
-               "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r)]
+               "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r),
+               "--ready-fd", str(ready_w), "--log-max-bytes", str(self.log_bounds[0]),
+               "--log-backups", str(self.log_bounds[1]), "--history", str(self.history)]
         if not self.pin:
             cmd.append("--no-pin")
         if self.simulate:
@@ -138,20 +173,30 @@ class Runtime:
         # re-parented to us rather than to init, so the guard can end them.
         _SUBREAPER.acquire()
         try:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, pass_fds=(token_r,),
-                                         env=dict(os.environ))
+            # Its stderr stays ours until it has its runtime log: what stops
+            # it from starting is said here.
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL,
+                                         pass_fds=(token_r, ready_w), env=dict(os.environ))
         except BaseException:
             _SUBREAPER.release()
+            os.close(ready_r)
             raise
         finally:
             os.close(token_r)
+            os.close(ready_w)
         self._guard = threading.Thread(target=self._guard_manager, args=(self.proc.pid,),
                                        name=f"procmgr-guard-{self.name}", daemon=True)
         self._guard.start()
-        ready = self.proc.stdout.readline()
+        try:
+            ready = _read_line(ready_r, START_TIMEOUT)
+        finally:
+            os.close(ready_r)
         if ready.strip() != b"ready":
             self.close()
-            raise RuntimeError(f"the manager of runtime {self.name!r} did not start")
+            why = ready.decode(errors="replace").strip() or \
+                f"no word from it within {START_TIMEOUT:.0f} s"
+            raise RuntimeError(f"the manager of runtime {self.name!r} did not start: {why}")
         self._note_workers()
         self.monitor = connect(self.name, token)
         return self
@@ -213,12 +258,9 @@ class Runtime:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        directory = runtime_dir(self.name)
-        for leftover in (os.path.join(directory, "manager.sock"), directory):
-            try:
-                (os.rmdir if leftover == directory else os.unlink)(leftover)
-            except (FileNotFoundError, OSError):
-                pass
+        # Its socket, logs and runtime log (the manager removes them itself
+        # when it is not killed).
+        shutil.rmtree(runtime_dir(self.name), ignore_errors=True)
 
     def _is_ours(self, pid: int) -> bool:
         marker = f"PROCMGR_RUNTIME={self.name}".encode()
@@ -258,7 +300,6 @@ class Runtime:
                 self.proc.kill()
                 self.proc.wait()
         self._guard.join(timeout=15)
-        self.proc.stdout.close()
         self.proc = None
         _SUBREAPER.release()
 

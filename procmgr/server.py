@@ -15,6 +15,11 @@ Started by a Runtime (the monitor). It
   are killed (they would otherwise outlive it);
 - on SIGTERM/SIGINT, or when its parent dies, stops its workers, which end
   every domain, and removes what it created.
+
+What it and its workers print (diagnostics) goes to ``runtime.log`` in the
+runtime's directory, never to a descriptor of whoever started it; the
+domains' captured output goes to ``logs/`` beside it (spawnd_workers/_relay.h).
+It says it is ready by writing a line to ``--ready-fd`` and closing it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import gc
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -32,6 +38,7 @@ import sys
 import time
 
 from procmgr.channel import Channel
+from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.loop import EventLoop
 from procmgr.manager import Manager
 from procmgr.osutil import (
@@ -42,16 +49,24 @@ from ringbuf import Ring, unique_name
 
 RING_CAPACITY = 4096
 HANDSHAKE_TIMEOUT = 2.0
+RUNTIME_LOG = "runtime.log"     # the manager's and workers' diagnostics
+LOGS = "logs"                   # the domains' captured output
 
 
 class Server:
     def __init__(self, name: str, cores: int, pending: str, token: str,
-                 kill_grace: float, pin: bool = True, simulate: bool = False):
+                 kill_grace: float, pin: bool = True, simulate: bool = False,
+                 log_bounds: tuple[int, int] | None = None, history: int = 4096):
         self.simulate = simulate
         self.name = name
         self.dir = runtime_dir(name)
         os.makedirs(self.dir, mode=0o700, exist_ok=False)
-        self.mgr = Manager(pending=pending)
+        _diagnostics_to(os.path.join(self.dir, RUNTIME_LOG))
+        self.logs_dir = os.path.join(self.dir, LOGS)
+        os.mkdir(self.logs_dir, 0o700)
+        self.log_bounds = log_bounds
+        self.logs_fd = os.open(self.logs_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.mgr = Manager(pending=pending, logs_dir_fd=self.logs_fd, history=history)
         self.loop = EventLoop(self.mgr)
         self.token = token
         self.kill_grace = kill_grace
@@ -84,12 +99,18 @@ class Server:
         cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
                "--requests", requests.name, "--replies", replies.name,
                "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
-               "--kill-grace", str(self.kill_grace), "--runtime", self.name]
+               "--kill-grace", str(self.kill_grace), "--runtime", self.name,
+               "--logs-dir", self.logs_dir]
+        if self.log_bounds is not None:
+            cmd += ["--log-max-bytes", str(self.log_bounds[0]),
+                    "--log-backups", str(self.log_bounds[1])]
         if not self.pin:
             cmd.append("--no-pin")
         if self.simulate:
             cmd.append("--simulate")
-        proc = subprocess.Popen(cmd, pass_fds=(doorbell, self.loop.doorbell))
+        # Its stdout and stderr are ours: the runtime's log.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                pass_fds=(doorbell, self.loop.doorbell))
         requests.set_doorbell(doorbell)   # we push requests: ring the worker
         replies.set_doorbell(doorbell)    # we pop replies: ring it if it waits for room
         self.workers[core] = proc
@@ -245,11 +266,21 @@ class Server:
         for hs in self._handshakes.values():
             hs.close()
         self.sock.close()
-        try:
-            os.unlink(os.path.join(self.dir, "manager.sock"))
-            os.rmdir(self.dir)
-        except FileNotFoundError:
-            pass
+        os.close(self.logs_fd)
+        # The socket, the domains' logs, this log: nothing is left.
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _diagnostics_to(path: str) -> None:
+    """Our stdout and stderr -- and so our workers' -- become the runtime's
+    log file: never a pipe or terminal of whoever started us, which a
+    chatty program could fill or which may be gone."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class _Handshake:
@@ -298,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="workers record dispatchers without starting processes")
     ap.add_argument("--token-fd", type=int, default=-1,
                     help="a pipe holding the monitor's token (no token: no monitor)")
+    ap.add_argument("--ready-fd", type=int, default=-1,
+                    help="a pipe to write 'ready' to, then close")
+    ap.add_argument("--history", type=int, default=4096,
+                    help="ended domains remembered, with their logs")
+    ap.add_argument("--log-max-bytes", type=int, help="a captured stream's file size bound")
+    ap.add_argument("--log-backups", type=int, help="rotated files kept per stream")
     args = ap.parse_args(argv)
     server = None
 
@@ -315,8 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.token_fd >= 0:
         with os.fdopen(args.token_fd, "rb") as f:
             token = f.read(256).decode()
-    server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
-                    pin=not args.no_pin, simulate=args.simulate)
+    if args.ready_fd >= 0:
+        os.set_inheritable(args.ready_fd, False)   # never a worker's or a domain's
+    bounds = None
+    if args.log_max_bytes is not None or args.log_backups is not None:
+        bounds = (args.log_max_bytes or LOG_MAX_BYTES,
+                  LOG_BACKUPS if args.log_backups is None else args.log_backups)
+    try:
+        server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
+                        pin=not args.no_pin, simulate=args.simulate, log_bounds=bounds,
+                        history=args.history)
+    except Exception as e:
+        # Said to whoever waits for us (the traceback is in the runtime log).
+        if args.ready_fd >= 0:
+            os.write(args.ready_fd, f"error: {type(e).__name__}: {e}\n".encode()[:1000])
+        raise
     # Everything made so far (modules, the server, its workers' state) lives
     # as long as the manager: out of the collector's way. Measured: full
     # collections walking it cost the control plane ~15% of its requests/s.
@@ -327,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     # keeps the same bound on cyclic garbage, collected ~15x less often.
     # Measured (callgrind, whole control plane): 5% of its instructions.
     gc.set_threshold(10_000, 10, 10)
-    print("ready", flush=True)
+    if args.ready_fd >= 0:
+        os.write(args.ready_fd, b"ready\n")
+        os.close(args.ready_fd)
     try:
         server.run()
     finally:

@@ -47,6 +47,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "_rotator.h"
 #include "_ring.h"
 #include "_wire.h"
 
@@ -74,27 +75,53 @@ static PyStructSequence_Field dispatcher_fields[] = {
     {"pid", "process id (also its process group: it leads one)"},
     {"pidfd", "readable once the process has exited"},
     {"span", "True for a dispatcher started by span"},
+    {"logs", "rotator slots of its captured streams (a tuple; emptied once ended)"},
     {NULL, NULL},
 };
 
 static PyStructSequence_Desc dispatcher_desc = {
     "spawnd_workers._spawnd.Dispatcher",
     "One running dispatcher of a domain on this core.",
-    dispatcher_fields, 5,
+    dispatcher_fields, 6,
 };
 
 /* ---- Prepared ------------------------------------------------------------ */
 
+/* What a dispatcher's descriptor `fd` is made, in order (dups last: they
+ * copy what the others made). A log's file is named after the domain and an
+ * inherited descriptor is taken anew, for each spawn ("per spawn"); the
+ * others are the same each time. */
+enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
+#define MAX_PER_SPAWN 2       /* stdout and stderr */
+
+struct action {
+    int kind, fd;
+    char *path;               /* ACT_OPEN */
+    int flags, mode;          /* ACT_OPEN */
+    int src;                  /* ACT_DUP: the descriptor copied; ACT_INHERIT: the caller's */
+    pid_t pid;                /* ACT_INHERIT: the caller */
+    uint64_t max_bytes;       /* ACT_LOG */
+    uint32_t backups;         /* ACT_LOG */
+};
+
 typedef struct {
     PyObject_HEAD
     PyObject *path;       /* as given: for error messages */
+    PyObject *given;      /* the actions as given: for error messages */
     PyObject *keep;       /* list of the bytes the arrays below point into */
     char *file;
     char **argv;          /* NULL-terminated */
     char **envp;          /* nenv entries, IDENT_VARS slots, NULL */
     Py_ssize_t nenv;
-    posix_spawn_file_actions_t actions;
-    int have_actions;
+    struct action *actions;
+    Py_ssize_t nactions;
+    int nlogs;            /* ACT_LOG entries */
+    int ninherit;         /* ACT_INHERIT entries */
+    int nper_spawn;       /* both */
+    /* Without per-spawn descriptors the file actions are the same every
+     * time: built once. With them, built for each spawn. */
+    posix_spawn_file_actions_t fixed;
+    int have_fixed;
 } PreparedObject;
 
 /* The bytes of a str or bytes (via the file-system encoding, as os.posix_spawn
@@ -136,15 +163,63 @@ static char **string_array(PyObject *keep, PyObject *seq, Py_ssize_t spare,
     return arr;
 }
 
-/* Prepared(path, argv, env, opens): env is the whole environment but for
- * the per-spawn variables; opens are (fd, path, flags, mode) to open in the
- * child, in order. */
+/* What the per-spawn actions need: the domain (its log files are named
+ * after it) and the descriptors inherited for it (inherited[i] for the i-th
+ * ACT_INHERIT; closed here once the program has started). */
+struct per_spawn {
+    const char *logs_dir;     /* the core's logs directory */
+    uint32_t dom;
+    int inherited[MAX_PER_SPAWN];
+};
+
+/* How a captured stream's file is opened: by the program, for appending --
+ * it writes its output there itself (spawnd_workers/_rotator.h). */
+#define LOG_FLAGS (O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW)
+
+/* Adds the descriptor actions to fa (ps: NULL when there are no per-spawn
+ * ones). 0, or an errno. */
+static int add_actions(PreparedObject *p, posix_spawn_file_actions_t *fa,
+                       const struct per_spawn *ps)
+{
+    int rc = 0, k = 0;
+    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+        struct action *a = &p->actions[i];
+        char file[PATH_MAX], name[ROTATOR_NAME];
+        switch (a->kind) {
+        case ACT_OPEN:
+            rc = posix_spawn_file_actions_addopen(fa, a->fd, a->path, a->flags,
+                                                  (mode_t)a->mode);
+            break;
+        case ACT_LOG:          /* the path is copied (POSIX says so; glibc does) */
+            rotator_name(name, sizeof name, ps->dom, a->fd);
+            if (snprintf(file, sizeof file, "%s/%s", ps->logs_dir, name) >= (int)sizeof file)
+                rc = ENAMETOOLONG;
+            else
+                rc = posix_spawn_file_actions_addopen(fa, a->fd, file, LOG_FLAGS, 0600);
+            break;
+        case ACT_INHERIT:
+            rc = posix_spawn_file_actions_adddup2(fa, ps->inherited[k++], a->fd);
+            break;
+        default:
+            rc = posix_spawn_file_actions_adddup2(fa, a->src, a->fd);
+        }
+    }
+    return rc;
+}
+
+/* Prepared(path, argv, env, actions): env is the whole environment but for
+ * the per-spawn variables; actions say what each descriptor the program
+ * starts with is, in order: ("open", fd, path, flags, mode), ("log", fd,
+ * max_bytes, backups) -- the domain's log file, bounded by the rotator --,
+ * ("inherit", fd, pid, src) -- process pid's descriptor src -- or ("dup",
+ * fd, src).
+ * No other descriptor is passed on. */
 static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "argv", "env", "opens", NULL};
-    PyObject *path, *argv, *env, *opens;
+    static char *kwlist[] = {"path", "argv", "env", "actions", NULL};
+    PyObject *path, *argv, *env, *actions;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO:Prepared", kwlist,
-                                     &path, &argv, &env, &opens))
+                                     &path, &argv, &env, &actions))
         return NULL;
     PreparedObject *p = (PreparedObject *)type->tp_alloc(type, 0);
     if (p == NULL)
@@ -159,32 +234,83 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     p->envp = string_array(p->keep, env, IDENT_VARS, &p->nenv, "env must be a sequence");
     if (p->envp == NULL)
         goto fail;
-    posix_spawn_file_actions_init(&p->actions);
-    p->have_actions = 1;
-    PyObject *fast = PySequence_Fast(opens, "opens must be a sequence");
+    p->given = PySequence_Tuple(actions);
+    if (p->given == NULL)
+        goto fail;
+    PyObject *fast = PySequence_Fast(actions, "actions must be a sequence");
     if (fast == NULL)
         goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-        int fd, flags, mode;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    p->actions = PyMem_Calloc((size_t)n + 1, sizeof *p->actions);
+    if (p->actions == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        struct action *a = &p->actions[i];
+        const char *kind;
         PyObject *file;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iOii:opens entry",
-                              &fd, &file, &flags, &mode)) {
+        unsigned long long max_bytes;
+        unsigned int backups;
+        int ok = PyTuple_Check(item) && PyTuple_GET_SIZE(item) > 0;
+        kind = ok ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0)) : NULL;
+        if (kind == NULL) {
+            ok = 0;
+        } else if (strcmp(kind, "open") == 0) {
+            a->kind = ACT_OPEN;
+            ok = PyArg_ParseTuple(item, "siOii:actions entry", &kind, &a->fd, &file,
+                                  &a->flags, &a->mode) &&
+                 (a->path = keep_fs_bytes(p->keep, file)) != NULL;
+        } else if (strcmp(kind, "log") == 0) {
+            a->kind = ACT_LOG;
+            ok = PyArg_ParseTuple(item, "siKI:actions entry", &kind, &a->fd, &max_bytes,
+                                  &backups);
+            a->max_bytes = max_bytes;
+            a->backups = backups;
+            p->nlogs += ok;
+        } else if (strcmp(kind, "inherit") == 0) {
+            a->kind = ACT_INHERIT;
+            ok = PyArg_ParseTuple(item, "siii:actions entry", &kind, &a->fd, &a->pid, &a->src);
+            p->ninherit += ok;
+        } else if (strcmp(kind, "dup") == 0) {
+            a->kind = ACT_DUP;
+            ok = PyArg_ParseTuple(item, "sii:actions entry", &kind, &a->fd, &a->src);
+        } else {
+            PyErr_Format(PyExc_ValueError, "unknown descriptor action %R", item);
+            ok = 0;
+        }
+        if (ok && (a->fd < 0 || (a->kind == ACT_DUP && a->src < 0))) {
+            PyErr_SetString(PyExc_ValueError, "a descriptor number is negative");
+            ok = 0;
+        }
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "actions entry %R is not a tuple "
+                             "(\"open\"|\"log\"|\"dup\", fd, ...)", item);
             Py_DECREF(fast);
             goto fail;
         }
-        char *name = keep_fs_bytes(p->keep, file);
-        int rc = name ? posix_spawn_file_actions_addopen(&p->actions, fd, name, flags,
-                                                         (mode_t)mode) : 0;
-        if (name == NULL || rc != 0) {
-            if (rc != 0) {
-                errno = rc;
-                PyErr_SetFromErrno(PyExc_OSError);
-            }
+        if (ok && (a->kind == ACT_LOG || a->kind == ACT_INHERIT) &&
+            ++p->nper_spawn > MAX_PER_SPAWN) {
+            PyErr_SetString(PyExc_ValueError, "at most two streams captured or inherited");
             Py_DECREF(fast);
+            goto fail;
+        }
+        p->nactions = i + 1;
+    }
+    Py_DECREF(fast);
+    if (p->nper_spawn == 0) {
+        posix_spawn_file_actions_init(&p->fixed);
+        p->have_fixed = 1;
+        int rc = add_actions(p, &p->fixed, NULL);
+        if (rc != 0) {
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
             goto fail;
         }
     }
-    Py_DECREF(fast);
     return (PyObject *)p;
 fail:
     Py_DECREF(p);
@@ -193,24 +319,30 @@ fail:
 
 static void prepared_dealloc(PreparedObject *p)
 {
-    if (p->have_actions)
-        posix_spawn_file_actions_destroy(&p->actions);
+    if (p->have_fixed)
+        posix_spawn_file_actions_destroy(&p->fixed);
+    PyMem_Free(p->actions);
     PyMem_Free(p->argv);
     PyMem_Free(p->envp);
     Py_XDECREF(p->path);
+    Py_XDECREF(p->given);
     Py_XDECREF(p->keep);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
 static PyMemberDef prepared_members[] = {
     {"path", T_OBJECT_EX, offsetof(PreparedObject, path), READONLY, "the program's path"},
+    {"actions", T_OBJECT_EX, offsetof(PreparedObject, given), READONLY,
+     "the descriptor actions, as given (a tuple)"},
+    {"captured", T_INT, offsetof(PreparedObject, nlogs), READONLY,
+     "how many of its streams are captured in log files"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject PreparedType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "spawnd_workers._spawnd.Prepared",
-    .tp_doc = "Prepared(path, argv, env, opens): a program as posix_spawn takes it.",
+    .tp_doc = "Prepared(path, argv, env, actions): a program as posix_spawn takes it.",
     .tp_basicsize = sizeof(PreparedObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = prepared_new,
@@ -235,19 +367,31 @@ typedef struct {
     PyObject *runtime_var;        /* bytes: PROCMGR_RUNTIME=... */
     char core_var[32];
     char dom_var[32];
+    struct rotator *rotator;      /* captured streams' bounds; NULL: no logs directory */
+    int logs_dirfd;               /* the core's logs directory, and its path: */
+    PyObject *logs_dir;           /* bytes, for the programs' opens */
 } HotPathObject;
 
-static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span)
+static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span,
+                                const int *slots, int nslots)
 {
     PyObject *d = PyStructSequence_New(DispatcherType);
     if (d == NULL)
         return NULL;
-    PyObject *v[5] = {
+    PyObject *logs = PyTuple_New(nslots);
+    for (int i = 0; logs != NULL && i < nslots; i++) {
+        PyObject *slot = PyLong_FromLong(slots[i]);
+        if (slot == NULL)
+            Py_CLEAR(logs);
+        else
+            PyTuple_SET_ITEM(logs, i, slot);
+    }
+    PyObject *v[6] = {
         PyLong_FromUnsignedLong(dom), PyLong_FromUnsignedLongLong(nonce),
-        PyLong_FromLong(pid), PyLong_FromLong(pidfd), PyBool_FromLong(span),
+        PyLong_FromLong(pid), PyLong_FromLong(pidfd), PyBool_FromLong(span), logs,
     };
     int ok = 1;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         if (v[i] == NULL) {
             ok = 0;
             v[i] = Py_NewRef(Py_None);
@@ -259,14 +403,85 @@ static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pid
     return d;
 }
 
+/* The log rotator, for a worker given a logs directory (the path of this
+ * core's); its thread runs on `cpus` (an iterable of CPU numbers; None:
+ * where the worker may). */
+static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus)
+{
+    if (c->rotator != NULL || logs_dir == Py_None)
+        return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (cpus != Py_None) {
+        PyObject *it = PyObject_GetIter(cpus), *item;
+        if (it == NULL)
+            return -1;
+        while ((item = PyIter_Next(it)) != NULL) {
+            long cpu = PyLong_AsLong(item);
+            Py_DECREF(item);
+            if (cpu < 0 || cpu >= CPU_SETSIZE) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "CPU %ld is out of range", cpu);
+                Py_DECREF(it);
+                return -1;
+            }
+            CPU_SET((int)cpu, &set);
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(logs_dir, &path))
+        return -1;
+    int dirfd = open(PyBytes_AS_STRING(path), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    c->rotator = dirfd < 0 ? NULL : PyMem_Calloc(1, sizeof *c->rotator);
+    int rc = dirfd < 0 ? -errno : c->rotator == NULL ? -ENOMEM
+             : rotator_init(c->rotator, dirfd, cpus == Py_None ? NULL : &set);
+    if (rc < 0) {
+        PyMem_Free(c->rotator);
+        c->rotator = NULL;
+        if (dirfd >= 0)
+            close(dirfd);
+        errno = -rc;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, logs_dir);
+        Py_DECREF(path);
+        return -1;
+    }
+    c->logs_dirfd = dirfd;
+    c->logs_dir = path;
+    return 0;
+}
+
+/* The dispatcher is gone: its captured streams are the rotator's to check
+ * once more and let go (_rotator.h). Once only: the slots are forgotten here. */
+static void end_logs(HotPathObject *c, PyObject *d)
+{
+    PyObject *logs = PyStructSequence_GET_ITEM(d, 5);
+    if (c->rotator == NULL || !PyTuple_Check(logs) || PyTuple_GET_SIZE(logs) == 0)
+        return;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(logs); i++)
+        rotator_end(c->rotator, (int)PyLong_AsLong(PyTuple_GET_ITEM(logs, i)));
+    PyObject *none = PyTuple_New(0);
+    if (none == NULL) {
+        PyErr_Clear();
+        return;        /* cannot happen: the empty tuple is a singleton */
+    }
+    PyStructSequence_SET_ITEM(d, 5, none);
+    Py_DECREF(logs);
+}
+
 static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"requests", "replies", "epoll_fd", "child_fd", "core",
-                             "runtime", NULL};
-    PyObject *req, *rep, *runtime;
+                             "runtime", "logs_dir", "rotator_cpus", NULL};
+    PyObject *req, *rep, *runtime, *logs_dir = Py_None, *cpus = Py_None;
     int core;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO:HotPath", kwlist, &req, &rep,
-                                     &c->epfd, &c->child_fd, &core, &runtime))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO|OO:HotPath", kwlist, &req, &rep,
+                                     &c->epfd, &c->child_fd, &core, &runtime, &logs_dir,
+                                     &cpus))
+        return -1;
+    if (init_rotator(c, logs_dir, cpus) < 0)
         return -1;
     c->requests = PyLong_AsVoidPtr(req);
     c->replies = PyLong_AsVoidPtr(rep);
@@ -305,6 +520,12 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
 
 static void hotpath_dealloc(HotPathObject *c)
 {
+    if (c->rotator != NULL) {
+        rotator_close(c->rotator);
+        PyMem_Free(c->rotator);
+        close(c->logs_dirfd);
+    }
+    Py_XDECREF(c->logs_dir);
     if (c->have_attr)
         posix_spawnattr_destroy(&c->attr);
     Py_XDECREF(c->dispatchers);
@@ -320,6 +541,7 @@ static void hotpath_dealloc(HotPathObject *c)
  * the epoll set -- to report the dead process under the number's next use. */
 static int forget(HotPathObject *c, PyObject *d)
 {
+    end_logs(c, d);
     int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
@@ -331,10 +553,122 @@ static int forget(HotPathObject *c, PyObject *d)
     return rc;
 }
 
+/* A copy of process pid's descriptor fd: the same open file (its offset
+ * shared) where we may take it (pidfd_getfd needs ptrace rights over pid);
+ * else the same file opened anew through /proc, for appending -- a
+ * terminal or a pipe is then the same, a regular file has an offset of its
+ * own. A descriptor, or -errno. */
+static int inherited_fd(pid_t pid, int fd)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0)
+        return -errno;
+    int got = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);   /* close-on-exec */
+    int err = errno;
+    close(pidfd);
+    if (got >= 0)
+        return got;
+    if (err == EBADF || err == ESRCH)
+        return -err;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
+    got = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC);
+    return got < 0 ? -errno : got;
+}
+
+/* The descriptors p inherits, taken for this spawn into ps->inherited; 0,
+ * or an errno with *failed_fd the program's descriptor that could not be
+ * made and nothing left open. */
+static int take_inherited(PreparedObject *p, struct per_spawn *ps, int *failed_fd)
+{
+    int n = 0, rc = 0;
+    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+        struct action *a = &p->actions[i];
+        if (a->kind != ACT_INHERIT)
+            continue;
+        int fd = inherited_fd(a->pid, a->src);
+        if (fd < 0) {
+            rc = -fd;
+            *failed_fd = a->fd;
+        } else {
+            ps->inherited[n++] = fd;
+        }
+    }
+    if (rc != 0)
+        while (n > 0)
+            close(ps->inherited[--n]);
+    return rc;
+}
+
+/* Each captured stream's file, made of a spare one where there is one
+ * (_rotator.h, "Spare files"); else the program creates it as it opens it. */
+static void place_spares(HotPathObject *c, PreparedObject *p, uint32_t dom)
+{
+    for (Py_ssize_t i = 0; i < p->nactions; i++) {
+        struct action *a = &p->actions[i];
+        char spare[ROTATOR_NAME], name[ROTATOR_NAME];
+        if (a->kind != ACT_LOG || rotator_take(c->rotator, spare) < 0)
+            continue;
+        rotator_name(name, sizeof name, dom, a->fd);
+        renameat(c->rotator->spare_dirfd, spare, c->logs_dirfd, name);
+    }
+}
+
+/* posix_spawn with p's descriptor actions; each captured stream is given
+ * to the rotator (slots[i], *nslots of them). 0, or an errno with nothing
+ * left running or open; *failed_fd says which of the program's descriptors
+ * could not be made (-1: the program, or a file it was to open, failed). */
+static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom, pid_t *pid,
+                              int *slots, int *nslots, int *failed_fd)
+{
+    *nslots = 0;
+    *failed_fd = -1;
+    if (p->nper_spawn == 0)
+        return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
+    if (p->nlogs > 0 && c->rotator == NULL)
+        return ENOTSUP;          /* worker.py refuses "log" first, with words */
+    struct per_spawn ps = {.logs_dir = c->logs_dir ? PyBytes_AS_STRING(c->logs_dir) : "",
+                           .dom = dom};
+    int rc = take_inherited(p, &ps, failed_fd);
+    if (rc != 0)
+        return rc;
+    place_spares(c, p, dom);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    rc = add_actions(p, &fa, &ps);
+    if (rc == 0)
+        rc = posix_spawn(pid, p->file, &fa, &c->attr, p->argv, p->envp);
+    posix_spawn_file_actions_destroy(&fa);
+    for (int i = 0; i < p->ninherit; i++)
+        close(ps.inherited[i]);             /* the program's now, not ours */
+    if (rc != 0)
+        return rc;
+    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+        struct action *a = &p->actions[i];
+        if (a->kind != ACT_LOG)
+            continue;
+        int slot = rotator_add(c->rotator, dom, a->fd, a->max_bytes, a->backups);
+        if (slot < 0) {
+            rc = -slot;
+            *failed_fd = a->fd;
+        } else {
+            slots[(*nslots)++] = slot;
+        }
+    }
+    if (rc != 0) {               /* an unbounded stream is not started */
+        for (int i = 0; i < *nslots; i++)
+            rotator_end(c->rotator, slots[i]);
+        *nslots = 0;
+        killpg(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+    }
+    return rc;
+}
+
 /* Start the program; 0 with *out = its pid, or an errno (nothing left
  * running, nothing recorded). */
 static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t nonce, int span,
-                 pid_t *out)
+                 pid_t *out, int *failed_fd)
 {
     snprintf(c->dom_var, sizeof c->dom_var, "PROCMGR_DOMAIN_ID=%u", dom);
     char **ident = p->envp + p->nenv;
@@ -343,7 +677,8 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     ident[2] = span ? "PROCMGR_DISPATCHER=1" : "PROCMGR_DISPATCHER=0";
     ident[3] = PyBytes_AS_STRING(c->runtime_var);
     pid_t pid;
-    int rc = posix_spawn(&pid, p->file, &p->actions, &c->attr, p->argv, p->envp);
+    int slots[MAX_PER_SPAWN], nslots;
+    int rc = spawn_with_streams(c, p, dom, &pid, slots, &nslots, failed_fd);
     if (rc != 0)
         return rc;
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -352,7 +687,7 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
         rc = errno;
         goto undo;
     }
-    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span);
+    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots);
     if (d == NULL || PyDict_SetItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0), d) < 0 ||
         PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0) {
         PyErr_Clear();
@@ -372,10 +707,15 @@ undo:
         close(pidfd);
     killpg(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    for (int i = 0; i < nslots; i++)
+        rotator_end(c->rotator, slots[i]);
     return rc;
 }
 
-/* start(prepared, dom, nonce, span) -> pid; OSError if it cannot start. */
+/* start(prepared, dom, nonce, span) -> pid; OSError if it cannot start,
+ * whose filename is the program's descriptor that could not be made (an
+ * int), or None when the program itself did not start or a file it was to
+ * open did not (posix_spawn does not say which). */
 static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyObject_TypeCheck(args[0], &PreparedType)) {
@@ -388,10 +728,16 @@ static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize
     if (PyErr_Occurred())
         return NULL;
     pid_t pid;
-    int rc = start(c, (PreparedObject *)args[0], (uint32_t)dom, nonce, span, &pid);
+    int failed_fd;
+    int rc = start(c, (PreparedObject *)args[0], (uint32_t)dom, nonce, span, &pid, &failed_fd);
     if (rc != 0) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *which = failed_fd >= 0 ? PyLong_FromLong(failed_fd) : Py_NewRef(Py_None);
+        if (which != NULL) {
+            errno = rc;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, which);
+            Py_DECREF(which);
+        }
+        return NULL;
     }
     return PyLong_FromLong(pid);
 }
@@ -451,7 +797,9 @@ static int serve(HotPathObject *c, int *served)
             return RUN_FULL;
         }
         pid_t pid;
-        int rc = start(c, (PreparedObject *)p, w.dom, w.nonce, w.op == OP_SD_SPAN, &pid);
+        int failed_fd;
+        int rc = start(c, (PreparedObject *)p, w.dom, w.nonce, w.op == OP_SD_SPAN, &pid,
+                       &failed_fd);
         Py_DECREF(p);
         if (rc != 0)
             return RUN_DECLINED;   /* left in the ring: Python tries and words the error */
@@ -487,6 +835,8 @@ static int report_exit(HotPathObject *c, PyObject *d)
     }
     if (si.si_pid == 0)
         return 0;          /* not exited after all */
+    /* Its streams' last growth is checked before their slots are reused. */
+    end_logs(c, d);
     struct wire_header r;
     memset(&r, 0, sizeof r);
     r.op = OP_SD_EXIT;

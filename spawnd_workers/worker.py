@@ -27,8 +27,10 @@ not given: only the spawner holds it.
 
 What a dispatcher inherits: argv and env as given (env None: the worker's
 environment), the caps as given, stdin from /dev/null unless a cap names
-fd 0, and stdout/stderr of the runtime unless caps name them. No other
-descriptor: the runtime's own are close-on-exec.
+fd 0, and stdout/stderr captured into its log files (which it writes
+itself; the rotator bounds them: _rotator.h) unless caps name them --
+/dev/null where the worker keeps no logs. Never a descriptor of the runtime's: every one it has is
+close-on-exec, and 0, 1 and 2 are always made anew.
 
 Every dispatcher runs in its own process group, so a kill (SIGTERM, then
 SIGKILL after the grace period) also ends whatever the program forked.
@@ -44,6 +46,7 @@ import sys
 import time
 
 from procmgr.errors import Err
+from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, log_name
 from procmgr.osutil import (
     become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, reap_strays,
     watch_doorbell,
@@ -74,7 +77,14 @@ PREPARED_CACHE = 256
 class Worker:
     def __init__(self, core: int, requests: Ring, replies: Ring, doorbell: int,
                  kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = "",
-                 simulate: bool = False):
+                 simulate: bool = False, logs_dir: str | None = None,
+                 log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
+                 rotator_cpus=None):
+        """``logs_dir``: the runtime's directory of captured streams; this
+        core's go into its subdirectory CORE (None: none kept, and a
+        domain's stdout and stderr default to /dev/null). ``rotator_cpus``:
+        where the log rotator's thread may run -- not only this core's CPU,
+        which is its programs'."""
         self.core = core
         # Simulated dispatchers: recorded, never started (control-plane
         # measurements; every figure taken this way says so).
@@ -97,8 +107,12 @@ class Worker:
         # Python (measured: the exit reaches the manager ~6 µs sooner).
         self.child_fd = child_signals()
         self.epoll.register(self.child_fd, select.EPOLLIN)
+        self.log_bounds = (log_max_bytes, log_backups)
+        self.logs_dir = None if logs_dir is None else os.path.join(logs_dir, str(core))
+        if self.logs_dir is not None:
+            os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         self.hot = HotPath(requests.handle_addr, replies.handle_addr, self.epoll.fileno(),
-                           self.child_fd, core, runtime)
+                           self.child_fd, core, runtime, self.logs_dir, rotator_cpus)
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
         # table, read here; started by hot.start, removed by hot.forget.
         self.dispatchers = self.hot.dispatchers
@@ -168,8 +182,8 @@ class Worker:
         try:
             pid = self.hot.start(program, msg.dom, msg.nonce, span)
         except OSError as e:
-            return msg.reply(Err.EXEC_FAILED, e.errno or errno.EIO,
-                             payload=f"{program.path}: {e.strerror}".encode()[:256])
+            err, status, detail = _start_failure(program, e, msg.dom, self.logs_dir)
+            return msg.reply(err, status, payload=detail)
         return msg.reply(Err.OK, pid)
 
     def _prepared(self, payload: bytes) -> Prepared:
@@ -184,21 +198,56 @@ class Worker:
         args = SpawnArgs.decode(payload)
         env = self._env if args.env is None else [
             os.fsencode(f"{k}={v}") for k, v in args.env.items() if k not in _INTERNAL_ENV]
-        opens = [(fd, path, _CAP_FLAGS[mode], 0o600) for fd, mode, path in args.caps]
-        if all(fd != 0 for fd, _, _ in args.caps):
-            # Nobody reads a domain's terminal input: stdin is /dev/null.
-            opens.insert(0, (0, os.devnull, os.O_RDONLY, 0))
+        actions = self._descriptor_actions(args.caps)
         argv = args.argv or [args.path]
         try:
             if not argv[0]:
                 raise ValueError("argv[0] is empty")   # as os.posix_spawn has it
-            program = Prepared(args.path, argv, env, opens)
+            program = Prepared(args.path, argv, env, actions)
         except ValueError as e:       # that, or a NUL byte
             raise ValueError(f"{args.path}: {e}") from None
         if len(self.hot.prepared) >= PREPARED_CACHE:
             self.hot.prepared.clear()
         self.hot.prepared[payload] = program
         return program
+
+    def _descriptor_actions(self, caps) -> list[tuple]:
+        """What each of a program's descriptors is made, in order: its caps,
+        then /dev/null for a stdin and the log (or /dev/null) for a stdout or
+        stderr the caps do not name; copies ("dup") last, once what they
+        copy exists."""
+        named = {fd for fd, _, _ in caps}
+        actions, dups = [], []
+        if 0 not in named:
+            # Nobody reads a domain's terminal input: stdin is /dev/null.
+            actions.append(("open", 0, os.devnull, os.O_RDONLY, 0))
+        for fd in (1, 2):
+            if fd not in named:
+                actions.append(self._log_action(fd, "") if self.logs_dir is not None
+                               else ("open", fd, os.devnull, os.O_WRONLY, 0))
+        for fd, mode, text in caps:
+            if mode == "dup":
+                dups.append(("dup", fd, int(text)))
+            elif mode == "n":
+                actions.append(("open", fd, os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY,
+                                0))
+            elif mode == "inherit":
+                pid, _, src = text.partition(":")
+                actions.append(("inherit", fd, int(pid), int(src)))
+            elif mode == "log":
+                if self.logs_dir is None:
+                    raise ValueError("this runtime keeps no logs: descriptor "
+                                     f"{fd} cannot be captured")
+                actions.append(self._log_action(fd, text))
+            else:
+                actions.append(("open", fd, text, _CAP_FLAGS[mode], 0o600))
+        return actions + dups
+
+    def _log_action(self, fd: int, bounds: str) -> tuple:
+        limit, backups = self.log_bounds
+        if bounds:
+            limit, backups = (int(x) for x in bounds.split(":"))
+        return ("log", fd, limit, backups)
 
     def kill(self, msg: Msg) -> Msg:
         if self.simulated.pop(msg.dom, None) is not None:
@@ -267,6 +316,44 @@ class Worker:
             end_and_reap(strays)
 
 
+# As _spawnd.c's LOG_FLAGS: how a program opens its captured stream's file.
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+
+
+def _start_failure(program: Prepared, e: OSError, dom: int, logs_dir: str | None) -> tuple:
+    """The reply's error, status and detail for a start that failed with
+    ``e``. posix_spawn reports a file it could not open for the program and
+    a program it could not run alike; trying the opens here, in the same
+    order, tells which (a file the program would have created or emptied
+    is created or emptied, as it would have been). An inherited descriptor
+    that could not be taken is named by the start itself."""
+    if isinstance(e.filename, int):
+        action = next(a for a in program.actions if a[1] == e.filename)
+        what = f"{_stream_name(e.filename)} ({action[0]}"
+        what += f" of process {action[2]}'s descriptor {action[3]})" if action[0] == "inherit" \
+            else ")"
+        return (Err.OPEN_FAILED, e.errno or errno.EIO, f"{what}: {e.strerror}".encode()[:256])
+    for action in program.actions:
+        if action[0] not in ("open", "log"):
+            continue
+        fd = action[1]
+        path, flags, mode = action[2:] if action[0] == "open" else (
+            logs_dir and os.path.join(logs_dir, log_name(dom, fd)), _LOG_FLAGS, 0o600)
+        try:
+            os.close(os.open(path, flags | os.O_CLOEXEC, mode))
+            if action[0] == "log":
+                os.unlink(path)       # the domain never ran: its log goes
+        except OSError as bad:
+            return (Err.OPEN_FAILED, bad.errno or errno.EIO,
+                    f"{_stream_name(fd)} {path}: {bad.strerror}".encode()[:256])
+    return (Err.EXEC_FAILED, e.errno or errno.EIO,
+            f"{program.path}: {e.strerror}".encode()[:256])
+
+
+def _stream_name(fd: int) -> str:
+    return {0: "stdin", 1: "stdout", 2: "stderr"}.get(fd, f"descriptor {fd}")
+
+
 HANDLERS = {
     Op.SD_SPAWN: Worker.spawn,
     Op.SD_SPAN: Worker.span,
@@ -302,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="", help="the runtime's name, given to domains")
     ap.add_argument("--simulate", action="store_true",
                     help="record dispatchers without starting processes (measurements)")
+    ap.add_argument("--logs-dir", help="where captured output goes (none: not captured)")
+    ap.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
+    ap.add_argument("--log-backups", type=int, default=LOG_BACKUPS)
     args = ap.parse_args(argv)
     worker = None
 
@@ -316,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM when the manager dies, however it dies: our domains are ended
     # (shutdown) before we go, so none is left to init.
     die_with_parent(signal.SIGTERM)
+    allowed = os.sched_getaffinity(0)       # before pinning: the rotator's CPUs
     if not args.no_pin:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = sorted(allowed)
         os.sched_setaffinity(0, {cpus[args.core % len(cpus)]})
     # Inherited descriptors stay ours: nothing of the runtime leaks into domains.
     for fd in (args.doorbell_fd, args.manager_doorbell_fd):
@@ -330,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         # Attached: the manager may unlink the names now.
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
-                    args.runtime, args.simulate)
+                    args.runtime, args.simulate, args.logs_dir, args.log_max_bytes,
+                    args.log_backups, allowed)
     try:
         worker.run()
     except Closed:

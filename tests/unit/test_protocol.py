@@ -489,6 +489,43 @@ def test_argv_of_one_empty_string_differs_from_none():
     assert SpawnArgs.decode(SpawnArgs("p", []).encode()).argv == []
 
 
+def test_the_stream_cap_modes_round_trip():
+    caps = [(0, "n", ""), (1, "log", "4096:3"), (2, "dup", "1"), (2, "log", ""),
+            (1, "inherit", "1234:1")]
+    for cap in caps:
+        assert SpawnArgs.decode(SpawnArgs("p", ["p"], None, [cap]).encode()).caps == [cap]
+
+
+@pytest.mark.parametrize(("cap", "why"), [
+    (b"3:log:", "only stdout and stderr can be captured"),
+    (b"1:log:0:1", "are not MAX_BYTES:BACKUPS"),
+    (b"1:log:4096", "are not MAX_BYTES:BACKUPS"),
+    (b"1:log:x:1", "are not MAX_BYTES:BACKUPS"),
+    (b"2:dup:2", "not another descriptor"),
+    (b"2:dup:", "not another descriptor"),
+    (b"2:dup:1024", "not another descriptor"),
+    (b"1:n:/dev/null", "to /dev/null has text"),
+    (b"0:inherit:1:0", "only stdout and stderr can be inherited"),
+    (b"1:inherit:0:1", "is not PID:FD"),
+    (b"1:inherit:12", "is not PID:FD"),
+])
+def test_decode_bad_stream_cap_says_why(cap, why):
+    with pytest.raises(ProtocolError, match=why):
+        SpawnArgs.decode(_spawn_payload(caps=cap + b"\0"))
+
+
+def test_argv_that_is_the_path_travels_as_a_bit():
+    """The usual argv == [path] costs no bytes: /bin/true with both streams
+    to /dev/null stays one slot (32 bytes inline)."""
+    args = SpawnArgs("/bin/true", ["/bin/true"], None, [(1, "n", ""), (2, "n", "")])
+    payload = args.encode()
+    assert len(payload) <= 32 and SpawnArgs.decode(payload) == args
+    assert SpawnArgs.decode(SpawnArgs("/bin/true", ["true"]).encode()).argv == ["true"]
+    # a payload saying both "argv is [path]" and giving entries is refused
+    with pytest.raises(ProtocolError, match="says argv is"):
+        SpawnArgs.decode(_spawn_payload(argv=b"x\0", lens=(1, 2 | 0x8000, 0, 0)))
+
+
 def test_decode_cap_path_may_hold_colons():
     args = SpawnArgs.decode(_spawn_payload(caps=b"5:a:/tmp/a:b:c\0"))
     assert args.caps == [(5, "a", "/tmp/a:b:c")]

@@ -63,7 +63,7 @@ class Bench:
     def prepare(self, argv: list[str], path: str | None = None) -> bytes:
         payload = SpawnArgs(path or argv[0], argv).encode()
         self.hot.prepared[payload] = Prepared(path or argv[0], argv, [b"PATH=/bin:/usr/bin"],
-                                              [(0, os.devnull, os.O_RDONLY, 0)])
+                                              [("open", 0, os.devnull, os.O_RDONLY, 0)])
         return payload
 
     def request(self, op, seq, dom, payload=b""):

@@ -1,0 +1,114 @@
+/*
+ * The worker's log rotator: keeps each captured stream (procmgr.LOG) of
+ * this core's dispatchers within its bounds on disk.
+ *
+ * A captured stream is a file the program writes itself: posix_spawn opens
+ * logs/CORE/DOM.stdout (or .stderr) for appending as the program's 1 or 2.
+ * No pipe and no copy on the way: measured here, a program writing 64 KiB
+ * at a time reached ~3,000 MB/s into a file and ~1,000 through a pipe to
+ * another process, however that process moved the bytes on (read/write or
+ * splice, pipe enlarged or not); docs/design.md, "Domain output". What the
+ * program wrote is in the page cache when its write returns, so a crash
+ * loses nothing the kernel took, and once the exit is reported everything
+ * is in the file.
+ *
+ * Bounds: a thread of the worker (not pinned to the core's CPU) learns
+ * from inotify which files grew and rotates a file whose data reached
+ * max_bytes without losing a byte: the head of the file, up to a block
+ * boundary, is copied to NAME.1 (older rotations shift to .2 .. .BACKUPS,
+ * the oldest falls off) and then punched out (fallocate PUNCH_HOLE): the
+ * program's appends land past it, untouched, and the blocks are freed. The
+ * file keeps its length, so it is sparse: readers start at SEEK_DATA
+ * (procmgr/logs.py). Where a file system cannot punch holes, the head is
+ * copied and the file truncated instead -- what lands between the copy
+ * and the truncation is then lost (as logrotate's copytruncate).
+ *
+ * A burst faster than the rotator notices can pass max_bytes until the
+ * next rotation (it wakes at most every PAUSE_NS); a rotation keeps at
+ * most max_bytes of it in NAME.1, so the bound holds again after it.
+ *
+ * Spare files: a captured stream needs its file when the program starts,
+ * and creating a file is the dearest part of that: ~10 us on tmpfs, and
+ * ~1.2 ms on this machine's /tmp (where /var/tmp, on the same file system,
+ * takes 20 us); raw posix_spawn of /bin/true takes ~650 us in all. So the
+ * rotator thread keeps a pool of empty files in .spare/ (created ahead,
+ * away from the spawn path), the worker renames one into place for each
+ * captured stream (rotator_take; the program then opens it for appending),
+ * and the manager, when it forgets a domain, renames its files back into
+ * .spare/ rather than unlinking them (procmgr/_core.c), where the rotator
+ * empties them for the next. In steady state no file is created at all.
+ *
+ * Threads: the worker's thread registers a stream when it starts a
+ * dispatcher (rotator_add) and lets go of it once the dispatcher has been
+ * reaped (rotator_end); only the rotator thread touches the files, and it
+ * frees a slot once it has read every event that came before the end. A
+ * mutex guards the slot table, the name map, the list of ended slots and
+ * the pool of spare names.
+ */
+#ifndef PROCMGR_ROTATOR_H
+#define PROCMGR_ROTATOR_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define ROTATOR_NAME 48
+#define ROTATOR_CHUNK 256
+#define ROTATOR_MAX_CHUNKS 8192    /* 2M streams: far past any descriptor limit */
+#define ROTATOR_SPARE_DIR ".spare"
+#define SPARE_MAX 1024             /* spare files kept: more are unlinked */
+
+struct log_stream {
+    uint64_t key;              /* dom << 2 | fd: what the file is named after */
+    int32_t next;              /* name map chain, or the free list */
+    int32_t next_dirty;        /* rotator thread: this round's list */
+    int fd;                    /* rotator thread: the file, opened at its first growth */
+    int in_use, ended, dirty;
+    uint64_t start;            /* rotator thread: where the data begins (after holes) */
+    uint64_t max_bytes;
+    uint32_t backups;
+    char name[ROTATOR_NAME];   /* "DOM.stdout" in the core's logs directory */
+};
+
+struct rotator {
+    pthread_mutex_t lock;
+    int dirfd;                 /* the core's logs directory */
+    int inotify_fd, epfd, wake_fd;
+    pthread_t thread;
+    int started, stopping;
+    int have_cpus;
+    cpu_set_t cpus;
+    /* Slots live in chunks that never move or go away: the rotator thread
+     * works on a slot's file without holding the lock. */
+    struct log_stream *chunks[ROTATOR_MAX_CHUNKS];
+    int32_t nchunks, free_head;
+    int32_t *buckets;          /* key -> slot chains */
+    uint32_t nbuckets;
+    int32_t *ended;            /* slots let go of, not yet freed */
+    int32_t nended, ended_cap;
+    int spare_dirfd;           /* .spare/ in the core's logs directory */
+    int spare_wd;              /* its inotify watch (files renamed into it) */
+    char (*spares)[ROTATOR_NAME];   /* ready: empty files in .spare/ (a stack) */
+    int32_t nspares;
+    int32_t coming;            /* made, not yet adopted */
+    int asked;                 /* spawns took spares: make more */
+    uint64_t made;             /* rotator thread: spare files it created */
+    uint64_t rotations;        /* rotator thread's count, for the stats */
+};
+
+/* 0, or -errno. dirfd: the core's logs directory, the caller's until
+ * rotator_close. cpus: where the thread may run (NULL: as the caller). */
+int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus);
+/* The name (in .spare/) of an empty file to rename into place, 0; or -1
+ * if none is ready (the program creates its file then). */
+int rotator_take(struct rotator *r, char name[ROTATOR_NAME]);
+/* A stream of dispatcher `dom` at descriptor fd (1 or 2): its slot, or -errno. */
+int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups);
+/* The dispatcher is gone: the stream is checked once more, then freed. */
+void rotator_end(struct rotator *r, int slot);
+void rotator_close(struct rotator *r);
+/* "DOM.stdout" / "DOM.stderr": the file of a stream (procmgr/logs.py reads it). */
+void rotator_name(char *buf, size_t size, uint32_t dom, int fd);
+
+#endif
