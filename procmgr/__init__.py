@@ -1,10 +1,12 @@
 """procmgr: a shared-memory multiprocessing runtime modelled on the
 Barrelfish process manager. See README.md."""
 
-from procmgr.client import Client, Domain, DomainInfo
+from procmgr.client import Client, CompletedRun, Domain, DomainInfo
 from procmgr.domain import State
-from procmgr.errors import Err, ProcMgmtError
+from procmgr.errors import CalledProcessError, Err, ProcMgmtError, TimeoutExpired
+from procmgr.logs import DEVNULL, INHERIT, LOG, STDOUT
 from procmgr.runtime import Runtime, RuntimeNotFound, connect
 
-__all__ = ["Client", "Domain", "DomainInfo", "Err", "ProcMgmtError", "Runtime",
-           "RuntimeNotFound", "State", "connect"]
+__all__ = ["CalledProcessError", "Client", "CompletedRun", "DEVNULL", "Domain", "DomainInfo",
+           "Err", "INHERIT", "LOG", "ProcMgmtError", "Runtime", "RuntimeNotFound", "STDOUT",
+           "State", "TimeoutExpired", "connect"]

@@ -2,7 +2,9 @@
 
     procmgr up --cores 4 --detach        # start a runtime in the background
     procmgr spawn --core 1 -- /bin/sleep 30
+    procmgr run -- /bin/echo hi          # run it here: its output, its status
     procmgr ps                           # domains, states, cores, pids, CPU, memory
+    procmgr logs ID -f                   # a domain's captured output, as it comes
     procmgr kill TOKEN; procmgr wait TOKEN
     procmgr down
 
@@ -19,11 +21,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 
 import ringbuf
+from procmgr import logs
 from procmgr.client import Domain
 from procmgr.domain import State
 from procmgr.errors import ProcMgmtError
@@ -54,7 +58,12 @@ def cmd_up(args) -> int:
           f"(Ctrl-C stops it)", flush=True)
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        stop = threading.Event()
+        shown = threading.Thread(target=_show_runtime_log, args=(args.name, stop), daemon=True)
+        shown.start()
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop.set()
+        shown.join(timeout=2)
     finally:
         rt.close()
         try:
@@ -63,6 +72,23 @@ def cmd_up(args) -> int:
             pass
         print(f"runtime {args.name!r} down", flush=True)
     return 0
+
+
+def _show_runtime_log(name: str, stop: threading.Event) -> None:
+    """In the foreground, what the manager and workers say (their runtime
+    log) is shown on our stderr as well."""
+    try:
+        f = open(os.path.join(runtime_dir(name), "runtime.log"), "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        while True:
+            data = f.read()
+            if data:
+                sys.stderr.buffer.write(data)
+                sys.stderr.flush()
+            if stop.wait(0.2):
+                return
 
 
 def _up_detached(args) -> int:
@@ -122,22 +148,113 @@ def _domain(token: str) -> Domain:
         raise CliError(str(e)) from None
 
 
+def _env(args) -> dict | None:
+    if not args.env:
+        return None
+    env = dict(os.environ)
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--env {item!r} is not KEY=VALUE")
+        env[key] = value
+    return env
+
+
+_WHERE = {"log": logs.LOG, "null": logs.DEVNULL, "inherit": logs.INHERIT,
+          "stdout": logs.STDOUT}
+
+
+def _streams(args) -> dict:
+    """--stdin/--stdout/--stderr: a word (log, null, stdout) or a path."""
+    streams = {}
+    for name in ("stdin", "stdout", "stderr"):
+        value = getattr(args, name, None)
+        if value is not None:
+            streams[name] = _WHERE.get(value, value)
+    if getattr(args, "append", False):
+        streams["append"] = True
+    return streams
+
+
 def cmd_spawn(args) -> int:
     if not args.program:
         raise CliError("nothing to spawn: give the program after --")
-    env = None
-    if args.env:
-        env = dict(os.environ)
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise CliError(f"--env {item!r} is not KEY=VALUE")
-            env[key] = value
-    with _client(args) as pm:
-        d = pm.spawn(args.program, core=args.core, env=env)
+    try:
+        streams = _streams(args)
+        with _client(args) as pm:
+            d = pm.spawn(args.program, core=args.core, env=_env(args), **streams)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from None
     _emit(args, {"id": d.id, "token": d.token, "core": d.core, "pid": d.pid},
           f"{d.id} {d.token}")
     return 0
+
+
+def cmd_run(args) -> int:
+    """The program runs in the runtime with our stdout and stderr (it writes
+    to them itself); we wait and exit with its status. Ctrl-C kills it."""
+    if not args.program:
+        raise CliError("nothing to run: give the program after --")
+    with _client(args) as pm:
+        d = pm.spawn(args.program, core=args.core, env=_env(args), stdout=logs.INHERIT,
+                     stderr=logs.INHERIT)
+        try:
+            status = pm.wait(d)
+        except BaseException:
+            pm.kill(d)
+            raise
+    return 128 - status if status < 0 else status & 0xFF
+
+
+def cmd_logs(args) -> int:
+    streams = ["stdout", "stderr"] if args.both else ["stderr" if args.stderr else "stdout"]
+    sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer if args.both
+             else sys.stdout.buffer}
+    ref = _domain(args.token) if ":" in args.token else _domain_id(args.token)
+    with _client(args) as pm:
+        try:
+            if not args.follow:
+                for stream in streams:
+                    sinks[stream].write(pm.output(ref, stream, tail=args.tail))
+                    sinks[stream].flush()
+                return 0
+            followers = [pm.follow(ref, stream, tail=args.tail) for stream in streams]
+            if len(followers) == 1:
+                for data in followers[0]:
+                    sinks[streams[0]].write(data)
+                    sinks[streams[0]].flush()
+                return 0
+            return _follow_both(pm, ref, streams, sinks, args.tail)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+
+
+def _follow_both(pm, ref, streams, sinks, tail) -> int:
+    ident, core = pm.log_location(ref, "stdout", None)
+    followers = [logs.LogFollower(pm.logs_dir, ident, core, s, tail) for s in streams]
+    try:
+        while True:
+            done = pm.status(ident).state in (State.STOPPED, State.CLEANED)
+            moved = False
+            for stream, follower in zip(streams, followers):
+                data = follower.take()
+                if data:
+                    sinks[stream].write(data)
+                    sinks[stream].flush()
+                    moved = True
+            if done:
+                return 0
+            if not moved:
+                time.sleep(0.05)
+    finally:
+        for follower in followers:
+            follower.close()
+
+
+def _domain_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise CliError(f"{text!r} is neither a domain id nor a token (ID:NONCE)")
+    return int(text)
 
 
 def cmd_span(args) -> int:
@@ -192,8 +309,19 @@ def cmd_status(args) -> int:
 def cmd_ps(args) -> int:
     with _client(args) as pm:
         rows = [_info(pm, i) for i in pm.domains()]
+        if args.last:
+            for row in rows:
+                row["last"] = _last_line(pm, row)
     _emit(args, rows, _table(rows) if rows else "no domains")
     return 0
+
+
+def _last_line(pm, row: dict) -> str:
+    """The last line the domain printed to its captured stdout ("" if none)."""
+    if not row["cores"] or pm.logs_dir is None:
+        return ""
+    data = logs.read_log(pm.logs_dir, row["id"], row["cores"][0], "stdout", tail=1)
+    return data.decode(errors="replace").strip()[:60]
 
 
 def _table(rows: list[dict]) -> str:
@@ -209,7 +337,9 @@ def _rich_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT", "CPU s", "RSS MB", "ARGV"):
+    last = bool(rows) and "last" in rows[0]
+    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT", "CPU s", "RSS MB", "ARGV") + \
+            (("LAST OUTPUT",) if last else ()):
         table.add_column(col, justify="right" if col in ("ID", "EXIT", "CPU s", "RSS MB")
                          else "left")
     for r in rows:
@@ -218,7 +348,7 @@ def _rich_table(rows: list[dict]):
                       "" if r["exit_status"] is None else str(r["exit_status"]),
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
-                      " ".join(r["argv"]))
+                      " ".join(r["argv"]), *((r["last"],) if last else ()))
     return table
 
 
@@ -425,8 +555,28 @@ def parser() -> argparse.ArgumentParser:
             "procmgr spawn --core 1 --env MODE=x -- /bin/sleep 30")
     p.add_argument("--core", type=int, default=0)
     p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
+    p.add_argument("--stdout", metavar="log|null|PATH",
+                   help="where its stdout goes (default: log, read with `procmgr logs`)")
+    p.add_argument("--stderr", metavar="log|null|stdout|PATH",
+                   help="where its stderr goes (default: log)")
+    p.add_argument("--stdin", metavar="PATH", help="a file for its stdin (default: /dev/null)")
+    p.add_argument("--append", action="store_true", help="append to --stdout/--stderr files")
     p.add_argument("--json", action="store_true")
     p.add_argument("program", nargs=argparse.REMAINDER)
+    p = add("run", cmd_run, "run a program in the runtime with this terminal's output; "
+            "exits with its status", "procmgr run --core 1 -- /bin/echo hi")
+    p.add_argument("--core", type=int, default=0)
+    p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
+    p.add_argument("program", nargs=argparse.REMAINDER)
+    p = add("logs", cmd_logs, "a domain's captured output", "procmgr logs 3 -f --tail 20")
+    p.add_argument("token", help="a domain id or token")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="print new output as it comes, until the domain has ended")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="its stderr instead of stdout")
+    which.add_argument("--both", action="store_true",
+                       help="stdout to our stdout and stderr to our stderr")
     p = add("span", cmd_span, "run a domain on another core too", "procmgr span TOKEN --core 1")
     p.add_argument("token")
     p.add_argument("--core", type=int, required=True)
@@ -441,7 +591,8 @@ def parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
     p.add_argument("token", help="a domain id or token")
     p.add_argument("--json", action="store_true")
-    p = add("ps", cmd_ps, "list the domains", "procmgr ps --json")
+    p = add("ps", cmd_ps, "list the domains", "procmgr ps --last")
+    p.add_argument("--last", action="store_true", help="with the last line each printed")
     p.add_argument("--json", action="store_true")
     p = add("storm", cmd_storm, "hammer a runtime of its own with real programs, checking "
             "every answer", "procmgr storm --cores 4 --clients 3 --ops 200 --mix spawn=4,kill=2")

@@ -7,17 +7,26 @@ wait is answered only when its domain stops).
 
 ``pump``: when the manager runs in the same thread (unit tests), waiting for
 an answer calls ``pump()`` to let it work instead of blocking on the ring.
+
+A domain's output (``stdout=``, ``stderr=``, ``output``, ``follow``,
+``run``) is described in procmgr/logs.py. Reading it asks the manager only
+whether the domain exists; the bytes are read from the log files directly.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import locale
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
-from procmgr.errors import Err, ProcMgmtError
+from procmgr import logs
+from procmgr.errors import CalledProcessError, Err, ProcMgmtError, TimeoutExpired
+from procmgr.logs import LOG
 from procmgr.protocol import (
     MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids,
     send, take,
@@ -63,6 +72,25 @@ class DomainInfo:
     argv: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class CompletedRun:
+    """What ``Client.run`` returns, as ``subprocess.CompletedProcess``:
+    ``returncode`` is the exit code, 9 after a kill, -N for a death by
+    signal N; ``stdout``/``stderr`` are bytes, str with ``text=True``, or
+    None where not captured."""
+
+    domain: Domain
+    args: list
+    returncode: int
+    stdout: bytes | str | None = None
+    stderr: bytes | str | None = None
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr,
+                                     self.domain)
+
+
 class Future:
     """The answer to one request, once it has come."""
 
@@ -100,7 +128,10 @@ class Future:
 
 class Client:
     def __init__(self, requests: Ring, responses: Ring, pump=None, connection=None,
-                 doorbell: int = -1):
+                 doorbell: int = -1, logs_dir: str | None = None):
+        """``logs_dir``: the runtime's directory of captured output (None:
+        this client cannot read any; in-process runtimes keep none)."""
+        self.logs_dir = logs_dir
         self.requests = requests      # we produce
         self.responses = responses    # we consume
         self.pump = pump
@@ -171,7 +202,12 @@ class Client:
     # ---- operations ----
 
     def spawn_async(self, argv: list[str], core: int = 0, env: dict | None = None,
-                    path: str | None = None, caps=None) -> Future:
+                    path: str | None = None, caps=None, **streams) -> Future:
+        """``streams``: stdin, stdout, stderr, append, log_max_bytes,
+        log_backups -- where the program's standard streams go
+        (procmgr/logs.py); by default stdin is /dev/null and stdout and
+        stderr are captured in its log."""
+        caps = _all_caps(streams, caps)
         op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
         try:
             payload = _spawn_payload(path or argv[0], argv, env, caps)
@@ -179,12 +215,16 @@ class Client:
             raise ProcMgmtError(e.code, e.detail) from None
         return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
-    def spawn(self, argv, core: int = 0, env=None, path=None, timeout=None) -> Domain:
-        return self.wait_for(self.spawn_async(argv, core, env, path), timeout)
+    def spawn(self, argv, core: int = 0, env=None, path=None, timeout=None, **streams) -> Domain:
+        """Start ``argv`` on ``core``. ``stdout=``/``stderr=`` (LOG,
+        DEVNULL, INHERIT, STDOUT, a path; ``append=True``), ``stdin=``
+        (DEVNULL or a path) and ``log_max_bytes=``/``log_backups=`` say
+        where its standard streams go: procmgr/logs.py."""
+        return self.wait_for(self.spawn_async(argv, core, env, path, **streams), timeout)
 
     def spawn_with_caps(self, argv, caps, core: int = 0, env=None, path=None,
-                        timeout=None) -> Domain:
-        return self.wait_for(self.spawn_async(argv, core, env, path, caps), timeout)
+                        timeout=None, **streams) -> Domain:
+        return self.wait_for(self.spawn_async(argv, core, env, path, caps, **streams), timeout)
 
     def span_async(self, domain: Domain, core: int) -> Future:
         return self._send(Msg(Op.SPAN, core=core, dom=domain.id, nonce=domain.nonce),
@@ -237,6 +277,128 @@ class Client:
         fut = self._send(Msg(Op.GET_STATS), lambda m: json.loads(m.payload))
         return self.wait_for(fut, timeout)
 
+    # ---- output ----
+
+    def output(self, domain: Domain | int, stream: str = "stdout", *, tail: int | None = None,
+               core: int | None = None) -> bytes:
+        """What the domain has written to ``stream`` ("stdout" or "stderr")
+        and the runtime captured (LOG): all its log still holds, or the last
+        ``tail`` lines. Readable while it runs and after it ends, until the
+        runtime forgets it. ``core``: a span's dispatcher on that core
+        (default: the one spawned)."""
+        ident, core = self.log_location(domain, stream, core)
+        return logs.read_log(self.logs_dir, ident, core, stream, tail)
+
+    def follow(self, domain: Domain | int, stream: str = "stdout", *, tail: int | None = None,
+               core: int | None = None) -> Iterator[bytes]:
+        """``output`` and then each new piece as it is written, like ``tail
+        -F``; the iteration ends when the domain has ended and all it wrote
+        was yielded. Given a Domain (a cap), the end is its wait's answer;
+        given only an id, its status is asked every 50 ms."""
+        ident, core = self.log_location(domain, stream, core)
+        if isinstance(domain, Domain):
+            fut = self.wait_async(domain)
+            ended, pause = fut.done, lambda: self.poll(FOLLOW_POLL)
+        else:
+            def ended() -> bool:
+                return self.status(ident).state in (State.STOPPED, State.CLEANED)
+
+            def pause() -> None:
+                time.sleep(FOLLOW_POLL)
+        return logs.follow_log(self.logs_dir, ident, core, stream, ended, pause, tail)
+
+    def log_location(self, domain, stream: str, core: int | None) -> tuple[int, int]:
+        """The id and core of a domain's log, checked: it exists (or a
+        clear error), and it ran there."""
+        logs.check_stream(stream)
+        if self.logs_dir is None:
+            raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime keeps no logs")
+        ident = domain.id if isinstance(domain, Domain) else _domain_id(domain)
+        try:
+            info = self.status(ident)
+        except ProcMgmtError as e:
+            if e.code != Err.DOMAIN_TABLE_FIND:
+                raise
+            raise ProcMgmtError(Err.DOMAIN_TABLE_FIND, f"domain {ident} is unknown, or ended "
+                                "long enough ago to be forgotten with its logs") from None
+        if core is None:
+            return ident, info.cores[0] if info.cores else getattr(domain, "core", 0)
+        if core not in info.cores:
+            raise ValueError(f"domain {ident} has not run on core {core} (it ran on "
+                             f"{', '.join(map(str, info.cores)) or 'none'})")
+        return ident, core
+
+    def run(self, argv, *, core: int = 0, env=None, path=None, timeout: float | None = None,
+            check: bool = False, capture_output: bool = True, input: bytes | str | None = None,
+            text: bool = False, encoding: str | None = None, errors: str | None = None,
+            stdin=None, stdout=None, stderr=None, log_max_bytes: int | None = None,
+            log_backups: int | None = None) -> CompletedRun:
+        """Run ``argv`` to its end and return what it printed, as
+        ``subprocess.run``. ``capture_output`` (the default here, where
+        subprocess's is False: a domain's output otherwise goes to the log,
+        which run would not return) captures stdout and stderr through the
+        log; what passed the log's bounds is cut from the front, so raise
+        ``log_max_bytes`` for more. Without it, stdout/stderr default to the
+        caller's own (INHERIT). ``input`` becomes the program's stdin.
+        ``timeout``: the domain is killed and TimeoutExpired (also a
+        TimeoutError) raised with what it had printed. ``check``: a non-zero
+        status raises CalledProcessError. An exception while it waits
+        (Ctrl-C) kills the domain too."""
+        if capture_output:
+            if stdout is not None or stderr is not None:
+                raise ValueError("stdout and stderr arguments may not be used with "
+                                 "capture_output")
+            stdout = stderr = LOG
+        else:
+            stdout = logs.INHERIT if stdout is None else stdout
+            stderr = logs.INHERIT if stderr is None else stderr
+        if input is not None and stdin is not None:
+            raise ValueError("stdin and input arguments may not both be used")
+        decode = None
+        if text or encoding or errors:
+            decode = _decoder(encoding, errors)
+        feed = self._input_file(input, decode is not None, encoding) if input is not None else None
+        try:
+            d = self.spawn(argv, core=core, env=env, path=path, stdin=feed or stdin,
+                           stdout=stdout, stderr=stderr, log_max_bytes=log_max_bytes,
+                           log_backups=log_backups)
+        finally:
+            if feed is not None:
+                os.unlink(feed)        # the program has it open (or never will)
+
+        def captured():
+            out = [logs.read_log(self.logs_dir, d.id, d.core, name) if where is LOG else None
+                   for name, where in (("stdout", stdout), ("stderr", stderr))]
+            return [decode(x) if decode and x is not None else x for x in out]
+
+        try:
+            status = self.wait(d, timeout=timeout)
+        except TimeoutError:
+            self.kill(d)
+            raise TimeoutExpired(argv, timeout, *captured(), domain=d) from None
+        except BaseException:
+            self.kill(d)
+            raise
+        result = CompletedRun(d, argv, status, *captured())
+        if check:
+            result.check_returncode()
+        return result
+
+    def _input_file(self, data, text: bool, encoding: str | None) -> str:
+        """``input`` as a file the program reads as its stdin: in the
+        runtime's directory (owner-only), removed once it is open."""
+        if isinstance(data, str):
+            if not text:
+                raise TypeError("input is str: pass text=True, or give bytes")
+            data = data.encode(encoding or locale.getpreferredencoding(False))
+        if self.logs_dir is None:
+            raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime has no directory "
+                                "for input")
+        fd, name = tempfile.mkstemp(prefix="input-", dir=os.path.dirname(self.logs_dir))
+        with open(fd, "wb") as f:
+            f.write(memoryview(data))
+        return name
+
     def add_spawnd(self, core: int, request_ring: str = "", reply_ring: str = "",
                    timeout=None) -> None:
         """Monitor only: register a worker's rings, or (no names) have the
@@ -260,6 +422,41 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+FOLLOW_POLL = 0.05     # seconds between looks at a followed log
+
+
+def _all_caps(streams: dict, caps) -> list:
+    """Caps for the standard streams the caller named, then its own caps;
+    one descriptor named twice is an error."""
+    unknown = set(streams) - {"stdin", "stdout", "stderr", "append", "log_max_bytes",
+                              "log_backups"}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    made = logs.stream_caps(**streams)
+    given = list(caps or [])
+    twice = {fd for fd, _, _ in made} & {c[0] for c in given if isinstance(c, tuple) and c}
+    if twice:
+        raise ValueError(f"descriptor {min(twice)} is named both by a stream argument and "
+                         "by caps")
+    return made + given
+
+
+def _domain_id(value) -> int:
+    if type(value) is not int or not 0 < value < 1 << 32:
+        raise TypeError(f"a domain is a Domain or an id (int), not {value!r}")
+    return value
+
+
+def _decoder(encoding: str | None, errors: str | None):
+    encoding = encoding or locale.getpreferredencoding(False)
+
+    def decode(data: bytes) -> str:
+        # universal newlines, as subprocess's text mode
+        return data.decode(encoding, errors or "strict").replace("\r\n", "\n").replace(
+            "\r", "\n")
+    return decode
 
 
 def _domain_result(msg: Msg) -> Domain:

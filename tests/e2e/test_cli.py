@@ -183,3 +183,49 @@ def test_bench_writes_a_report_with_plots(tmp_path):
     text = (out / "report.md").read_text()
     assert "Pending clients" in text and "pending.png" in text and "Reproduce" in text
     assert (out / "pending.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_output_from_the_shell_spawn_logs_ps_and_run(name, tmp_path):
+    out = run("spawn", "--name", name, "--json", "--",
+              "/bin/sh", "-c", "echo one; echo two; echo err >&2; sleep 0.5; echo three")
+    ident = str(json.loads(out.stdout)["id"])
+    followed = run("logs", "--name", name, ident, "-f")
+    assert followed.stdout == "one\ntwo\nthree\n"
+    assert run("logs", "--name", name, ident, "--tail", "1").stdout == "three\n"
+    assert run("logs", "--name", name, ident, "--stderr").stdout == "err\n"
+    both = run("logs", "--name", name, ident, "--both")
+    assert (both.stdout, both.stderr) == ("one\ntwo\nthree\n", "err\n")
+    # ps --last shows each running domain's last line
+    out = run("spawn", "--name", name, "--json", "--", "/bin/sh", "-c",
+              "echo first; echo alive; exec sleep 30")
+    alive = json.loads(out.stdout)["id"]
+    deadline = time.monotonic() + 10
+    while run("logs", "--name", name, str(alive)).stdout != "first\nalive\n":
+        assert time.monotonic() < deadline
+    rows = json.loads(run("ps", "--name", name, "--last", "--json").stdout)
+    assert [r["last"] for r in rows if r["id"] == alive] == ["alive"]
+    assert "LAST OUTPUT" in run("ps", "--name", name, "--last").stdout
+    # a file, and stderr into it too
+    target = tmp_path / "out.txt"
+    out = run("spawn", "--name", name, "--json", "--stdout", str(target), "--stderr", "stdout",
+              "--", "/bin/sh", "-c", "echo to file; echo and err >&2")
+    token = json.loads(out.stdout)["token"]
+    assert run("wait", "--name", name, token).stdout.strip() == "0"
+    assert target.read_text() == "to file\nand err\n"
+    # run: the program writes to our stdout and stderr, we exit with its status
+    ran = run("run", "--name", name, "--", "/bin/sh", "-c", "echo hi; echo ho >&2; exit 5",
+              check=False)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (5, "hi\n", "ho\n")
+
+
+def test_output_errors_from_the_shell_are_one_line(name, tmp_path):
+    bad = run("spawn", "--name", name, "--stdout", str(tmp_path / "no" / "x"), "--",
+              "/bin/true", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"OPEN_FAILED" in bad.stderr and f"stdout {tmp_path}/no/x" in bad.stderr
+    for args, message in ((("logs", "999999"), "unknown, or ended"),
+                          (("logs", "abc"), "neither a domain id nor a token"),
+                          (("spawn", "--stderr", "", "--", "/bin/true"), "stderr path is empty")):
+        proc = run(args[0], "--name", name, *args[1:], check=False)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
