@@ -1,5 +1,9 @@
 """Spawn-and-wait of /bin/true through the runtime against raw
-os.posix_spawn + waitpid, in one run (`python -m bench.spawn`)."""
+os.posix_spawn + waitpid, in one run (`python -m bench.spawn`).
+
+Like for like: raw gives the program no output files, so the runtime's
+spawns here send stdout and stderr to /dev/null (DEVNULL) rather than
+capture them; what capture costs is bench/output.py's."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import procmgr
 from bench.stats import median_interval, median_p99_us
 
 PROGRAM = ["/bin/true"]
+QUIET = {"stdout": procmgr.DEVNULL, "stderr": procmgr.DEVNULL}
 
 
 def raw_rate(n: int, in_flight: int) -> float:
@@ -75,7 +80,7 @@ def runtime_rate(pm, n: int, in_flight: int, cores: int) -> float:
     spawns, waits = collections.deque(), []
     start = time.perf_counter()
     for i in range(n):
-        spawns.append(pm.spawn_async(PROGRAM, core=i % cores))
+        spawns.append(pm.spawn_async(PROGRAM, core=i % cores, **QUIET))
         if len(spawns) >= in_flight:
             waits.append(pm.wait_async(pm.wait_for(spawns.popleft(), timeout=30)))
             if len(waits) >= in_flight:
@@ -90,7 +95,7 @@ def spawn_latency_us(pm, n: int, cores: int) -> tuple[float, float]:
     samples = []
     for i in range(n):
         t = time.perf_counter_ns()
-        d = pm.spawn(PROGRAM, core=i % cores, timeout=30)
+        d = pm.spawn(PROGRAM, core=i % cores, timeout=30, **QUIET)
         samples.append(time.perf_counter_ns() - t)
         pm.wait(d, timeout=30)
     return median_p99_us(samples)

@@ -74,3 +74,12 @@ def test_interleaved_blocks_reverse_their_order_every_other_block():
     rates = interleaved(measures, 3)
     assert "".join(calls) == "abccbaabc"
     assert rates == {"a": [1, 6, 7], "b": [2, 5, 8], "c": [3, 4, 9]}
+
+
+def test_output_comparison_runs_and_captures():
+    from bench.output import compare, table
+
+    r = compare(blocks=2, block=3, rounds=1, history=10)
+    assert all(v > 0 for v in r["spawn"].values()) and all(v > 0 for v in r["write"].values())
+    text = table(r)
+    assert f"{r['ratio']['write']:.2f}x" in text and "PIPE + communicate" in text
