@@ -331,11 +331,9 @@ static void remove_logs(struct table *t, const struct domain *d)
             uint16_t core = d->cores.v[i].core;
             snprintf(name, sizeof name, "%u/%u.%s", core, d->id, streams[s]);
             snprintf(spare, sizeof spare, "%u/.spare/%u.%s", core, d->id, streams[s]);
-            if (renameat(t->logs_dirfd, name, t->logs_dirfd, spare) < 0) {
-                if (errno == ENOENT)
-                    continue;
-                unlinkat(t->logs_dirfd, name, 0);
-            }
+            if (renameat(t->logs_dirfd, name, t->logs_dirfd, spare) < 0 &&
+                unlinkat(t->logs_dirfd, name, 0) < 0)
+                continue;        /* it printed nothing where there is no pool, or is gone */
             for (unsigned n = 1;; n++) {
                 snprintf(name, sizeof name, "%u/%u.%s.%u", core, d->id, streams[s], n);
                 if (unlinkat(t->logs_dirfd, name, 0) < 0)

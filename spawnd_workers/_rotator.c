@@ -134,14 +134,20 @@ static void save_head(struct rotator *r, struct log_stream *s, uint64_t from, ui
 /* Look at a stream's file and rotate it if its data reached the bound. */
 static void check(struct rotator *r, struct log_stream *s)
 {
+    struct stat st, named;
     if (s->fd < 0) {
         s->fd = openat(r->dirfd, s->name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (s->fd < 0)
             return;          /* gone (a forgotten domain's file): nothing to bound */
     }
-    struct stat st;
-    if (fstat(s->fd, &st) < 0)
+    /* Still the file of that name? A forgotten domain's file is recycled
+     * for another; a stream ended but not yet freed must not touch it. */
+    if (fstat(s->fd, &st) < 0 || fstatat(r->dirfd, s->name, &named, AT_SYMLINK_NOFOLLOW) < 0 ||
+        st.st_ino != named.st_ino) {
+        close(s->fd);
+        s->fd = -1;
         return;
+    }
     uint64_t size = (uint64_t)st.st_size;
     if (size < s->start)     /* truncated by someone: start again */
         s->start = 0;
@@ -170,15 +176,26 @@ static void check(struct rotator *r, struct log_stream *s)
 
 /* ---- spare files (rotator thread) ----------------------------------------- */
 
-/* A file in .spare/, emptied, onto the ready stack (or gone, if it is full). */
+/* A file in .spare/, emptied, onto the ready stack -- or gone, if the
+ * stack is full or someone still has it open: a process a forgotten domain
+ * left behind, writing on, must not write into the next domain's log. A
+ * write lease is granted only to a file nobody else has open: that is the
+ * test, exact and one system call. */
 static void adopt_spare(struct rotator *r, const char *name)
 {
-    int fd = openat(r->spare_dirfd, name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
+    int fd = openat(r->spare_dirfd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
         return;              /* not a file of ours after all, or gone */
+    int alone = fcntl(fd, F_SETLEASE, F_WRLCK) == 0;
+    if (!alone && errno == EINVAL)
+        alone = 1;           /* leases are off here (fs.leases-enable): trust it */
+    else if (alone)
+        fcntl(fd, F_SETLEASE, F_UNLCK);
+    if (alone && ftruncate(fd, 0) < 0)
+        alone = 0;
     close(fd);
     pthread_mutex_lock(&r->lock);
-    int kept = r->nspares < SPARE_MAX && strlen(name) < ROTATOR_NAME;
+    int kept = alone && r->nspares < SPARE_MAX && strlen(name) < ROTATOR_NAME;
     if (kept)
         strcpy(r->spares[r->nspares++], name);
     if (strncmp(name, "new", 3) == 0 && r->coming > 0)

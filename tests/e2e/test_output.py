@@ -281,3 +281,21 @@ def test_bad_stream_arguments_are_refused_before_anything_is_sent(pm):
         pm.output(pm.run(["/bin/true"]).domain, tail=-1)
     assert pm.run(["/bin/echo", "still fine"]).stdout == b"still fine\n"
     assert INHERIT is procmgr.INHERIT
+
+
+def test_a_process_left_behind_never_writes_into_another_domains_log():
+    """A daemon that outlived its domain (it left the process group, so the
+    domain's end did not reach it) keeps writing to the log file it
+    inherited. When the domain is forgotten its file is not handed to the
+    next domain as a spare while anyone still has it open."""
+    with procmgr.Runtime(cores=1, history=1) as rt:
+        pm = rt.client()
+        left = pm.run(sh("/usr/bin/setsid /bin/sh -c 'while :; do echo leak; sleep 0.02; done' "
+                         "& sleep 0.3; echo started"))
+        assert left.stdout.endswith(b"started\n") and b"leak\n" in left.stdout  # it runs
+        for i in range(20):       # forgets `left`, and recycles what can be
+            assert pm.run(["/bin/echo", str(i)]).stdout == b"%d\n" % i
+        time.sleep(0.2)
+        for i in range(20):
+            r = pm.run(sh(f"sleep 0.05; echo {i}"))
+            assert r.stdout == b"%d\n" % i, r.stdout      # never "leak"
