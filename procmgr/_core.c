@@ -234,6 +234,9 @@ struct table {
     uint32_t *cleaned;           /* their ids, a FIFO of `history` */
     uint32_t cleaned_head, ncleaned;
     int logs_dirfd;              /* the workers' log files; -1: none kept */
+    int *core_dirs;              /* its CORE subdirectories, opened once: a name a
+                                    program could swap for a link is resolved once */
+    uint32_t ncore_dirs;
     uint32_t next_id;
     uint64_t nonces[NONCE_BATCH];
     uint32_t next_nonce;
@@ -322,24 +325,39 @@ static struct domain *table_create(struct table *t, PyObject *argv, uint16_t cor
  * without gaps). The current files are handed back to their core's pool of
  * spare files rather than unlinked: a spawn then needs no file created
  * (spawnd_workers/_rotator.h, "Spare files"). */
+static int core_dir(struct table *t, uint16_t core)
+{
+    if (core >= t->ncore_dirs)
+        return -1;
+    if (t->core_dirs[core] < 0) {
+        char name[16];
+        snprintf(name, sizeof name, "%u", core);
+        t->core_dirs[core] = openat(t->logs_dirfd, name,
+                                    O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    return t->core_dirs[core];
+}
+
 static void remove_logs(struct table *t, const struct domain *d)
 {
     static const char *const streams[] = {"stdout", "stderr"};
-    char name[96], spare[96];
-    for (uint32_t i = 0; i < d->cores.n; i++)
+    char name[64], spare[80];
+    for (uint32_t i = 0; i < d->cores.n; i++) {
+        int dir = core_dir(t, d->cores.v[i].core);
+        if (dir < 0)
+            continue;            /* no worker made it: nothing of ours there */
         for (int s = 0; s < 2; s++) {
-            uint16_t core = d->cores.v[i].core;
-            snprintf(name, sizeof name, "%u/%u.%s", core, d->id, streams[s]);
-            snprintf(spare, sizeof spare, "%u/.spare/%u.%s", core, d->id, streams[s]);
-            if (renameat(t->logs_dirfd, name, t->logs_dirfd, spare) < 0 &&
-                unlinkat(t->logs_dirfd, name, 0) < 0)
+            snprintf(name, sizeof name, "%u.%s", d->id, streams[s]);
+            snprintf(spare, sizeof spare, ".spare/%u.%s", d->id, streams[s]);
+            if (renameat(dir, name, dir, spare) < 0 && unlinkat(dir, name, 0) < 0)
                 continue;        /* it printed nothing where there is no pool, or is gone */
             for (unsigned n = 1;; n++) {
-                snprintf(name, sizeof name, "%u/%u.%s.%u", core, d->id, streams[s], n);
-                if (unlinkat(t->logs_dirfd, name, 0) < 0)
+                snprintf(name, sizeof name, "%u.%s.%u", d->id, streams[s], n);
+                if (unlinkat(dir, name, 0) < 0)
                     break;
             }
         }
+    }
 }
 
 /* -> CLEANED: off the live list, into the history (oldest dropped). */
@@ -1640,6 +1658,16 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
     self->table.capacity = capacity;
     self->table.history = history;
     self->table.logs_dirfd = logs_dirfd;     /* the caller's: it outlives the Core */
+    if (logs_dirfd >= 0) {
+        self->table.core_dirs = PyMem_Malloc(max_cores * sizeof *self->table.core_dirs);
+        if (self->table.core_dirs == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (unsigned int i = 0; i < max_cores; i++)
+            self->table.core_dirs[i] = -1;
+        self->table.ncore_dirs = max_cores;
+    }
     self->table.next_id = 1;
     self->table.next_nonce = NONCE_BATCH;
     self->reply_queue = reply_queue;
@@ -1663,6 +1691,10 @@ static void core_dealloc(CoreObject *self)
         if (self->table.by_id.keys[i] != 0)
             domain_free(self->table.by_id.vals[i]);
     map_free(&self->table.by_id);
+    for (uint32_t i = 0; i < self->table.ncore_dirs; i++)
+        if (self->table.core_dirs[i] >= 0)
+            close(self->table.core_dirs[i]);
+    PyMem_Free(self->table.core_dirs);
     PyMem_Free(self->table.cleaned);
     for (uint32_t i = 0; i < self->clients.cap; i++)
         if (self->clients.keys[i] != 0)

@@ -83,11 +83,12 @@ def _show_runtime_log(name: str, stop: threading.Event) -> None:
         return
     with f:
         while True:
-            data = f.read()
+            stopping = stop.wait(0.2)
+            data = f.read()           # (once more after the stop: the last words)
             if data:
                 sys.stderr.buffer.write(data)
                 sys.stderr.flush()
-            if stop.wait(0.2):
+            if stopping:
                 return
 
 

@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from typing import Callable, Iterator
 
 # A captured stream's bounds unless the runtime or the spawn says otherwise.
 LOG_MAX_BYTES = 1 << 20
 LOG_BACKUPS = 1
 LOG_MIN_BYTES = 4096       # a rotation cuts whole blocks out of the file
+LOG_MAX_BACKUPS = 32       # each rotation renames every one: kept few
 STREAMS = ("stdout", "stderr")
 END_ATTR = "user.procmgr.end"     # on NAME.1 (spawnd_workers/_rotator.c)
 
@@ -80,8 +82,9 @@ def stream_caps(stdin=None, stdout=None, stderr=None, *, append: bool = False,
         if type(limit) is not int or not LOG_MIN_BYTES <= limit < 1 << 62:
             raise ValueError(f"log_max_bytes must be an int >= {LOG_MIN_BYTES} (a rotation "
                              f"cuts whole blocks), not {limit!r}")
-        if type(backups) is not int or not 0 <= backups < 1000:
-            raise ValueError(f"log_backups must be an int in 0..999, not {backups!r}")
+        if type(backups) is not int or not 0 <= backups <= LOG_MAX_BACKUPS:
+            raise ValueError(f"log_backups must be an int in 0..{LOG_MAX_BACKUPS}, "
+                             f"not {backups!r}")
         bounds = f"{limit}:{backups}"
     caps = []
     if stdin is not None and stdin is not DEVNULL:
@@ -133,19 +136,34 @@ def log_path(logs_dir: str, dom: int, core: int, stream: str) -> str:
 
 def _inode(path: str) -> int | None:
     try:
-        return os.stat(path).st_ino
+        return os.stat(path, follow_symlinks=False).st_ino
     except FileNotFoundError:
         return None
 
 
-def _read_from(f, pos: int) -> tuple[bytes, int]:
+def _open_log(path: str):
+    """A log file open for reading, or None if there is none: a regular
+    file only, not through a link, never waiting on a FIFO -- a program can
+    put anything at a name in the logs directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _read_from(f, pos: int) -> tuple[bytes, int, int]:
     """What the file holds from ``pos`` on, skipping the hole rotations
-    leave at its head; and where that ends."""
+    leave at its head: the bytes, where they begin (past ``pos`` if a
+    rotation cut there) and where they end."""
     fd = f.fileno()
     try:
         start = os.lseek(fd, pos, os.SEEK_DATA)
     except OSError:            # ENXIO: no data at or after pos
-        return b"", pos
+        return b"", pos, pos
     f.seek(start)
     data = f.read()
     # A rotation may have cut out what was just read (a hole reads as zeros).
@@ -155,15 +173,16 @@ def _read_from(f, pos: int) -> tuple[bytes, int]:
         now = start + len(data)
     if now > start:
         data, start = data[now - start:], now
-    return data, start + len(data)
+    return data, start, start + len(data)
 
 
-def _rotated_end(path: str) -> int:
-    """Where a rotated file's bytes end in the current file (0: unknown).
-    The rotator writes it before it cuts them out of the current file: a
-    reader between the two reads them once."""
+def _rotated_end(f) -> int:
+    """Where a rotated file's bytes end in the current file (0: unknown, as
+    where the file system keeps no user attributes). The rotator writes it
+    before it cuts them out of the current file: a reader between the two
+    reads them once, and a follower a rotation overtook finds them there."""
     try:
-        return int(os.getxattr(path, END_ATTR))
+        return int(os.getxattr(f.fileno(), END_ATTR))
     except (OSError, ValueError):
         return 0
 
@@ -175,21 +194,13 @@ def _read_all(base: str) -> tuple[bytes, object, int]:
     for _ in range(10):
         newest = _inode(f"{base}.1")
         rotated = []
-        n = 1
-        while True:
-            try:
-                rotated.append(open(f"{base}.{n}", "rb"))
-            except FileNotFoundError:
-                break
-            n += 1
-        try:
-            current = open(base, "rb")
-        except FileNotFoundError:
-            current = None
+        while (f := _open_log(f"{base}.{len(rotated) + 1}")) is not None:
+            rotated.append(f)
+        current = _open_log(base)
         try:
             data = b"".join(f.read() for f in reversed(rotated))
-            start = _rotated_end(f"{base}.1") if rotated else 0
-            tail, pos = _read_from(current, start) if current else (b"", 0)
+            start = _rotated_end(rotated[0]) if rotated else 0
+            tail, _, pos = _read_from(current, start) if current else (b"", 0, 0)
         finally:
             for f in rotated:
                 f.close()
@@ -228,9 +239,10 @@ def last_lines(data: bytes, n: int) -> bytes:
 
 class LogFollower:
     """A stream's output as it comes, like ``tail -f``: ``take()`` returns
-    what was written since the last call (first, what its files held). A
-    follower more than ``max_bytes`` behind the program misses what a
-    rotation moved out meanwhile. ``close()`` when done."""
+    what was written since the last call (first, what its files held). What
+    a rotation cut from under it is read from NAME.1; a follower more than a
+    rotation behind the program misses what went between. ``close()`` when
+    done."""
 
     def __init__(self, logs_dir: str, dom: int, core: int, stream: str, tail: int | None = None):
         _check_tail(tail)
@@ -241,12 +253,29 @@ class LogFollower:
     def take(self) -> bytes:
         first, self._first = self._first, b""
         if self._current is None:
-            try:
-                self._current = open(self.base, "rb")
-            except FileNotFoundError:
+            self._current = _open_log(self.base)
+            if self._current is None:
                 return first
-        data, self._pos = _read_from(self._current, self._pos)
+        was = self._pos
+        data, start, self._pos = _read_from(self._current, was)
+        if start > was:           # a rotation cut what was not read yet
+            data = self._rotated_since(was, start) + data
         return first + data
+
+    def _rotated_since(self, pos: int, start: int) -> bytes:
+        """What a rotation moved from [pos, start) of the current file into
+        NAME.1, if it is all there (it is, unless more than one rotation
+        came since the last look)."""
+        f = _open_log(self.base + ".1")
+        if f is None:
+            return b""
+        with f:
+            end = _rotated_end(f)
+            low = end - os.fstat(f.fileno()).st_size
+            if end != start or not low <= pos < end:
+                return b""
+            f.seek(pos - low)
+            return f.read(end - pos)
 
     def close(self) -> None:
         if self._current is not None:

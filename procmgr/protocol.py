@@ -418,7 +418,7 @@ def _cap_problem(fd: int, mode: str, text: str) -> str:
             limit, sep, backups = text.partition(":")
             if not (sep and limit.isascii() and limit.isdigit() and backups.isascii()
                     and backups.isdigit() and 0 < int(limit) < 1 << 63
-                    and int(backups) < 1000):
+                    and int(backups) <= 32):         # logs.LOG_MAX_BACKUPS
                 return f"log bounds {text!r} are not MAX_BYTES:BACKUPS (MAX_BYTES > 0)"
         return ""
     if mode == "n":

@@ -93,13 +93,14 @@ static void backup_name(char *buf, size_t size, const struct log_stream *s, uint
  * sees a half-written NAME.1; it carries, as the attribute END_ATTR, the
  * offset in the current file where its bytes end, so a reader that finds
  * them not yet cut from the current file reads them once. */
-static void save_head(struct rotator *r, struct log_stream *s, uint64_t from, uint64_t to)
+static int save_head(struct rotator *r, struct log_stream *s, uint64_t from, uint64_t to)
 {
     char a[ROTATOR_NAME + 16], b[ROTATOR_NAME + 16];
     backup_name(a, sizeof a, s, 0);                  /* NAME.0: being written */
-    int out = openat(r->dirfd, a, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    unlinkat(r->dirfd, a, 0);                        /* whatever had the name */
+    int out = openat(r->dirfd, a, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (out < 0)
-        return;
+        return -1;
     loff_t off = (loff_t)from;
     while ((uint64_t)off < to) {
         ssize_t n = copy_file_range(s->fd, &off, out, NULL, (size_t)(to - (uint64_t)off), 0);
@@ -117,6 +118,11 @@ static void save_head(struct rotator *r, struct log_stream *s, uint64_t from, ui
         }
         break;               /* EOF (a concurrent truncation), ENOSPC ...: keep what is in */
     }
+    if ((uint64_t)off < to) {                        /* not all of it: keep it where it is */
+        close(out);
+        unlinkat(r->dirfd, a, 0);
+        return -1;
+    }
     char end[24];
     int len = snprintf(end, sizeof end, "%llu", (unsigned long long)to);
     fsetxattr(out, END_ATTR, end, (size_t)len, 0);   /* ENOTSUP: readers do without */
@@ -128,7 +134,7 @@ static void save_head(struct rotator *r, struct log_stream *s, uint64_t from, ui
     }
     backup_name(a, sizeof a, s, 0);
     backup_name(b, sizeof b, s, 1);
-    renameat(r->dirfd, a, r->dirfd, b);
+    return renameat(r->dirfd, a, r->dirfd, b);
 }
 
 /* Look at a stream's file and rotate it if its data reached the bound. */
@@ -156,11 +162,19 @@ static void check(struct rotator *r, struct log_stream *s)
     uint64_t cut = size / BLOCK * BLOCK;      /* whole blocks: what a hole can be */
     if (cut <= s->start)
         return;
-    /* At most max_bytes go to NAME.1: what a burst wrote past the bound
-     * before we looked is the oldest, and goes. */
-    uint64_t from = cut - s->start > s->max_bytes ? cut - s->max_bytes : s->start;
-    if (s->backups > 0)
-        save_head(r, s, from, cut);
+    /* A burst may have written more than max_bytes before we looked: it
+     * goes into as many rotated files as it fills, oldest first, each at
+     * most max_bytes; what is older than the backups hold goes. */
+    uint64_t pieces = (cut - s->start + s->max_bytes - 1) / s->max_bytes;
+    if (pieces > s->backups)
+        pieces = s->backups;
+    for (uint64_t j = pieces; j > 0; j--) {
+        uint64_t to = cut - (j - 1) * s->max_bytes;
+        uint64_t from = to - s->max_bytes > s->start && to > s->max_bytes ? to - s->max_bytes
+                                                                          : s->start;
+        if (save_head(r, s, from, to) < 0)
+            return;          /* the disk refuses: cut nothing, try at the next growth */
+    }
     if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s->start,
                   (off_t)(cut - s->start)) == 0) {
         s->start = cut;
@@ -198,8 +212,6 @@ static void adopt_spare(struct rotator *r, const char *name)
     int kept = alone && r->nspares < SPARE_MAX && strlen(name) < ROTATOR_NAME;
     if (kept)
         strcpy(r->spares[r->nspares++], name);
-    if (strncmp(name, "new", 3) == 0 && r->coming > 0)
-        r->coming--;
     pthread_mutex_unlock(&r->lock);
     if (!kept)
         unlinkat(r->spare_dirfd, name, 0);
@@ -230,7 +242,7 @@ static void adopt_all(struct rotator *r)
 static int make_spares(struct rotator *r)
 {
     pthread_mutex_lock(&r->lock);
-    int want = r->asked ? SPARE_TARGET - r->nspares - r->coming : 0;
+    int want = r->asked ? SPARE_TARGET - r->nspares : 0;
     r->asked = want > SPARE_BATCH;       /* (more next round) */
     pthread_mutex_unlock(&r->lock);
     if (want <= 0)
@@ -251,9 +263,9 @@ static int make_spares(struct rotator *r)
         if (renameat(r->spare_dirfd, from, r->spare_dirfd, name) < 0)
             break;
     }
-    pthread_mutex_lock(&r->lock);
-    r->coming += made;       /* until their events adopt them */
-    pthread_mutex_unlock(&r->lock);
+    /* The ones made are adopted when their events are read, next round:
+     * until then they are not counted, and a round may make a batch too
+     * many -- the stack's bound (SPARE_MAX) takes care of it. */
     return more && made == want;
 }
 

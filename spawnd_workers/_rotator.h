@@ -91,7 +91,6 @@ struct rotator {
     int spare_wd;              /* its inotify watch (files renamed into it) */
     char (*spares)[ROTATOR_NAME];   /* ready: empty files in .spare/ (a stack) */
     int32_t nspares;
-    int32_t coming;            /* made, not yet adopted */
     int asked;                 /* spawns took spares: make more */
     uint64_t made;             /* rotator thread: spare files it created */
     uint64_t rotations;        /* rotator thread's count, for the stats */

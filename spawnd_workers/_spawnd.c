@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,16 +89,20 @@ static PyStructSequence_Desc dispatcher_desc = {
 /* ---- Prepared ------------------------------------------------------------ */
 
 /* What a dispatcher's descriptor `fd` is made, in order (dups last: they
- * copy what the others made). A log's file is named after the domain and an
- * inherited descriptor is taken anew, for each spawn ("per spawn"); the
- * others are the same each time. */
+ * copy what the others made). Made here, for each spawn ("per spawn"), and
+ * handed to the program: a log file (named after the domain), an inherited
+ * descriptor, and a file a caller named -- opened without waiting, so a
+ * FIFO nobody reads is an error and not a worker stuck in posix_spawn
+ * (whose child opens its files before the worker goes on). Only /dev/null
+ * is left for the program to open itself. */
 enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
-#define MAX_PER_SPAWN 2       /* stdout and stderr */
+#define MAX_PER_SPAWN 1024    /* descriptors a spawn may name: 0..1023 */
 
 struct action {
     int kind, fd;
     char *path;               /* ACT_OPEN */
     int flags, mode;          /* ACT_OPEN */
+    int per_spawn;            /* ACT_OPEN of anything but /dev/null; ACT_LOG, ACT_INHERIT */
     int src;                  /* ACT_DUP: the descriptor copied; ACT_INHERIT: the caller's */
     pid_t pid;                /* ACT_INHERIT: the caller */
     uint64_t max_bytes;       /* ACT_LOG */
@@ -116,8 +121,7 @@ typedef struct {
     struct action *actions;
     Py_ssize_t nactions;
     int nlogs;            /* ACT_LOG entries */
-    int ninherit;         /* ACT_INHERIT entries */
-    int nper_spawn;       /* both */
+    int nper_spawn;       /* entries made per spawn */
     /* Without per-spawn descriptors the file actions are the same every
      * time: built once. With them, built for each spawn. */
     posix_spawn_file_actions_t fixed;
@@ -163,46 +167,20 @@ static char **string_array(PyObject *keep, PyObject *seq, Py_ssize_t spare,
     return arr;
 }
 
-/* What the per-spawn actions need: the domain (its log files are named
- * after it) and the descriptors inherited for it (inherited[i] for the i-th
- * ACT_INHERIT; closed here once the program has started). */
-struct per_spawn {
-    const char *logs_dir;     /* the core's logs directory */
-    uint32_t dom;
-    int inherited[MAX_PER_SPAWN];
-};
-
-/* How a captured stream's file is opened: by the program, for appending --
- * it writes its output there itself (spawnd_workers/_rotator.h). */
-#define LOG_FLAGS (O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW)
-
-/* Adds the descriptor actions to fa (ps: NULL when there are no per-spawn
- * ones). 0, or an errno. */
-static int add_actions(PreparedObject *p, posix_spawn_file_actions_t *fa,
-                       const struct per_spawn *ps)
+/* Adds the descriptor actions to fa; made[i] is the descriptor made for
+ * the i-th per-spawn action (NULL: there are none). 0, or an errno. */
+static int add_actions(PreparedObject *p, posix_spawn_file_actions_t *fa, const int *made)
 {
     int rc = 0, k = 0;
     for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
         struct action *a = &p->actions[i];
-        char file[PATH_MAX], name[ROTATOR_NAME];
-        switch (a->kind) {
-        case ACT_OPEN:
+        if (a->per_spawn)
+            rc = posix_spawn_file_actions_adddup2(fa, made[k++], a->fd);
+        else if (a->kind == ACT_OPEN)
             rc = posix_spawn_file_actions_addopen(fa, a->fd, a->path, a->flags,
                                                   (mode_t)a->mode);
-            break;
-        case ACT_LOG:          /* the path is copied (POSIX says so; glibc does) */
-            rotator_name(name, sizeof name, ps->dom, a->fd);
-            if (snprintf(file, sizeof file, "%s/%s", ps->logs_dir, name) >= (int)sizeof file)
-                rc = ENAMETOOLONG;
-            else
-                rc = posix_spawn_file_actions_addopen(fa, a->fd, file, LOG_FLAGS, 0600);
-            break;
-        case ACT_INHERIT:
-            rc = posix_spawn_file_actions_adddup2(fa, ps->inherited[k++], a->fd);
-            break;
-        default:
+        else
             rc = posix_spawn_file_actions_adddup2(fa, a->src, a->fd);
-        }
     }
     return rc;
 }
@@ -273,7 +251,6 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         } else if (strcmp(kind, "inherit") == 0) {
             a->kind = ACT_INHERIT;
             ok = PyArg_ParseTuple(item, "siii:actions entry", &kind, &a->fd, &a->pid, &a->src);
-            p->ninherit += ok;
         } else if (strcmp(kind, "dup") == 0) {
             a->kind = ACT_DUP;
             ok = PyArg_ParseTuple(item, "sii:actions entry", &kind, &a->fd, &a->src);
@@ -292,11 +269,14 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
             Py_DECREF(fast);
             goto fail;
         }
-        if (ok && (a->kind == ACT_LOG || a->kind == ACT_INHERIT) &&
-            ++p->nper_spawn > MAX_PER_SPAWN) {
-            PyErr_SetString(PyExc_ValueError, "at most two streams captured or inherited");
-            Py_DECREF(fast);
-            goto fail;
+        if (ok) {
+            a->per_spawn = a->kind == ACT_LOG || a->kind == ACT_INHERIT ||
+                           (a->kind == ACT_OPEN && strcmp(a->path, "/dev/null") != 0);
+            if (a->per_spawn && ++p->nper_spawn > MAX_PER_SPAWN) {
+                PyErr_SetString(PyExc_ValueError, "too many descriptors");
+                Py_DECREF(fast);
+                goto fail;
+            }
         }
         p->nactions = i + 1;
     }
@@ -368,8 +348,7 @@ typedef struct {
     char core_var[32];
     char dom_var[32];
     struct rotator *rotator;      /* captured streams' bounds; NULL: no logs directory */
-    int logs_dirfd;               /* the core's logs directory, and its path: */
-    PyObject *logs_dir;           /* bytes, for the programs' opens */
+    int logs_dirfd;               /* the core's logs directory */
 } HotPathObject;
 
 static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span,
@@ -403,8 +382,8 @@ static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pid
     return d;
 }
 
-/* The log rotator, for a worker given a logs directory (the path of this
- * core's); its thread runs on `cpus` (an iterable of CPU numbers; None:
+/* The log rotator, for a worker given a logs directory (this core's);
+ * its thread runs on `cpus` (an iterable of CPU numbers; None:
  * where the worker may). */
 static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus)
 {
@@ -449,7 +428,7 @@ static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus)
         return -1;
     }
     c->logs_dirfd = dirfd;
-    c->logs_dir = path;
+    Py_DECREF(path);
     return 0;
 }
 
@@ -525,7 +504,6 @@ static void hotpath_dealloc(HotPathObject *c)
         PyMem_Free(c->rotator);
         close(c->logs_dirfd);
     }
-    Py_XDECREF(c->logs_dir);
     if (c->have_attr)
         posix_spawnattr_destroy(&c->attr);
     Py_XDECREF(c->dispatchers);
@@ -553,13 +531,43 @@ static int forget(HotPathObject *c, PyObject *d)
     return rc;
 }
 
+/* An empty file of ours, made: 0, or -1 with errno (EEXIST: the name is taken). */
+static int mkfile(int dirfd, const char *name)
+{
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* A descriptor opened, checked to be what it should be: not waiting on a
+ * FIFO (O_NONBLOCK: ENXIO for one with no reader), then made blocking again,
+ * as a program expects its descriptors. -errno on failure. */
+static int open_checked(int dirfd, const char *path, int flags, int mode, int regular_only)
+{
+    int fd = openat(dirfd, path, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, (mode_t)mode);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (regular_only && !S_ISREG(st.st_mode)) ||
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}
+
 /* A copy of process pid's descriptor fd: the same open file (its offset
  * shared) where we may take it (pidfd_getfd needs ptrace rights over pid);
  * else the same file opened anew through /proc, for appending -- a
  * terminal or a pipe is then the same, a regular file has an offset of its
- * own. A descriptor, or -errno. */
+ * own. Never one of the runtime's own (this worker's, its manager's). A
+ * descriptor, or -errno. */
 static int inherited_fd(pid_t pid, int fd)
 {
+    if (pid == getpid() || pid == getppid())
+        return -EPERM;
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0)
         return -errno;
@@ -572,52 +580,64 @@ static int inherited_fd(pid_t pid, int fd)
         return -err;
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)pid, fd);
-    got = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_CLOEXEC);
-    return got < 0 ? -errno : got;
+    return open_checked(AT_FDCWD, path, O_WRONLY | O_APPEND, 0, 0);
 }
 
-/* The descriptors p inherits, taken for this spawn into ps->inherited; 0,
- * or an errno with *failed_fd the program's descriptor that could not be
- * made and nothing left open. */
-static int take_inherited(PreparedObject *p, struct per_spawn *ps, int *failed_fd)
+/* A captured stream's file, open for the program to append to: a spare one
+ * renamed into place where one is ready (_rotator.h, "Spare files"), else
+ * created. Whatever else has the name -- a FIFO or a link a program put
+ * there for a domain to come -- is removed first: the name is ours. A
+ * descriptor, or -errno. */
+static int open_log(HotPathObject *c, uint32_t dom, int stream)
+{
+    char name[ROTATOR_NAME], spare[ROTATOR_NAME];
+    rotator_name(name, sizeof name, dom, stream);
+    int have_spare = rotator_take(c->rotator, spare) == 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int rc = have_spare ? renameat2(c->rotator->spare_dirfd, spare, c->logs_dirfd, name,
+                                        RENAME_NOREPLACE)
+                            : mkfile(c->logs_dirfd, name);
+        if (rc == 0)
+            break;
+        if (errno == EEXIST)
+            unlinkat(c->logs_dirfd, name, 0);
+        else
+            have_spare = 0;      /* the spare is gone: make the file instead */
+    }
+    return open_checked(c->logs_dirfd, name, O_WRONLY | O_APPEND | O_NOFOLLOW, 0, 1);
+}
+
+/* The per-spawn descriptors of p, in order, into made[]; 0, or an errno
+ * with *failed_fd the program's descriptor that could not be made and
+ * nothing left open. */
+static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, int *made,
+                          int *failed_fd)
 {
     int n = 0, rc = 0;
     for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
         struct action *a = &p->actions[i];
-        if (a->kind != ACT_INHERIT)
+        if (!a->per_spawn)
             continue;
-        int fd = inherited_fd(a->pid, a->src);
+        int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd)
+                 : a->kind == ACT_INHERIT ? inherited_fd(a->pid, a->src)
+                 : open_checked(AT_FDCWD, a->path, a->flags, a->mode, 0);
         if (fd < 0) {
             rc = -fd;
             *failed_fd = a->fd;
         } else {
-            ps->inherited[n++] = fd;
+            made[n++] = fd;
         }
     }
     if (rc != 0)
         while (n > 0)
-            close(ps->inherited[--n]);
+            close(made[--n]);
     return rc;
-}
-
-/* Each captured stream's file, made of a spare one where there is one
- * (_rotator.h, "Spare files"); else the program creates it as it opens it. */
-static void place_spares(HotPathObject *c, PreparedObject *p, uint32_t dom)
-{
-    for (Py_ssize_t i = 0; i < p->nactions; i++) {
-        struct action *a = &p->actions[i];
-        char spare[ROTATOR_NAME], name[ROTATOR_NAME];
-        if (a->kind != ACT_LOG || rotator_take(c->rotator, spare) < 0)
-            continue;
-        rotator_name(name, sizeof name, dom, a->fd);
-        renameat(c->rotator->spare_dirfd, spare, c->logs_dirfd, name);
-    }
 }
 
 /* posix_spawn with p's descriptor actions; each captured stream is given
  * to the rotator (slots[i], *nslots of them). 0, or an errno with nothing
  * left running or open; *failed_fd says which of the program's descriptors
- * could not be made (-1: the program, or a file it was to open, failed). */
+ * could not be made (-1: the program itself did not start). */
 static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom, pid_t *pid,
                               int *slots, int *nslots, int *failed_fd)
 {
@@ -627,20 +647,18 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
         return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
-    struct per_spawn ps = {.logs_dir = c->logs_dir ? PyBytes_AS_STRING(c->logs_dir) : "",
-                           .dom = dom};
-    int rc = take_inherited(p, &ps, failed_fd);
+    int made[MAX_PER_SPAWN];      /* 4 KiB of stack: the worker's thread has megabytes */
+    int rc = make_per_spawn(c, p, dom, made, failed_fd);
     if (rc != 0)
         return rc;
-    place_spares(c, p, dom);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    rc = add_actions(p, &fa, &ps);
+    rc = add_actions(p, &fa, made);
     if (rc == 0)
         rc = posix_spawn(pid, p->file, &fa, &c->attr, p->argv, p->envp);
     posix_spawn_file_actions_destroy(&fa);
-    for (int i = 0; i < p->ninherit; i++)
-        close(ps.inherited[i]);             /* the program's now, not ours */
+    for (int i = 0; i < p->nper_spawn; i++)
+        close(made[i]);                     /* the program's now, not ours */
     if (rc != 0)
         return rc;
     for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
@@ -714,8 +732,7 @@ undo:
 
 /* start(prepared, dom, nonce, span) -> pid; OSError if it cannot start,
  * whose filename is the program's descriptor that could not be made (an
- * int), or None when the program itself did not start or a file it was to
- * open did not (posix_spawn does not say which). */
+ * int), or None when the program itself did not start. */
 static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyObject_TypeCheck(args[0], &PreparedType)) {

@@ -46,7 +46,7 @@ import sys
 import time
 
 from procmgr.errors import Err
-from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, log_name
+from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.osutil import (
     become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, reap_strays,
     watch_doorbell,
@@ -182,7 +182,7 @@ class Worker:
         try:
             pid = self.hot.start(program, msg.dom, msg.nonce, span)
         except OSError as e:
-            err, status, detail = _start_failure(program, e, msg.dom, self.logs_dir)
+            err, status, detail = _start_failure(program, e)
             return msg.reply(err, status, payload=detail)
         return msg.reply(Err.OK, pid)
 
@@ -217,6 +217,7 @@ class Worker:
         stderr the caps do not name; copies ("dup") last, once what they
         copy exists."""
         named = {fd for fd, _, _ in caps}
+        made = named | {0, 1, 2}       # what a copy may copy: never a worker's own
         actions, dups = [], []
         if 0 not in named:
             # Nobody reads a domain's terminal input: stdin is /dev/null.
@@ -227,6 +228,9 @@ class Worker:
                                else ("open", fd, os.devnull, os.O_WRONLY, 0))
         for fd, mode, text in caps:
             if mode == "dup":
+                if int(text) not in made:
+                    raise ValueError(f"descriptor {fd} copies {text}, which the program is "
+                                     "not given (only 0, 1, 2 and the caps' own)")
                 dups.append(("dup", fd, int(text)))
             elif mode == "n":
                 actions.append(("open", fd, os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY,
@@ -316,38 +320,18 @@ class Worker:
             end_and_reap(strays)
 
 
-# As _spawnd.c's LOG_FLAGS: how a program opens its captured stream's file.
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-
-
-def _start_failure(program: Prepared, e: OSError, dom: int, logs_dir: str | None) -> tuple:
+def _start_failure(program: Prepared, e: OSError) -> tuple:
     """The reply's error, status and detail for a start that failed with
-    ``e``. posix_spawn reports a file it could not open for the program and
-    a program it could not run alike; trying the opens here, in the same
-    order, tells which (a file the program would have created or emptied
-    is created or emptied, as it would have been). An inherited descriptor
-    that could not be taken is named by the start itself."""
-    if isinstance(e.filename, int):
-        action = next(a for a in program.actions if a[1] == e.filename)
-        what = f"{_stream_name(e.filename)} ({action[0]}"
-        what += f" of process {action[2]}'s descriptor {action[3]})" if action[0] == "inherit" \
-            else ")"
-        return (Err.OPEN_FAILED, e.errno or errno.EIO, f"{what}: {e.strerror}".encode()[:256])
-    for action in program.actions:
-        if action[0] not in ("open", "log"):
-            continue
-        fd = action[1]
-        path, flags, mode = action[2:] if action[0] == "open" else (
-            logs_dir and os.path.join(logs_dir, log_name(dom, fd)), _LOG_FLAGS, 0o600)
-        try:
-            os.close(os.open(path, flags | os.O_CLOEXEC, mode))
-            if action[0] == "log":
-                os.unlink(path)       # the domain never ran: its log goes
-        except OSError as bad:
-            return (Err.OPEN_FAILED, bad.errno or errno.EIO,
-                    f"{_stream_name(fd)} {path}: {bad.strerror}".encode()[:256])
-    return (Err.EXEC_FAILED, e.errno or errno.EIO,
-            f"{program.path}: {e.strerror}".encode()[:256])
+    ``e``: a descriptor of the program that could not be made (the start
+    names it: a file, a log, an inherited descriptor), or the program."""
+    if not isinstance(e.filename, int):
+        return (Err.EXEC_FAILED, e.errno or errno.EIO,
+                f"{program.path}: {e.strerror}".encode()[:256])
+    action = next(a for a in program.actions if a[1] == e.filename)
+    what = {"open": lambda: action[2], "log": lambda: "(its log)",
+            "inherit": lambda: f"(process {action[2]}'s descriptor {action[3]})"}[action[0]]()
+    return (Err.OPEN_FAILED, e.errno or errno.EIO,
+            f"{_stream_name(e.filename)} {what}: {e.strerror}".encode()[:256])
 
 
 def _stream_name(fd: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -229,3 +230,32 @@ def test_output_errors_from_the_shell_are_one_line(name, tmp_path):
         proc = run(args[0], "--name", name, *args[1:], check=False)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_up_in_the_foreground_shows_what_the_runtime_logs(children):
+    """The manager's and workers' diagnostics go to the runtime log (never
+    to a descriptor of whoever started it); `up` in the foreground shows
+    that log on its stderr."""
+    n = f"procmgr-test-cli-{os.getpid()}-{time.monotonic_ns()}"
+    up = children.python("-m", "procmgr", "up", "--cores", "1", "--name", n,
+                         stdin=subprocess.DEVNULL)
+    try:
+        assert up.stdout.readline().startswith(b"runtime"), up.stderr.read()
+        manager = psutil.Process(up.pid).children()[0]
+        worker = manager.children()[0]
+        worker.kill()                            # the manager logs it
+        log = os.path.join(runtime_dir(n), "runtime.log")
+        deadline = time.monotonic() + 10
+        while b"died" not in _read(log):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=30)
+    assert up.returncode == 0 and b"spawnd.0 died" in err, err
+    assert not os.path.exists(runtime_dir(n))
