@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import peers, pending_report, ring_report, scale, spawn
+from bench import output, peers, pending_report, ring_report, scale, spawn
 
-KINDS = ("ring", "spawn", "pending", "scale")
+KINDS = ("ring", "spawn", "output", "pending", "scale")
 CONTROL_PLANE_TARGET = 100_000   # requests/s, simulated dispatchers (issue 6)
 
 
@@ -21,6 +21,9 @@ def run(kinds, quick: bool = False) -> dict:
     if "spawn" in kinds:
         results["spawn"] = (spawn.compare(n=20, rounds=1, block=5, blocks=4) if quick
                             else spawn.compare())
+    if "output" in kinds:
+        results["output"] = (output.compare(blocks=4, block=10, rounds=2, history=50) if quick
+                             else output.compare())
     if "pending" in kinds:
         results["pending"] = pending_report.compare(rounds=rounds, scale=size)
     if "scale" in kinds:
@@ -71,6 +74,8 @@ def write(results: dict, directory: str) -> str:
         kinds = list(p["ns_per_request"])
         _bars(plt, os.path.join(directory, "pending.png"), kinds,
               [p["ns_per_request"][k] for k in kinds], "claim + match + release, ns/request")
+    if "output" in results:
+        parts += ["## Domain output", "", output.table(results["output"]), ""]
     if "scale" in results:
         rows = results["scale"]
         parts += ["## Scale", "", scale.table(rows), "", "![scale](scale.png)", ""]

@@ -259,3 +259,8 @@ def test_up_in_the_foreground_shows_what_the_runtime_logs(children):
         _, err = up.communicate(timeout=30)
     assert up.returncode == 0 and b"spawnd.0 died" in err, err
     assert not os.path.exists(runtime_dir(n))
+
+
+def test_bench_measures_output_from_the_shell():
+    proc = run("bench", "output", "--quick")
+    assert "100 MiB to stdout" in proc.stdout and "captured, LOG" in proc.stdout
