@@ -191,6 +191,7 @@ struct domain {
     uint8_t has_exit;            /* exit_status is set */
     uint8_t has_kill_error;
     uint8_t has_spawn_error;
+    uint8_t captured;            /* its streams with log files: 1 stdout, 2 stderr */
     uint16_t home_core;
     uint16_t kill_err, spawn_err;
     int32_t exit_status;
@@ -263,7 +264,7 @@ static int next_nonce(struct table *t, uint64_t *out)
     return 0;
 }
 
-static PyObject *str_partial, *str_argv, *str_caps;   /* interned attribute names */
+static PyObject *str_partial, *str_argv, *str_caps, *str_captured;   /* interned names */
 static PyObject *IllegalTransition;   /* a bug in a handler: answered INTERNAL */
 static PyObject *AnswerTwice;         /* the exactly-once check: stops the manager */
 
@@ -347,6 +348,8 @@ static void remove_logs(struct table *t, const struct domain *d)
         if (dir < 0)
             continue;            /* no worker made it: nothing of ours there */
         for (int s = 0; s < 2; s++) {
+            if (!(d->captured & (1 << s)))
+                continue;        /* DEVNULL, a file of the caller's ...: no log */
             snprintf(name, sizeof name, "%u.%s", d->id, streams[s]);
             snprintf(spare, sizeof spare, ".spare/%u.%s", d->id, streams[s]);
             if (renameat(dir, name, dir, spare) < 0 && unlinkat(dir, name, 0) < 0)
@@ -374,7 +377,7 @@ static int table_retire(struct table *t, struct domain *d)
     if (t->ncleaned == t->history) {
         struct domain *old = map_del(&t->by_id, t->cleaned[t->cleaned_head]);
         if (old != NULL) {
-            if (t->logs_dirfd >= 0)
+            if (t->logs_dirfd >= 0 && old->captured)
                 remove_logs(t, old);
             domain_free(old);
         }
@@ -938,9 +941,17 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
         return fail_protocol(c, client, r);
     PyObject *argv = PyObject_GetAttr(args, str_argv);
     PyObject *caps = PyObject_GetAttr(args, str_caps);
-    Py_DECREF(args);
     int rc = 0, has_caps = caps ? PyObject_IsTrue(caps) : -1;
     Py_XDECREF(caps);
+    long captured = 3;        /* no caps: both streams are */
+    if (has_caps > 0) {
+        PyObject *bits = PyObject_GetAttr(args, str_captured);
+        captured = bits ? PyLong_AsLong(bits) : -1;
+        Py_XDECREF(bits);
+        if (captured < 0)
+            has_caps = -1;
+    }
+    Py_DECREF(args);
     if (argv == NULL || has_caps < 0) {
         rc = -1;
     } else if (has_caps && r->h.op == OP_SPAWN) {
@@ -954,6 +965,8 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
             rc = answer_req(c, client, r, E_CREATE_DOMAIN_CAP, 0, 0);
         } else {
             struct domain *d = table_create(&c->table, argv, r->h.core, r->payload);
+            if (d != NULL)
+                d->captured = (uint8_t)captured;
             rc = d == NULL ? -1
                  : sd_send(sd, OP_SD_SPAWN, d->id, d->nonce, bytes_of(r->payload),
                            len_of(r->payload), client, r->h.seq, r->h.op);
@@ -2305,8 +2318,10 @@ PyMODINIT_FUNC PyInit__core(void)
     str_partial = PyUnicode_InternFromString("partial");
     str_argv = PyUnicode_InternFromString("argv");
     str_caps = PyUnicode_InternFromString("caps");
+    str_captured = PyUnicode_InternFromString("captured");
     if (AnswerTwice == NULL || IllegalTransition == NULL || str_partial == NULL ||
-        str_argv == NULL || str_caps == NULL || pending_register(mod) < 0 ||
+        str_argv == NULL || str_caps == NULL || str_captured == NULL ||
+        pending_register(mod) < 0 ||
         PyModule_AddObjectRef(mod, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(mod, "AnswerTwice", AnswerTwice) < 0 ||
         PyModule_AddObjectRef(mod, "IllegalTransition", IllegalTransition) < 0 ||
