@@ -83,6 +83,8 @@ static void map_remove(struct rotator *r, int32_t slot)
 
 /* ---- rotation (rotator thread) ------------------------------------------- */
 
+static void rotate(struct rotator *r, struct log_stream *s, int fd, uint64_t size);
+
 static void backup_name(char *buf, size_t size, const struct log_stream *s, uint32_t n)
 {
     snprintf(buf, size, "%s.%u", s->name, n);
@@ -93,7 +95,8 @@ static void backup_name(char *buf, size_t size, const struct log_stream *s, uint
  * sees a half-written NAME.1; it carries, as the attribute END_ATTR, the
  * offset in the current file where its bytes end, so a reader that finds
  * them not yet cut from the current file reads them once. */
-static int save_head(struct rotator *r, struct log_stream *s, uint64_t from, uint64_t to)
+static int save_head(struct rotator *r, struct log_stream *s, int fd, uint64_t from,
+                     uint64_t to)
 {
     char a[ROTATOR_NAME + 16], b[ROTATOR_NAME + 16];
     backup_name(a, sizeof a, s, 0);                  /* NAME.0: being written */
@@ -103,14 +106,14 @@ static int save_head(struct rotator *r, struct log_stream *s, uint64_t from, uin
         return -1;
     loff_t off = (loff_t)from;
     while ((uint64_t)off < to) {
-        ssize_t n = copy_file_range(s->fd, &off, out, NULL, (size_t)(to - (uint64_t)off), 0);
+        ssize_t n = copy_file_range(fd, &off, out, NULL, (size_t)(to - (uint64_t)off), 0);
         if (n > 0)
             continue;
         if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
                       errno == EOPNOTSUPP)) {
             char buf[65536];
             size_t want = to - (uint64_t)off < sizeof buf ? to - (uint64_t)off : sizeof buf;
-            n = pread(s->fd, buf, want, off);
+            n = pread(fd, buf, want, off);
             if (n > 0 && write(out, buf, (size_t)n) == n) {
                 off += n;
                 continue;
@@ -137,24 +140,9 @@ static int save_head(struct rotator *r, struct log_stream *s, uint64_t from, uin
     return renameat(r->dirfd, a, r->dirfd, b);
 }
 
-/* Look at a stream's file and rotate it if its data reached the bound. */
-static void check(struct rotator *r, struct log_stream *s)
+/* The stream's file (fd, `size` long) rotated if its data reached the bound. */
+static void rotate(struct rotator *r, struct log_stream *s, int fd, uint64_t size)
 {
-    struct stat st, named;
-    if (s->fd < 0) {
-        s->fd = openat(r->dirfd, s->name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (s->fd < 0)
-            return;          /* gone (a forgotten domain's file): nothing to bound */
-    }
-    /* Still the file of that name? A forgotten domain's file is recycled
-     * for another; a stream ended but not yet freed must not touch it. */
-    if (fstat(s->fd, &st) < 0 || fstatat(r->dirfd, s->name, &named, AT_SYMLINK_NOFOLLOW) < 0 ||
-        st.st_ino != named.st_ino) {
-        close(s->fd);
-        s->fd = -1;
-        return;
-    }
-    uint64_t size = (uint64_t)st.st_size;
     if (size < s->start)     /* truncated by someone: start again */
         s->start = 0;
     if (size - s->start < s->max_bytes)
@@ -170,20 +158,35 @@ static void check(struct rotator *r, struct log_stream *s)
         pieces = s->backups;
     for (uint64_t j = pieces; j > 0; j--) {
         uint64_t to = cut - (j - 1) * s->max_bytes;
-        uint64_t from = to - s->max_bytes > s->start && to > s->max_bytes ? to - s->max_bytes
-                                                                          : s->start;
-        if (save_head(r, s, from, to) < 0)
+        uint64_t from = to > s->start + s->max_bytes ? to - s->max_bytes : s->start;
+        if (save_head(r, s, fd, from, to) < 0)
             return;          /* the disk refuses: cut nothing, try at the next growth */
     }
-    if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s->start,
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s->start,
                   (off_t)(cut - s->start)) == 0) {
         s->start = cut;
-    } else if (ftruncate(s->fd, 0) == 0) {
+    } else if (ftruncate(fd, 0) == 0) {
         /* No holes here: the appends go on from 0. [cut, size) and what came
          * after the stat are lost -- the file system's limit, said above. */
         s->start = 0;
     }
     r->rotations++;
+}
+
+/* Look at a stream's file and rotate it if its data reached the bound.
+ * Opened by name for each look, not kept: a core with thousands of
+ * chatty programs would otherwise hold a descriptor for each, and a
+ * forgotten domain's file (recycled for another, under another name) is
+ * simply not found. */
+static void check(struct rotator *r, struct log_stream *s)
+{
+    int fd = openat(r->dirfd, s->name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return;              /* gone (a forgotten domain's file): nothing to bound */
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        rotate(r, s, fd, (uint64_t)st.st_size);
+    close(fd);
 }
 
 /* ---- the thread --------------------------------------------------------- */
@@ -323,9 +326,6 @@ static void read_events(struct rotator *r, int32_t *dirty)
 static void free_slot(struct rotator *r, int32_t i)
 {
     struct log_stream *s = slot_at(r, i);
-    if (s->fd >= 0)
-        close(s->fd);
-    s->fd = -1;
     pthread_mutex_lock(&r->lock);
     map_remove(r, i);
     s->in_use = 0;
@@ -484,7 +484,6 @@ static int grow(struct rotator *r)
     int32_t base = r->nchunks * ROTATOR_CHUNK;
     r->chunks[r->nchunks++] = chunk;
     for (int32_t i = ROTATOR_CHUNK - 1; i >= 0; i--) {
-        chunk[i].fd = -1;
         chunk[i].next = r->free_head;
         r->free_head = base + i;
     }
@@ -570,9 +569,6 @@ void rotator_close(struct rotator *r)
         r->started = 0;
     }
     for (int32_t c = 0; c < r->nchunks; c++) {
-        for (int i = 0; i < ROTATOR_CHUNK; i++)
-            if (r->chunks[c][i].fd >= 0)
-                close(r->chunks[c][i].fd);
         free(r->chunks[c]);
         r->chunks[c] = NULL;
     }

@@ -63,7 +63,6 @@ struct log_stream {
     uint64_t key;              /* dom << 2 | fd: what the file is named after */
     int32_t next;              /* name map chain, or the free list */
     int32_t next_dirty;        /* rotator thread: this round's list */
-    int fd;                    /* rotator thread: the file, opened at its first growth */
     int in_use, ended, dirty;
     uint64_t start;            /* rotator thread: where the data begins (after holes) */
     uint64_t max_bytes;
