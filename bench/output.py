@@ -4,13 +4,17 @@ without the runtime, in one run (`python -m bench.output`):
 - spawn + wait of /bin/true one at a time, stdout and stderr captured
   (LOG, the default) against raw posix_spawn + waitpid with them opened on
   files; and with DEVNULL against raw with /dev/null. The runtime is warmed
-  past its history first: from then on its log files are recycled, as in
-  any runtime that has run a few thousand programs;
+  past its history on every core first: from then on its log files are
+  recycled, as in any runtime that has run a few thousand programs;
 - a program writing 100 MiB to stdout in 64 KiB writes (dd): captured by
   the runtime (default bounds: 1 MiB files, one backup, so ~100 rotations)
   against the same program writing to a file directly, and beside them
   subprocess with PIPE + communicate. All three run on the same CPU (the
   runtime pins a domain to its core's; the others are pinned there).
+
+Spawns take the cores in turn, one at a time, as bench.spawn does (two
+cores here): a spawn on a core whose worker has just reported the previous
+exit waits for that worker's bookkeeping.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ def raw_spawn_rate(n: int, outputs: tuple[str, str]) -> float:
     return n / (time.perf_counter() - start)
 
 
-def runtime_spawn_rate(pm, n: int, **streams) -> float:
+def runtime_spawn_rate(pm, n: int, cores: int, **streams) -> float:
+    """One at a time, taking the cores in turn (as bench.spawn does)."""
     start = time.perf_counter()
-    for _ in range(n):
-        pm.wait(pm.spawn(TRUE, **streams, timeout=30), timeout=30)
+    for i in range(n):
+        pm.wait(pm.spawn(TRUE, core=i % cores, **streams, timeout=30), timeout=30)
     return n / (time.perf_counter() - start)
 
 
@@ -79,7 +84,7 @@ def pipe_rate(cpu: int) -> float:
 def runtime_write_rate(pm) -> float:
     """MB/s of the writer whose stdout the runtime captures (default bounds)."""
     start = time.perf_counter()
-    d = pm.spawn(WRITER, timeout=30)
+    d = pm.spawn(WRITER, core=0, timeout=30)
     status = pm.wait(d, timeout=120)
     took = time.perf_counter() - start
     assert status == 0
@@ -88,20 +93,22 @@ def runtime_write_rate(pm) -> float:
     return WRITTEN / MB / took
 
 
-def compare(blocks: int = 60, block: int = 50, rounds: int = 7, history: int = 4096) -> dict:
-    with procmgr.Runtime(cores=1, history=history) as rt, tempfile.TemporaryDirectory(
+def compare(blocks: int = 60, block: int = 50, rounds: int = 7, history: int = 4096,
+            cores: int = 2) -> dict:
+    with procmgr.Runtime(cores=cores, history=history) as rt, tempfile.TemporaryDirectory(
             dir=os.path.dirname(rt.client().logs_dir)) as scratch:
         pm = rt.client()
         cpu = sorted(os.sched_getaffinity(0))[0]        # core 0's CPU
         files = (os.path.join(scratch, "out"), os.path.join(scratch, "err"))
-        # Warm: past the history, forgotten domains' log files come back as
-        # spares, and a spawn creates no file (spawnd_workers/_rotator.h).
-        runtime_spawn_rate(pm, rt.history + 200)
+        # Warm: once each core has ended as many domains as the manager
+        # remembers, the oldest log files come back as spares, and a spawn
+        # creates no file (spawnd_workers/_rotator.h, "Spare files").
+        runtime_spawn_rate(pm, cores * rt.history + 200, cores)
         spawn = interleaved({
             "raw_file": functools.partial(raw_spawn_rate, block, files),
-            "rt_log": functools.partial(runtime_spawn_rate, pm, block),
+            "rt_log": functools.partial(runtime_spawn_rate, pm, block, cores),
             "raw_null": functools.partial(raw_spawn_rate, block, (os.devnull, os.devnull)),
-            "rt_null": functools.partial(runtime_spawn_rate, pm, block,
+            "rt_null": functools.partial(runtime_spawn_rate, pm, block, cores,
                                          stdout=procmgr.DEVNULL, stderr=procmgr.DEVNULL),
         }, blocks)
         write = interleaved({
@@ -119,7 +126,8 @@ def compare(blocks: int = 60, block: int = 50, rounds: int = 7, history: int = 4
             "write": {k: statistics.median(v) for k, v in write.items()},
             "ratio": {k: statistics.median(v) for k, v in paired.items()},
             "interval": {k: median_interval(v) for k, v in paired.items()},
-            "blocks": blocks, "block": block, "rounds": rounds, "cpus": os.cpu_count()}
+            "blocks": blocks, "block": block, "rounds": rounds, "cores": cores,
+            "cpus": os.cpu_count()}
 
 
 def table(r: dict) -> str:
@@ -141,7 +149,8 @@ def table(r: dict) -> str:
         f"| median of {r['rounds']} rounds | {w['direct']:,.0f} | {w['runtime']:,.0f} | "
         f"{q['write']:.2f}x ({span('write')}) | {w['pipe']:,.0f} | {q['pipe']:.2f}x |",
         "",
-        f"Spawns: {r['blocks']} blocks of {r['block']}, the four interleaved; writes: "
+        f"Spawns: {r['blocks']} blocks of {r['block']} on {r['cores']} cores in turn, the four "
+        f"interleaved; writes: "
         f"{r['rounds']} interleaved rounds, all pinned to one CPU. Ratios: the median of "
         f"each block's or round's ratio, with where that median lies "
         f"({iv['log'][2]:.0%} confidence for spawns; bench/stats.py). {r['cpus']} CPUs. "

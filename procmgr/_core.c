@@ -38,12 +38,9 @@
 #include <structmember.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <unistd.h>
 
 #include "_core.h"
 #include "_map.h"
@@ -191,7 +188,6 @@ struct domain {
     uint8_t has_exit;            /* exit_status is set */
     uint8_t has_kill_error;
     uint8_t has_spawn_error;
-    uint8_t captured;            /* its streams with log files: 1 stdout, 2 stderr */
     uint16_t home_core;
     uint16_t kill_err, spawn_err;
     int32_t exit_status;
@@ -234,10 +230,6 @@ struct table {
     uint32_t history;            /* cleaned domains kept for a late wait */
     uint32_t *cleaned;           /* their ids, a FIFO of `history` */
     uint32_t cleaned_head, ncleaned;
-    int logs_dirfd;              /* the workers' log files; -1: none kept */
-    int *core_dirs;              /* its CORE subdirectories, opened once: a name a
-                                    program could swap for a link is resolved once */
-    uint32_t ncore_dirs;
     uint32_t next_id;
     uint64_t nonces[NONCE_BATCH];
     uint32_t next_nonce;
@@ -264,7 +256,7 @@ static int next_nonce(struct table *t, uint64_t *out)
     return 0;
 }
 
-static PyObject *str_partial, *str_argv, *str_caps, *str_captured;   /* interned names */
+static PyObject *str_partial, *str_argv, *str_caps;   /* interned attribute names */
 static PyObject *IllegalTransition;   /* a bug in a handler: answered INTERNAL */
 static PyObject *AnswerTwice;         /* the exactly-once check: stops the manager */
 
@@ -321,48 +313,6 @@ static struct domain *table_create(struct table *t, PyObject *argv, uint16_t cor
     return d;
 }
 
-/* A domain forgotten: its log files go with it (spawnd_workers/_spawnd.c
- * names them CORE/DOM.stdout and .stderr; rotated ones add .1, .2, ...
- * without gaps). The current files are handed back to their core's pool of
- * spare files rather than unlinked: a spawn then needs no file created
- * (spawnd_workers/_rotator.h, "Spare files"). */
-static int core_dir(struct table *t, uint16_t core)
-{
-    if (core >= t->ncore_dirs)
-        return -1;
-    if (t->core_dirs[core] < 0) {
-        char name[16];
-        snprintf(name, sizeof name, "%u", core);
-        t->core_dirs[core] = openat(t->logs_dirfd, name,
-                                    O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    }
-    return t->core_dirs[core];
-}
-
-static void remove_logs(struct table *t, const struct domain *d)
-{
-    static const char *const streams[] = {"stdout", "stderr"};
-    char name[64], spare[80];
-    for (uint32_t i = 0; i < d->cores.n; i++) {
-        int dir = core_dir(t, d->cores.v[i].core);
-        if (dir < 0)
-            continue;            /* no worker made it: nothing of ours there */
-        for (int s = 0; s < 2; s++) {
-            if (!(d->captured & (1 << s)))
-                continue;        /* DEVNULL, a file of the caller's ...: no log */
-            snprintf(name, sizeof name, "%u.%s", d->id, streams[s]);
-            snprintf(spare, sizeof spare, ".spare/%u.%s", d->id, streams[s]);
-            if (renameat(dir, name, dir, spare) < 0 && unlinkat(dir, name, 0) < 0)
-                continue;        /* it printed nothing where there is no pool, or is gone */
-            for (unsigned n = 1;; n++) {
-                snprintf(name, sizeof name, "%u.%s.%u", d->id, streams[s], n);
-                if (unlinkat(dir, name, 0) < 0)
-                    break;
-            }
-        }
-    }
-}
-
 /* -> CLEANED: off the live list, into the history (oldest dropped). */
 static int table_retire(struct table *t, struct domain *d)
 {
@@ -376,11 +326,8 @@ static int table_retire(struct table *t, struct domain *d)
      * retired is safe until the next retirement evicts it. */
     if (t->ncleaned == t->history) {
         struct domain *old = map_del(&t->by_id, t->cleaned[t->cleaned_head]);
-        if (old != NULL) {
-            if (t->logs_dirfd >= 0 && old->captured)
-                remove_logs(t, old);
+        if (old != NULL)
             domain_free(old);
-        }
         t->cleaned[t->cleaned_head] = d->id;
         t->cleaned_head = (t->cleaned_head + 1) % t->history;
     } else {
@@ -941,17 +888,9 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
         return fail_protocol(c, client, r);
     PyObject *argv = PyObject_GetAttr(args, str_argv);
     PyObject *caps = PyObject_GetAttr(args, str_caps);
+    Py_DECREF(args);
     int rc = 0, has_caps = caps ? PyObject_IsTrue(caps) : -1;
     Py_XDECREF(caps);
-    long captured = 3;        /* no caps: both streams are */
-    if (has_caps > 0) {
-        PyObject *bits = PyObject_GetAttr(args, str_captured);
-        captured = bits ? PyLong_AsLong(bits) : -1;
-        Py_XDECREF(bits);
-        if (captured < 0)
-            has_caps = -1;
-    }
-    Py_DECREF(args);
     if (argv == NULL || has_caps < 0) {
         rc = -1;
     } else if (has_caps && r->h.op == OP_SPAWN) {
@@ -965,8 +904,6 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
             rc = answer_req(c, client, r, E_CREATE_DOMAIN_CAP, 0, 0);
         } else {
             struct domain *d = table_create(&c->table, argv, r->h.core, r->payload);
-            if (d != NULL)
-                d->captured = (uint8_t)captured;
             rc = d == NULL ? -1
                  : sd_send(sd, OP_SD_SPAWN, d->id, d->nonce, bytes_of(r->payload),
                            len_of(r->payload), client, r->h.seq, r->h.op);
@@ -1639,19 +1576,17 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"make_pending", "spawn_args", "protocol_error", "python_op",
                              "pending", "reply_queue", "max_cores", "table_capacity",
-                             "history", "logs_dir_fd", NULL};
+                             "history", NULL};
     PyObject *make_pending, *spawn_args, *protocol_error, *python_op, *kind = NULL;
     unsigned int reply_queue = 1024, max_cores = 1024, history = 4096;
-    int logs_dirfd = -1;
     unsigned long long capacity = 1 << 20;
     if (self->spawnds != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Core is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|UIIKIi", kwlist, &make_pending,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|UIIKI", kwlist, &make_pending,
                                      &spawn_args, &protocol_error, &python_op, &kind,
-                                     &reply_queue, &max_cores, &capacity, &history,
-                                     &logs_dirfd))
+                                     &reply_queue, &max_cores, &capacity, &history))
         return -1;
     if (max_cores == 0 || max_cores > 0x10000) {
         PyErr_Format(PyExc_ValueError, "max_cores must be 1..65536, got %u", max_cores);
@@ -1670,17 +1605,6 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
     self->max_cores = max_cores;
     self->table.capacity = capacity;
     self->table.history = history;
-    self->table.logs_dirfd = logs_dirfd;     /* the caller's: it outlives the Core */
-    if (logs_dirfd >= 0) {
-        self->table.core_dirs = PyMem_Malloc(max_cores * sizeof *self->table.core_dirs);
-        if (self->table.core_dirs == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (unsigned int i = 0; i < max_cores; i++)
-            self->table.core_dirs[i] = -1;
-        self->table.ncore_dirs = max_cores;
-    }
     self->table.next_id = 1;
     self->table.next_nonce = NONCE_BATCH;
     self->reply_queue = reply_queue;
@@ -1704,10 +1628,6 @@ static void core_dealloc(CoreObject *self)
         if (self->table.by_id.keys[i] != 0)
             domain_free(self->table.by_id.vals[i]);
     map_free(&self->table.by_id);
-    for (uint32_t i = 0; i < self->table.ncore_dirs; i++)
-        if (self->table.core_dirs[i] >= 0)
-            close(self->table.core_dirs[i]);
-    PyMem_Free(self->table.core_dirs);
     PyMem_Free(self->table.cleaned);
     for (uint32_t i = 0; i < self->clients.cap; i++)
         if (self->clients.keys[i] != 0)
@@ -2318,10 +2238,8 @@ PyMODINIT_FUNC PyInit__core(void)
     str_partial = PyUnicode_InternFromString("partial");
     str_argv = PyUnicode_InternFromString("argv");
     str_caps = PyUnicode_InternFromString("caps");
-    str_captured = PyUnicode_InternFromString("captured");
     if (AnswerTwice == NULL || IllegalTransition == NULL || str_partial == NULL ||
-        str_argv == NULL || str_caps == NULL || str_captured == NULL ||
-        pending_register(mod) < 0 ||
+        str_argv == NULL || str_caps == NULL || pending_register(mod) < 0 ||
         PyModule_AddObjectRef(mod, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(mod, "AnswerTwice", AnswerTwice) < 0 ||
         PyModule_AddObjectRef(mod, "IllegalTransition", IllegalTransition) < 0 ||

@@ -128,20 +128,16 @@ class SpawndBinding:
 
 class Manager:
     def __init__(self, pending: str = "replyq", reply_queue: int = 1024,
-                 max_cores: int = 1024, table_capacity: int = 1 << 20, logs_dir_fd: int = -1,
-                 history: int = 4096):
-        """``history``: how many ended domains are remembered (for a late
-        wait or status, and their logs). ``logs_dir_fd``: the directory of the domains' log files, whose
-        files go when their domain is forgotten (-1: none kept); the caller
-        keeps it open as long as the Manager lives."""
+                 max_cores: int = 1024, table_capacity: int = 1 << 20, history: int = 4096):
+        """``history``: how many ended domains are remembered, for a late
+        wait or status."""
         make_pending(pending, reply_queue)      # a bad kind or size is said now
         self.pending_kind = pending
         self.reply_queue = reply_queue
         self.max_cores = max_cores
         self.core = Core(make_pending, _spawn_args, ProtocolError, self._python_op,
                          pending=pending, reply_queue=reply_queue, max_cores=max_cores,
-                         table_capacity=table_capacity, logs_dir_fd=logs_dir_fd,
-                         history=history)
+                         table_capacity=table_capacity, history=history)
         self.table = TableView(self.core)
         self.spawnds: dict[int, SpawndBinding] = {}
         self.clients: dict[int, ClientBinding] = {}

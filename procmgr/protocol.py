@@ -293,17 +293,6 @@ class SpawnArgs:
     env: dict[str, str] | None = None
     caps: list[tuple[int, str, str]] = field(default_factory=list)
 
-    @property
-    def captured(self) -> int:
-        """Which standard streams the runtime captures (bit 1 stdout, bit 2
-        stderr): those no cap names otherwise. The manager skips looking
-        for the log files of the others."""
-        bits = 3
-        for fd, mode, _ in self.caps:
-            if fd in (1, 2) and mode != "log":
-                bits &= ~fd
-        return bits
-
     def encode(self) -> bytes:
         # argv == [path], the usual case, travels as nothing (and a bit): a
         # spawn of /bin/true with its streams named still fits one slot.

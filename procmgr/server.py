@@ -65,8 +65,8 @@ class Server:
         self.logs_dir = os.path.join(self.dir, LOGS)
         os.mkdir(self.logs_dir, 0o700)
         self.log_bounds = log_bounds
-        self.logs_fd = os.open(self.logs_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.mgr = Manager(pending=pending, logs_dir_fd=self.logs_fd, history=history)
+        self.history = history
+        self.mgr = Manager(pending=pending, history=history)
         self.loop = EventLoop(self.mgr)
         self.token = token
         self.kill_grace = kill_grace
@@ -100,7 +100,7 @@ class Server:
                "--requests", requests.name, "--replies", replies.name,
                "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
                "--kill-grace", str(self.kill_grace), "--runtime", self.name,
-               "--logs-dir", self.logs_dir]
+               "--logs-dir", self.logs_dir, "--history", str(self.history)]
         if self.log_bounds is not None:
             cmd += ["--log-max-bytes", str(self.log_bounds[0]),
                     "--log-backups", str(self.log_bounds[1])]
@@ -266,7 +266,6 @@ class Server:
         for hs in self._handshakes.values():
             hs.close()
         self.sock.close()
-        os.close(self.logs_fd)
         # The socket, the domains' logs, this log: nothing is left.
         shutil.rmtree(self.dir, ignore_errors=True)
 

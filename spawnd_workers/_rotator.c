@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #define NBUCKETS (1u << 14)
+/* In a retired stream's key: it was rotated (it has NAME.1 ... to remove). */
+#define ROTATED (1ull << 63)
 /* After a round with work, the thread rests this long: a program printing
  * line by line costs it at most a thousand rounds a second, however fast it
  * prints, and events for the same file meanwhile become one. */
@@ -171,6 +173,7 @@ static void rotate(struct rotator *r, struct log_stream *s, int fd, uint64_t siz
         s->start = 0;
     }
     r->rotations++;
+    s->rotated = 1;
 }
 
 /* Look at a stream's file and rotate it if its data reached the bound.
@@ -193,31 +196,43 @@ static void check(struct rotator *r, struct log_stream *s)
 
 /* ---- spare files (rotator thread) ----------------------------------------- */
 
-/* A file in .spare/, emptied, onto the ready stack -- or gone, if the
- * stack is full or someone still has it open: a process a forgotten domain
- * left behind, writing on, must not write into the next domain's log. A
- * write lease is granted only to a file nobody else has open: that is the
- * test, exact and one system call. */
-static void adopt_spare(struct rotator *r, const char *name)
+/* A file (in dirfd: .spare/, or the core's directory for an ended
+ * stream's own) emptied and opened as a program's log is (appending,
+ * blocking), onto the ready stack -- the worker then only renames it into
+ * place and hands the descriptor over. Or gone, if the stack is full, it
+ * is not a regular file, or someone still has it open: a process a
+ * forgotten domain left behind, writing on, must not write into the next
+ * domain's log. A write lease is granted only to a file nobody else has
+ * open: that is the test, exact and one system call. */
+static void adopt(struct rotator *r, int dirfd, const char *name)
 {
-    int fd = openat(r->spare_dirfd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    int fd = openat(dirfd, name,
+                    O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return;              /* not a file of ours after all, or gone */
-    int alone = fcntl(fd, F_SETLEASE, F_WRLCK) == 0;
-    if (!alone && errno == EINVAL)
-        alone = 1;           /* leases are off here (fs.leases-enable): trust it */
-    else if (alone)
-        fcntl(fd, F_SETLEASE, F_UNLCK);
-    if (alone && ftruncate(fd, 0) < 0)
-        alone = 0;
-    close(fd);
+    struct stat st;
+    int alone = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (alone) {
+        if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0)
+            fcntl(fd, F_SETLEASE, F_UNLCK);
+        else if (errno != EINVAL)     /* EINVAL: leases are off here (fs.leases-enable) */
+            alone = 0;
+    }
+    alone = alone && (st.st_size == 0 || ftruncate(fd, 0) == 0) &&
+            fcntl(fd, F_SETFL, O_APPEND) == 0;
     pthread_mutex_lock(&r->lock);
     int kept = alone && r->nspares < SPARE_MAX && strlen(name) < ROTATOR_NAME;
-    if (kept)
-        strcpy(r->spares[r->nspares++], name);
+    if (kept) {
+        struct spare *sp = &r->spares[r->nspares++];
+        strcpy(sp->name, name);
+        sp->fd = fd;
+        sp->dirfd = dirfd;
+    }
     pthread_mutex_unlock(&r->lock);
-    if (!kept)
-        unlinkat(r->spare_dirfd, name, 0);
+    if (!kept) {
+        close(fd);
+        unlinkat(dirfd, name, 0);
+    }
 }
 
 /* Whatever .spare/ holds already (a worker before us, on this core). */
@@ -233,7 +248,7 @@ static void adopt_all(struct rotator *r)
     struct dirent *e;
     while ((e = readdir(dir)) != NULL)
         if (e->d_name[0] != '.')
-            adopt_spare(r, e->d_name);
+            adopt(r, r->spare_dirfd, e->d_name);
     closedir(dir);
 }
 
@@ -288,7 +303,7 @@ static void read_events(struct rotator *r, int32_t *dirty)
             struct inotify_event *ev = (struct inotify_event *)p;
             p += sizeof *ev + ev->len;
             if (ev->wd == r->spare_wd && ev->len > 0 && (ev->mask & IN_MOVED_TO))
-                adopt_spare(r, ev->name);
+                adopt(r, r->spare_dirfd, ev->name);
         }
         pthread_mutex_lock(&r->lock);
         for (char *p = buf; p < buf + n;) {
@@ -323,9 +338,35 @@ static void read_events(struct rotator *r, int32_t *dirty)
     }
 }
 
+/* A stream ended `keep` streams ago: its file goes back to the pool, to be
+ * emptied when its event comes (adopt_spare), and its rotated files go. */
+static void recycle(struct rotator *r, uint64_t key)
+{
+    char name[ROTATOR_NAME], old[ROTATOR_NAME + 16];
+    rotator_name(name, sizeof name, (uint32_t)((key & ~ROTATED) >> 2), (int)(key & 3));
+    for (unsigned n = 0; key & ROTATED; n++) {  /* NAME.0 (a rotation cut short), .1, ... */
+        snprintf(old, sizeof old, "%s.%u", name, n);
+        if (unlinkat(r->dirfd, old, 0) < 0 && n > 0)
+            break;
+    }
+    adopt(r, r->dirfd, name);        /* where it is: the worker renames it from there */
+}
+
+static void retire(struct rotator *r, uint64_t key)
+{
+    if (r->nretired == r->keep) {
+        recycle(r, r->retired[r->retired_head]);
+        r->retired[r->retired_head] = key;
+        r->retired_head = (r->retired_head + 1) % r->keep;
+    } else {
+        r->retired[(r->retired_head + r->nretired++) % r->keep] = key;
+    }
+}
+
 static void free_slot(struct rotator *r, int32_t i)
 {
     struct log_stream *s = slot_at(r, i);
+    retire(r, s->key | (s->rotated ? ROTATED : 0));
     pthread_mutex_lock(&r->lock);
     map_remove(r, i);
     s->in_use = 0;
@@ -409,9 +450,10 @@ static int start_thread(struct rotator *r)
     return 0;
 }
 
-int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus)
+int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus, uint32_t keep)
 {
     memset(r, 0, sizeof *r);
+    r->keep = keep ? keep : 1;
     pthread_mutex_init(&r->lock, NULL);
     r->dirfd = dirfd;
     r->free_head = -1;
@@ -424,7 +466,8 @@ int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus)
     r->spare_wd = -1;
     r->buckets = malloc(NBUCKETS * sizeof *r->buckets);
     r->spares = malloc(SPARE_MAX * sizeof *r->spares);
-    if (r->buckets == NULL || r->spares == NULL) {
+    r->retired = malloc(r->keep * sizeof *r->retired);
+    if (r->buckets == NULL || r->spares == NULL || r->retired == NULL) {
         rotator_close(r);
         return -ENOMEM;
     }
@@ -490,18 +533,20 @@ static int grow(struct rotator *r)
     return 0;
 }
 
-int rotator_take(struct rotator *r, char name[ROTATOR_NAME])
+int rotator_take(struct rotator *r, char name[ROTATOR_NAME], int *dirfd)
 {
     pthread_mutex_lock(&r->lock);
-    int got = r->nspares > 0;
-    if (got)
-        strcpy(name, r->spares[--r->nspares]);
+    int got = r->nspares > 0 ? r->spares[--r->nspares].fd : -1;
+    if (got >= 0) {
+        strcpy(name, r->spares[r->nspares].name);
+        *dirfd = r->spares[r->nspares].dirfd;
+    }
     int wake = r->nspares <= SPARE_TARGET / 2 && !r->asked;
     r->asked |= wake;        /* once, until a round has made some */
     pthread_mutex_unlock(&r->lock);
     if (wake)
         eventfd_write(r->wake_fd, 1);
-    return got ? 0 : -1;
+    return got;
 }
 
 int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups)
@@ -523,6 +568,7 @@ int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uin
     s->in_use = 1;
     s->ended = s->dirty = 0;
     s->start = 0;
+    s->rotated = 0;
     s->max_bytes = max_bytes > BLOCK ? max_bytes : BLOCK;
     s->backups = backups;
     rotator_name(s->name, sizeof s->name, dom, fd);
@@ -575,7 +621,11 @@ void rotator_close(struct rotator *r)
     r->nchunks = 0;
     free(r->buckets);
     free(r->ended);
+    for (int32_t i = 0; r->spares != NULL && i < r->nspares; i++)
+        close(r->spares[i].fd);
     free(r->spares);
+    free(r->retired);
+    r->retired = NULL;
     r->buckets = NULL;
     r->ended = NULL;
     r->spares = NULL;

@@ -33,10 +33,14 @@
  * takes 20 us); raw posix_spawn of /bin/true takes ~650 us in all. So the
  * rotator thread keeps a pool of empty files in .spare/ (created ahead,
  * away from the spawn path), the worker renames one into place for each
- * captured stream (rotator_take; the program then opens it for appending),
- * and the manager, when it forgets a domain, renames its files back into
- * .spare/ rather than unlinking them (procmgr/_core.c), where the rotator
- * empties them for the next. In steady state no file is created at all.
+ * captured stream (rotator_take), and a stream's file, once `keep` more
+ * streams of this core have ended after it, is emptied and becomes a spare
+ * where it is (its rotated files are unlinked). In steady state no file is
+ * created at all. `keep` follows the manager's history: a
+ * core's last `keep` ended streams include those of every domain of it the
+ * manager still remembers, so a domain's log outlives the manager's memory
+ * of it -- and the manager, whose thread every request waits for, never
+ * touches a log file (it did, and that cost ~60 us a spawn).
  *
  * Threads: the worker's thread registers a stream when it starts a
  * dispatcher (rotator_add) and lets go of it once the dispatcher has been
@@ -57,7 +61,7 @@
 #define ROTATOR_CHUNK 256
 #define ROTATOR_MAX_CHUNKS 8192    /* 2M streams: far past any descriptor limit */
 #define ROTATOR_SPARE_DIR ".spare"
-#define SPARE_MAX 1024             /* spare files kept: more are unlinked */
+#define SPARE_MAX 64               /* spare files kept (each open): more are unlinked */
 
 struct log_stream {
     uint64_t key;              /* dom << 2 | fd: what the file is named after */
@@ -65,6 +69,7 @@ struct log_stream {
     int32_t next_dirty;        /* rotator thread: this round's list */
     int in_use, ended, dirty;
     uint64_t start;            /* rotator thread: where the data begins (after holes) */
+    int rotated;               /* rotator thread: it has rotated files */
     uint64_t max_bytes;
     uint32_t backups;
     char name[ROTATOR_NAME];   /* "DOM.stdout" in the core's logs directory */
@@ -88,19 +93,27 @@ struct rotator {
     int32_t nended, ended_cap;
     int spare_dirfd;           /* .spare/ in the core's logs directory */
     int spare_wd;              /* its inotify watch (files renamed into it) */
-    char (*spares)[ROTATOR_NAME];   /* ready: empty files in .spare/ (a stack) */
+    struct spare {                  /* ready: an empty file, open */
+        char name[ROTATOR_NAME];
+        int fd;
+        int dirfd;                  /* where it is: .spare/, or the core's directory */
+    } *spares;                      /* a stack */
     int32_t nspares;
     int asked;                 /* spawns took spares: make more */
     uint64_t made;             /* rotator thread: spare files it created */
+    uint64_t *retired;         /* rotator thread: keys of ended streams, oldest first (a ring) */
+    uint32_t keep, retired_head, nretired;
     uint64_t rotations;        /* rotator thread's count, for the stats */
 };
 
 /* 0, or -errno. dirfd: the core's logs directory, the caller's until
- * rotator_close. cpus: where the thread may run (NULL: as the caller). */
-int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus);
-/* The name (in .spare/) of an empty file to rename into place, 0; or -1
- * if none is ready (the program creates its file then). */
-int rotator_take(struct rotator *r, char name[ROTATOR_NAME]);
+ * rotator_close. cpus: where the thread may run (NULL: as the caller).
+ * keep: ended streams whose files are kept (at least 1). */
+int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus, uint32_t keep);
+/* An empty file to rename into place: a descriptor of it, open for
+ * appending (the caller's from now on), and its name in *dirfd; or -1 if
+ * none is ready (the file is created then). */
+int rotator_take(struct rotator *r, char name[ROTATOR_NAME], int *dirfd);
 /* A stream of dispatcher `dom` at descriptor fd (1 or 2): its slot, or -errno. */
 int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups);
 /* The dispatcher is gone: the stream is checked once more, then freed. */

@@ -385,7 +385,7 @@ static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pid
 /* The log rotator, for a worker given a logs directory (this core's);
  * its thread runs on `cpus` (an iterable of CPU numbers; None:
  * where the worker may). */
-static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus)
+static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus, unsigned keep)
 {
     if (c->rotator != NULL || logs_dir == Py_None)
         return 0;
@@ -416,7 +416,7 @@ static int init_rotator(HotPathObject *c, PyObject *logs_dir, PyObject *cpus)
     int dirfd = open(PyBytes_AS_STRING(path), O_PATH | O_DIRECTORY | O_CLOEXEC);
     c->rotator = dirfd < 0 ? NULL : PyMem_Calloc(1, sizeof *c->rotator);
     int rc = dirfd < 0 ? -errno : c->rotator == NULL ? -ENOMEM
-             : rotator_init(c->rotator, dirfd, cpus == Py_None ? NULL : &set);
+             : rotator_init(c->rotator, dirfd, cpus == Py_None ? NULL : &set, keep);
     if (rc < 0) {
         PyMem_Free(c->rotator);
         c->rotator = NULL;
@@ -453,14 +453,15 @@ static void end_logs(HotPathObject *c, PyObject *d)
 static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"requests", "replies", "epoll_fd", "child_fd", "core",
-                             "runtime", "logs_dir", "rotator_cpus", NULL};
+                             "runtime", "logs_dir", "rotator_cpus", "logs_kept", NULL};
     PyObject *req, *rep, *runtime, *logs_dir = Py_None, *cpus = Py_None;
     int core;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO|OO:HotPath", kwlist, &req, &rep,
+    unsigned int kept = 4096;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO|OOI:HotPath", kwlist, &req, &rep,
                                      &c->epfd, &c->child_fd, &core, &runtime, &logs_dir,
-                                     &cpus))
+                                     &cpus, &kept))
         return -1;
-    if (init_rotator(c, logs_dir, cpus) < 0)
+    if (init_rotator(c, logs_dir, cpus, kept) < 0)
         return -1;
     c->requests = PyLong_AsVoidPtr(req);
     c->replies = PyLong_AsVoidPtr(rep);
@@ -584,25 +585,29 @@ static int inherited_fd(pid_t pid, int fd)
 }
 
 /* A captured stream's file, open for the program to append to: a spare one
- * renamed into place where one is ready (_rotator.h, "Spare files"), else
- * created. Whatever else has the name -- a FIFO or a link a program put
- * there for a domain to come -- is removed first: the name is ours. A
- * descriptor, or -errno. */
+ * (opened already) renamed into place where one is ready (_rotator.h,
+ * "Spare files"), else created. Whatever else has the name -- a FIFO or a
+ * link a program put there for a domain to come -- is removed first: the
+ * name is ours. A descriptor, or -errno. */
 static int open_log(HotPathObject *c, uint32_t dom, int stream)
 {
     char name[ROTATOR_NAME], spare[ROTATOR_NAME];
     rotator_name(name, sizeof name, dom, stream);
-    int have_spare = rotator_take(c->rotator, spare) == 0;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        int rc = have_spare ? renameat2(c->rotator->spare_dirfd, spare, c->logs_dirfd, name,
-                                        RENAME_NOREPLACE)
-                            : mkfile(c->logs_dirfd, name);
-        if (rc == 0)
+    int spare_dir = -1;
+    int fd = rotator_take(c->rotator, spare, &spare_dir);
+    for (int attempt = 0; fd >= 0 && attempt < 2; attempt++) {
+        if (renameat2(spare_dir, spare, c->logs_dirfd, name, RENAME_NOREPLACE) == 0)
+            return fd;
+        if (errno != EEXIST)
             break;
-        if (errno == EEXIST)
-            unlinkat(c->logs_dirfd, name, 0);
-        else
-            have_spare = 0;      /* the spare is gone: make the file instead */
+        unlinkat(c->logs_dirfd, name, 0);
+    }
+    if (fd >= 0)
+        close(fd);           /* the spare is gone: make the file instead */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (mkfile(c->logs_dirfd, name) == 0 || errno != EEXIST)
+            break;
+        unlinkat(c->logs_dirfd, name, 0);
     }
     return open_checked(c->logs_dirfd, name, O_WRONLY | O_APPEND | O_NOFOLLOW, 0, 1);
 }

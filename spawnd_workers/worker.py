@@ -79,12 +79,14 @@ class Worker:
                  kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = "",
                  simulate: bool = False, logs_dir: str | None = None,
                  log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
-                 rotator_cpus=None):
+                 rotator_cpus=None, logs_kept: int = 4096):
         """``logs_dir``: the runtime's directory of captured streams; this
         core's go into its subdirectory CORE (None: none kept, and a
         domain's stdout and stderr default to /dev/null). ``rotator_cpus``:
         where the log rotator's thread may run -- not only this core's CPU,
-        which is its programs'."""
+        which is its programs'. ``logs_kept``: the files of this core's
+        last that many ended domains are kept (the manager's history: a
+        domain's log outlives the manager's memory of it)."""
         self.core = core
         # Simulated dispatchers: recorded, never started (control-plane
         # measurements; every figure taken this way says so).
@@ -112,7 +114,8 @@ class Worker:
         if self.logs_dir is not None:
             os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         self.hot = HotPath(requests.handle_addr, replies.handle_addr, self.epoll.fileno(),
-                           self.child_fd, core, runtime, self.logs_dir, rotator_cpus)
+                           self.child_fd, core, runtime, self.logs_dir, rotator_cpus,
+                           2 * logs_kept)    # two streams a domain
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
         # table, read here; started by hot.start, removed by hot.forget.
         self.dispatchers = self.hot.dispatchers
@@ -376,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logs-dir", help="where captured output goes (none: not captured)")
     ap.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     ap.add_argument("--log-backups", type=int, default=LOG_BACKUPS)
+    ap.add_argument("--history", type=int, default=4096,
+                    help="the manager's history: this core's last that many ended "
+                         "domains keep their logs")
     args = ap.parse_args(argv)
     worker = None
 
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
                     args.runtime, args.simulate, args.logs_dir, args.log_max_bytes,
-                    args.log_backups, allowed)
+                    args.log_backups, allowed, args.history)
     try:
         worker.run()
     except Closed:

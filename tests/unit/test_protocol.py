@@ -742,9 +742,3 @@ def test_msg_object_behaves_like_a_record():
     # Built through the tuple/dict entry too (functools.partial, hypothesis).
     assert functools.partial(Msg, Op.KILL, dom=4)(seq=8) == Msg(Op.KILL, 8, dom=4)
 
-
-def test_captured_says_which_streams_have_log_files():
-    assert SpawnArgs("p", ["p"]).captured == 3
-    assert SpawnArgs("p", ["p"], None, [(1, "n", "")]).captured == 2
-    assert SpawnArgs("p", ["p"], None, [(1, "log", "4096:1"), (2, "dup", "1")]).captured == 1
-    assert SpawnArgs("p", ["p"], None, [(3, "w", "/f"), (2, "a", "/g"), (1, "n", "")]).captured == 0
