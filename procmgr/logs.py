@@ -30,8 +30,9 @@ file, ``.BACKUPS`` the oldest) and is cut out of the file as a hole, so a
 stream takes at most about ``max_bytes * (backups + 1)`` on disk and no
 byte is lost on the way (spawnd_workers/_rotator.h). The files are sparse:
 read them with ``output``/``follow``/``procmgr logs`` (or from SEEK_DATA),
-not ``cat``. A domain's files are removed when the manager forgets it (the
-bounded history of ended domains), and all of them at ``down``.
+not ``cat``. A domain's files are kept at least as long as the manager
+remembers it (its bounded history of ended domains); later they are reused
+for other domains' logs, and all of them go at ``down``.
 
 What a program wrote is in its file when its write returns: once ``wait``
 has answered, ``output`` has all of it, and a crash loses nothing the
