@@ -172,7 +172,6 @@ static void rotate(struct rotator *r, struct log_stream *s, int fd, uint64_t siz
          * after the stat are lost -- the file system's limit, said above. */
         s->start = 0;
     }
-    r->rotations++;
     s->rotated = 1;
 }
 
@@ -566,7 +565,7 @@ int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uin
         map_remove(r, old);
     s->key = key;
     s->in_use = 1;
-    s->ended = s->dirty = 0;
+    s->dirty = 0;
     s->start = 0;
     s->rotated = 0;
     s->max_bytes = max_bytes > BLOCK ? max_bytes : BLOCK;
@@ -592,7 +591,6 @@ void rotator_end(struct rotator *r, int slot)
         }
     }
     if (r->nended < r->ended_cap) {
-        slot_at(r, slot)->ended = 1;
         r->ended[r->nended++] = slot;
         wake = r->nended % END_BATCH == 0;
     }

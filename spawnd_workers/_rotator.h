@@ -67,7 +67,7 @@ struct log_stream {
     uint64_t key;              /* dom << 2 | fd: what the file is named after */
     int32_t next;              /* name map chain, or the free list */
     int32_t next_dirty;        /* rotator thread: this round's list */
-    int in_use, ended, dirty;
+    int in_use, dirty;
     uint64_t start;            /* rotator thread: where the data begins (after holes) */
     int rotated;               /* rotator thread: it has rotated files */
     uint64_t max_bytes;
@@ -103,7 +103,6 @@ struct rotator {
     uint64_t made;             /* rotator thread: spare files it created */
     uint64_t *retired;         /* rotator thread: keys of ended streams, oldest first (a ring) */
     uint32_t keep, retired_head, nretired;
-    uint64_t rotations;        /* rotator thread's count, for the stats */
 };
 
 /* 0, or -errno. dirfd: the core's logs directory, the caller's until
