@@ -39,6 +39,7 @@ SIGKILL after the grace period) also ends whatever the program forked.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import select
 import signal
@@ -111,11 +112,18 @@ class Worker:
         self.epoll.register(self.child_fd, select.EPOLLIN)
         self.log_bounds = (log_max_bytes, log_backups)
         self.logs_dir = None if logs_dir is None else os.path.join(logs_dir, str(core))
-        if self.logs_dir is not None:
-            os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
-        self.hot = HotPath(requests.handle_addr, replies.handle_addr, self.epoll.fileno(),
-                           self.child_fd, core, runtime, self.logs_dir, rotator_cpus,
-                           2 * logs_kept)    # two streams a domain
+        hot = functools.partial(HotPath, requests.handle_addr, replies.handle_addr,
+                                self.epoll.fileno(), self.child_fd, core, runtime)
+        try:
+            if self.logs_dir is not None:
+                os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
+            self.hot = hot(self.logs_dir, rotator_cpus, 2 * logs_kept)  # two streams a domain
+        except OSError as e:
+            # No rotator (a user's inotify instances are few: 128 by default):
+            # this core keeps no logs rather than unbounded ones, and says so.
+            print(f"spawnd.{core}: output is not captured on this core: {e}", file=sys.stderr)
+            self.logs_dir = None
+            self.hot = hot(None)
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
         # table, read here; started by hot.start, removed by hot.forget.
         self.dispatchers = self.hot.dispatchers

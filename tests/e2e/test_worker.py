@@ -17,7 +17,7 @@ from ringbuf import Ring, unique_name
 
 
 class WorkerUnderTest:
-    def __init__(self, children, core=0, kill_grace=0.2):
+    def __init__(self, children, core=0, kill_grace=0.2, extra=()):
         self.requests = Ring.create(unique_name("procmgr-test"), 256)
         self.replies = Ring.create(unique_name("procmgr-test"), 256)
         self.doorbell = os.eventfd(0, os.EFD_NONBLOCK)
@@ -25,7 +25,7 @@ class WorkerUnderTest:
         self.proc = children.python(
             "-m", "spawnd_workers", "--core", str(core), "--requests", self.requests.name,
             "--replies", self.replies.name, "--doorbell-fd", str(self.doorbell),
-            "--kill-grace", str(kill_grace), pass_fds=(self.doorbell,))
+            "--kill-grace", str(kill_grace), *extra, pass_fds=(self.doorbell,))
         self.decoder = Decoder()
         self.seq = 0
 
@@ -230,3 +230,31 @@ def test_worker_and_its_domains_are_pinned_to_its_cpu(children, tmp_path):
         assert out.read_text().split()[-1] == str(expected)
     finally:
         w.close()
+
+
+def test_a_worker_given_a_logs_directory_captures_into_it(children, tmp_path):
+    w = WorkerUnderTest(children, extra=("--logs-dir", str(tmp_path)))
+    try:
+        assert w.spawn(5, ["/bin/sh", "-c", "echo out; echo err >&2"]).err == Err.OK
+        assert w.receive().op == Op.SD_EXIT
+        assert (tmp_path / "0" / "5.stdout").read_bytes() == b"out\n"
+        assert (tmp_path / "0" / "5.stderr").read_bytes() == b"err\n"
+    finally:
+        w.close()
+
+
+def test_a_worker_that_cannot_keep_logs_still_serves_and_says_so(children, tmp_path):
+    """No rotator to be had (here: its directory's name is taken by a file;
+    in life, a user out of inotify instances): the core keeps no logs --
+    a program's output goes to /dev/null rather than unbounded -- and every
+    spawn is served."""
+    (tmp_path / "0").write_bytes(b"")
+    w = WorkerUnderTest(children, extra=("--logs-dir", str(tmp_path)))
+    try:
+        assert w.spawn(5, ["/bin/sh", "-c", "echo out; exit 3"]).err == Err.OK
+        exited = w.receive()
+        assert exited.op == Op.SD_EXIT and exited.status == 3
+    finally:
+        w.close()
+    assert b"output is not captured on this core" in w.proc.stderr.read()
+    assert (tmp_path / "0").read_bytes() == b""
