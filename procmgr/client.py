@@ -374,15 +374,23 @@ class Client:
         try:
             status = self.wait(d, timeout=timeout)
         except TimeoutError:
-            self.kill(d)
+            self._end(d)
             raise TimeoutExpired(argv, timeout, *captured(), domain=d) from None
         except BaseException:
-            self.kill(d)
+            self._end(d)
             raise
         result = CompletedRun(d, argv, status, *captured())
         if check:
             result.check_returncode()
         return result
+
+    def _end(self, domain: Domain) -> None:
+        """Kill a domain run() gives up on; one that ended meanwhile is fine."""
+        try:
+            self.kill(domain)
+        except ProcMgmtError as e:
+            if e.code != Err.DOMAIN_NOT_RUNNING:
+                raise
 
     def _input_file(self, data, text: bool, encoding: str | None) -> str:
         """``input`` as a file the program reads as its stdin: in the
