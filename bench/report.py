@@ -10,7 +10,7 @@ import sys
 from bench import output, peers, pending_report, ring_report, scale, spawn
 
 KINDS = ("ring", "spawn", "output", "pending", "scale")
-CONTROL_PLANE_TARGET = 100_000   # requests/s, simulated dispatchers (issue 6)
+CONTROL_PLANE_TARGET = 100_000   # requests/s, simulated dispatchers: the project's target
 
 
 def run(kinds, quick: bool = False) -> dict:
