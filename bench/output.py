@@ -19,6 +19,7 @@ exit waits for that worker's bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
@@ -95,21 +96,28 @@ def runtime_write_rate(pm) -> float:
 
 def compare(blocks: int = 60, block: int = 50, rounds: int = 7, history: int = 4096,
             cores: int = 2) -> dict:
-    with procmgr.Runtime(cores=cores, history=history) as rt, tempfile.TemporaryDirectory(
-            dir=os.path.dirname(rt.client().logs_dir)) as scratch:
-        pm = rt.client()
+    """LOG spawns and DEVNULL spawns each in a runtime of their own: in one
+    runtime, the recycling a LOG spawn leads to (its rotator's, batched)
+    would fall on whichever block came next."""
+    quiet = {"stdout": procmgr.DEVNULL, "stderr": procmgr.DEVNULL}
+    with contextlib.ExitStack() as stack:
+        rt = stack.enter_context(procmgr.Runtime(cores=cores, history=history))
+        rt_quiet = stack.enter_context(procmgr.Runtime(cores=cores, history=history))
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(
+            dir=os.path.dirname(rt.client().logs_dir)))
+        pm, pm_quiet = rt.client(), rt_quiet.client()
         cpu = sorted(os.sched_getaffinity(0))[0]        # core 0's CPU
         files = (os.path.join(scratch, "out"), os.path.join(scratch, "err"))
         # Warm: once each core has ended as many domains as the manager
         # remembers, the oldest log files come back as spares, and a spawn
         # creates no file (spawnd_workers/_rotator.h, "Spare files").
         runtime_spawn_rate(pm, cores * rt.history + 200, cores)
+        runtime_spawn_rate(pm_quiet, 200, cores, **quiet)
         spawn = interleaved({
             "raw_file": functools.partial(raw_spawn_rate, block, files),
             "rt_log": functools.partial(runtime_spawn_rate, pm, block, cores),
             "raw_null": functools.partial(raw_spawn_rate, block, (os.devnull, os.devnull)),
-            "rt_null": functools.partial(runtime_spawn_rate, pm, block, cores,
-                                         stdout=procmgr.DEVNULL, stderr=procmgr.DEVNULL),
+            "rt_null": functools.partial(runtime_spawn_rate, pm_quiet, block, cores, **quiet),
         }, blocks)
         write = interleaved({
             "direct": functools.partial(direct_write_rate, os.path.join(scratch, "w"), cpu),
@@ -150,7 +158,7 @@ def table(r: dict) -> str:
         f"{q['write']:.2f}x ({span('write')}) | {w['pipe']:,.0f} | {q['pipe']:.2f}x |",
         "",
         f"Spawns: {r['blocks']} blocks of {r['block']} on {r['cores']} cores in turn, the four "
-        f"interleaved; writes: "
+        f"interleaved, LOG and DEVNULL each in a runtime of its own; writes: "
         f"{r['rounds']} interleaved rounds, all pinned to one CPU. Ratios: the median of "
         f"each block's or round's ratio, with where that median lies "
         f"({iv['log'][2]:.0%} confidence for spawns; bench/stats.py). {r['cpus']} CPUs. "
