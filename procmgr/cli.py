@@ -219,37 +219,12 @@ def cmd_logs(args) -> int:
                     sinks[stream].write(pm.output(ref, stream, tail=args.tail))
                     sinks[stream].flush()
                 return 0
-            followers = [pm.follow(ref, stream, tail=args.tail) for stream in streams]
-            if len(followers) == 1:
-                for data in followers[0]:
-                    sinks[streams[0]].write(data)
-                    sinks[streams[0]].flush()
-                return 0
-            return _follow_both(pm, ref, streams, sinks, args.tail)
+            for stream, data in pm.follow_streams(ref, streams, tail=args.tail):
+                sinks[stream].write(data)
+                sinks[stream].flush()
+            return 0
         except ValueError as e:
             raise CliError(str(e)) from None
-
-
-def _follow_both(pm, ref, streams, sinks, tail) -> int:
-    ident, core = pm.log_location(ref, "stdout", None)
-    followers = [logs.LogFollower(pm.logs_dir, ident, core, s, tail) for s in streams]
-    try:
-        while True:
-            done = pm.status(ident).state in (State.STOPPED, State.CLEANED)
-            moved = False
-            for stream, follower in zip(streams, followers):
-                data = follower.take()
-                if data:
-                    sinks[stream].write(data)
-                    sinks[stream].flush()
-                    moved = True
-            if done:
-                return 0
-            if not moved:
-                time.sleep(0.05)
-    finally:
-        for follower in followers:
-            follower.close()
 
 
 def _domain_id(text: str) -> int:

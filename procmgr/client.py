@@ -295,7 +295,16 @@ class Client:
         -F``; the iteration ends when the domain has ended and all it wrote
         was yielded. Given a Domain (a cap), the end is its wait's answer;
         given only an id, its status is asked every 50 ms."""
-        ident, core = self.log_location(domain, stream, core)
+        pairs = self.follow_streams(domain, (stream,), tail=tail, core=core)
+        return (data for _, data in pairs)
+
+    def follow_streams(self, domain: Domain | int, streams=("stdout", "stderr"), *,
+                       tail: int | None = None, core: int | None = None
+                       ) -> Iterator[tuple[str, bytes]]:
+        """``follow`` of several streams at once: (stream, piece) pairs."""
+        for stream in streams:
+            logs.check_stream(stream)
+        ident, core = self.log_location(domain, streams[0], core)
         if isinstance(domain, Domain):
             fut = self.wait_async(domain)
             ended, pause = fut.done, lambda: self.poll(FOLLOW_POLL)
@@ -305,7 +314,7 @@ class Client:
 
             def pause() -> None:
                 time.sleep(FOLLOW_POLL)
-        return logs.follow_log(self.logs_dir, ident, core, stream, ended, pause, tail)
+        return logs.follow_logs(self.logs_dir, ident, core, streams, ended, pause, tail)
 
     def log_location(self, domain, stream: str, core: int | None) -> tuple[int, int]:
         """The id and core of a domain's log, checked: it exists (or a

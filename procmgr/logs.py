@@ -284,23 +284,28 @@ class LogFollower:
             self._current = None
 
 
-def follow_log(logs_dir: str, dom: int, core: int, stream: str, ended: Callable[[], bool],
-               pause: Callable[[], None], tail: int | None = None) -> Iterator[bytes]:
-    """A LogFollower's pieces as they come, until ``ended()`` has said True
-    and everything written before was taken -- a dispatcher's output is in
-    its file when its exit is reported.
+def follow_logs(logs_dir: str, dom: int, core: int, streams, ended: Callable[[], bool],
+                pause: Callable[[], None], tail: int | None = None
+                ) -> Iterator[tuple[str, bytes]]:
+    """(stream, piece) for each of ``streams`` as they come, until
+    ``ended()`` has said True and everything written before was taken -- a
+    dispatcher's output is in its file when its exit is reported.
     ``pause()`` waits a little between looks (the caller's client polls its
     answers)."""
-    follower = LogFollower(logs_dir, dom, core, stream, tail)
+    followers = [(stream, LogFollower(logs_dir, dom, core, stream, tail)) for stream in streams]
     try:
         while True:
             done = ended()     # asked first: what it covers is in the files now
-            data = follower.take()
-            if data:
-                yield data
+            moved = False
+            for stream, follower in followers:
+                data = follower.take()
+                if data:
+                    moved = True
+                    yield stream, data
             if done:
                 return
-            if not data:
+            if not moved:
                 pause()
     finally:
-        follower.close()
+        for _, follower in followers:
+            follower.close()

@@ -264,8 +264,9 @@ _SPAWN_LENS = struct.Struct("<HHHH")
 _FILE_MODES = ("r", "w", "a", "rw")
 # "n": /dev/null, for reading at 0 and writing elsewhere; its text is "". Short
 # on purpose: a spawn of /bin/true with both streams to /dev/null fits one slot.
-# "log": the runtime captures what the domain writes there (the worker's log
-# relay); its text is "" (the runtime's bounds) or "MAX_BYTES:BACKUPS".
+# "log": the runtime captures what the domain writes there (a log file the
+# worker's rotator bounds); its text is "" (the runtime's bounds) or
+# "MAX_BYTES:BACKUPS".
 # "dup": a copy of another of the domain's descriptors; its text is that
 # descriptor's number (stderr=STDOUT is (2, "dup", "1")).
 # "inherit": a copy of another process's descriptor, "PID:FD" (the spawning

@@ -18,7 +18,7 @@ Started by a Runtime (the monitor). It
 
 What it and its workers print (diagnostics) goes to ``runtime.log`` in the
 runtime's directory, never to a descriptor of whoever started it; the
-domains' captured output goes to ``logs/`` beside it (spawnd_workers/_relay.h).
+domains' captured output goes to ``logs/`` beside it (spawnd_workers/_rotator.h).
 It says it is ready by writing a line to ``--ready-fd`` and closing it.
 """
 

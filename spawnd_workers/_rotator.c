@@ -85,8 +85,6 @@ static void map_remove(struct rotator *r, int32_t slot)
 
 /* ---- rotation (rotator thread) ------------------------------------------- */
 
-static void rotate(struct rotator *r, struct log_stream *s, int fd, uint64_t size);
-
 static void backup_name(char *buf, size_t size, const struct log_stream *s, uint32_t n)
 {
     snprintf(buf, size, "%s.%u", s->name, n);

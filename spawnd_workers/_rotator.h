@@ -2,7 +2,7 @@
  * The worker's log rotator: keeps each captured stream (procmgr.LOG) of
  * this core's dispatchers within its bounds on disk.
  *
- * A captured stream is a file the program writes itself: posix_spawn opens
+ * A captured stream is a file the program writes itself: the worker opens
  * logs/CORE/DOM.stdout (or .stderr) for appending as the program's 1 or 2.
  * No pipe and no copy on the way: measured here, a program writing 64 KiB
  * at a time reached ~3,000 MB/s into a file and ~1,000 through a pipe to
@@ -24,8 +24,9 @@
  * and the truncation is then lost (as logrotate's copytruncate).
  *
  * A burst faster than the rotator notices can pass max_bytes until the
- * next rotation (it wakes at most every PAUSE_NS); a rotation keeps at
- * most max_bytes of it in NAME.1, so the bound holds again after it.
+ * next rotation (it rests PAUSE_NS after a round with work); the rotation
+ * then fills as many rotated files as the burst holds, each at most
+ * max_bytes, so the bound holds again after it and what is kept has no gap.
  *
  * Spare files: a captured stream needs its file when the program starts,
  * and creating a file is the dearest part of that: ~10 us on tmpfs, and

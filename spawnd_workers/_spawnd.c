@@ -265,7 +265,7 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         if (!ok) {
             if (!PyErr_Occurred())
                 PyErr_Format(PyExc_TypeError, "actions entry %R is not a tuple "
-                             "(\"open\"|\"log\"|\"dup\", fd, ...)", item);
+                             "(\"open\"|\"log\"|\"inherit\"|\"dup\", fd, ...)", item);
             Py_DECREF(fast);
             goto fail;
         }
@@ -314,8 +314,6 @@ static PyMemberDef prepared_members[] = {
     {"path", T_OBJECT_EX, offsetof(PreparedObject, path), READONLY, "the program's path"},
     {"actions", T_OBJECT_EX, offsetof(PreparedObject, given), READONLY,
      "the descriptor actions, as given (a tuple)"},
-    {"captured", T_INT, offsetof(PreparedObject, nlogs), READONLY,
-     "how many of its streams are captured in log files"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -551,8 +549,9 @@ static int open_checked(int dirfd, const char *path, int flags, int mode, int re
     if (fd < 0)
         return -errno;
     struct stat st;
-    if (fstat(fd, &st) < 0 || (regular_only && !S_ISREG(st.st_mode)) ||
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+    /* F_SETFL sets the status flags whole: those asked for, O_NONBLOCK gone */
+    if ((regular_only && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) ||
+        fcntl(fd, F_SETFL, flags & (O_APPEND | O_DIRECT | O_NOATIME)) < 0) {
         close(fd);
         return -EINVAL;
     }

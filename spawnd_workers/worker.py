@@ -29,8 +29,9 @@ What a dispatcher inherits: argv and env as given (env None: the worker's
 environment), the caps as given, stdin from /dev/null unless a cap names
 fd 0, and stdout/stderr captured into its log files (which it writes
 itself; the rotator bounds them: _rotator.h) unless caps name them --
-/dev/null where the worker keeps no logs. Never a descriptor of the runtime's: every one it has is
-close-on-exec, and 0, 1 and 2 are always made anew.
+/dev/null where the worker keeps no logs. Never a descriptor of the
+runtime's: every one it has is close-on-exec, and 0, 1 and 2 are always
+made anew.
 
 Every dispatcher runs in its own process group, so a kill (SIGTERM, then
 SIGKILL after the grace period) also ends whatever the program forked.
@@ -339,8 +340,12 @@ def _start_failure(program: Prepared, e: OSError) -> tuple:
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
                 f"{program.path}: {e.strerror}".encode()[:256])
     action = next(a for a in program.actions if a[1] == e.filename)
-    what = {"open": lambda: action[2], "log": lambda: "(its log)",
-            "inherit": lambda: f"(process {action[2]}'s descriptor {action[3]})"}[action[0]]()
+    if action[0] == "open":
+        what = action[2]
+    elif action[0] == "log":
+        what = "(its log)"
+    else:
+        what = f"(process {action[2]}'s descriptor {action[3]})"
     return (Err.OPEN_FAILED, e.errno or errno.EIO,
             f"{_stream_name(e.filename)} {what}: {e.strerror}".encode()[:256])
 
