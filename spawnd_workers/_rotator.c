@@ -189,8 +189,6 @@ static void check(struct rotator *r, struct log_stream *s)
     close(fd);
 }
 
-/* ---- the thread --------------------------------------------------------- */
-
 /* ---- spare files (rotator thread) ----------------------------------------- */
 
 /* A file (in dirfd: .spare/, or the core's directory for an ended
@@ -220,7 +218,7 @@ static void adopt(struct rotator *r, int dirfd, const char *name)
     pthread_mutex_lock(&r->lock);
     int kept = alone && r->nspares < SPARE_MAX && strlen(name) < ROTATOR_NAME;
     if (kept) {
-        struct spare *sp = &r->spares[r->nspares++];
+        struct log_spare *sp = &r->spares[r->nspares++];
         strcpy(sp->name, name);
         sp->fd = fd;
         sp->dirfd = dirfd;
@@ -285,6 +283,47 @@ static int make_spares(struct rotator *r)
 }
 
 /* ---- the thread --------------------------------------------------------- */
+
+/* Stream s's spare renamed to the stream's name (lock held; either
+ * thread). Whatever else has the name -- a FIFO or a link a program put
+ * there for a domain to come -- is removed first: the name is ours. 1 if
+ * the file may have passed its bound already (the program's writes before
+ * its name came were not seen: their events named another file). */
+static int name_file(struct rotator *r, struct log_stream *s)
+{
+    s->unnamed = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (renameat2(s->from.dirfd, s->from.name, r->dirfd, s->name, RENAME_NOREPLACE) == 0) {
+            struct stat st;
+            return fstatat(r->dirfd, s->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                   (uint64_t)st.st_size >= s->max_bytes;
+        }
+        if (errno != EEXIST)
+            break;
+        unlinkat(r->dirfd, s->name, 0);
+    }
+    unlinkat(s->from.dirfd, s->from.name, 0);   /* (_rotator.h, "Naming") */
+    return 0;
+}
+
+/* The streams added since the last round, named; one that may have passed
+ * its bound goes on *dirty. The lock is taken for each: the worker's
+ * spawns wait for one rename at most. */
+static void name_all(struct rotator *r, int32_t i, int32_t *dirty)
+{
+    while (i >= 0) {
+        struct log_stream *s = slot_at(r, i);
+        int32_t next = s->next_unnamed;
+        pthread_mutex_lock(&r->lock);
+        if (s->unnamed && name_file(r, s) && !s->dirty) {
+            s->dirty = 1;
+            s->next_dirty = *dirty;
+            *dirty = i;
+        }
+        pthread_mutex_unlock(&r->lock);
+        i = next;
+    }
+}
 
 /* Every inotify event waiting: the streams whose files grew, marked dirty
  * and chained from *dirty (an overflow marks every live stream), and the
@@ -394,8 +433,12 @@ static void *rotator_main(void *arg)
         }
         /* The ended list first, then the events: a stream ended before the
          * list was taken grew (if it did) before it ended, so that event is
-         * read below and the stream checked before it is freed. */
+         * read below and the stream checked before it is freed. The list
+         * to name is taken with it: a slot on it is not freed before it
+         * has been looked at below. */
         pthread_mutex_lock(&r->lock);
+        int32_t unnamed = r->unnamed;
+        r->unnamed = -1;
         int32_t nended = r->nended;
         int32_t *ended = NULL;
         if (nended > 0) {
@@ -409,8 +452,9 @@ static void *rotator_main(void *arg)
         }
         pthread_mutex_unlock(&r->lock);
         int32_t dirty = -1;
+        name_all(r, unnamed, &dirty);
         read_events(r, &dirty);
-        int worked = dirty >= 0;
+        int worked = dirty >= 0;     /* (naming alone is not a reason to rest) */
         while (dirty >= 0) {
             struct log_stream *s = slot_at(r, dirty);
             int32_t next = s->next_dirty;
@@ -418,8 +462,13 @@ static void *rotator_main(void *arg)
             check(r, s);
             dirty = next;
         }
-        for (int32_t i = 0; i < nended; i++)
+        for (int32_t i = 0; i < nended; i++) {
+            struct log_stream *s = slot_at(r, ended[i]);
+            if (s->late)
+                check(r, s);
+            s->late = 0;
             free_slot(r, ended[i]);
+        }
         free(ended);
         if (make_spares(r))
             eventfd_write(r->wake_fd, 1);     /* more next round, after the others */
@@ -454,6 +503,7 @@ int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus, uint32_t k
     pthread_mutex_init(&r->lock, NULL);
     r->dirfd = dirfd;
     r->free_head = -1;
+    r->unnamed = -1;
     r->inotify_fd = r->epfd = r->wake_fd = -1;
     if (cpus != NULL) {
         r->cpus = *cpus;
@@ -530,14 +580,12 @@ static int grow(struct rotator *r)
     return 0;
 }
 
-int rotator_take(struct rotator *r, char name[ROTATOR_NAME], int *dirfd)
+int rotator_take(struct rotator *r, struct log_spare *out)
 {
     pthread_mutex_lock(&r->lock);
     int got = r->nspares > 0 ? r->spares[--r->nspares].fd : -1;
-    if (got >= 0) {
-        strcpy(name, r->spares[r->nspares].name);
-        *dirfd = r->spares[r->nspares].dirfd;
-    }
+    if (got >= 0)
+        *out = r->spares[r->nspares];
     int wake = r->nspares <= SPARE_TARGET / 2 && !r->asked;
     r->asked |= wake;        /* once, until a round has made some */
     pthread_mutex_unlock(&r->lock);
@@ -546,7 +594,21 @@ int rotator_take(struct rotator *r, char name[ROTATOR_NAME], int *dirfd)
     return got;
 }
 
-int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups)
+void rotator_put_back(struct rotator *r, const struct log_spare *sp)
+{
+    pthread_mutex_lock(&r->lock);
+    int kept = r->nspares < SPARE_MAX;
+    if (kept)
+        r->spares[r->nspares++] = *sp;
+    pthread_mutex_unlock(&r->lock);
+    if (!kept) {
+        close(sp->fd);
+        unlinkat(sp->dirfd, sp->name, 0);
+    }
+}
+
+int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups,
+                const struct log_spare *from)
 {
     pthread_mutex_lock(&r->lock);
     int rc = r->free_head < 0 ? grow(r) : 0;
@@ -572,13 +634,26 @@ int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uin
     uint32_t b = bucket_of(key);
     s->next = r->buckets[b];
     r->buckets[b] = i;
+    s->unnamed = from != NULL;
+    s->late = 0;
+    if (from != NULL) {
+        s->from = *from;
+        s->from.fd = -1;
+        s->next_unnamed = r->unnamed;
+        r->unnamed = i;
+    }
     pthread_mutex_unlock(&r->lock);
+    if (from != NULL)
+        eventfd_write(r->wake_fd, 1);
     return i;
 }
 
 void rotator_end(struct rotator *r, int slot)
 {
     pthread_mutex_lock(&r->lock);
+    struct log_stream *s = slot_at(r, slot);
+    if (s->unnamed)
+        s->late = name_file(r, s);     /* checked before it is freed */
     int wake = 0;
     if (r->nended == r->ended_cap) {
         int32_t cap = r->ended_cap ? r->ended_cap * 2 : 256;

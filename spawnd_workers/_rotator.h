@@ -31,9 +31,9 @@
  * Spare files: a captured stream needs its file when the program starts,
  * and creating a file is the dearest part of that: ~10 us on tmpfs, and
  * ~1.2 ms on this machine's /tmp (where /var/tmp, on the same file system,
- * takes 20 us); raw posix_spawn of /bin/true takes ~650 us in all. So the
+ * takes 20 us); raw posix_spawn of /bin/true takes ~500 us in all. So the
  * rotator thread keeps a pool of empty files in .spare/ (created ahead,
- * away from the spawn path), the worker renames one into place for each
+ * away from the spawn path), the worker hands one to the program for each
  * captured stream (rotator_take), and a stream's file, once `keep` more
  * streams of this core have ended after it, is emptied and becomes a spare
  * where it is (its rotated files are unlinked). In steady state no file is
@@ -42,6 +42,16 @@
  * manager still remembers, so a domain's log outlives the manager's memory
  * of it -- and the manager, whose thread every request waits for, never
  * touches a log file (it did, and that cost ~60 us a spawn).
+ *
+ * Naming: a spare gets its stream's name (DOM.stdout) by a rename, ~20 us
+ * here, two for a spawn: the rotator thread does it, just after the spawn,
+ * on whichever CPU is free, not the worker on the core's CPU the program
+ * starts on. Until then a reader finds no file and reads nothing, as
+ * before a program's first write; the worker names a stream still unnamed
+ * itself when its dispatcher ends (rotator_end), so once an exit is
+ * reported, every byte is under its name. A rename that fails (the spare
+ * removed under us, the disk full) leaves the program writing into a file
+ * nobody can find, as a log file unlinked under a running program does.
  *
  * Threads: the worker's thread registers a stream when it starts a
  * dispatcher (rotator_add) and lets go of it once the dispatcher has been
@@ -64,11 +74,23 @@
 #define ROTATOR_SPARE_DIR ".spare"
 #define SPARE_MAX 64               /* spare files kept (each open): more are unlinked */
 
+/* A spare file: empty, open for appending, at `name` in `dirfd` (.spare/,
+ * or the core's directory for an ended stream's own file). */
+struct log_spare {
+    char name[ROTATOR_NAME];
+    int fd;
+    int dirfd;
+};
+
 struct log_stream {
     uint64_t key;              /* dom << 2 | fd: what the file is named after */
     int32_t next;              /* name map chain, or the free list */
     int32_t next_dirty;        /* rotator thread: this round's list */
+    int32_t next_unnamed;      /* the list of streams to name */
     int in_use, dirty;
+    int unnamed;               /* its file is still at `from` */
+    int late;                  /* named as it ended, maybe past its bound: check it */
+    struct log_spare from;
     uint64_t start;            /* rotator thread: where the data begins (after holes) */
     int rotated;               /* rotator thread: it has rotated files */
     uint64_t max_bytes;
@@ -94,12 +116,9 @@ struct rotator {
     int32_t nended, ended_cap;
     int spare_dirfd;           /* .spare/ in the core's logs directory */
     int spare_wd;              /* its inotify watch (files renamed into it) */
-    struct spare {                  /* ready: an empty file, open */
-        char name[ROTATOR_NAME];
-        int fd;
-        int dirfd;                  /* where it is: .spare/, or the core's directory */
-    } *spares;                      /* a stack */
+    struct log_spare *spares;  /* ready: a stack */
     int32_t nspares;
+    int32_t unnamed;           /* streams whose spare is to be renamed to theirs */
     int asked;                 /* spawns took spares: make more */
     uint64_t made;             /* rotator thread: spare files it created */
     uint64_t *retired;         /* rotator thread: keys of ended streams, oldest first (a ring) */
@@ -110,13 +129,19 @@ struct rotator {
  * rotator_close. cpus: where the thread may run (NULL: as the caller).
  * keep: ended streams whose files are kept (at least 1). */
 int rotator_init(struct rotator *r, int dirfd, const cpu_set_t *cpus, uint32_t keep);
-/* An empty file to rename into place: a descriptor of it, open for
- * appending (the caller's from now on), and its name in *dirfd; or -1 if
- * none is ready (the file is created then). */
-int rotator_take(struct rotator *r, char name[ROTATOR_NAME], int *dirfd);
-/* A stream of dispatcher `dom` at descriptor fd (1 or 2): its slot, or -errno. */
-int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups);
-/* The dispatcher is gone: the stream is checked once more, then freed. */
+/* A spare file into *out (its descriptor the caller's from now on, and
+ * also the return value); or -1 if none is ready (the file is created
+ * then). */
+int rotator_take(struct rotator *r, struct log_spare *out);
+/* A spare taken and not used (the spawn failed): back to the stack. */
+void rotator_put_back(struct rotator *r, const struct log_spare *sp);
+/* A stream of dispatcher `dom` at descriptor fd (1 or 2): its slot, or
+ * -errno. from: the spare its program was given, to be named (its
+ * descriptor no longer used); NULL if the file has its name already. */
+int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uint32_t backups,
+                const struct log_spare *from);
+/* The dispatcher is gone: the stream is named now if it is not yet,
+ * checked once more, then freed. */
 void rotator_end(struct rotator *r, int slot);
 void rotator_close(struct rotator *r);
 /* "DOM.stdout" / "DOM.stderr": the file of a stream (procmgr/logs.py reads it). */

@@ -584,25 +584,19 @@ static int inherited_fd(pid_t pid, int fd)
 }
 
 /* A captured stream's file, open for the program to append to: a spare one
- * (opened already) renamed into place where one is ready (_rotator.h,
- * "Spare files"), else created. Whatever else has the name -- a FIFO or a
+ * (opened already, *spare; the rotator names it once the program runs:
+ * _rotator.h, "Spare files", "Naming") where one is ready, else created
+ * under its name (spare->fd -1). Whatever else has the name -- a FIFO or a
  * link a program put there for a domain to come -- is removed first: the
  * name is ours. A descriptor, or -errno. */
-static int open_log(HotPathObject *c, uint32_t dom, int stream)
+static int open_log(HotPathObject *c, uint32_t dom, int stream, struct log_spare *spare)
 {
-    char name[ROTATOR_NAME], spare[ROTATOR_NAME];
-    rotator_name(name, sizeof name, dom, stream);
-    int spare_dir = -1;
-    int fd = rotator_take(c->rotator, spare, &spare_dir);
-    for (int attempt = 0; fd >= 0 && attempt < 2; attempt++) {
-        if (renameat2(spare_dir, spare, c->logs_dirfd, name, RENAME_NOREPLACE) == 0)
-            return fd;
-        if (errno != EEXIST)
-            break;
-        unlinkat(c->logs_dirfd, name, 0);
-    }
+    int fd = rotator_take(c->rotator, spare);
     if (fd >= 0)
-        close(fd);           /* the spare is gone: make the file instead */
+        return fd;
+    spare->fd = -1;
+    char name[ROTATOR_NAME];
+    rotator_name(name, sizeof name, dom, stream);
     for (int attempt = 0; attempt < 2; attempt++) {
         if (mkfile(c->logs_dirfd, name) == 0 || errno != EEXIST)
             break;
@@ -611,31 +605,49 @@ static int open_log(HotPathObject *c, uint32_t dom, int stream)
     return open_checked(c->logs_dirfd, name, O_WRONLY | O_APPEND | O_NOFOLLOW, 0, 1);
 }
 
-/* The per-spawn descriptors of p, in order, into made[]; 0, or an errno
- * with *failed_fd the program's descriptor that could not be made and
- * nothing left open. */
-static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, int *made,
+/* The per-spawn descriptors made for a spawn, in the order of its
+ * actions; for a captured stream given a spare file, that spare. */
+struct made {
+    int n;
+    int fds[MAX_PER_SPAWN];
+    struct log_spare spares[MAX_PER_SPAWN];   /* .fd -1: not a spare */
+};
+
+/* Let go of what was made: closed, a spare back to the stack unless the
+ * program has it (started: its copy is the one that counts, and the rotator
+ * names it). */
+static void let_go(HotPathObject *c, struct made *m, int started)
+{
+    for (int i = 0; i < m->n; i++)
+        if (m->spares[i].fd < 0 || started)
+            close(m->fds[i]);
+        else
+            rotator_put_back(c->rotator, &m->spares[i]);
+}
+
+/* The per-spawn descriptors of p, in order, into *m; 0, or an errno with
+ * *failed_fd the program's descriptor that could not be made and nothing
+ * left open. */
+static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, struct made *m,
                           int *failed_fd)
 {
-    int n = 0, rc = 0;
-    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+    m->n = 0;
+    for (Py_ssize_t i = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
         if (!a->per_spawn)
             continue;
-        int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd)
+        m->spares[m->n].fd = -1;
+        int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd, &m->spares[m->n])
                  : a->kind == ACT_INHERIT ? inherited_fd(a->pid, a->src)
                  : open_checked(AT_FDCWD, a->path, a->flags, a->mode, 0);
         if (fd < 0) {
-            rc = -fd;
             *failed_fd = a->fd;
-        } else {
-            made[n++] = fd;
+            let_go(c, m, 0);
+            return -fd;
         }
+        m->fds[m->n++] = fd;
     }
-    if (rc != 0)
-        while (n > 0)
-            close(made[--n]);
-    return rc;
+    return 0;
 }
 
 /* posix_spawn with p's descriptor actions; each captured stream is given
@@ -651,30 +663,34 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
         return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
-    int made[MAX_PER_SPAWN];      /* 4 KiB of stack: the worker's thread has megabytes */
-    int rc = make_per_spawn(c, p, dom, made, failed_fd);
+    struct made m;        /* ~60 KiB of stack: the worker's thread has megabytes */
+    int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    rc = add_actions(p, &fa, made);
+    rc = add_actions(p, &fa, m.fds);
     if (rc == 0)
         rc = posix_spawn(pid, p->file, &fa, &c->attr, p->argv, p->envp);
     posix_spawn_file_actions_destroy(&fa);
-    for (int i = 0; i < p->nper_spawn; i++)
-        close(made[i]);                     /* the program's now, not ours */
+    let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
-    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+    for (Py_ssize_t i = 0, k = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
+        struct log_spare *spare = a->per_spawn ? &m.spares[k++] : NULL;
         if (a->kind != ACT_LOG)
             continue;
-        int slot = rotator_add(c->rotator, dom, a->fd, a->max_bytes, a->backups);
-        if (slot < 0) {
+        int slot = rc != 0 ? -rc
+                   : rotator_add(c->rotator, dom, a->fd, a->max_bytes, a->backups,
+                                 spare->fd >= 0 ? spare : NULL);
+        if (slot < 0 && spare->fd >= 0)
+            unlinkat(spare->dirfd, spare->name, 0);     /* nobody would name it */
+        if (slot >= 0) {
+            slots[(*nslots)++] = slot;
+        } else if (rc == 0) {
             rc = -slot;
             *failed_fd = a->fd;
-        } else {
-            slots[(*nslots)++] = slot;
         }
     }
     if (rc != 0) {               /* an unbounded stream is not started */

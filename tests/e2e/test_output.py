@@ -265,6 +265,23 @@ def test_bad_output_paths_name_the_file_and_leave_nothing(rt, pm, tmp_path):
     assert pm.run(["/bin/echo", "fine"]).stdout == b"fine\n"
 
 
+def test_a_program_that_does_not_start_leaves_no_log_file(rt, pm):
+    """The spare files a failed start was given go back to the pool: no
+    file for a domain that never was, and spawns after it get theirs."""
+    directory = os.path.join(runtime_dir(rt.name), "logs", "0")
+
+    def names():
+        return {f for f in os.listdir(directory) if not f.startswith(".")}
+    assert pm.wait(pm.spawn(["/bin/true"]), timeout=T) == 0
+    before = names()
+    for _ in range(40):
+        with pytest.raises(ProcMgmtError, match="EXEC_FAILED"):
+            pm.spawn(["/no/such/program"])
+    assert names() == before
+    r = pm.run(sh("echo out; echo err >&2"))
+    assert (r.stdout, r.stderr) == (b"out\n", b"err\n")
+
+
 def test_bad_stream_arguments_are_refused_before_anything_is_sent(pm):
     with pytest.raises(ValueError, match="stream must be 'stdout' or 'stderr'"):
         pm.output(pm.run(["/bin/true"]).domain, "stdlog")
