@@ -609,20 +609,29 @@ static int open_log(HotPathObject *c, uint32_t dom, int stream, struct log_spare
  * actions; for a captured stream given a spare file, that spare. */
 struct made {
     int n;
+    uint32_t dom;
     int fds[MAX_PER_SPAWN];
+    int log[MAX_PER_SPAWN];                   /* a captured stream's: 1 or 2; else 0 */
     struct log_spare spares[MAX_PER_SPAWN];   /* .fd -1: not a spare */
 };
 
-/* Let go of what was made: closed, a spare back to the stack unless the
- * program has it (started: its copy is the one that counts, and the rotator
- * names it). */
+/* Let go of what was made: closed, unless the program did not start: a
+ * spare then goes back to the stack, and a log file made under the
+ * domain's name goes (no file is left for a domain that never was). */
 static void let_go(HotPathObject *c, struct made *m, int started)
 {
-    for (int i = 0; i < m->n; i++)
-        if (m->spares[i].fd < 0 || started)
-            close(m->fds[i]);
-        else
+    for (int i = 0; i < m->n; i++) {
+        if (!started && m->spares[i].fd >= 0) {
             rotator_put_back(c->rotator, &m->spares[i]);
+            continue;
+        }
+        close(m->fds[i]);
+        if (!started && m->log[i]) {
+            char name[ROTATOR_NAME];
+            rotator_name(name, sizeof name, m->dom, m->log[i]);
+            unlinkat(c->logs_dirfd, name, 0);
+        }
+    }
 }
 
 /* The per-spawn descriptors of p, in order, into *m; 0, or an errno with
@@ -632,11 +641,13 @@ static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, str
                           int *failed_fd)
 {
     m->n = 0;
+    m->dom = dom;
     for (Py_ssize_t i = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
         if (!a->per_spawn)
             continue;
         m->spares[m->n].fd = -1;
+        m->log[m->n] = a->kind == ACT_LOG ? a->fd : 0;
         int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd, &m->spares[m->n])
                  : a->kind == ACT_INHERIT ? inherited_fd(a->pid, a->src)
                  : open_checked(AT_FDCWD, a->path, a->flags, a->mode, 0);
@@ -663,7 +674,7 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
         return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
-    struct made m;        /* ~60 KiB of stack: the worker's thread has megabytes */
+    struct made m;        /* ~64 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
