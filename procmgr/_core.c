@@ -1519,7 +1519,7 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
     if (partial != 0)
         return partial < 0 ? -1 : 0;   /* the Python decoder is mid-message */
     Py_ssize_t handled = 0;
-    for (;;) {
+    while (handled < SERVE_BUDGET) {
         const uint8_t *slot;
         if (rb_peek(in, &slot) != SLOT)
             break;           /* empty, closed, or not a header: Python looks */

@@ -15,13 +15,17 @@
 #define PEER_SPAWND 0
 #define PEER_CLIENT 1
 
+/* Messages core_serve takes from one peer at a time: a peer that never
+ * stops sending waits its turn behind the others (procmgr/_loop.c). */
+#define SERVE_BUDGET 64
+
 /* Handle, in C, what can be handled at the head of a peer's inbound ring:
  * one-slot messages the core serves itself (for a client: every request
  * but the few Python answers; for a spawnd: everything). Stops in front of
  * anything else -- a message with continuation slots, a slot that is not a
  * valid header, a request Python answers -- which stays in the ring for
- * Python to decode (channel.receive) and pass on. The number handled, or -1
- * with an exception set. */
+ * Python to decode (channel.receive) and pass on -- or after SERVE_BUDGET.
+ * The number handled, or -1 with an exception set. */
 Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *in);
 
 /* 1 if the peer's outbound messages wait in the core's backlog (its ring

@@ -47,6 +47,16 @@
 #include "_core.h"
 
 #define MAX_EVENTS 64
+/* Liveness under load: however busy the rings keep the loop, the other
+ * descriptors (the socket, worker and client pidfds, the child watch) are
+ * looked at least this often, and Python (handshake deadlines, ring names
+ * to unlink, messages only it decodes) gets its turn at least this often. */
+#define LOOK_NS 2000000LL
+#define SERVE_SLICE_NS 2000000LL
+
+/* A peer's state in a pass (RingSet.space[i]). */
+#define WAITS_ROOM 1    /* its answers wait in the core's outbox: wait for room */
+#define MORE_FOR_C 2    /* the core stopped at its budget in front of more it serves */
 
 typedef struct {
     PyObject_HEAD
@@ -57,12 +67,20 @@ typedef struct {
     struct rb_handle **in, **out;
     int *kind;
     uint32_t *key;
-    uint8_t *space;             /* per peer, for wait(): 1 if it waits for room */
+    uint8_t *space;             /* per peer, for wait(): WAITS_ROOM, MORE_FOR_C */
     Py_ssize_t n;
     int interrupted;            /* interrupt() was called: return to Python */
     unsigned long long sleeps;  /* times wait() slept */
     unsigned long long served;  /* messages the core served in C */
+    long long looked_ns;        /* when epoll was last asked (CLOCK_MONOTONIC) */
 } RingSetObject;
+
+static long long mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 static void ringset_free_handles(RingSetObject *self)
 {
@@ -165,23 +183,38 @@ fail:
 static inline struct rb_handle *waited(RingSetObject *self, Py_ssize_t i,
                                        const uint8_t *space, int32_t *what)
 {
-    *what = space[i] ? RB_WAIT_SPACE : RB_WAIT_DATA;
-    return space[i] ? self->out[i] : self->in[i];
+    *what = space[i] & WAITS_ROOM ? RB_WAIT_SPACE : RB_WAIT_DATA;
+    return space[i] & WAITS_ROOM ? self->out[i] : self->in[i];
 }
 
-/* The indexes of the ready peers. A handle closed by this process counts
- * as ready: visiting it is how the loop finds out (Closed). Data found
- * stays until the manager takes it, so a ring that was ready while being
- * armed still is. */
+/* Peer i has something for the loop: what it waits on is ready, or either
+ * ring broke (a corrupt ring, its answers' too, found while sending: the
+ * loop drops the peer -- procmgr/channel.py). A handle closed by this
+ * process counts as ready too: visiting it is how the loop finds out
+ * (Closed). */
+static int peer_ready(RingSetObject *self, Py_ssize_t i, const uint8_t *space)
+{
+    int32_t what;
+    struct rb_handle *h = waited(self, i, space, &what);
+    return rb_ready(h, what) != 0 || self->in[i]->corrupt || self->out[i]->corrupt;
+}
+
+/* The indexes of the ready peers, for Python. Data found stays until the
+ * manager takes it, so a ring that was ready while being armed still is.
+ * Not a peer the core left at its budget in front of more it serves: the
+ * next wait() serves that in C, in turn with the others -- handed to
+ * Python, a batch of it would be decoded there at several times the cost,
+ * and every other peer wait behind it (a flooding client did that to the
+ * others' latency: bench/fairness.py). */
 static PyObject *ready_list(RingSetObject *self, const uint8_t *space)
 {
     PyObject *ready = PyList_New(0);
     if (ready == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        int32_t what;
-        struct rb_handle *h = waited(self, i, space, &what);
-        if (rb_ready(h, what) != 0) {
+        int more_for_c = (space[i] & MORE_FOR_C) && !self->in[i]->corrupt &&
+                         !self->out[i]->corrupt;
+        if (!more_for_c && peer_ready(self, i, space)) {
             PyObject *index = PyLong_FromSsize_t(i);
             if (index == NULL || PyList_Append(ready, index) < 0) {
                 Py_XDECREF(index);
@@ -195,16 +228,20 @@ static PyObject *ready_list(RingSetObject *self, const uint8_t *space)
 }
 
 /* Serve in C what the core can serve from every peer with data (not one
- * that waits for room). The number served, or -1 with an exception set. */
-static Py_ssize_t serve_ready(RingSetObject *self, const uint8_t *space)
+ * that waits for room), SERVE_BUDGET each (MORE_FOR_C if it used it all).
+ * The number served, or -1 with an exception set. */
+static Py_ssize_t serve_ready(RingSetObject *self, uint8_t *space)
 {
     Py_ssize_t served = 0;
     for (Py_ssize_t i = 0; i < self->n; i++) {
-        if (space[i] || rb_ready(self->in[i], RB_WAIT_DATA) == 0)
+        space[i] &= (uint8_t)~MORE_FOR_C;
+        if ((space[i] & WAITS_ROOM) || rb_ready(self->in[i], RB_WAIT_DATA) == 0)
             continue;
         Py_ssize_t k = core_serve(self->core, self->kind[i], self->key[i], self->in[i]);
         if (k < 0)
             return -1;
+        if (k == SERVE_BUDGET)
+            space[i] |= MORE_FOR_C;
         served += k;
     }
     self->served += (unsigned long long)served;
@@ -235,8 +272,7 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     /* However long the core serves without Python, the call returns by the
      * timeout: the loop's caller has its own rounds to make (handshake
      * deadlines, ring names to unlink), as it had before serving was C. */
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    long long start = mono_ns();
 again:
     /* A peer whose answers do not fit is not read from: wait for it to
      * make room, not for its requests, which may already be waiting --
@@ -251,20 +287,26 @@ again:
     for (Py_ssize_t i = 0; i < n && !any_ready; i++) {
         int32_t what;
         struct rb_handle *h = waited(self, i, space, &what);
-        if (rb_arm(h, what) != 0)
+        if (rb_arm(h, what) != 0 || self->in[i]->corrupt || self->out[i]->corrupt)
             any_ready = 1;
-        else
-            armed = i + 1;
+        armed = i + 1;
     }
     int err = 0;
     nev = 0;
+    long long now = mono_ns();
     if (!any_ready && !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
         Py_BEGIN_ALLOW_THREADS
         nev = epoll_wait(self->epoll_fd, events, MAX_EVENTS, timeout_ms);
         err = errno;
         Py_END_ALLOW_THREADS
+        self->looked_ns = mono_ns();
         if (timeout_ms != 0)
             self->sleeps++;     /* a zero timeout only looked */
+    } else if (now - self->looked_ns >= LOOK_NS) {
+        /* Rings kept us from sleeping: look at the rest without waiting. */
+        nev = epoll_wait(self->epoll_fd, events, MAX_EVENTS, 0);
+        err = errno;
+        self->looked_ns = now;
     }
     for (Py_ssize_t i = 0; i < armed; i++) {
         int32_t what;
@@ -283,8 +325,12 @@ again:
     Py_ssize_t served = serve_ready(self, space);
     if (served < 0)
         return NULL;
-    if (served > 0) {
+    if (served > 0)
         wake_all(self);
+    /* Served something, or woken by the doorbell alone for nothing (a
+     * producer's stale wake -- or a peer ringing it on purpose, thousands
+     * of times a second: each would cost a pass of Python): */
+    if (served > 0 || nev > 0) {
         /* Nothing left for Python, no descriptor but the doorbell fired, and
          * nobody asked for Python: sleep again right here. */
         int others = 0;
@@ -292,11 +338,10 @@ again:
             if (events[k].data.fd != self->doorbell_fd)
                 others = 1;
         int left = 0;
-        for (Py_ssize_t i = 0; i < n && !left; i++) {
-            int32_t what = RB_WAIT_DATA;
-            left = rb_ready(waited(self, i, space, &what), what) != 0;
-        }
-        if (!others && !left && timeout_ms != 0 &&
+        for (Py_ssize_t i = 0; i < n && !left; i++)
+            left = peer_ready(self, i, space);
+        long long spent_ns = mono_ns() - start;
+        if (!others && timeout_ms != 0 &&
             !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
             /* A signal that came while serving runs its handler now, not
              * after a stretch of traffic that never needs Python. */
@@ -304,13 +349,14 @@ again:
                 return NULL;
             int remaining = timeout_ms;
             if (timeout_ms > 0) {
-                struct timespec now;
-                clock_gettime(CLOCK_MONOTONIC, &now);
-                long long spent = (now.tv_sec - start.tv_sec) * 1000LL +
-                                  (now.tv_nsec - start.tv_nsec) / 1000000LL;
+                long long spent = spent_ns / 1000000LL;
                 remaining = spent >= timeout_ms ? 0 : timeout_ms - (int)spent;
             }
-            if (remaining != 0 && !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
+            /* Nothing left: sleep again right here. Something left (a peer
+             * past its budget, SERVE_BUDGET): serve on, every peer in
+             * turn, for one slice; then Python has its turn. */
+            if (remaining != 0 && (!left || (served > 0 && spent_ns < SERVE_SLICE_NS)) &&
+                !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
                 timeout_ms = remaining;
                 goto again;
             }

@@ -9,13 +9,17 @@ the (single-threaded) manager.
 
 A peer that closed its end or died is not an error here: the channel
 records it (``peer_gone``; the core sets it too when a send finds the ring
-closed) and the loop releases what the peer held.
+closed) and the loop releases what the peer held. Nor is a peer that broke
+its ring -- an impossible index or length, from a bug or on purpose: the
+ring refuses every call from then on (ringbuf/_ring.h, "Trust"), the
+channel records that too (``corrupt``), and the loop drops that one peer
+and goes on serving the others.
 """
 
 from __future__ import annotations
 
 from procmgr.protocol import Decoder, Msg, ProtocolError, take
-from ringbuf import Closed, Ring
+from ringbuf import Closed, Ring, RingError
 
 
 class Channel:
@@ -39,6 +43,14 @@ class Channel:
         except Closed:             # PeerDied too: it closed or it died
             self.peer_gone = True
             return []
+        except RingError:          # it broke the ring: see the top
+            self.peer_gone = True
+            return []
+
+    @property
+    def corrupt(self) -> bool:
+        """The peer broke one of the two rings."""
+        return self.inbound.corrupt or self.outbound.corrupt
 
     def close(self) -> None:
         for ring in (self.inbound, self.outbound):

@@ -52,7 +52,8 @@ def get_stats(mgr, client, msg) -> None:
     stats = {"cores": cores, "clients": len(mgr.clients), "domains": len(mgr.table),
              "answered": sum(c.answered for c in mgr.clients.values()) + mgr.answered_gone,
              "pending_kind": mgr.pending_kind, "protocol_errors": mgr.protocol_errors,
-             "internal_errors": mgr.internal_errors, "workers": mgr.worker_pids()}
+             "internal_errors": mgr.internal_errors, "peers_dropped": mgr.peers_dropped,
+             "workers": mgr.worker_pids()}
     mgr.answer(client, msg, payload=json.dumps(stats).encode()[:MAX_PAYLOAD])
 
 

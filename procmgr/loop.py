@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 from collections import deque
 
 from procmgr._core import PEER_CLIENT, PEER_SPAWND, RingSet
@@ -36,6 +37,10 @@ def poll(mgr, spawnds=None, clients=None) -> int:
         core.flush(PEER_SPAWND, sd.core)     # its replies may have made room
         if channel.peer_gone:
             mgr.peers_changed += 1     # stop waiting on it; its pidfd says why
+            if channel.corrupt:
+                _dropped(mgr, channel)
+                if mgr.end_spawnd is not None:
+                    mgr.end_spawnd(sd.core)     # then its pidfd says it
     for client in list(mgr.clients.values()) if clients is None else clients:
         if not client.alive:
             continue               # gone earlier in this pass
@@ -46,9 +51,18 @@ def poll(mgr, spawnds=None, clients=None) -> int:
                 core.dispatch_client(client.id, msg)
                 handled += 1
         if channel.peer_gone:
+            if channel.corrupt:
+                _dropped(mgr, channel)
             mgr.client_gone(client)
             channel.close()
     return handled
+
+
+def _dropped(mgr, channel) -> None:
+    """One line for a peer that broke its ring, and one more in the count."""
+    mgr.peers_dropped += 1
+    print(f"procmgr: {channel.name} dropped: it broke its ring (an impossible index "
+          f"or length); everyone else is served", file=sys.stderr, flush=True)
 
 
 class EventLoop:

@@ -149,6 +149,11 @@ class Manager:
         # Set by the manager process: starts a worker for a core (add_spawnd
         # with no ring names). None when the manager runs in-process.
         self.start_spawnd = None
+        # Set by the manager process: ends the worker of a core whose ring
+        # broke (its death is then handled as any other). None in-process.
+        self.end_spawnd = None
+        # Peers dropped because they broke their rings (procmgr/channel.py).
+        self.peers_dropped = 0
         # core -> worker pid, for monitoring; empty when the manager runs in-process.
         self.worker_pids = dict
 

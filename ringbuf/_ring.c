@@ -95,8 +95,6 @@ int rb_init(void *mem, uint64_t mem_size, uint64_t capacity,
     hdr->geo.creator_pid = creator_pid;
     hdr->prod_tail = start_index;
     hdr->cons_head = start_index;
-    hdr->prod_cached_head = start_index;
-    hdr->cons_cached_tail = start_index;
     /* Release: the magic is written last, so a process that sees it (with
      * an acquire load in rb_check) sees the whole geometry. */
     __atomic_store_n(&hdr->geo.magic, (uint64_t)RB_MAGIC, __ATOMIC_RELEASE);
@@ -153,6 +151,9 @@ int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
     h->spin_ns = h->spin_next = RB_DEFAULT_SPIN_NS;
     h->slice_ns = RB_DEFAULT_SLICE_NS;
     h->doorbell_fd = -1;
+    /* Checked just above (rb_check): 0 <= tail - head <= capacity. */
+    h->tail = h->cached_tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
+    h->head = h->cached_head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
     if (side == RB_ATTACHER) {
         /* Relaxed: the attacher is the only writer; a waiter reads these
          * once per sleep slice and tolerates a stale value for one slice. */
@@ -252,17 +253,23 @@ int rb_peer_alive(struct rb_handle *h)
 /* ---- producer side ---- */
 
 /* Free slots as the producer sees them, reloading cons_head only when the
- * cached copy says there is not enough room for `want`. */
-static uint64_t producer_room(struct rb_handle *h, uint64_t tail, uint64_t want)
+ * cached copy says there is not enough room for `want`. The peer's word is
+ * checked as it is loaded (_ring.h, "Trust"): 0 if it lies, and the ring
+ * is corrupt from then on. */
+static uint64_t producer_room(struct rb_handle *h, uint64_t want)
 {
-    struct rb_header *hdr = h->hdr;
     uint64_t cap = h->mask + 1;
-    uint64_t room = cap - (tail - hdr->prod_cached_head);
-    if (room < want) {
+    uint64_t room = cap - (h->tail - h->cached_head);
+    if (room < want && !h->corrupt) {
         /* Acquire: pairs with the consumer's release of cons_head; the slots
          * it frees are no longer being read. */
-        hdr->prod_cached_head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
-        room = cap - (tail - hdr->prod_cached_head);
+        uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_ACQUIRE);
+        if (h->tail - head > cap) {        /* ahead of the tail, or too far behind */
+            h->corrupt = 1;
+            return 0;
+        }
+        h->cached_head = head;
+        room = cap - (h->tail - head);
     }
     return room;
 }
@@ -271,6 +278,7 @@ static void publish_tail(struct rb_handle *h, uint64_t tail)
 {
     /* Release: pairs with the consumer's acquire of prod_tail; the slot bytes
      * and lens written before this are visible to it. */
+    h->tail = tail;
     __atomic_store_n(&h->hdr->prod_tail, tail, __ATOMIC_RELEASE);
     h->unannounced = 1;
     if (!h->batch_wakes)
@@ -307,14 +315,12 @@ static int try_push(struct rb_handle *h, const void *data, uint32_t len)
         return RB_ETOOBIG;
     if (peer_closed(h))
         return RB_ECLOSED;
-    /* Relaxed: prod_tail is written only by this (the producer's) process. */
-    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
-    if (producer_room(h, tail, 1) == 0)
-        return RB_EFULL;
-    uint64_t i = tail & h->mask;
+    if (producer_room(h, 1) == 0)
+        return h->corrupt ? RB_ECORRUPT : RB_EFULL;
+    uint64_t i = h->tail & h->mask;
     memcpy(h->slots + i * h->slot_size, data, len);
     h->lens[i] = len;
-    publish_tail(h, tail + 1);
+    publish_tail(h, h->tail + 1);
     return RB_OK;
 }
 
@@ -327,8 +333,10 @@ int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
         return RB_ETOOBIG;
     if (peer_closed(h))
         return RB_ECLOSED;
-    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
-    uint64_t room = producer_room(h, tail, n);
+    uint64_t tail = h->tail;
+    uint64_t room = producer_room(h, n);
+    if (h->corrupt)
+        return RB_ECORRUPT;
     if (n > room)
         n = room;
     if (n == 0)
@@ -355,14 +363,21 @@ int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
 
 /* ---- consumer side ---- */
 
-static uint64_t consumer_avail(struct rb_handle *h, uint64_t head, uint64_t want)
+/* Filled slots as the consumer sees them, reloading prod_tail only when the
+ * cached copy says there are fewer than `want`; checked as in
+ * producer_room. */
+static uint64_t consumer_avail(struct rb_handle *h, uint64_t want)
 {
-    struct rb_header *hdr = h->hdr;
-    uint64_t avail = hdr->cons_cached_tail - head;
-    if (avail < want) {
+    uint64_t avail = h->cached_tail - h->head;
+    if (avail < want && !h->corrupt) {
         /* Acquire: pairs with publish_tail's release of prod_tail. */
-        hdr->cons_cached_tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
-        avail = hdr->cons_cached_tail - head;
+        uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_ACQUIRE);
+        if (tail - h->head > h->mask + 1) {   /* behind the head, or too far ahead */
+            h->corrupt = 1;
+            return 0;
+        }
+        h->cached_tail = tail;
+        avail = tail - h->head;
     }
     return avail;
 }
@@ -371,6 +386,7 @@ static void publish_head(struct rb_handle *h, uint64_t head)
 {
     /* Release: pairs with producer_room's acquire of cons_head; the slots
      * just read may now be overwritten. */
+    h->head = head;
     __atomic_store_n(&h->hdr->cons_head, head, __ATOMIC_RELEASE);
     /* Dekker pairing with the producer's sleep path, as in publish_tail. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -382,14 +398,15 @@ int rb_peek(struct rb_handle *h, const uint8_t **slot)
 {
     if (h->closed)
         return RB_ECLOSED;
-    /* Relaxed: cons_head is written only by this (the consumer's) process. */
-    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
-    if (consumer_avail(h, head, 1) == 0)
-        return peer_closed(h) ? RB_ECLOSED : RB_EEMPTY;
-    uint64_t i = head & h->mask;
-    uint32_t len = h->lens[i];
-    if (len > h->slot_size)
+    if (consumer_avail(h, 1) == 0)
+        return h->corrupt ? RB_ECORRUPT : peer_closed(h) ? RB_ECLOSED : RB_EEMPTY;
+    uint64_t i = h->head & h->mask;
+    /* Read once: the peer may change it between a check and a use. */
+    uint32_t len = __atomic_load_n(&h->lens[i], __ATOMIC_RELAXED);
+    if (len > h->slot_size) {
+        h->corrupt = 1;
         return RB_ECORRUPT;
+    }
     *slot = h->slots + i * h->slot_size;
     return (int)len;
 }
@@ -398,11 +415,10 @@ int rb_consume(struct rb_handle *h, uint64_t n)
 {
     if (h->closed)
         return RB_ECLOSED;
-    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
     /* Only what rb_peek (or an earlier wait) has seen can be consumed. */
-    if (h->hdr->cons_cached_tail - head < n)
+    if (h->cached_tail - h->head < n)
         return RB_EINVAL;
-    publish_head(h, head + n);
+    publish_head(h, h->head + n);
     return RB_OK;
 }
 
@@ -415,7 +431,7 @@ static int try_pop(struct rb_handle *h, void *out, uint32_t out_size)
     if ((uint32_t)len > out_size)
         return RB_EINVAL;
     memcpy(out, slot, (size_t)len);
-    publish_head(h, __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED) + 1);
+    publish_head(h, h->head + 1);
     return len;
 }
 
@@ -426,8 +442,10 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
         return RB_ECLOSED;
     if (itemsize > h->slot_size || itemsize == 0)
         return RB_EINVAL;
-    uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
-    uint64_t n = consumer_avail(h, head, max_n);
+    uint64_t head = h->head;
+    uint64_t n = consumer_avail(h, max_n);
+    if (h->corrupt)
+        return RB_ECORRUPT;
     if (n > max_n)
         n = max_n;
     if (n == 0)
@@ -451,14 +469,12 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
 
 /* ---- waiting ---- */
 
+/* Ready for `what`; a corrupt ring counts as ready: a waiter wakes to its
+ * error. */
 static int ready(struct rb_handle *h, int32_t what)
 {
-    if (what == RB_WAIT_DATA) {
-        uint64_t head = __atomic_load_n(&h->hdr->cons_head, __ATOMIC_RELAXED);
-        return consumer_avail(h, head, 1) > 0;
-    }
-    uint64_t tail = __atomic_load_n(&h->hdr->prod_tail, __ATOMIC_RELAXED);
-    return producer_room(h, tail, 1) > 0;
+    uint64_t n = what == RB_WAIT_DATA ? consumer_avail(h, 1) : producer_room(h, 1);
+    return n > 0 || h->corrupt;
 }
 
 /* Adaptive spin, after a wait that had to sleep (`waited`: until the data or
@@ -499,7 +515,7 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
         spin_end = deadline;
     for (unsigned k = 0;; k++) {
         if (ready(h, what))
-            return RB_OK;
+            return h->corrupt ? RB_ECORRUPT : RB_OK;
         if (peer_closed(h))
             return RB_ECLOSED;
         if (spin_end <= start || ((k & 63) == 63 && now_ns() >= spin_end))
@@ -544,7 +560,7 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
     __atomic_store_n(word, 0, __ATOMIC_RELAXED);
     if (spin)
         adapt_spin(h, rc == RB_OK ? now_ns() - start : INT64_MAX);
-    return rc;
+    return rc == RB_OK && h->corrupt ? RB_ECORRUPT : rc;
 }
 
 int rb_ready(struct rb_handle *h, int32_t what)

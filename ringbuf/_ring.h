@@ -22,10 +22,10 @@
  *           written so far)
  *      128  cons_head  (published: slots   consumer              producer
  *           consumed so far)
- *      192  prod_cached_head (producer's   producer              producer
- *           last look at cons_head)
- *      256  cons_cached_tail (consumer's   consumer              consumer
- *           last look at prod_tail)
+ *      192  (unused: the cached copies of  -                     -
+ *      256  the peer's index live in each side's own handle;
+ *           an older build keeps its own copy here, which no
+ *           other party reads, so the two still work together)
  *      320  cons_sleep (the consumer is,   consumer sets 1 or 2, producer
  *           or is about to be, asleep on   producer clears 0
  *           an empty ring: 1 on this       when it wakes it
@@ -52,6 +52,20 @@
  * A stale copy only ever under-estimates the other side's progress, so it is
  * always safe; the hot path reloads the other side's line only when the
  * cached copy says "full" (producer) or "empty" (consumer).
+ *
+ * Trust: the segment is mapped writable by both parties, so every word in
+ * it may be written by the peer -- a broken one, or a hostile one of the
+ * same user. So a side keeps its own index and its cached copy of the
+ * peer's in its process-local handle, and only publishes its index to the
+ * segment; the shared copy of its own index is never read back. The one
+ * index it reads is the peer's, and each load is checked: 0 <= tail - head
+ * <= capacity, in the free-running arithmetic, or the ring is corrupt. A
+ * length word is checked against the slot size before a slot is read.
+ * Geometry is read once, at open, and checked there. A corrupt ring stays
+ * so: every later call on the handle returns RB_ECORRUPT (a waiter wakes
+ * with it), and its user drops that peer. The sleep and lifecycle words
+ * are only compared, never used as an index or a size: a lying one costs
+ * a spurious wake-up, or sees the peer as closed or gone, and nothing else.
  *
  * Sleeping: a side that waits on this ring alone sleeps on its sleep word
  * as a futex (value 1). A process that consumes many rings (the manager)
@@ -147,10 +161,8 @@ struct rb_header {
     uint8_t _pad_prod_tail[56];
     uint64_t cons_head;
     uint8_t _pad_cons_head[56];
-    uint64_t prod_cached_head;
-    uint8_t _pad_prod_cached[56];
-    uint64_t cons_cached_tail;
-    uint8_t _pad_cons_cached[56];
+    uint8_t _pad_unused_line3[64];
+    uint8_t _pad_unused_line4[64];
     uint32_t cons_sleep;
     uint8_t _pad_cons_sleep[60];
     uint32_t prod_sleep;
@@ -177,6 +189,12 @@ struct rb_handle {
     int32_t batch_wakes;       /* pushes do not wake a sleeping consumer;
                                   rb_wake_consumer does, once per batch */
     int32_t unannounced;       /* published since the last rb_wake_consumer */
+    int32_t corrupt;           /* the peer broke the ring: RB_ECORRUPT from now on */
+    /* The indices, this side's own: never read back from the segment. */
+    uint64_t tail;             /* producer: slots published */
+    uint64_t head;             /* consumer: slots consumed */
+    uint64_t cached_head;      /* producer: cons_head as last read, checked */
+    uint64_t cached_tail;      /* consumer: prod_tail as last read, checked */
 };
 
 int rb_segment_size(uint64_t capacity, uint32_t slot_size, uint64_t *out);
@@ -214,10 +232,8 @@ _Static_assert(offsetof(struct rb_header, prod_tail) == 1 * RB_LINE,
                "prod_tail owns line 1: only the producer writes it");
 _Static_assert(offsetof(struct rb_header, cons_head) == 2 * RB_LINE,
                "cons_head owns line 2: only the consumer writes it");
-_Static_assert(offsetof(struct rb_header, prod_cached_head) == 3 * RB_LINE,
-               "the producer's private copy must not false-share");
-_Static_assert(offsetof(struct rb_header, cons_cached_tail) == 4 * RB_LINE,
-               "the consumer's private copy must not false-share");
+_Static_assert(offsetof(struct rb_header, _pad_unused_line3) == 3 * RB_LINE,
+               "lines 3 and 4 held the cached copies: the layout does not move");
 _Static_assert(offsetof(struct rb_header, cons_sleep) == 5 * RB_LINE,
                "futex words get their own lines: FUTEX_WAKE dirties them");
 _Static_assert(offsetof(struct rb_header, prod_sleep) == 6 * RB_LINE,

@@ -55,7 +55,8 @@ _ATTACH_ERRORS = {
     lib.RB_EBADVERSION: "was made by another ringbuf version",
     lib.RB_EBADGEOMETRY: "has an impossible geometry (slot size/capacity/offsets)",
     lib.RB_ESEGMENT: "segment is smaller than its layout needs",
-    lib.RB_ECORRUPT: "has inconsistent indices (more filled slots than capacity)",
+    lib.RB_ECORRUPT: "is corrupt: its peer wrote an index or a length that cannot be "
+                     "(more filled slots than capacity, or a message longer than a slot)",
 }
 
 
@@ -520,6 +521,12 @@ class Ring:
         if self._closed:
             raise Closed(f"len: ring {self.name} was closed by this process")
         return lib.rb_len(self._h)
+
+    @property
+    def corrupt(self) -> bool:
+        """The peer broke the ring (an impossible index or length): every
+        call raises RingError from then on (ringbuf/_ring.h, "Trust")."""
+        return bool(self._h.corrupt)
 
     @property
     def closed(self) -> bool:

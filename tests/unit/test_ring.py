@@ -687,9 +687,9 @@ def test_corrupt_indices(shm_name):
         with raw_segment(shm_name) as mm:
             struct.pack_into("<Q", mm, header_offset("prod_tail"), (head + cap + 1) % U64)
         for ring in (prod, cons):
-            with pytest.raises(RingError, match="inconsistent"):
+            with pytest.raises(RingError, match="corrupt"):
                 ring.check()
-        with pytest.raises(RingError, match="inconsistent"):
+        with pytest.raises(RingError, match="corrupt"):
             Ring.attach(shm_name)
         assert len(cons) == cap                         # reported, but clamped
         # Exactly capacity is still sane.
@@ -700,6 +700,51 @@ def test_corrupt_indices(shm_name):
             struct.pack_into("<Q", mm, header_offset("prod_tail"), tail)
         prod.check()
         assert cons.try_pop() == b"a"
+
+
+def test_a_lying_peer_index_makes_the_ring_corrupt_for_good(shm_name):
+    """Each side keeps its own index and checks the peer's as it loads it
+    (_ring.h, "Trust"): a prod_tail past capacity, or behind the head, or a
+    cons_head ahead of the tail, is refused -- and stays refused once the
+    word is put right again: the peer broke the ring."""
+    cap = 8
+    for word, lie in (("prod_tail", lambda t, h: h + (1 << 40)),
+                      ("prod_tail", lambda t, h: h - 1),
+                      ("cons_head", lambda t, h: t + 100)):
+        with ring_pair(shm_name, cap) as (prod, cons):
+            prod.push(b"x")
+            tail, head = counters(prod)
+            with raw_segment(shm_name) as mm:
+                struct.pack_into("<Q", mm, header_offset(word), lie(tail, head) % U64)
+            victim = cons if word == "prod_tail" else prod
+            if victim is cons:
+                with pytest.raises(RingError, match="corrupt"):
+                    cons.try_pop()
+            else:
+                for _ in range(cap - 1):             # room it saw before is good
+                    prod.try_push(b"y")
+                with pytest.raises(RingError, match="corrupt"):
+                    prod.try_push(b"z")
+            assert victim.corrupt
+            with raw_segment(shm_name) as mm:        # put right: still refused
+                struct.pack_into("<Q", mm, header_offset(word), tail if word == "prod_tail" else head)
+            with pytest.raises(RingError, match="corrupt"):
+                victim.try_pop() if victim is cons else victim.try_push(b"z")
+            with pytest.raises(RingError, match="corrupt"):   # a waiter wakes to it
+                victim.pop(timeout=1) if victim is cons else victim.push(b"z", timeout=1)
+
+
+def test_its_own_index_in_the_segment_is_never_read_back(shm_name):
+    """The consumer's cons_head rewritten by the producer (or anyone) does
+    not move the consumer: it reads on from where it was, in order."""
+    with ring_pair(shm_name, 8) as (prod, cons):
+        for m in (b"a", b"b", b"c"):
+            prod.push(m)
+        assert cons.try_pop() == b"a"
+        with raw_segment(shm_name) as mm:
+            struct.pack_into("<Q", mm, header_offset("cons_head"), 0)
+        assert [cons.try_pop(), cons.try_pop(), cons.try_pop()] == [b"b", b"c", None]
+        assert not cons.corrupt
 
 
 def test_failed_attach_leaves_nothing_behind(shm_name):
@@ -957,8 +1002,7 @@ def test_header_dtype_agrees_with_cffi():
         assert ftype.itemsize == size, name
         assert ftype.byteorder in ("<", "=", "|"), name
     # The spot checks the diagram in _ring.h promises.
-    for name, line in [("prod_tail", 1), ("cons_head", 2), ("prod_cached_head", 3),
-                       ("cons_cached_tail", 4), ("cons_sleep", 5), ("prod_sleep", 6)]:
+    for name, line in [("prod_tail", 1), ("cons_head", 2), ("cons_sleep", 5), ("prod_sleep", 6)]:
         assert HEADER_DTYPE.fields[name][1] == line * LINE
     assert HEADER_DTYPE.fields["creator_closed"][1] == 7 * LINE
     assert HEADER_DTYPE.fields["magic"][1] == 0
