@@ -95,6 +95,16 @@ class ProcMgmtError(Exception):
         super().__init__(describe(code, status, detail))
 
 
+class RuntimeRefused(ConnectionRefusedError):
+    """The runtime is running but would not take this client; the message
+    says why (too many clients, the manager out of file descriptors)."""
+
+
+class RuntimeDirUnsafe(PermissionError):
+    """The directory holding the runtimes' sockets is not one only we can
+    use; the message names it, what is wrong and the fix."""
+
+
 class TimeoutExpired(subprocess.TimeoutExpired, TimeoutError):
     """``run`` timed out: the domain was killed. Carries what it had printed
     (``stdout``/``output``, ``stderr``) and the ``domain``. Both a

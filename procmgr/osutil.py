@@ -6,6 +6,9 @@ import ctypes
 import os
 import select
 import signal
+import stat
+
+from procmgr.errors import RuntimeDirUnsafe
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,14 +44,38 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
 
 
 def runtime_dir(name: str) -> str:
-    """Where runtime ``name`` keeps its socket: a directory only we can enter."""
+    """Where runtime ``name`` keeps its socket: a directory only we can enter.
+
+    The runtimes' sockets and logs live in ``procmgr-UID`` under
+    $XDG_RUNTIME_DIR, or under /tmp, where anyone may create any name
+    first: a symlink to a directory of theirs, or a directory they can
+    enter, would let another user see or take over every runtime's socket.
+    So it is made by us with mode 0700, or, if it exists, looked at itself
+    (lstat: never through a link) and refused unless it is a directory of
+    ours that nobody else can enter."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a runtime name: it must be one path component")
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     root = os.path.join(base, f"procmgr-{os.getuid()}")
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(root, mode=0o700)
+    except FileExistsError:
+        pass            # ours from before, or planted: looked at next
     st = os.lstat(root)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise PermissionError(f"{root} must be a directory owned by you with mode 0700")
-    return os.path.join(root, name)
+    fix = "remove it" if os.environ.get("XDG_RUNTIME_DIR") else \
+        "remove it, or set XDG_RUNTIME_DIR to a directory of your own"
+    if stat.S_ISLNK(st.st_mode):
+        wrong = f"is a symbolic link (to {os.readlink(root)})"
+    elif not stat.S_ISDIR(st.st_mode):
+        wrong = "is not a directory"
+    elif st.st_uid != os.getuid():
+        wrong = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif st.st_mode & 0o077:
+        wrong = f"has mode {stat.S_IMODE(st.st_mode):04o}: other users can enter it"
+        fix = f"chmod 700 it, or {fix}"
+    else:
+        return os.path.join(root, name)
+    raise RuntimeDirUnsafe(f"unsafe runtime directory {root}: it {wrong}; {fix}")
 
 
 PR_SET_CHILD_SUBREAPER = 36

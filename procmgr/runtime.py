@@ -14,6 +14,7 @@ gone, segments unlinked. Other processes reach a runtime by its name with
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -28,11 +29,14 @@ import threading
 import time
 
 from procmgr.client import Client
+from procmgr.errors import RuntimeRefused
 from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
 from procmgr.osutil import become_subreaper, children_of, end_and_reap, runtime_dir
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
+CONNECT_BACKOFF_MAX = 0.05   # longest pause between two tries at a full backlog
+CLIENT_FDS = 4               # a client's: its socket, the doorbell, two ring mappings
 # How long the workers of a dead manager get to end their domains themselves.
 WORKER_CLEANUP_TIMEOUT = 5.0
 
@@ -93,34 +97,131 @@ class RuntimeNotFound(ConnectionError):
     """No runtime of that name is running (for this user)."""
 
 
-def connect(name: str, _token: str = "") -> Client:
-    """A new client of the runtime called ``name``, with its own ring pair."""
-    path = os.path.join(runtime_dir(name), "manager.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(START_TIMEOUT)
+def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Client:
+    """A new client of the runtime called ``name``, with its own ring pair.
+
+    ``timeout`` bounds getting in, however busy the manager is. Raises
+    RuntimeNotFound at once if no such runtime runs; RuntimeRefused if it
+    runs but will not take this client (the message says why); OSError
+    EMFILE if this process is out of descriptors (a client holds four)."""
+    deadline = time.monotonic() + timeout
+    directory = runtime_dir(name)
     try:
-        sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise RuntimeNotFound(f"no procmgr runtime named {name!r} is running") from None
+        sock = _connected(os.path.join(directory, "manager.sock"), name, deadline)
+    except OSError as e:
+        raise _descriptors_said(e, name) from None
+    doorbell = -1
+    rings: list[Ring] = []
     try:
-        sock.sendall(json.dumps({"hello": 1, "token": _token}).encode() + b"\n")
-        msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
-        if not msg or not fds:
-            raise RuntimeNotFound(f"runtime {name!r} refused the connection")
-        names = json.loads(msg)
-        doorbell = fds[0]
-        os.set_inheritable(doorbell, False)
-        requests, responses = Ring.attach(names["requests"]), Ring.attach(names["responses"])
+        try:
+            sock.sendall(json.dumps({"hello": 1, "token": _token}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass            # turned away at once: why is in the answer still to be read
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            msg, fds, flags, _ = socket.recv_fds(sock, 4096, 1)
+        except ConnectionResetError:
+            msg, fds, flags = b"", [], 0
+        if fds:
+            doorbell = fds[0]
+            os.set_inheritable(doorbell, False)
+        elif flags & socket.MSG_CTRUNC:
+            # The doorbell was sent; the kernel could not give it a number here.
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        if not msg:
+            raise RuntimeRefused(f"runtime {name!r} closed the connection during the handshake "
+                                 f"(its {os.path.join(directory, 'runtime.log')} says why)")
+        try:
+            answer = json.loads(msg)
+            if "error" in answer:
+                raise RuntimeRefused(f"runtime {name!r} refused the connection: "
+                                     f"{answer['error']}")
+            names = (answer["requests"], answer["responses"])
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeRefused(f"runtime {name!r} answered the handshake with something "
+                                 f"other than a procmgr manager's answer: {msg[:200]!r}") from None
+        if doorbell < 0:
+            raise RuntimeRefused(f"runtime {name!r} sent no doorbell with its answer")
+        for ring_name in names:
+            rings.append(Ring.attach(ring_name))
+        requests, responses = rings
         requests.set_doorbell(doorbell)     # we push requests: ring the manager
         responses.set_doorbell(doorbell)    # we pop answers: ring it if it waits for room
         sock.sendall(b'{"attached": 1}\n')
-    except (OSError, ValueError, KeyError, RingError):
+    except BaseException as e:
+        # Whatever failed, nothing of the attempt stays open in this process.
+        for ring in rings:
+            ring.close()
+        if doorbell >= 0:
+            os.close(doorbell)
         sock.close()
+        if isinstance(e, socket.timeout):
+            raise TimeoutError(f"runtime {name!r} did not answer the handshake "
+                               f"within {timeout} s") from None
+        if isinstance(e, OSError):
+            raise _descriptors_said(e, name) from None
         raise
     sock.settimeout(None)
     return Client(requests, responses, connection=sock, doorbell=doorbell,
-                  logs_dir=os.path.join(runtime_dir(name), "logs"))
+                  logs_dir=os.path.join(directory, "logs"))
+
+
+def _connected(path: str, name: str, deadline: float) -> socket.socket:
+    """A socket connected to the manager's. A full backlog (a burst of
+    clients, or a flood, faster than the manager accepts) is waited out
+    until ``deadline``: room comes as it accepts. A refusal is not: the
+    manager's socket appears under its name only once it listens and
+    stops listening only as it goes, so a refusal means no manager."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    delay = 0.001
+    try:
+        while True:
+            # Non-blocking with a timeout: for a Unix socket a full backlog
+            # is EAGAIN at once, never a wait in connect.
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                sock.connect(path)
+                return sock
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"runtime {name!r} did not take the connection in time: "
+                                       "its backlog stayed full") from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, CONNECT_BACKOFF_MAX)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        sock.close()
+        raise RuntimeNotFound(f"no procmgr runtime named {name!r} is running") from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _descriptors_said(e: OSError, name: str) -> OSError:
+    """``e``, or for a lack of descriptors here the same errno in words that
+    say whose: this process's, not the runtime's."""
+    code = e.errno
+    if code is None and type(e) is OSError:
+        # posix_ipc (mapping a ring) says it in words only, without an errno.
+        code = errno.EMFILE if "maximum number of files open" in str(e) else \
+            errno.ENFILE if "total number of open files" in str(e) else None
+    if code == errno.EMFILE:
+        return OSError(code, f"cannot connect to runtime {name!r}: too many open files in "
+                             f"this process (a client holds {CLIENT_FDS} descriptors)")
+    if code == errno.ENFILE:
+        return OSError(code, f"cannot connect to runtime {name!r}: too many open files "
+                             "in the system")
+    return e
+
+
+def _taken(directory: str, name: str) -> str:
+    """Why a runtime cannot be started under ``name``: its path exists."""
+    if os.path.islink(directory):
+        return f"cannot start runtime {name!r}: a symbolic link has its name; remove it"
+    if os.path.isdir(directory):
+        return (f"cannot start runtime {name!r}: a runtime of that name is running, or one "
+                "that crashed left its directory (`procmgr cleanup` removes that)")
+    return f"cannot start runtime {name!r}: a file has its name; remove it"
 
 
 class Runtime:
@@ -151,6 +252,11 @@ class Runtime:
         self._workers: dict[int, int] = {}    # pid -> pidfd
 
     def start(self) -> Runtime:
+        # Said here, in a line, rather than by a manager that "did not
+        # start": an unsafe directory of runtimes, or this one's name taken.
+        directory = runtime_dir(self.name)
+        if os.path.lexists(directory):
+            raise FileExistsError(errno.EEXIST, _taken(directory, self.name), directory)
         token = secrets.token_hex(16)
         # The monitor's token goes to the manager through a pipe: in its
         # environment or argv any process of the user could read it in /proc.

@@ -25,9 +25,11 @@ It says it is ready by writing a line to ``--ready-fd`` and closing it.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -45,10 +47,24 @@ from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
     reap_strays, runtime_dir,
 )
-from ringbuf import Ring, unique_name
+from ringbuf import Ring, RingError, unique_name
 
 RING_CAPACITY = 4096
 HANDSHAKE_TIMEOUT = 2.0
+# Connections held at once (clients and handshakes). Each costs the manager
+# a pair of rings, 2 x 272 KiB of shared memory, which the loop arms on
+# every pass: the bound keeps what a flood of connections makes it create
+# to ~550 MiB. Lower where the descriptor limit is: a client holds three of
+# the manager's (its socket and the two ring mappings), and a manager out
+# of descriptors cannot take the next client's rings -- the cap says so
+# first, in words (``max_clients``).
+MAX_CLIENTS = 1024
+FDS_PER_CLIENT = 3
+# Descriptors kept free beyond the clients': a handshake's segment while it
+# is mapped, a restarted worker's pipes and pidfd, /proc reads, the reserve.
+SPARE_FDS = 16
+LOG_EVERY = 10.0     # seconds between two lines about the same kind of refusal
+ACCEPT_PAUSE = 0.1   # no descriptor to turn a connection away with: wait this long
 RUNTIME_LOG = "runtime.log"     # the manager's and workers' diagnostics
 LOGS = "logs"                   # the domains' captured output
 
@@ -60,7 +76,9 @@ class Server:
         self.simulate = simulate
         self.name = name
         self.dir = runtime_dir(name)
-        os.makedirs(self.dir, mode=0o700, exist_ok=False)
+        # mkdir never follows a link planted under the runtime's name: it
+        # fails (EEXIST) rather than put our socket and logs where it points.
+        os.mkdir(self.dir, 0o700)
         _diagnostics_to(os.path.join(self.dir, RUNTIME_LOG))
         self.logs_dir = os.path.join(self.dir, LOGS)
         os.mkdir(self.logs_dir, 0o700)
@@ -76,9 +94,21 @@ class Server:
         self._to_unlink: list[Ring] = []          # created, waiting for the peer to attach
         self._clients: dict[int, tuple[socket.socket, object]] = {}
         self._handshakes: dict[int, _Handshake] = {}
+        self._said: dict[str, tuple[float, int]] = {}   # kind -> (last said, untold since)
+        # Given up, at the descriptor limit, for the moment it takes to turn
+        # a connection away (_turn_away); shutdown frees it first.
+        self._reserve_fd = _open_reserve()
+        self._accept_paused_until = 0.0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(os.path.join(self.dir, "manager.sock"))
-        self.sock.listen(64)
+        # Bound under another name and renamed once it listens: a socket
+        # found under the name refuses nobody until the manager is going,
+        # so connect() may read a refusal as "no such runtime" at once. The
+        # backlog is as long as the kernel allows (net.core.somaxconn): a
+        # burst of clients waits there for its turn, not told EAGAIN.
+        path = os.path.join(self.dir, "manager.sock")
+        self.sock.bind(path + ".new")
+        self.sock.listen(socket.SOMAXCONN)
+        os.rename(path + ".new", path)
         self.sock.setblocking(False)
         self.loop.watch(self.sock.fileno(), self._accept)
         # Domains of a worker that died are re-parented to us: reap them.
@@ -86,9 +116,11 @@ class Server:
         self.child_watch = ChildWatch()
         self.loop.watch(self.child_watch.read_fd, self._children_changed)
         self.mgr.start_spawnd = self.start_worker
+        self.mgr.end_spawnd = self._end_worker
         self.mgr.worker_pids = lambda: {str(c): p.pid for c, p in self.workers.items()}
         for core in range(cores):
             self.start_worker(core)
+        self.max_clients = _client_cap()
 
     # ---- workers ----
 
@@ -121,6 +153,13 @@ class Server:
         pidfd = os.pidfd_open(proc.pid)
         self.loop.watch(pidfd, lambda fd, ev, core=core: self._worker_died(core, fd))
 
+    def _end_worker(self, core: int) -> None:
+        """A worker that broke its ring (procmgr/loop.py) is ended: its
+        death, seen through its pidfd, fails what waited on it."""
+        proc = self.workers.get(core)
+        if proc is not None:
+            proc.kill()
+
     def _worker_died(self, core: int, pidfd: int) -> None:
         self.loop.unwatch(pidfd)
         os.close(pidfd)
@@ -149,17 +188,81 @@ class Server:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self._turn_away(e)
+            else:       # ECONNABORTED and the like: that connection only
+                self._say("accept", f"accept failed: {e}")
+            return
         conn.setblocking(False)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        except OSError as e:
+            conn.close()
+            self._say("accept", f"client refused: its credentials are unreadable: {e}")
+            return
         pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.getuid():
-            print(f"procmgr {self.name}: client refused: uid {uid} is not the runtime's owner",
-                  file=sys.stderr)
+            self._say("uid", f"client refused: uid {uid} is not the runtime's owner")
             conn.close()
+            return
+        if len(self._clients) + len(self._handshakes) >= self.max_clients:
+            why = f"too many clients: the runtime serves at most {self.max_clients} at once"
+            _tell(conn, why)
+            conn.close()
+            self._say("cap", f"client refused (pid {pid}): {why}")
             return
         hs = _Handshake(conn, pid, time.monotonic() + HANDSHAKE_TIMEOUT)
         self._handshakes[conn.fileno()] = hs
         self.loop.watch(conn.fileno(), self._handshake_readable)
+
+    def _turn_away(self, error: OSError) -> None:
+        """Out of descriptors. The connection waiting keeps the listening
+        socket readable -- the loop would spin on it -- and its client would
+        wait for an answer that never comes: give up the reserve descriptor
+        for as long as it takes to accept it, tell it why and close it, then
+        take the reserve back. Clients already connected need no new
+        descriptor and go on being served."""
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            _tell(conn, f"the manager is out of file descriptors ({error.strerror}): "
+                        "too many connections")
+            conn.close()
+        self._reserve_fd = _open_reserve()
+        if conn is None or self._reserve_fd < 0:
+            # Not even the reserve (the system's table is full): stop
+            # watching the socket for a moment rather than spin on it.
+            self.loop.unwatch(self.sock.fileno())
+            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+        self._say("descriptors", f"connection refused: out of file descriptors "
+                                 f"({error.strerror}); clients connected are still served")
+
+    def _resume_accepting(self) -> None:
+        if self._reserve_fd < 0:
+            self._reserve_fd = _open_reserve()
+        self._accept_paused_until = 0.0
+        self.loop.watch(self.sock.fileno(), self._accept)
+
+    def _say(self, kind: str, line: str) -> None:
+        """One line to the runtime log, but at most one per LOG_EVERY
+        seconds for each kind: a flood of connections must not become a
+        flood of log lines. The lines not written are counted in the next."""
+        now = time.monotonic()
+        last, untold = self._said.get(kind, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._said[kind] = (last, untold + 1)
+            return
+        if untold:
+            line += f" (and {untold} more like it since the last such line)"
+        print(f"procmgr {self.name}: {line}", file=sys.stderr)
+        self._said[kind] = (now, 0)
 
     def _handshake_readable(self, fd, events) -> None:
         hs = self._handshakes[fd]
@@ -172,8 +275,15 @@ class Server:
                 given = hello.get("token")
                 hs.monitor = bool(self.token) and isinstance(given, str) and \
                     secrets.compare_digest(given, self.token)
-                hs.rings = (Ring.create(unique_name("procmgr"), RING_CAPACITY),
-                            Ring.create(unique_name("procmgr"), RING_CAPACITY))
+                try:
+                    # One at a time: the first is the handshake's (closed
+                    # with it) even if the second cannot be made.
+                    hs.rings = (Ring.create(unique_name("procmgr"), RING_CAPACITY),)
+                    hs.rings += (Ring.create(unique_name("procmgr"), RING_CAPACITY),)
+                except (OSError, RingError) as e:    # out of descriptors or shared memory
+                    self._drop_handshake(fd, f"client refused: its rings: {e}",
+                                         tell=f"the manager cannot make the client's rings: {e}")
+                    return
                 names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
                 # A few dozen bytes into an empty socket buffer: never EAGAIN.
                 socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
@@ -194,11 +304,15 @@ class Server:
         self._clients[fd] = (hs.conn, client)
         self.loop.watch(fd, self._client_readable)
 
-    def _drop_handshake(self, fd: int, why: str) -> None:
+    def _drop_handshake(self, fd: int, why: str, tell: str | None = None) -> None:
+        """End a handshake; ``tell``: the reason, for a client that did
+        nothing wrong (one that did is just closed on)."""
         hs = self._handshakes.pop(fd)
         self.loop.unwatch(fd)
+        if tell is not None:
+            _tell(hs.conn, tell)
         hs.close()
-        print(f"procmgr {self.name}: {why}", file=sys.stderr)
+        self._say("handshake", why)
 
     def expire_handshakes(self) -> None:
         """Drop connections that did not finish the handshake in time."""
@@ -239,13 +353,29 @@ class Server:
             # The loop serves in C for as long as nothing needs Python; these
             # rounds need it soon, so its wait is kept short while they have
             # work: names to unlink, handshakes to expire.
-            self.loop.run_once(0.05 if self._to_unlink or self._handshakes else 1.0)
+            self.loop.run_once(0.05 if self._to_unlink or self._handshakes or
+                               self._accept_paused_until else 1.0)
             if self._to_unlink:
                 self.unlink_attached()
             if self._handshakes:
                 self.expire_handshakes()
+            if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+                self._resume_accepting()
 
     def shutdown(self) -> None:
+        # First what connections hold, and the reserve: the manager may be
+        # at its descriptor limit (a flood of connections is one way there),
+        # and what follows opens files (/proc, the directories rmtree walks).
+        if self._reserve_fd >= 0:
+            os.close(self._reserve_fd)
+            self._reserve_fd = -1
+        self.sock.close()       # a client connecting now is told: no such runtime
+        for conn, _ in self._clients.values():
+            conn.close()
+        for hs in self._handshakes.values():
+            hs.close()
+        self._clients.clear()
+        self._handshakes.clear()
         for proc in self.workers.values():
             proc.send_signal(signal.SIGTERM)
         for proc in self.workers.values():
@@ -261,11 +391,6 @@ class Server:
         end_and_reap(children_of())
         for ring in self._to_unlink:
             ring.unlink()
-        for conn, _ in self._clients.values():
-            conn.close()
-        for hs in self._handshakes.values():
-            hs.close()
-        self.sock.close()
         # The socket, the domains' logs, this log: nothing is left.
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -280,6 +405,35 @@ def _diagnostics_to(path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+def _open_reserve() -> int:
+    """A descriptor held only to be given up (-1: none to be had)."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _client_cap() -> int:
+    """MAX_CLIENTS, or fewer where the descriptor limit would run out first:
+    what is left of the soft limit once the manager and its workers are
+    set up, less a spare, a client's three descriptors each."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CLIENTS
+    in_use = len(os.listdir("/proc/self/fd"))
+    return max(1, min(MAX_CLIENTS, (soft - in_use - SPARE_FDS) // FDS_PER_CLIENT))
+
+
+def _tell(conn: socket.socket, why: str) -> None:
+    """Say why a connection is refused, in the line a hello is answered
+    with, if it fits without waiting (it always does in a new connection's
+    empty buffer); a refusal never makes the manager wait."""
+    try:
+        conn.send(json.dumps({"error": why}).encode() + b"\n", socket.MSG_DONTWAIT)
+    except OSError:
+        pass
 
 
 class _Handshake:
