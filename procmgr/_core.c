@@ -64,7 +64,7 @@ enum {
     E_OK = 0, E_INVALID_SPAWND = 1, E_CREATE_DOMAIN_CAP = 2, E_DOMAIN_TABLE_FIND = 4,
     E_DOMAIN_NOT_RUNNING = 5, E_ALREADY_SPANNED = 6, E_UNKNOWN_OP = 21, E_BAD_CAP = 23,
     E_SPAWND_EXISTS = 7, E_BAD_MESSAGE = 20, E_SPAWND_DIED = 24, E_REPLY_OUT_OF_ORDER = 25,
-    E_NOT_FOUND = 30, E_INTERNAL = 32,
+    E_NOT_FOUND = 30, E_INTERNAL = 32, E_DOMAIN_FORGOTTEN = 34,
 };
 
 enum { NIL = 0, RUNNING = 1, STOP_PEND = 2, STOPPED = 3, CLEANED = 4 };
@@ -849,8 +849,9 @@ static struct domain *req_domain(CoreObject *c, uint32_t client, const struct re
 {
     struct domain *d = table_by_id(&c->table, r->h.dom);
     *rc = 0;
-    if (d == NULL)
-        *rc = answer_req(c, client, r, E_DOMAIN_TABLE_FIND, 0, 0);
+    if (d == NULL)        /* issued once and forgotten since, or never issued */
+        *rc = answer_req(c, client, r, r->h.dom != 0 && r->h.dom < c->table.next_id
+                                           ? E_DOMAIN_FORGOTTEN : E_DOMAIN_TABLE_FIND, 0, 0);
     else if (d->nonce != r->h.nonce)
         *rc = answer_req(c, client, r, E_BAD_CAP, 0, 0);
     else
@@ -2094,6 +2095,12 @@ static PyObject *core_get_capacity(CoreObject *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->table.capacity);
 }
 
+static PyObject *core_get_next_id(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(self->table.next_id);
+}
+
 static int core_set_capacity(CoreObject *self, PyObject *v, void *closure)
 {
     (void)closure;
@@ -2151,6 +2158,8 @@ static PyMemberDef core_members[] = {
 static PyGetSetDef core_getset[] = {
     {"table_capacity", (getter)core_get_capacity, (setter)core_set_capacity,
      "most domains live at once", NULL},
+    {"next_id", (getter)core_get_next_id, NULL,
+     "the id the next domain gets: every id below it was issued", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2180,7 +2189,7 @@ static PyObject *numbers(void)
     return Py_BuildValue(
         "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
+        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i}}",
         "Op", "SPAWN", OP_SPAWN, "SPAWN_WITH_CAPS", OP_SPAWN_WITH_CAPS, "SPAN", OP_SPAN,
         "KILL", OP_KILL, "EXIT", OP_EXIT, "WAIT", OP_WAIT, "GET_STATUS", OP_GET_STATUS,
@@ -2196,7 +2205,7 @@ static PyObject *numbers(void)
         "SPAWND_EXISTS", E_SPAWND_EXISTS, "BAD_MESSAGE", E_BAD_MESSAGE,
         "UNKNOWN_OP", E_UNKNOWN_OP, "BAD_CAP", E_BAD_CAP, "SPAWND_DIED", E_SPAWND_DIED,
         "REPLY_OUT_OF_ORDER", E_REPLY_OUT_OF_ORDER, "NOT_FOUND", E_NOT_FOUND,
-        "INTERNAL", E_INTERNAL, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
+        "INTERNAL", E_INTERNAL, "DOMAIN_FORGOTTEN", E_DOMAIN_FORGOTTEN, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
         "CLEANED", CLEANED,
         "protocol", "MAX_PAYLOAD", MAX_PAYLOAD, "SLOT", SLOT, "INLINE", INLINE);
 }

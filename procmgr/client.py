@@ -326,10 +326,13 @@ class Client:
         try:
             info = self.status(ident)
         except ProcMgmtError as e:
-            if e.code != Err.DOMAIN_TABLE_FIND:
-                raise
-            raise ProcMgmtError(Err.DOMAIN_TABLE_FIND, f"domain {ident} is unknown, or ended "
-                                "long enough ago to be forgotten with its logs") from None
+            if e.code == Err.DOMAIN_FORGOTTEN:
+                raise ProcMgmtError(Err.DOMAIN_FORGOTTEN, f"domain {ident} ended long enough "
+                                    "ago to be forgotten, with its logs") from None
+            if e.code == Err.DOMAIN_TABLE_FIND:
+                raise ProcMgmtError(Err.DOMAIN_TABLE_FIND, f"domain {ident} was never "
+                                    "started in this runtime") from None
+            raise
         if core is None:
             return ident, info.cores[0] if info.cores else getattr(domain, "core", 0)
         if core not in info.cores:

@@ -114,6 +114,12 @@ class TableView:
             fields[name] = set(fields[name])
         return DomainView(**fields)
 
+    def forgotten(self, dom_id: int) -> bool:
+        """Issued once, and no longer in the table: ended, and past the
+        history (DOMAIN_FORGOTTEN, where an id never issued is
+        DOMAIN_TABLE_FIND)."""
+        return 0 < dom_id < self._core.next_id and self._core.domain(dom_id) is None
+
     def ids(self) -> list[int]:
         """Ids of every domain not yet cleaned, in creation order."""
         return self._core.domain_ids()

@@ -40,6 +40,7 @@ class Err(IntEnum):
     SHUTTING_DOWN = 31        # the manager is stopping
     INTERNAL = 32             # a bug in the manager; the manager carries on
     OPEN_FAILED = 33          # a file the domain was to get (stdout=, caps) would not open
+    DOMAIN_FORGOTTEN = 34     # the domain ended long enough ago to be out of the history
 
 
 _MESSAGES = {
@@ -67,6 +68,8 @@ _MESSAGES = {
     Err.SHUTTING_DOWN: "the process manager is shutting down",
     Err.INTERNAL: "internal error in the process manager (please report it)",
     Err.OPEN_FAILED: "a file for the program's descriptors could not be opened",
+    Err.DOMAIN_FORGOTTEN: "the domain ended long ago and is forgotten (out of the "
+                          "runtime's history of ended domains)",
 }
 
 

@@ -224,7 +224,7 @@ def test_output_errors_from_the_shell_are_one_line(name, tmp_path):
               "/bin/true", check=False)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert f"OPEN_FAILED" in bad.stderr and f"stdout {tmp_path}/no/x" in bad.stderr
-    for args, message in ((("logs", "999999"), "unknown, or ended"),
+    for args, message in ((("logs", "999999"), "never started in this runtime"),
                           (("logs", "abc"), "neither a domain id nor a token"),
                           (("spawn", "--stderr", "", "--", "/bin/true"), "stderr path is empty")):
         proc = run(args[0], "--name", name, *args[1:], check=False)

@@ -9,6 +9,7 @@ through the in-process runtime take the Python path into it
 import pytest
 
 from procmgr import _core
+from procmgr.client import Domain
 from procmgr.domain import State
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.inprocess import InProcessRuntime
@@ -27,8 +28,8 @@ def test_the_numbers_the_core_hard_codes_are_the_protocols():
 
 def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
     """A late wait still gets a cleaned domain's status, up to the history
-    bound; then DOMAIN_TABLE_FIND. Memory stays bounded over any number of
-    spawns."""
+    bound; then DOMAIN_FORGOTTEN (an id never issued is DOMAIN_TABLE_FIND).
+    Memory stays bounded over any number of spawns."""
     with InProcessRuntime(cores=1, releases=True) as rt:
         client = rt.client()
         first = client.spawn(["a"], core=0)
@@ -40,7 +41,13 @@ def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
             client.wait_for(fut)
         with pytest.raises(ProcMgmtError) as dropped:
             client.wait(first)
-        assert dropped.value.code == Err.DOMAIN_TABLE_FIND
+        assert dropped.value.code == Err.DOMAIN_FORGOTTEN
+        with pytest.raises(ProcMgmtError) as gone:
+            client.status(first.id)
+        assert gone.value.code == Err.DOMAIN_FORGOTTEN
+        with pytest.raises(ProcMgmtError) as never:
+            client.wait(Domain(doms[-1].id + 1, doms[-1].nonce))
+        assert never.value.code == Err.DOMAIN_TABLE_FIND
         assert client.wait(doms[0]) == 9 and client.wait(doms[-1]) == 9
         assert len(rt.manager.table) == 0
 
