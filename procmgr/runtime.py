@@ -111,6 +111,7 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
     except OSError as e:
         raise _descriptors_said(e, name) from None
     doorbell = -1
+    given: list[int] = []          # received, not yet the rings' or the doorbell's
     rings: list[Ring] = []
     try:
         try:
@@ -119,15 +120,16 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
             pass            # turned away at once: why is in the answer still to be read
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            msg, fds, flags, _ = socket.recv_fds(sock, 4096, 1)
+            # The manager's doorbell, then our two rings (sealed memory files).
+            msg, given, flags, _ = socket.recv_fds(sock, 4096, 3)
         except ConnectionResetError:
-            msg, fds, flags = b"", [], 0
-        if fds:
-            doorbell = fds[0]
-            os.set_inheritable(doorbell, False)
-        elif flags & socket.MSG_CTRUNC:
-            # The doorbell was sent; the kernel could not give it a number here.
+            msg, given, flags = b"", [], 0
+        if flags & socket.MSG_CTRUNC:
+            # Sent; the kernel could not give them all a number here.
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        if given:
+            doorbell = given.pop(0)
+            os.set_inheritable(doorbell, False)
         if not msg:
             raise RuntimeRefused(f"runtime {name!r} closed the connection during the handshake "
                                  f"(its {os.path.join(directory, 'runtime.log')} says why)")
@@ -140,10 +142,11 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
         except (ValueError, KeyError, TypeError):
             raise RuntimeRefused(f"runtime {name!r} answered the handshake with something "
                                  f"other than a procmgr manager's answer: {msg[:200]!r}") from None
-        if doorbell < 0:
-            raise RuntimeRefused(f"runtime {name!r} sent no doorbell with its answer")
-        for ring_name in names:
-            rings.append(Ring.attach(ring_name))
+        if doorbell < 0 or len(given) != 2:
+            raise RuntimeRefused(f"runtime {name!r} sent {len(given) + (doorbell >= 0)} "
+                                 "descriptors with its answer, not its doorbell and two rings")
+        while given:
+            rings.append(Ring.attach_fd(given.pop(0), names[len(rings)]))
         requests, responses = rings
         requests.set_doorbell(doorbell)     # we push requests: ring the manager
         responses.set_doorbell(doorbell)    # we pop answers: ring it if it waits for room
@@ -152,8 +155,8 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
         # Whatever failed, nothing of the attempt stays open in this process.
         for ring in rings:
             ring.close()
-        if doorbell >= 0:
-            os.close(doorbell)
+        for fd in given + ([doorbell] if doorbell >= 0 else []):
+            os.close(fd)
         sock.close()
         if isinstance(e, socket.timeout):
             raise TimeoutError(f"runtime {name!r} did not answer the handshake "

@@ -6,9 +6,11 @@ Started by a Runtime (the monitor). It
   it: PDEATHSIG), each with a ring pair and a doorbell, and registers them;
 - listens on a Unix socket in the runtime's owner-only directory. A client
   connects there; its uid is checked (SO_PEERCRED); the manager creates its
-  ring pair (owner-only) and hands back the names and its doorbell (an
-  eventfd, passed with SCM_RIGHTS); once the client has attached, the names
-  are unlinked. The socket stays open: its EOF is how the manager learns the
+  ring pair and hands it over with its doorbell (an eventfd), all three as
+  descriptors (SCM_RIGHTS). Every ring is a sealed memory file
+  (ringbuf.Ring.create_sealed): nobody can shrink it under the manager (a
+  SIGBUS would kill it), and it has no name, so nothing is ever left in
+  /dev/shm. The socket stays open: its EOF is how the manager learns the
   client is gone. A client that shows the monitor token is the monitor;
 - watches each worker's pidfd: a worker that dies is noticed at once, its
   pending requests fail with SPAWND_DIED, and its domains' process groups
@@ -47,7 +49,7 @@ from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
     reap_strays, runtime_dir,
 )
-from ringbuf import Ring, RingError, unique_name
+from ringbuf import Ring, RingError
 
 RING_CAPACITY = 4096
 HANDSHAKE_TIMEOUT = 2.0
@@ -91,7 +93,6 @@ class Server:
         self.pin = pin
         self.workers: dict[int, subprocess.Popen] = {}
         self.worker_doorbells: dict[int, int] = {}
-        self._to_unlink: list[Ring] = []          # created, waiting for the peer to attach
         self._clients: dict[int, tuple[socket.socket, object]] = {}
         self._handshakes: dict[int, _Handshake] = {}
         self._said: dict[str, tuple[float, int]] = {}   # kind -> (last said, untold since)
@@ -125,11 +126,11 @@ class Server:
     # ---- workers ----
 
     def start_worker(self, core: int) -> None:
-        requests = Ring.create(unique_name("procmgr"), RING_CAPACITY)
-        replies = Ring.create(unique_name("procmgr"), RING_CAPACITY)
+        requests = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.requests")
+        replies = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.replies")
         doorbell = os.eventfd(0, os.EFD_NONBLOCK)
         cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
-               "--requests", requests.name, "--replies", replies.name,
+               "--requests", f"fd:{requests.fileno()}", "--replies", f"fd:{replies.fileno()}",
                "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
                "--kill-grace", str(self.kill_grace), "--runtime", self.name,
                "--logs-dir", self.logs_dir, "--history", str(self.history)]
@@ -141,12 +142,16 @@ class Server:
         if self.simulate:
             cmd.append("--simulate")
         # Its stdout and stderr are ours: the runtime's log.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                pass_fds=(doorbell, self.loop.doorbell))
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                    pass_fds=(doorbell, self.loop.doorbell, requests.fileno(),
+                                              replies.fileno()))
+        finally:
+            requests.release_fd()         # the worker has its copies; the mappings stay
+            replies.release_fd()
         requests.set_doorbell(doorbell)   # we push requests: ring the worker
         replies.set_doorbell(doorbell)    # we pop replies: ring it if it waits for room
         self.workers[core] = proc
-        self._to_unlink += [requests, replies]
         err = self.mgr.add_spawnd(core, Channel(replies, requests, f"spawnd.{core}"))
         assert err == 0, err
         self.worker_doorbells[core] = doorbell
@@ -270,7 +275,7 @@ class Server:
             line = hs.read_line()
             if line is None:
                 return                      # the rest of the line is still to come
-            if hs.rings is None:            # 1. hello -> ring names and our doorbell
+            if hs.rings is None:            # 1. hello -> our doorbell and the rings
                 hello = json.loads(line)
                 given = hello.get("token")
                 hs.monitor = bool(self.token) and isinstance(given, str) and \
@@ -278,16 +283,22 @@ class Server:
                 try:
                     # One at a time: the first is the handshake's (closed
                     # with it) even if the second cannot be made.
-                    hs.rings = (Ring.create(unique_name("procmgr"), RING_CAPACITY),)
-                    hs.rings += (Ring.create(unique_name("procmgr"), RING_CAPACITY),)
+                    label = f"client@{hs.pid}"
+                    hs.rings = (Ring.create_sealed(RING_CAPACITY, label=f"{label}.requests"),)
+                    hs.rings += (Ring.create_sealed(RING_CAPACITY, label=f"{label}.responses"),)
                 except (OSError, RingError) as e:    # out of descriptors or shared memory
                     self._drop_handshake(fd, f"client refused: its rings: {e}",
                                          tell=f"the manager cannot make the client's rings: {e}")
                     return
+                # The doorbell, then the two rings, in the order named.
                 names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
                 # A few dozen bytes into an empty socket buffer: never EAGAIN.
-                socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
-                                [self.loop.doorbell])
+                try:
+                    socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
+                                    [self.loop.doorbell] + [r.fileno() for r in hs.rings])
+                finally:
+                    for ring in hs.rings:
+                        ring.release_fd()   # the client has its copies (or is dropped)
                 return
             if json.loads(line).get("attached") != 1:   # 2. attached -> a client
                 raise ValueError("client did not attach")
@@ -297,8 +308,6 @@ class Server:
         del self._handshakes[fd]
         self.loop.unwatch(fd)
         requests, responses = hs.rings
-        requests.unlink()
-        responses.unlink()
         client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}"),
                                      is_monitor=hs.monitor)
         self._clients[fd] = (hs.conn, client)
@@ -337,26 +346,12 @@ class Server:
 
     # ---- the rest ----
 
-    def unlink_attached(self) -> None:
-        """Unlink worker ring names once the worker has mapped them (or is
-        gone: a ring closed since, with its worker, goes too)."""
-        still = []
-        for ring in self._to_unlink:
-            if ring.closed or ring.peer_pid:
-                ring.unlink()
-            else:
-                still.append(ring)
-        self._to_unlink = still
-
     def run(self) -> None:
         while not self.mgr.stopping:
             # The loop serves in C for as long as nothing needs Python; these
             # rounds need it soon, so its wait is kept short while they have
-            # work: names to unlink, handshakes to expire.
-            self.loop.run_once(0.05 if self._to_unlink or self._handshakes or
-                               self._accept_paused_until else 1.0)
-            if self._to_unlink:
-                self.unlink_attached()
+            # work: handshakes to expire, accepting to resume.
+            self.loop.run_once(0.05 if self._handshakes or self._accept_paused_until else 1.0)
             if self._handshakes:
                 self.expire_handshakes()
             if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
@@ -389,8 +384,6 @@ class Server:
         # to: end and reap it now, or it outlives us as a zombie of our
         # owner's, which cannot tell it from a child of its own.
         end_and_reap(children_of())
-        for ring in self._to_unlink:
-            ring.unlink()
         # The socket, the domains' logs, this log: nothing is left.
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -467,7 +460,6 @@ class _Handshake:
     def close(self) -> None:
         for ring in self.rings or ():
             ring.close()
-            ring.unlink()
         self.conn.close()
 
 

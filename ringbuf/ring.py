@@ -7,6 +7,7 @@ C return codes become exceptions (``_raise_for``).
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import queue
@@ -84,6 +85,9 @@ def _raise_for(rc: int, ring: Ring | None, what: str) -> None:
         raise RingError(f"{what}: ring {name} {_ATTACH_ERRORS[rc]}")
     raise RingError(f"{what}: ring {name}: unexpected error code {rc}")
 
+
+# A sealed ring's memory file can neither shrink nor grow (create_sealed).
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 # ---- layout, derived from the C structs -----------------------------------
 
@@ -201,7 +205,7 @@ class Ring:
 
     __slots__ = (
         "name", "capacity", "slot_size", "_h", "_addr", "handle_addr", "_mmap", "_mem",
-        "_closed", "_creator", "__weakref__",
+        "_closed", "_creator", "_fd", "__weakref__",
     )
 
     def __init__(self, name: str, mm: mmap.mmap, side: int):
@@ -211,6 +215,7 @@ class Ring:
         self._h = ffi.new("struct rb_handle *")
         self._closed = False
         self._creator = side == lib.RB_CREATOR
+        self._fd = -1
         rc = lib.rb_open(self._h, self._mem, len(mm), side)
         if rc != lib.RB_OK:
             self._unmap()
@@ -241,23 +246,93 @@ class Ring:
                 mm = mmap.mmap(shm.fd, size)
             finally:
                 shm.close_fd()
-            try:
-                mem = ffi.from_buffer(mm)
-                try:
-                    rc = lib.rb_init(mem, size, capacity, slot_size, _start_index,
-                                     os.getpid())
-                finally:
-                    ffi.release(mem)
-                if rc != lib.RB_OK:
-                    _raise_for(rc, None, f"create {name}")
-                return cls(name, mm, lib.RB_CREATOR)
-            except BaseException:
-                mm.close()
-                raise
+            return cls._initialised(name, mm, capacity, slot_size, _start_index)
         except BaseException:
             # Whatever failed after the segment existed, leave no name behind.
             posix_ipc.unlink_shared_memory(name)
             raise
+
+    @classmethod
+    def _initialised(cls, name: str, mm: mmap.mmap, capacity: int, slot_size: int,
+                     start: int) -> Ring:
+        """A ring laid out in the fresh mapping ``mm``, this process its creator."""
+        try:
+            mem = ffi.from_buffer(mm)
+            try:
+                rc = lib.rb_init(mem, len(mm), capacity, slot_size, start, os.getpid())
+            finally:
+                ffi.release(mem)
+            if rc != lib.RB_OK:
+                _raise_for(rc, None, f"create {name}")
+            return cls(name, mm, lib.RB_CREATOR)
+        except BaseException:
+            mm.close()
+            raise
+
+    @classmethod
+    def create_sealed(cls, capacity: int = 1024, slot_size: int = LINE, *,
+                      label: str = "ring") -> Ring:
+        """A ring in an anonymous memory file (memfd) sealed against
+        shrinking and growing, to hand to the peer as a descriptor
+        (``fileno``, sent with SCM_RIGHTS or inherited; ``attach_fd`` there).
+
+        Why: every party that can reach a segment's file -- the peer, or any
+        process of the user through /proc/PID/fd -- could shrink it, and the
+        next access of a process mapping it past the new end is SIGBUS,
+        which kills it. Sealed, nobody can (F_SEAL_SHRINK holds for the
+        creator too). And no name is made: nothing to unlink, nothing left
+        in /dev/shm however the processes end. The ``name`` is only a label
+        for messages."""
+        size = segment_size(capacity, slot_size)
+        fd = os.memfd_create(f"ringbuf-{label}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.fchmod(fd, 0o600)        # owner-only, as a named ring is
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
+            ring = cls._initialised(f"memfd:{label}", mmap.mmap(fd, size), capacity,
+                                    slot_size, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        ring._fd = fd
+        return ring
+
+    @classmethod
+    def attach_fd(cls, fd: int, label: str = "ring") -> Ring:
+        """Map the ring in memory file ``fd`` (made by ``create_sealed``;
+        the descriptor is this ring's from now on, closed here, whatever
+        happens). RingError if it is not sealed against shrinking -- a
+        segment someone can shrink is one that can kill this process."""
+        name = f"memfd:{label}"
+        try:
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            except OSError:
+                seals = 0         # not a memfd at all
+            if seals & _SEALS != _SEALS:
+                raise RingError(f"attach: ring {name} is not in a sealed memory file "
+                                "(anyone could shrink it under this process)")
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise RingError(f"attach: ring {name} segment is {size} bytes, smaller "
+                                f"than the {HEADER_SIZE}-byte header")
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)          # the mapping holds the file
+        return cls(name, mm, lib.RB_ATTACHER)
+
+    def fileno(self) -> int:
+        """The memory file of a ring made by ``create_sealed``, to hand to
+        the peer; -1 once ``release_fd`` let it go (the mapping stays)."""
+        return self._fd
+
+    def release_fd(self) -> None:
+        """Close the descriptor ``fileno`` gave, once the peer has its copy:
+        a process that holds many rings need not hold a descriptor more for
+        each. Idempotent."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     @classmethod
     def attach(cls, name: str) -> Ring:
@@ -287,13 +362,17 @@ class Ring:
         self._closed = True
         lib.rb_close(self._h)
         self._unmap()
+        self.release_fd()
 
     def _unmap(self) -> None:
         ffi.release(self._mem)
         self._mmap.close()
 
     def unlink(self) -> None:
-        """Remove the name; mappings stay valid until closed. Idempotent."""
+        """Remove the name; mappings stay valid until closed. Idempotent;
+        nothing to do for a sealed ring, which has no name."""
+        if self.name.startswith("memfd:"):
+            return
         try:
             posix_ipc.unlink_shared_memory(self.name)
         except posix_ipc.ExistentialError:

@@ -373,13 +373,23 @@ def _wait_readable(fd: int, timeout: float | None) -> bool:
             continue
 
 
+def _ring(given: str, label: str) -> Ring:
+    """The ring ``--requests``/``--replies`` names: fd:N is the memory file
+    of a sealed ring the manager handed down (ringbuf.Ring.create_sealed),
+    anything else a ring's name."""
+    if given.startswith("fd:"):
+        return Ring.attach_fd(int(given[3:]), label)
+    return Ring.attach(given)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m spawnd_workers")
     ap.add_argument("--core", type=int, required=True)
-    ap.add_argument("--requests", required=True, help="request ring (we consume)")
-    ap.add_argument("--replies", required=True, help="reply ring (we produce)")
+    ap.add_argument("--requests", required=True,
+                    help="request ring (we consume): a name, or fd:N, a sealed ring inherited")
+    ap.add_argument("--replies", required=True, help="reply ring (we produce): as --requests")
     ap.add_argument("--doorbell-fd", type=int, required=True,
                     help="our eventfd, rung by the manager")
     ap.add_argument("--manager-doorbell-fd", type=int, default=-1,
@@ -417,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (args.doorbell_fd, args.manager_doorbell_fd):
         if fd >= 0:
             os.set_inheritable(fd, False)
-    requests, replies = Ring.attach(args.requests), Ring.attach(args.replies)
+    requests, replies = _ring(args.requests, "requests"), _ring(args.replies, "replies")
     if args.manager_doorbell_fd >= 0:
         requests.set_doorbell(args.manager_doorbell_fd)
         replies.set_doorbell(args.manager_doorbell_fd)
-        # Attached: the manager may unlink the names now.
+        # Attached: a creator of named rings may unlink the names now.
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
                     args.runtime, args.simulate, args.logs_dir, args.log_max_bytes,

@@ -63,8 +63,22 @@ def wait_until(predicate, timeout: float = T, what: str = "condition") -> None:
 
 
 def manager_segments(manager_pid: int) -> list[str]:
-    """The names the manager's segments have in /dev/shm (linked, not yet attached)."""
+    """Names of the manager's in /dev/shm: none, ever (its rings are sealed
+    memory files, with no name), but a test says so."""
     return [e for e in os.listdir("/dev/shm") if e.startswith(f"procmgr-{manager_pid}-")]
+
+
+def ring_files(pid: int, label: str = "") -> list[int]:
+    """The descriptors process ``pid`` holds of rings' memory files (whose
+    label starts with ``label``): a mapping holds one each."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"/memfd:ringbuf-{label}"):
+                out.append(int(fd))
+        except OSError:
+            pass                # closed meanwhile
+    return out
 
 
 class RawHandshake:
@@ -81,18 +95,22 @@ class RawHandshake:
         self.sock.connect(os.path.join(runtime_dir(name), "manager.sock"))
         self.sock.sendall(hello)
         self.doorbell = -1
+        self.ring_fds: list[int] = []
         self.rings: list[Ring] = []
 
     def names(self) -> dict:
-        """The manager's answer: the names of the client's two rings."""
-        msg, fds, _, _ = socket.recv_fds(self.sock, 4096, 1)
-        assert msg and fds, "the manager refused the handshake"
-        self.doorbell = fds[0]
+        """The manager's answer: the labels of the client's two rings, which
+        come as descriptors after its doorbell (kept in ``ring_fds``)."""
+        msg, fds, _, _ = socket.recv_fds(self.sock, 4096, 3)
+        assert msg and len(fds) == 3, "the manager refused the handshake"
+        self.doorbell, *self.ring_fds = fds
         return json.loads(msg)
 
     def attach(self, names: dict) -> tuple[Ring, Ring]:
         """Map both rings (in the roles given) and say so; (requests, responses)."""
-        requests, responses = Ring.attach(names["requests"]), Ring.attach(names["responses"])
+        fds, self.ring_fds = self.ring_fds, []
+        requests = Ring.attach_fd(fds[0], names["requests"])
+        responses = Ring.attach_fd(fds[1], names["responses"])
         self.rings += [requests, responses]
         for ring in self.rings:
             ring.set_doorbell(self.doorbell)
@@ -102,6 +120,9 @@ class RawHandshake:
     def close(self) -> None:
         for ring in self.rings:
             ring.close()
+        for fd in self.ring_fds:
+            os.close(fd)
+        self.ring_fds = []
         if self.doorbell >= 0:
             os.close(self.doorbell)
             self.doorbell = -1

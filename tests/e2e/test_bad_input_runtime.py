@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
-    T, RawHandshake, manager_segments, pm, process_gone, rt, wait_until,
+    T, RawHandshake, manager_segments, pm, process_gone, ring_files, rt, wait_until,
 )
 from procmgr import Domain, Err, ProcMgmtError, State
 from procmgr.client import Future
@@ -304,24 +304,24 @@ def test_core_out_of_range_and_forged_or_stale_caps(rt, pm):
 
 
 def test_another_clients_ring_cannot_be_attached(rt, pm, children):
-    """Once a client has attached, its ring names are gone: another process
-    (same user) finds nothing to attach to."""
+    """A client's rings have no name: another process (same user) finds
+    nothing to attach to, under the labels they carry or in /dev/shm."""
     names = [pm.requests.name, pm.responses.name]
+    assert all(n.startswith("memfd:") for n in names), names
     code = ("import sys\n"
             "from ringbuf import Ring, RingError\n"
             "for name in sys.argv[1:]:\n"
             "    try:\n"
             "        Ring.attach(name)\n"
-            "    except RingError as e:\n"
-            "        print(e)\n"
+            "    except (RingError, ValueError) as e:\n"
+            "        print('refused')\n"
             "    else:\n"
             "        print('ATTACHED', name)\n")
-    p = children.python("-c", code, *names)
+    p = children.python("-c", code, *names, *[n.replace("memfd:", "/") for n in names])
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
-    assert lines == [f"attach: no ring named {n}" for n in names]
-    wait_until(lambda: not manager_segments(rt.proc.pid), what="every segment name unlinked")
+    assert out.decode().splitlines() == ["refused"] * 4
+    assert manager_segments(rt.proc.pid) == []
     assert pm.wait(pm.spawn(["/bin/true"], timeout=T), timeout=T) == 0
 
 
@@ -347,15 +347,17 @@ def test_a_client_using_its_rings_the_wrong_way_round(rt, pm):
 
 
 def test_an_abandoned_handshake_leaves_no_segment(rt, pm):
-    """A client that takes the ring names and never attaches: the manager
-    gives it up and unlinks the names; nothing stays in /dev/shm."""
+    """A client that takes its rings and never says it attached: the
+    manager gives it up and lets go of them; nothing stays anywhere."""
+    before = len(ring_files(rt.proc.pid))
     rogue = RawHandshake(rt.name)
     try:
-        names = rogue.names()
-        assert {n.lstrip("/") for n in names.values()} <= set(manager_segments(rt.proc.pid))
-        wait_until(lambda: not manager_segments(rt.proc.pid), what="names unlinked")
+        rogue.names()
+        assert len(ring_files(rt.proc.pid)) == before + 2
+        assert manager_segments(rt.proc.pid) == []
         # The manager closed the connection: nothing more comes on it.
         assert rogue.sock.recv(16) == b""
+        wait_until(lambda: len(ring_files(rt.proc.pid)) == before, what="the rings let go")
     finally:
         rogue.close()
     assert pm.wait(pm.spawn(["/bin/true"], timeout=T), timeout=T) == 0
@@ -370,7 +372,7 @@ def _refused(rt, hello: bytes, attached: bytes) -> None:
     rogue = RawHandshake(rt.name, hello=hello)
     try:
         try:
-            msg, fds, _, _ = socket.recv_fds(rogue.sock, 4096, 1)
+            msg, fds, _, _ = socket.recv_fds(rogue.sock, 4096, 3)
         except ConnectionResetError:            # hung up with our bytes unread
             msg, fds = b"", []
         for fd in fds:

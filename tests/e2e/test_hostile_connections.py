@@ -335,7 +335,8 @@ def test_a_link_planted_under_the_runtimes_name_is_not_followed(tmp_path, monkey
 
 class FakeManager:
     """A socket under a runtime's name that answers each hello with
-    ``reply`` and a descriptor, as a manager would, but a wrong answer."""
+    ``reply`` and descriptors (``descriptors()`` makes them; by default a
+    doorbell only), as a manager would, but a wrong answer."""
 
     def __init__(self, name: str):
         path = os.path.join(runtime_dir(name), "manager.sock")
@@ -345,6 +346,7 @@ class FakeManager:
         self.sock.listen(16)
         self.sock.settimeout(T)
         self.reply = b""
+        self.descriptors = lambda: [os.eventfd(0)]
         self.served = 0
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -360,11 +362,12 @@ class FakeManager:
                 conn.settimeout(T)
                 try:
                     conn.recv(4096)                   # the hello
-                    bell = os.eventfd(0)
+                    fds = self.descriptors()
                     try:
-                        socket.send_fds(conn, [self.reply], [bell])
+                        socket.send_fds(conn, [self.reply], fds)
                     finally:
-                        os.close(bell)
+                        for fd in fds:
+                            os.close(fd)
                     conn.recv(4096)                   # until the client closes
                 except OSError:
                     pass
@@ -381,30 +384,38 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_failed_attaches_leave_no_descriptor_open(tmp_path, monkeypatch, shm_name):
+def test_failed_attaches_leave_no_descriptor_open(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    real = Ring.create(shm_name, 16)                  # one ring that attaches: the other not
     fake = FakeManager("fake")
+    names = b'{"requests": "r", "responses": "s"}\n'
+
+    def sealed():                       # a ring that attaches
+        ring = Ring.create_sealed(16)
+        fd = os.dup(ring.fileno())
+        ring.close()
+        return fd
+
+    def unsealed():                     # a memory file anyone could shrink
+        return os.memfd_create("not-a-ring")
     try:
         replies = [
-            (b"not json\n", RuntimeRefused),
-            (b'{"error": "go away"}\n', RuntimeRefused),
-            (b'{"requests": "/procmgr-test-none"}\n', RuntimeRefused),
-            (b'{"requests": "/procmgr-test-none", "responses": "/procmgr-test-none"}\n',
-             RingError),
-            (json.dumps({"requests": real.name, "responses": "/procmgr-test-none"}).encode()
-             + b"\n", RingError),
+            (b"not json\n", None, RuntimeRefused),
+            (b'{"error": "go away"}\n', None, RuntimeRefused),
+            (b'{"requests": "r"}\n', None, RuntimeRefused),
+            (names, None, RuntimeRefused),                          # the doorbell only
+            (names, lambda: [os.eventfd(0), unsealed(), unsealed()], RingError),
+            (names, lambda: [os.eventfd(0), sealed(), unsealed()], RingError),
         ]
         before = open_fds()
         for i in range(100):
-            fake.reply, error = replies[i % len(replies)]
+            fake.reply, descriptors, error = replies[i % len(replies)]
+            fake.descriptors = descriptors or (lambda: [os.eventfd(0)])
             with pytest.raises(error):
                 procmgr.connect("fake", timeout=T)
         wait_until(lambda: fake.served == 100, what="every attempt answered")
         assert open_fds() == before
     finally:
         fake.close()
-        real.close()
 
 
 AT_OWN_LIMIT = """

@@ -22,7 +22,7 @@ from procmgr.protocol import Flag, Msg, Op, send
 from ringbuf import Closed, RingError
 from ringbuf.ring import HEADER_DTYPE, HEADER_SIZE
 
-from e2e_helpers import T, pm, rt  # noqa: F401  (fixtures)
+from e2e_helpers import T, pm, ring_files, rt  # noqa: F401  (fixtures)
 
 U64 = 1 << 64
 
@@ -204,5 +204,38 @@ def test_random_header_words_never_take_the_manager_down(rt, seed):
         while (share := cpu_share(manager_of(rt), 0.3)) >= 0.05 and time.monotonic() < deadline:
             pass
         assert share < 0.05, f"the manager still uses {share:.0%} of a CPU"
+    finally:
+        attacker.close()
+
+
+def test_no_one_can_shrink_a_ring_under_the_manager(rt):
+    """A segment shrunk under a process that maps it kills that process
+    with SIGBUS at its next access. The rings are sealed memory files: the
+    client cannot shrink its own, nor can any process of the user through
+    the manager's descriptors in /proc. Zeroing the pages instead (or
+    punching a hole, which reads the same) is a lying index like the
+    others: that client is dropped, everyone else served."""
+    victims = Victims(rt)
+    attacker = procmgr.connect(rt.name)
+    dropped = rt.monitor.stats(timeout=T)["peers_dropped"]
+    try:
+        for _ in range(3):
+            assert attacker.domains(timeout=T) is not None
+        theirs = [f"/proc/{rt.proc.pid}/fd/{fd}" for fd in ring_files(rt.proc.pid)]
+        ours = [f"/proc/self/fd/{fd}" for fd in ring_files(os.getpid(), f"client@{os.getpid()}")]
+        assert theirs and ours
+        for path in theirs + ours:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                with pytest.raises(PermissionError):
+                    os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+        # The attacker's own requests ring: the one mapped last by this process.
+        requests = attacker.requests
+        size = len(requests._mmap)
+        requests._mmap[:] = bytes(size)           # every word zero, the header's too
+        ring_manager(attacker)
+        assert_only_the_attacker_went(rt, victims, attacker, dropped)
     finally:
         attacker.close()

@@ -2,8 +2,9 @@
 domain, and what a domain gets from it.
 
 - segments and the runtime directory are owner-only; another user's
-  process can neither attach a ring nor connect (and if it could reach the
-  socket, its uid is refused);
+  process can neither reach a ring (they have no name; the manager's
+  descriptors of them are not its to open) nor connect (and if it could
+  reach the socket, its uid is refused);
 - only the monitor binding adds a spawnd;
 - a domain cap cannot be guessed from its id, and without it nothing is done;
 - a domain inherits exactly the descriptors and environment it was given,
@@ -15,6 +16,7 @@ suite runs as root for this, and the tests skip otherwise.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import stat
@@ -25,7 +27,7 @@ import pytest
 
 import procmgr
 from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
-    T, RawHandshake, manager_segments, pm, process_gone, rt, wait_until,
+    T, RawHandshake, manager_segments, pm, process_gone, ring_files, rt, wait_until,
 )
 from procmgr import Domain, Err, ProcMgmtError, State
 from procmgr.osutil import runtime_dir
@@ -33,7 +35,7 @@ from procmgr.osutil import runtime_dir
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
 
-# A child as nobody: reads "attach NAME" or "connect PATH" lines and prints
+# A child as nobody: reads "attach NAME", "open PATH" or "connect PATH" lines and prints
 # what happened, so it can be started before a short window opens.
 PROBE = f"""
 import os, socket, sys
@@ -47,6 +49,8 @@ for line in sys.stdin:
     try:
         if what == "attach":
             Ring.attach(arg)
+        elif what == "open":
+            os.close(os.open(arg, os.O_RDWR))
         else:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(10)
@@ -93,19 +97,26 @@ def test_segments_and_directories_are_owner_only(rt, pm, probe):
     assert os.stat(sock).st_uid == os.getuid()
     assert ask(probe, f"connect {sock}").startswith("PermissionError")
 
-    # The ring names exist only during a handshake: look at them then.
+    # The rings have no name at all -- not even during a handshake: they
+    # come as descriptors of sealed memory files, which only the manager and
+    # the client hold.
     hs = RawHandshake(rt.name)
     try:
         names = hs.names()
-        for name in names.values():
-            st = os.stat("/dev/shm" + name)
-            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid()), name
-            assert ask(probe, f"attach {name}") == \
-                f"RingError: attach: ring {name} belongs to another user"
+        assert manager_segments(rt.proc.pid) == []
+        for fd in hs.ring_fds:
+            st = os.fstat(fd)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.getuid())
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
         hs.attach(names)
     finally:
         hs.close()
-    wait_until(lambda: not manager_segments(rt.proc.pid), what="every segment name unlinked")
+    held = ring_files(rt.proc.pid)
+    assert held, "the manager maps its rings"
+    for fd in held:
+        path = f"/proc/{rt.proc.pid}/fd/{fd}"
+        assert ask(probe, f"open {path}").startswith("PermissionError"), path
     assert pm.wait(pm.spawn(["/bin/true"], timeout=T), timeout=T) == 0
 
 

@@ -1177,3 +1177,48 @@ def test_a_waiter_stops_spinning_for_late_answers_and_spins_again_for_prompt_one
         # it) restores the full spin: the next prompt answer is spun for.
         _timed_wait(cons, prod, 0.001)
         assert _timed_wait(cons, prod, 0.002) > 0.0015
+
+
+def test_a_sealed_ring_goes_by_descriptor_and_cannot_shrink():
+    """create_sealed: a ring in a memory file sealed against shrinking and
+    growing, handed over as a descriptor (attach_fd). Nobody can shrink it
+    (the SIGBUS a shrunk segment gives whoever maps it), not even its
+    creator; it has no name, so nothing is in /dev/shm; attach_fd refuses
+    a file that is not sealed, and owns (closes) what it is given."""
+    import fcntl
+    import socket
+
+    shm_before = set(os.listdir("/dev/shm"))
+    ring = Ring.create_sealed(8, label="t")
+    a, b = socket.socketpair()
+    try:
+        socket.send_fds(a, [b"rings"], [ring.fileno()])
+        _, fds, _, _ = socket.recv_fds(b, 16, 1)
+        ring.release_fd()
+        assert ring.fileno() == -1
+        peer = Ring.attach_fd(fds[0], "t")
+        with pytest.raises(OSError):
+            os.fstat(fds[0])                     # attach_fd closed it: the mapping holds the file
+        ring.push(b"over")
+        assert peer.pop(timeout=1) == b"over" and peer.name == "memfd:t"
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if not os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ringbuf-t"):
+                    continue
+            except OSError:
+                continue
+            with pytest.raises(PermissionError):
+                os.ftruncate(int(fd), 0)
+            seals = fcntl.fcntl(int(fd), fcntl.F_GET_SEALS)
+            assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+        assert set(os.listdir("/dev/shm")) == shm_before
+        peer.close()
+    finally:
+        a.close()
+        b.close()
+        ring.close()
+    plain = os.memfd_create("plain")
+    with pytest.raises(RingError, match="not in a sealed memory file"):
+        Ring.attach_fd(plain)
+    with pytest.raises(OSError):
+        os.fstat(plain)                          # closed, though refused
