@@ -8,6 +8,7 @@ dropped (its next request fails, the manager counts and logs it)."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import struct
@@ -239,3 +240,66 @@ def test_no_one_can_shrink_a_ring_under_the_manager(rt):
         assert_only_the_attacker_went(rt, victims, attacker, dropped)
     finally:
         attacker.close()
+
+
+BELL_RINGER = """
+import os, sys, time, procmgr
+pm = procmgr.connect(sys.argv[1])
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    for _ in range(1000):
+        os.eventfd_write(pm._doorbell, 1)
+    n += 1000
+print(n, flush=True)
+"""
+
+
+def test_a_doorbell_flood_wakes_the_manager_for_nothing_and_nobody_waits(rt, children):
+    """A client ringing the manager's doorbell (an eventfd every client is
+    given) in a tight loop for a second: each ring wakes the manager to
+    rings with nothing in them. Everybody else is served meanwhile -- a
+    request in flight, new requests, a new client within a second -- and
+    once the ringing stops the manager goes back to sleep."""
+    victims = Victims(rt)
+    ringer = children.python("-c", BELL_RINGER, rt.name, "1.5")
+    time.sleep(0.3)                                   # the flood is on
+    start = time.monotonic()
+    fresh = procmgr.connect(rt.name)
+    assert fresh.domains(timeout=1.0) is not None and time.monotonic() - start < 1.0
+    fresh.close()
+    victims.all_answered()
+    out, _ = ringer.communicate(timeout=T)
+    assert ringer.returncode == 0 and int(out) > 10_000, out      # it did ring
+    assert rt.proc.poll() is None
+    deadline = time.monotonic() + 1.0
+    while (share := cpu_share(manager_of(rt), 0.3)) >= 0.05 and time.monotonic() < deadline:
+        pass
+    assert share < 0.05, f"the manager still uses {share:.0%} of a CPU"
+
+
+def test_a_worker_whose_ring_breaks_is_ended_like_a_dead_one(rt, pm):
+    """Any process of the user can reach a worker's rings (through
+    /proc/<worker>/fd). A lie written into one (here: the replies ring's
+    prod_tail, far ahead) makes the manager end that worker, and what waited
+    on it is answered as for a worker that died (its domain: -9); the other
+    core serves on."""
+    workers = sorted(manager_of(rt).children(), key=lambda p: p.pid)
+    d = pm.spawn(["/bin/sleep", "30"], core=0, timeout=T)
+    waiting = pm.wait_async(d)
+    worker = next(w for w in workers if pm.status(d).pids[0] in {c.pid for c in w.children()})
+    files = ring_files(worker.pid, "spawnd.0.replies")
+    assert files, "the worker maps its replies ring"
+    fd = os.open(f"/proc/{worker.pid}/fd/{files[0]}", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, os.fstat(fd).st_size) as mm:
+            struct.pack_into("<Q", mm, offset("prod_tail"),
+                             (struct.unpack_from("<Q", mm, offset("cons_head"))[0] + (1 << 40)) % U64)
+    finally:
+        os.close(fd)
+    ring_manager(pm)
+    worker.wait(timeout=T)                                # ended by the manager
+    assert not worker.is_running()
+    assert pm.wait_for(waiting, timeout=T) == -9         # its domains end with it
+    assert pm.wait(pm.spawn(["/bin/true"], core=1, timeout=T), timeout=T) == 0
+    assert rt.monitor.stats(timeout=T)["peers_dropped"] == 1
