@@ -9,6 +9,11 @@ then raw, B, A and so on, put every block next to the conditions of its
 neighbours. The same pair then gave 0.97x with a 96% interval of
 0.97-0.99x, in half a minute; A against itself 1.00x (0.98-1.01x).
 
+With ``--control-plane`` the runtimes use simulated dispatchers and a
+block is spawn + kill + wait of ``block`` domains, pipelined (256 in
+flight: bench/pipeline.py), in requests/s: the manager's control plane
+alone. There is no raw side then.
+
 Each side is a Runtime started with its own environment (``--a`` / ``--b``
 NAME=VALUE, repeatable). That is a switch the code under test reads, or
 PYTHONPATH naming another checkout, built in place. The runtimes start from
@@ -28,6 +33,7 @@ import sys
 import tempfile
 
 import procmgr
+from bench.scale import control_plane_rate
 from bench.spawn import interleaved, raw_rate, runtime_rate
 from bench.stats import median_interval
 
@@ -65,7 +71,7 @@ def _environment(env: dict[str, str]):
 
 
 def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
-            cores: int = 2) -> dict:
+            cores: int = 2, control_plane: bool = False) -> dict:
     """Rates per block of A, B and raw; the per-block ratios' medians with
     their intervals (bench/stats.py)."""
     envs = _environments(a, b, block, blocks)
@@ -73,29 +79,41 @@ def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
         sides = {}
         for name, env in envs.items():
             with _environment(env):
-                rt = stack.enter_context(procmgr.Runtime(cores=cores))
+                rt = stack.enter_context(procmgr.Runtime(cores=cores, simulate=control_plane))
             sides[name] = rt.client()
-            runtime_rate(sides[name], max(20, block), 1, cores)     # warm
-        rates = interleaved({name: functools.partial(runtime_rate, pm, block, 1, cores)
-                             for name, pm in sides.items()}
-                            | {"raw": functools.partial(raw_rate, block, 1)}, blocks)
-    ratios = {"b/a": [y / x for x, y in zip(rates["a"], rates["b"])],
-              "a/raw": [x / r for x, r in zip(rates["a"], rates["raw"])],
-              "b/raw": [y / r for y, r in zip(rates["b"], rates["raw"])]}
+        if control_plane:
+            measures = {name: functools.partial(control_plane_rate, pm, cores, block)
+                        for name, pm in sides.items()}
+        else:
+            measures = {name: functools.partial(runtime_rate, pm, block, 1, cores)
+                        for name, pm in sides.items()}
+            measures["raw"] = functools.partial(raw_rate, block, 1)
+        for name in sides:
+            measures[name]()                                         # warm
+        rates = interleaved(measures, blocks)
+    ratios = {"b/a": [y / x for x, y in zip(rates["a"], rates["b"])]}
+    if not control_plane:
+        ratios |= {"a/raw": [x / r for x, r in zip(rates["a"], rates["raw"])],
+                   "b/raw": [y / r for y, r in zip(rates["b"], rates["raw"])]}
     return {"rates": {k: statistics.median(v) for k, v in rates.items()},
             "ratios": {k: (statistics.median(v), median_interval(v)) for k, v in ratios.items()},
-            "a": a, "b": b, "block": block, "blocks": blocks, "cores": cores}
+            "a": a, "b": b, "block": block, "blocks": blocks, "cores": cores,
+            "control_plane": control_plane}
 
 
 def table(r: dict) -> str:
-    lines = ["| spawn + wait one at a time | median | interval |", "|---|---:|---:|"]
+    what = ("control plane, spawn + kill + wait pipelined (simulated)" if r["control_plane"]
+            else "spawn + wait one at a time")
+    lines = [f"| {what} | median | interval |", "|---|---:|---:|"]
     for key, (median, (low, high, coverage)) in r["ratios"].items():
         lines.append(f"| {key} | {median:.3f}x | {low:.3f}–{high:.3f}x ({coverage:.0%}) |")
     rates = r["rates"]
+    raw = "" if r["control_plane"] else f"; raw {rates['raw']:,.0f}/s"
+    unit = "domains (3 requests each; rates in requests/s)" if r["control_plane"] else "spawns"
     lines.append(f"\nA: {' '.join(r['a']) or '(as is)'}, {rates['a']:,.0f}/s; "
-                 f"B: {' '.join(r['b']) or '(as is)'}, {rates['b']:,.0f}/s; raw "
-                 f"{rates['raw']:,.0f}/s (medians per block). {r['blocks']} blocks of "
-                 f"{r['block']} spawns each, interleaved; {r['cores']} cores.")
+                 f"B: {' '.join(r['b']) or '(as is)'}, {rates['b']:,.0f}/s{raw} (medians per "
+                 f"block). {r['blocks']} blocks of {r['block']} {unit} each, interleaved; "
+                 f"{r['cores']} cores.")
     return "\n".join(lines)
 
 
@@ -108,12 +126,15 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=50, help="spawns per block")
     ap.add_argument("--blocks", type=int, default=200, help="blocks per side")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--control-plane", action="store_true",
+                    help="simulated dispatchers, spawn + kill + wait pipelined (requests/s)")
     args = ap.parse_args(argv)
     try:
         _environments(args.a, args.b, args.block, args.blocks)
     except ValueError as e:
         ap.error(str(e))        # before any runtime starts
-    print(table(compare(args.a, args.b, args.block, args.blocks, args.cores)))
+    print(table(compare(args.a, args.b, args.block, args.blocks, args.cores,
+                        args.control_plane)))
     return 0
 
 

@@ -52,6 +52,9 @@ def test_ab_runs_two_runtimes_and_refuses_a_bad_assignment():
     assert "b/a" in table(r) and "PROCMGR_AB_SMOKE=1" in table(r)
     with pytest.raises(ValueError, match="NAME=VALUE"):
         compare([], ["PYTHONPATH"], block=1, blocks=1)
+    control = compare([], [], block=20, blocks=2, cores=1, control_plane=True)
+    assert set(control["rates"]) == {"a", "b"} and all(v > 0 for v in control["rates"].values())
+    assert "control plane" in table(control) and "raw" not in table(control)
 
 
 def test_ab_command_line_refuses_bad_input_before_starting_anything(capsys):
