@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import select
 import signal
 import stat
+import time
 
 from procmgr.errors import RuntimeDirUnsafe
 
@@ -33,6 +35,39 @@ def watch_doorbell(epoll: select.epoll, doorbell: int) -> None:
     calls cost ~10 µs each on this kind of VM. The counter only grows; at a
     million wake-ups a second it would take 500,000 years to fill."""
     epoll.register(doorbell, select.EPOLLIN | select.EPOLLET)
+
+
+def raise_fd_limit() -> int:
+    """This process's soft descriptor limit raised to its hard one, and the
+    new soft limit: a worker holds a pidfd for each live domain, the
+    manager three descriptors for each client, and the usual soft limit
+    (1,024) is far below what either may need -- and what the hard limit
+    allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def wait_readable(fd: int, timeout: float | None = None) -> bool:
+    """Wait until ``fd`` is readable (a pidfd: its process ended), at most
+    ``timeout`` seconds (None: as long as it takes). poll, never select:
+    select cannot take a descriptor numbered 1024 or more, which a worker
+    holding a thousand domains' pidfds, or a process holding many
+    clients, reaches (a worker died of it)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return bool(poller.poll(None if left is None else left * 1000))
+        except InterruptedError:
+            continue
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import secrets
-import select
 import shutil
 import signal
 import socket
@@ -31,7 +30,9 @@ import time
 from procmgr.client import Client
 from procmgr.errors import RuntimeRefused
 from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
-from procmgr.osutil import become_subreaper, children_of, end_and_reap, runtime_dir
+from procmgr.osutil import (
+    become_subreaper, children_of, end_and_reap, runtime_dir, wait_readable,
+)
 from ringbuf import Ring, RingError
 
 START_TIMEOUT = 30.0
@@ -84,7 +85,7 @@ def _read_line(fd: int, timeout: float) -> bytes:
     data = b""
     while not data.endswith(b"\n") and len(data) < 4096:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not wait_readable(fd, left):
             break
         chunk = os.read(fd, 4096)
         if not chunk:
@@ -326,7 +327,7 @@ class Runtime:
         nothing of the runtime is left (a no-op after a clean shutdown)."""
         pidfd = os.pidfd_open(manager_pid)
         try:
-            select.select([pidfd], [], [])   # ends when the manager ends
+            wait_readable(pidfd)   # ends when the manager ends
         finally:
             os.close(pidfd)
         self._sweep(manager_pid)
@@ -341,12 +342,12 @@ class Runtime:
         # has been re-parented to us and can be found.
         deadline = time.monotonic() + WORKER_CLEANUP_TIMEOUT
         for pid, pidfd in list(self._workers.items()):
-            select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+            wait_readable(pidfd, max(0.0, deadline - time.monotonic()))
             try:            # by pidfd: never a reused pid
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            select.select([pidfd], [], [], 10)
+            wait_readable(pidfd, 10)
             os.close(pidfd)
             try:
                 os.waitpid(pid, 0)

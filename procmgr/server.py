@@ -47,7 +47,7 @@ from procmgr.loop import EventLoop
 from procmgr.manager import Manager
 from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
-    reap_strays, runtime_dir,
+    raise_fd_limit, reap_strays, runtime_dir,
 )
 from ringbuf import Ring, RingError
 
@@ -121,7 +121,7 @@ class Server:
         self.mgr.worker_pids = lambda: {str(c): p.pid for c, p in self.workers.items()}
         for core in range(cores):
             self.start_worker(core)
-        self.max_clients = _client_cap()
+        self._fds_at_start = len(os.listdir("/proc/self/fd"))
 
     # ---- workers ----
 
@@ -212,8 +212,9 @@ class Server:
             self._say("uid", f"client refused: uid {uid} is not the runtime's owner")
             conn.close()
             return
-        if len(self._clients) + len(self._handshakes) >= self.max_clients:
-            why = f"too many clients: the runtime serves at most {self.max_clients} at once"
+        cap = _client_cap(self._fds_at_start)
+        if len(self._clients) + len(self._handshakes) >= cap:
+            why = f"too many clients: the runtime serves at most {cap} at once"
             _tell(conn, why)
             conn.close()
             self._say("cap", f"client refused (pid {pid}): {why}")
@@ -408,14 +409,15 @@ def _open_reserve() -> int:
         return -1
 
 
-def _client_cap() -> int:
+def _client_cap(in_use: int) -> int:
     """MAX_CLIENTS, or fewer where the descriptor limit would run out first:
-    what is left of the soft limit once the manager and its workers are
-    set up, less a spare, a client's three descriptors each."""
+    what is left of the soft limit beyond the ``in_use`` descriptors the
+    manager and its workers' set-up took, less a spare, a client's three
+    descriptors each. Read at each connection: the limit of a running
+    manager may be changed (prlimit)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CLIENTS
-    in_use = len(os.listdir("/proc/self/fd"))
     return max(1, min(MAX_CLIENTS, (soft - in_use - SPARE_FDS) // FDS_PER_CLIENT))
 
 
@@ -493,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM, not SIGKILL, when the process that started us dies (even by
     # SIGKILL): the loop stops and shutdown ends every domain and worker.
     die_with_parent(signal.SIGTERM)
+    raise_fd_limit()        # three descriptors a client: the cap follows (MAX_CLIENTS)
     token = ""
     if args.token_fd >= 0:
         with os.fdopen(args.token_fd, "rb") as f:

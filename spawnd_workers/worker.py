@@ -50,8 +50,8 @@ import time
 from procmgr.errors import Err
 from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.osutil import (
-    become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, reap_strays,
-    watch_doorbell,
+    become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, raise_fd_limit,
+    reap_strays, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
@@ -291,9 +291,9 @@ class Worker:
         period, reap the dispatcher, forget it -- and return only once no
         process of its group is left (bounded), so a kill's reply means it."""
         kill_group(d.pid, signal.SIGTERM)
-        if not _wait_readable(d.pidfd, self.kill_grace):
+        if not wait_readable(d.pidfd, self.kill_grace):
             kill_group(d.pid, signal.SIGKILL)
-            _wait_readable(d.pidfd, None)
+            wait_readable(d.pidfd, None)
         # Whatever the program forked dies with it, even if it outlived TERM.
         kill_group(d.pid, signal.SIGKILL)
         self._reap(d)
@@ -362,17 +362,6 @@ HANDLERS = {
 }
 
 
-def _wait_readable(fd: int, timeout: float | None) -> bool:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            ready, _, _ = select.select([fd], [], [], left)
-            return bool(ready)
-        except InterruptedError:
-            continue
-
-
 def _ring(given: str, label: str) -> Ring:
     """The ring ``--requests``/``--replies`` names: fd:N is the memory file
     of a sealed ring the manager handed down (ringbuf.Ring.create_sealed),
@@ -419,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM when the manager dies, however it dies: our domains are ended
     # (shutdown) before we go, so none is left to init.
     die_with_parent(signal.SIGTERM)
+    # A pidfd per live domain: as many descriptors as the hard limit allows
+    # (the programs inherit the raised soft limit, as under systemd's
+    # LimitNOFILE). Past it a spawn fails alone, EXEC_FAILED with EMFILE.
+    raise_fd_limit()
     allowed = os.sched_getaffinity(0)       # before pinning: the rotator's CPUs
     if not args.no_pin:
         cpus = sorted(allowed)
