@@ -64,8 +64,17 @@ enum {
     E_OK = 0, E_INVALID_SPAWND = 1, E_CREATE_DOMAIN_CAP = 2, E_DOMAIN_TABLE_FIND = 4,
     E_DOMAIN_NOT_RUNNING = 5, E_ALREADY_SPANNED = 6, E_UNKNOWN_OP = 21, E_BAD_CAP = 23,
     E_SPAWND_EXISTS = 7, E_BAD_MESSAGE = 20, E_SPAWND_DIED = 24, E_REPLY_OUT_OF_ORDER = 25,
-    E_NOT_FOUND = 30, E_INTERNAL = 32, E_DOMAIN_FORGOTTEN = 34,
+    E_NOT_FOUND = 30, E_INTERNAL = 32, E_DOMAIN_FORGOTTEN = 34, E_BUSY = 29,
 };
+
+/* Requests one client may have unanswered at once. Each costs the manager
+ * a few dozen bytes until it is answered (a wait until its domain ends):
+ * without a bound, one client parking waits under 2^32 sequence numbers
+ * took the manager to 1.3 GB, and answering them all at its domain's end
+ * stalled everyone for seconds. Past it a request is answered BUSY at
+ * once. Far above what a pipelining client keeps in flight (tests keep
+ * 40,000). */
+#define MAX_IN_FLIGHT 65536
 
 enum { NIL = 0, RUNNING = 1, STOP_PEND = 2, STOPPED = 3, CLEANED = 4 };
 static const char *const state_names[] = {"NIL", "RUNNING", "STOP_PEND", "STOPPED", "CLEANED"};
@@ -465,9 +474,12 @@ static int push_whole(struct peer *p, const uint8_t *data, uint32_t nslots)
             return 1;
     } else {
         /* Only the manager produces into this ring: the room it sees can
-         * only grow until it pushes. */
-        uint64_t cap = p->out->mask + 1;
-        if (cap - rb_len(p->out) < nslots)
+         * only grow until it pushes. Its room, checked (rb_room), not the
+         * fill level the segment reports (rb_len), which the peer writes:
+         * a lie there held a message back for good, the loop spinning on
+         * a ring that looked ready. An error falls through to the push. */
+        int64_t room = rb_room(p->out);
+        if (room >= 0 && room < (int64_t)nslots)
             return 0;
         rc = rb_push_many(p->out, data, nslots, SLOT);
         if (rc == (int64_t)nslots)
@@ -1045,7 +1057,9 @@ static int dispatch_client(CoreObject *c, struct client *cl, const struct req *r
         return -1;
     uint8_t op = r->h.op;
     int rc;
-    if (op > LAST_CLIENT_OP || (r->h.flags & FLAG_REPLY) ||
+    if (cl->outstanding.n > MAX_IN_FLIGHT) {
+        rc = answer_req(c, id, r, E_BUSY, 0, 0);
+    } else if (op > LAST_CLIENT_OP || (r->h.flags & FLAG_REPLY) ||
         (client_handlers[op] == NULL && !is_python_op(op))) {
         rc = answer_req(c, id, r, E_UNKNOWN_OP, 0, 0);
     } else if (client_handlers[op] != NULL) {

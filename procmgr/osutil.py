@@ -15,17 +15,38 @@ from procmgr.errors import RuntimeDirUnsafe
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
     """Ask the kernel to send us ``sig`` when our parent dies, then check that
     the parent did not die before the request took effect (it would never
-    fire). The manager and the workers ask for SIGTERM: they still have
+    fire). ``parent``: the pid the parent gave us as it started us; without
+    it the parent is read here, and one that died while we were starting
+    (an interpreter takes a while) would go unseen -- its successor, a
+    subreaper or init, read as the parent (workers outlived their manager
+    so). The manager and the workers ask for SIGTERM: they still have
     processes to end (their domains) before they go."""
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:
         os._exit(1)
+
+
+PR_SET_DUMPABLE = 4
+
+
+def refuse_ptrace() -> None:
+    """Make this process non-dumpable: no other process of the user may
+    ptrace it or open what /proc shows of it (/proc/PID/fd, mem, maps) --
+    only root may. The manager and the workers hold every client's rings,
+    domain caps and the workers' rings: through /proc any process of the
+    user could read caps from a ring's slots, or write a forged exit into
+    a worker's replies. A program a worker starts is dumpable again (exec
+    resets it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
 def watch_doorbell(epoll: select.epoll, doorbell: int) -> None:

@@ -271,6 +271,7 @@ class Runtime:
         # its stdout, which its workers and their programs would inherit.
         ready_r, ready_w = os.pipe()
         cmd = [sys.executable, "-m", "procmgr.server", "--name", self.name,
+               "--parent-pid", str(os.getpid()),
                "--cores", str(self.cores), "--pending", self.pending,
                "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r),
                "--ready-fd", str(ready_w), "--log-max-bytes", str(self.log_bounds[0]),

@@ -47,7 +47,7 @@ from procmgr.loop import EventLoop
 from procmgr.manager import Manager
 from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
-    raise_fd_limit, reap_strays, runtime_dir,
+    raise_fd_limit, reap_strays, refuse_ptrace, runtime_dir,
 )
 from ringbuf import Ring, RingError
 
@@ -62,6 +62,11 @@ HANDSHAKE_TIMEOUT = 2.0
 # first, in words (``max_clients``).
 MAX_CLIENTS = 1024
 FDS_PER_CLIENT = 3
+# Connections one process may hold in their handshake at once: silent ones
+# count against the cap until their deadline, and one process holding a
+# thousand of them, reopened as they expire, kept everybody else out. (A
+# user's many processes still could: the cap is the runtime's, not theirs.)
+HANDSHAKES_PER_PROCESS = 64
 # Descriptors kept free beyond the clients': a handshake's segment while it
 # is mapped, a restarted worker's pipes and pidfd, /proc reads, the reserve.
 SPARE_FDS = 16
@@ -133,7 +138,8 @@ class Server:
                "--requests", f"fd:{requests.fileno()}", "--replies", f"fd:{replies.fileno()}",
                "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
                "--kill-grace", str(self.kill_grace), "--runtime", self.name,
-               "--logs-dir", self.logs_dir, "--history", str(self.history)]
+               "--logs-dir", self.logs_dir, "--history", str(self.history),
+               "--parent-pid", str(os.getpid())]
         if self.log_bounds is not None:
             cmd += ["--log-max-bytes", str(self.log_bounds[0]),
                     "--log-backups", str(self.log_bounds[1])]
@@ -213,6 +219,14 @@ class Server:
             conn.close()
             return
         cap = _client_cap(self._fds_at_start)
+        starting = sum(hs.pid == pid for hs in self._handshakes.values())
+        if starting >= HANDSHAKES_PER_PROCESS:
+            why = (f"too many connections of process {pid} in their handshake at once "
+                   f"(at most {HANDSHAKES_PER_PROCESS})")
+            _tell(conn, why)
+            conn.close()
+            self._say("squat", f"client refused: {why}")
+            return
         if len(self._clients) + len(self._handshakes) >= cap:
             why = f"too many clients: the runtime serves at most {cap} at once"
             _tell(conn, why)
@@ -279,8 +293,11 @@ class Server:
             if hs.rings is None:            # 1. hello -> our doorbell and the rings
                 hello = json.loads(line)
                 given = hello.get("token")
+                # As bytes: compare_digest refuses a str that is not ASCII
+                # (TypeError), and any client may send one.
                 hs.monitor = bool(self.token) and isinstance(given, str) and \
-                    secrets.compare_digest(given, self.token)
+                    secrets.compare_digest(given.encode(errors="surrogatepass"),
+                                           self.token.encode())
                 try:
                     # One at a time: the first is the handshake's (closed
                     # with it) even if the second cannot be made.
@@ -336,6 +353,8 @@ class Server:
             data = conn.recv(4096)
         except BlockingIOError:
             return
+        except OSError:     # ECONNRESET: it left with our bytes unread -- gone all the same
+            data = b""
         if data:
             return          # nothing is said on the socket after the handshake
         self.loop.unwatch(fd)
@@ -468,6 +487,8 @@ class _Handshake:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m procmgr.server")
     ap.add_argument("--name", required=True)
+    ap.add_argument("--parent-pid", type=int, default=-1,
+                    help="the pid of the process starting us: we end with it")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--pending", default="replyq", choices=["replyq", "hashtable"])
     ap.add_argument("--kill-grace", type=float, default=0.2)
@@ -494,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     # SIGTERM, not SIGKILL, when the process that started us dies (even by
     # SIGKILL): the loop stops and shutdown ends every domain and worker.
-    die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM, None if args.parent_pid < 0 else args.parent_pid)
+    refuse_ptrace()
     raise_fd_limit()        # three descriptors a client: the cap follows (MAX_CLIENTS)
     token = ""
     if args.token_fd >= 0:

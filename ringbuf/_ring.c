@@ -613,6 +613,14 @@ int rb_pop(struct rb_handle *h, void *out, uint32_t out_size)
     return try_pop(h, out, out_size);
 }
 
+int64_t rb_room(struct rb_handle *h)
+{
+    if (h->closed)
+        return RB_ECLOSED;
+    uint64_t room = producer_room(h, h->mask + 1);     /* reloads unless empty */
+    return h->corrupt ? RB_ECORRUPT : (int64_t)room;
+}
+
 uint64_t rb_len(const struct rb_handle *h)
 {
     /* Acquire both: a snapshot for reporting; it may be stale the moment it

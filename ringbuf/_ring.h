@@ -220,7 +220,12 @@ void rb_disarm(struct rb_handle *h, int32_t what);
 void rb_set_doorbell(struct rb_handle *h, int32_t fd);
 void rb_set_batch_wakes(struct rb_handle *h, int32_t on);
 void rb_wake_consumer(struct rb_handle *h);
+/* A snapshot of the fill level for reporting: both indices as the segment
+ * has them, clamped to capacity -- never a producer's room (rb_room). */
 uint64_t rb_len(const struct rb_handle *h);
+/* Free slots as the producer sees them (the consumer's index reloaded and
+ * checked), or RB_ECORRUPT / RB_ECLOSED. */
+int64_t rb_room(struct rb_handle *h);
 int rb_peer_alive(struct rb_handle *h);
 /* CDEF-END */
 

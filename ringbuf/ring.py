@@ -490,8 +490,12 @@ class Ring:
         if n == 1:
             return self.try_push(data)
         # Only this (the producing) process adds to the ring, so the room it
-        # sees can only grow until it pushes: the check cannot go stale.
-        if self.capacity - len(self) < n:
+        # sees can only grow until it pushes: the check cannot go stale. Its
+        # room, checked -- not len(), which the peer's word can make lie.
+        room = lib.rb_room(self._h)
+        if room < 0:
+            _raise_for(room, self, "try_push_all")
+        if room < n:
             return False
         rows = np.frombuffer(data, dtype=slot_dtype(self.slot_size))
         pushed = self.push_many(rows)

@@ -804,9 +804,13 @@ static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
     Py_RETURN_NONE;
 }
 
+/* Room for a reply (only we produce: it stays). A broken ring (the
+ * manager's index impossible, written by someone else) counts as full:
+ * Python then waits for room, and rb_wait says corrupt -- the worker
+ * stops, and the manager handles it as a worker that died. */
 static int reply_room(HotPathObject *c)
 {
-    return rb_len(c->replies) <= c->replies->mask;   /* (only we produce: it stays) */
+    return rb_room(c->replies) > 0;
 }
 
 /* Serve requests from the head of the ring while they are spawns of a

@@ -51,7 +51,7 @@ from procmgr.errors import Err
 from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.osutil import (
     become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, raise_fd_limit,
-    reap_strays, wait_readable, watch_doorbell,
+    reap_strays, refuse_ptrace, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
     Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m spawnd_workers")
     ap.add_argument("--core", type=int, required=True)
+    ap.add_argument("--parent-pid", type=int, default=-1,
+                    help="the pid of the manager starting us: we end with it")
     ap.add_argument("--requests", required=True,
                     help="request ring (we consume): a name, or fd:N, a sealed ring inherited")
     ap.add_argument("--replies", required=True, help="reply ring (we produce): as --requests")
@@ -407,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     # SIGTERM when the manager dies, however it dies: our domains are ended
     # (shutdown) before we go, so none is left to init.
-    die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM, None if args.parent_pid < 0 else args.parent_pid)
+    refuse_ptrace()          # its rings and our domains' caps: procmgr/osutil.py says why
     # A pidfd per live domain: as many descriptors as the hard limit allows
     # (the programs inherit the raised soft limit, as under systemd's
     # LimitNOFILE). Past it a spawn fails alone, EXEC_FAILED with EMFILE.

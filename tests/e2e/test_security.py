@@ -290,3 +290,60 @@ def test_a_domain_inherits_exactly_what_it_was_given(rt, pm, tmp_path):
     _fds(d.pid, [0, 1, 2])
     pm.kill(d, timeout=T)
     wait_until(lambda: process_gone(d.pid), what="the domain is gone")
+
+
+@as_root
+def test_a_process_of_the_same_user_cannot_reach_the_managers_descriptors():
+    """The manager and the workers make themselves non-dumpable
+    (osutil.refuse_ptrace): another process of their own user can no
+    longer open /proc/PID/fd of them -- through which it could read every
+    domain's cap from a ring's slots, or write a forged exit into a
+    worker's replies ring. Shown with two processes of one user (nobody):
+    one that called it and one that did not, and a third of the same user
+    trying both."""
+    from procmgr.osutil import refuse_ptrace
+
+    def as_nobody_sleeping(refuse: bool) -> tuple[int, int]:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(NOBODY, NOBODY, NOBODY)
+                os.setresuid(NOBODY, NOBODY, NOBODY)
+                import ctypes
+                ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)    # dumpable again after setuid
+                if refuse:
+                    refuse_ptrace()
+                os.write(w, b"x")
+                time.sleep(30)
+            finally:
+                os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"x"
+        os.close(r)
+        return pid, r
+
+    def opened_as_nobody(path: str) -> bool:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(NOBODY, NOBODY, NOBODY)
+                os.setresuid(NOBODY, NOBODY, NOBODY)
+                os.listdir(path)
+                os._exit(0)
+            except PermissionError:
+                os._exit(13)
+            finally:
+                os._exit(1)
+        return os.waitpid(pid, 0)[1] == 0
+
+    refused, plain = as_nobody_sleeping(True)[0], as_nobody_sleeping(False)[0]
+    try:
+        assert not opened_as_nobody(f"/proc/{refused}/fd")
+        assert opened_as_nobody(f"/proc/{plain}/fd")          # the same user, not refused
+    finally:
+        for pid in (refused, plain):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
