@@ -62,6 +62,14 @@ def wait_until(predicate, timeout: float = T, what: str = "condition") -> None:
         time.sleep(0.01)
 
 
+def at_its_limit(process: psutil.Process) -> None:
+    """``process`` left without a descriptor to spare: a new one takes the
+    lowest free number, and the soft limit bounds the number -- set there."""
+    used = {int(fd) for fd in os.listdir(f"/proc/{process.pid}/fd")}
+    lowest_free = next(n for n in range(len(used) + 1) if n not in used)
+    process.rlimit(psutil.RLIMIT_NOFILE, (lowest_free, process.rlimit(psutil.RLIMIT_NOFILE)[1]))
+
+
 def manager_segments(manager_pid: int) -> list[str]:
     """Names of the manager's in /dev/shm: none, ever (its rings are sealed
     memory files, with no name), but a test says so."""

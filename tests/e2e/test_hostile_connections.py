@@ -29,7 +29,7 @@ from procmgr.osutil import runtime_dir
 from ringbuf import Ring, RingError
 
 from e2e_helpers import (  # noqa: F401  (fixtures: pm, rt)
-    T, manager_segments, pm, process_gone, rt, wait_until,
+    T, at_its_limit, manager_segments, pm, process_gone, rt, wait_until,
 )
 
 
@@ -62,14 +62,6 @@ def running(fd_limit: int | None = None):
 
 def one_spawn(client) -> int:
     return client.wait(client.spawn(["/bin/true"], timeout=T), timeout=T)
-
-
-def at_its_limit(process: psutil.Process) -> None:
-    """``process`` left without a descriptor to spare: a new one takes the
-    lowest free number, and the soft limit bounds the number -- set there."""
-    used = {int(fd) for fd in os.listdir(f"/proc/{process.pid}/fd")}
-    lowest_free = next(n for n in range(len(used) + 1) if n not in used)
-    process.rlimit(psutil.RLIMIT_NOFILE, (lowest_free, process.rlimit(psutil.RLIMIT_NOFILE)[1]))
 
 
 def flood(rt, count: int) -> tuple[list[socket.socket], list[bytes]]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 
 import psutil
+import pytest
 
 import procmgr
 from procmgr import DEVNULL
 
-from e2e_helpers import T
+from e2e_helpers import T, at_its_limit
 
 LIVE = 5000
 
@@ -39,3 +40,22 @@ def test_five_thousand_live_domains_on_one_core_each_killed_and_waited():
         assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0
         print(f"\n{LIVE} live domains spawned, killed and waited in "
               f"{time.monotonic() - start:.1f} s")
+
+
+def test_a_worker_out_of_descriptors_refuses_that_spawn_and_stays_up():
+    """At its descriptor limit a worker cannot open the next program's
+    pidfd: that spawn fails with a clear error (EMFILE, said in words) and
+    the core goes on serving once a descriptor is free."""
+    with procmgr.Runtime(cores=1) as rt:
+        pm = rt.client()
+        assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0  # it is up
+        worker = psutil.Process(rt.proc.pid).children()[0]
+        limits = worker.rlimit(psutil.RLIMIT_NOFILE)
+        at_its_limit(worker)
+        try:
+            with pytest.raises(procmgr.ProcMgmtError, match="Too many open files"):
+                pm.spawn(["/bin/true"], core=0, stdout=DEVNULL, stderr=DEVNULL, timeout=T)
+        finally:
+            worker.rlimit(psutil.RLIMIT_NOFILE, limits)
+        assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0
+        assert worker.is_running()

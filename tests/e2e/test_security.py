@@ -303,14 +303,17 @@ def test_a_process_of_the_same_user_cannot_reach_the_managers_descriptors():
     trying both."""
     from procmgr.osutil import refuse_ptrace
 
+    def become_nobody() -> None:
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+
     def as_nobody_sleeping(refuse: bool) -> tuple[int, int]:
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                os.setgroups([])
-                os.setresgid(NOBODY, NOBODY, NOBODY)
-                os.setresuid(NOBODY, NOBODY, NOBODY)
+                become_nobody()
                 import ctypes
                 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)    # dumpable again after setuid
                 if refuse:
@@ -328,9 +331,7 @@ def test_a_process_of_the_same_user_cannot_reach_the_managers_descriptors():
         pid = os.fork()
         if pid == 0:
             try:
-                os.setgroups([])
-                os.setresgid(NOBODY, NOBODY, NOBODY)
-                os.setresuid(NOBODY, NOBODY, NOBODY)
+                become_nobody()
                 os.listdir(path)
                 os._exit(0)
             except PermissionError:

@@ -1222,3 +1222,21 @@ def test_a_sealed_ring_goes_by_descriptor_and_cannot_shrink():
         Ring.attach_fd(plain)
     with pytest.raises(OSError):
         os.fstat(plain)                          # closed, though refused
+
+
+def test_a_lying_fill_level_never_holds_a_producer_back(shm_name):
+    """A producer's room is its own index against the consumer's, checked
+    (rb_room) -- not the fill level the segment shows (rb_len), which the
+    peer can write: a prod_tail there saying "full" once held a multi-slot
+    message back for good, its producer spinning. A consumer's index ahead
+    of what was published is refused."""
+    with ring_pair(shm_name, 8) as (prod, cons):
+        tail, head = counters(prod)
+        with raw_segment(shm_name) as mm:
+            struct.pack_into("<Q", mm, header_offset("prod_tail"), (head + 8) % U64)
+        assert len(prod) == 8                                 # the segment says full
+        assert prod.try_push_all(bytes(3 * prod.slot_size))   # its own index: room
+        with raw_segment(shm_name) as mm:
+            struct.pack_into("<Q", mm, header_offset("cons_head"), (tail + 100) % U64)
+        with pytest.raises(RingError, match="corrupt"):
+            prod.try_push_all(bytes(2 * prod.slot_size))
