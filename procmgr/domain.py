@@ -120,6 +120,11 @@ class TableView:
         DOMAIN_TABLE_FIND)."""
         return 0 < dom_id < self._core.next_id and self._core.domain(dom_id) is None
 
+    def page(self, start: int, limit: int) -> tuple[list[int], bool]:
+        """Up to ``limit`` ids >= ``start`` of domains not yet cleaned, in
+        id order, and whether more follow: O(page), not O(table)."""
+        return self._core.domain_ids_from(start, limit)
+
     def ids(self) -> list[int]:
         """Ids of every domain not yet cleaned, in creation order."""
         return self._core.domain_ids()

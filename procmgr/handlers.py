@@ -32,10 +32,13 @@ def get_status(mgr, client, msg) -> None:
 
 
 def get_domainlist(mgr, client, msg) -> None:
-    """Ids of domains not cleaned, from ``msg.dom`` on; status 1 if more follow."""
-    per_page = MAX_PAYLOAD // 4
-    ids = [i for i in mgr.table.ids() if i >= msg.dom]
-    page, more = ids[:per_page], len(ids) > per_page
+    """Ids of domains not cleaned, from ``msg.dom`` on; status 1 if more
+    follow. A page costs the manager what is on it: a full listing rebuilt
+    for each page took 0.3 s a page at 100,000 live domains, everyone else
+    waiting. Under churn the listing is what a walk in id order sees: a
+    domain that lives throughout is listed once; one started or ended
+    meanwhile may or may not be."""
+    page, more = mgr.table.page(msg.dom, MAX_PAYLOAD // 4)
     mgr.answer(client, msg, status=int(more), payload=encode_ids(page))
 
 
