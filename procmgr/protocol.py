@@ -28,8 +28,6 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-import numpy as np
-
 from procmgr import _wire
 from procmgr.errors import Err
 from ringbuf import Closed
@@ -52,8 +50,18 @@ HEADER_FIELDS = (
     ("inline", f"{INLINE}s", f"V{INLINE}"),
 )
 HEADER = struct.Struct("<" + "".join(f for _, f, _ in HEADER_FIELDS))
-MSG_DTYPE = np.dtype([(name, dt) for name, _, dt in HEADER_FIELDS])
-assert HEADER.size == SLOT == MSG_DTYPE.itemsize, "a header is exactly one slot"
+assert HEADER.size == SLOT, "a header is exactly one slot"
+
+
+def __getattr__(name: str):
+    # MSG_DTYPE, the header as a numpy record, is made when asked for:
+    # numpy is not imported by what a worker or the manager needs (it
+    # took ~14 MB of a worker's ~18 MB of its own memory).
+    if name == "MSG_DTYPE":
+        import numpy as np
+        globals()["MSG_DTYPE"] = np.dtype([(n, dt) for n, _, dt in HEADER_FIELDS])
+        return globals()["MSG_DTYPE"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # The original interface limits each of path, argv and env to 2048 bytes.
 ARG_LIMIT = 2048
@@ -151,9 +159,10 @@ def encode(msg: Msg) -> bytes:
     return head + rest + b"\0" * (nfrag * SLOT - len(rest))
 
 
-def encode_rows(msg: Msg) -> np.ndarray:
+def encode_rows(msg: Msg):
     """``encode`` as an array of MSG_DTYPE rows (for Ring.push_many)."""
-    return np.frombuffer(encode(msg), dtype=MSG_DTYPE)
+    import numpy as np
+    return np.frombuffer(encode(msg), dtype=globals().get("MSG_DTYPE") or __getattr__("MSG_DTYPE"))
 
 
 class Decoder:
@@ -450,15 +459,25 @@ def _parse_cap(text: str) -> tuple[int, str, str]:
     return int(fd), mode, path
 
 
+def _packed(fmt: str, values) -> bytes:
+    """Little-endian ``values``, each of struct format ``fmt``."""
+    values = list(values)
+    return struct.pack(f"<{len(values)}{fmt}", *values)
+
+
+def _unpacked(fmt: str, data: bytes) -> list[int]:
+    return list(struct.unpack(f"<{len(data) // struct.calcsize(fmt)}{fmt}", data))
+
+
 def encode_ids(ids) -> bytes:
     """A domain list payload: little-endian u32 ids."""
-    return np.asarray(ids, dtype="<u4").tobytes()
+    return _packed("I", ids)
 
 
 def decode_ids(payload: bytes) -> list[int]:
     if len(payload) % 4:
         raise ProtocolError(f"domain list of {len(payload)} bytes is not whole u32 ids")
-    return np.frombuffer(payload, dtype="<u4").tolist()
+    return _unpacked("I", payload)
 
 
 _STATUS_HEAD = struct.Struct("<BBiH")
@@ -488,8 +507,7 @@ class StatusInfo:
                 break
             argv.append(item)
         argv = _join("argv", argv)
-        return (head + np.asarray(self.cores, "<u2").tobytes()
-                + np.asarray(self.pids, "<i4").tobytes() + argv)
+        return head + _packed("H", self.cores) + _packed("i", self.pids) + argv
 
     @classmethod
     def decode(cls, payload: bytes) -> StatusInfo:
@@ -506,5 +524,5 @@ class StatusInfo:
         except UnicodeDecodeError as e:
             raise ProtocolError(f"status argv is not valid UTF-8: {e}") from None
         return cls(state, status if flags & 1 else None, bool(flags & 2),
-                   np.frombuffer(payload[n0:end_cores], "<u2").tolist(),
-                   np.frombuffer(payload[end_cores:end_pids], "<i4").tolist(), argv)
+                   _unpacked("H", payload[n0:end_cores]),
+                   _unpacked("i", payload[end_cores:end_pids]), argv)

@@ -4,7 +4,6 @@ driven from Python through cffi. Every message of the runtime travels on one.
 """
 
 from ringbuf.ring import (
-    HEADER_DTYPE,
     HEADER_SIZE,
     LINE,
     Closed,
@@ -20,6 +19,15 @@ from ringbuf.ring import (
     slot_dtype,
     unique_name,
 )
+
+
+
+def __getattr__(name: str):
+    if name == "HEADER_DTYPE":          # made (with numpy) when first asked for
+        from ringbuf import ring
+        return ring.HEADER_DTYPE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HEADER_DTYPE", "HEADER_SIZE", "LINE", "Closed", "Empty", "Full",
