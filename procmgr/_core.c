@@ -478,15 +478,11 @@ static int push_whole(struct peer *p, const uint8_t *data, uint32_t nslots)
         if (rc == 0)
             return 1;
     } else {
-        /* Only the manager produces into this ring: the room it sees can
-         * only grow until it pushes. Its room, checked (rb_room), not the
-         * fill level the segment reports (rb_len), which the peer writes:
-         * a lie there held a message back for good, the loop spinning on
-         * a ring that looked ready. An error falls through to the push. */
-        int64_t room = rb_room(p->out);
-        if (room >= 0 && room < (int64_t)nslots)
-            return 0;
-        rc = rb_push_many(p->out, data, nslots, SLOT);
+        /* Its room, checked (rb_push_all), never the fill level the segment
+         * reports (rb_len), which the peer writes: a lie there held a
+         * message back for good, the loop spinning on a ring that looked
+         * ready. */
+        rc = rb_push_all(p->out, data, nslots, SLOT);
         if (rc == (int64_t)nslots)
             return 1;
     }
@@ -1414,9 +1410,6 @@ static struct rb_handle *outbound_handle(PyObject *channel)
     return h;
 }
 
-/* The client died or disconnected: drop what waits for it. Its pending
- * spawnd requests stay in flight (their replies must still be matched) and
- * are answered into the void. */
 /* Client id is gone: it waits on and kills nothing of d any more. */
 static void forget_owed(struct domain *d, uint32_t id)
 {
@@ -1436,6 +1429,9 @@ static int compare_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The client died or disconnected: drop what waits for it. Its pending
+ * spawnd requests stay in flight (their replies must still be matched) and
+ * are answered into the void. */
 static void client_gone(CoreObject *c, uint32_t id)
 {
     struct client *cl = map_del(&c->clients, id);
@@ -2286,7 +2282,7 @@ static PyObject *numbers(void)
     return Py_BuildValue(
         "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
+        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
         "s:{s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i}}",
         "Op", "SPAWN", OP_SPAWN, "SPAWN_WITH_CAPS", OP_SPAWN_WITH_CAPS, "SPAN", OP_SPAN,
         "KILL", OP_KILL, "EXIT", OP_EXIT, "WAIT", OP_WAIT, "GET_STATUS", OP_GET_STATUS,
@@ -2302,7 +2298,8 @@ static PyObject *numbers(void)
         "SPAWND_EXISTS", E_SPAWND_EXISTS, "BAD_MESSAGE", E_BAD_MESSAGE,
         "UNKNOWN_OP", E_UNKNOWN_OP, "BAD_CAP", E_BAD_CAP, "SPAWND_DIED", E_SPAWND_DIED,
         "REPLY_OUT_OF_ORDER", E_REPLY_OUT_OF_ORDER, "NOT_FOUND", E_NOT_FOUND,
-        "INTERNAL", E_INTERNAL, "DOMAIN_FORGOTTEN", E_DOMAIN_FORGOTTEN, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
+        "INTERNAL", E_INTERNAL, "DOMAIN_FORGOTTEN", E_DOMAIN_FORGOTTEN,
+        "BUSY", E_BUSY, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
         "CLEANED", CLEANED,
         "protocol", "MAX_PAYLOAD", MAX_PAYLOAD, "SLOT", SLOT, "INLINE", INLINE);
 }

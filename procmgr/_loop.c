@@ -49,8 +49,8 @@
 #define MAX_EVENTS 64
 /* Liveness under load: however busy the rings keep the loop, the other
  * descriptors (the socket, worker and client pidfds, the child watch) are
- * looked at least this often, and Python (handshake deadlines, ring names
- * to unlink, messages only it decodes) gets its turn at least this often. */
+ * looked at least this often, and Python (handshake deadlines, messages
+ * only it decodes) gets its turn at least this often. */
 #define LOOK_NS 2000000LL
 #define SERVE_SLICE_NS 2000000LL
 
@@ -271,7 +271,7 @@ static PyObject *ringset_wait(RingSetObject *self, PyObject *const *args, Py_ssi
     int nev = 0;
     /* However long the core serves without Python, the call returns by the
      * timeout: the loop's caller has its own rounds to make (handshake
-     * deadlines, ring names to unlink), as it had before serving was C. */
+     * deadlines), as it had before serving was C. */
     long long start = mono_ns();
 again:
     /* A peer whose answers do not fit is not read from: wait for it to

@@ -24,6 +24,7 @@ format and the numpy dtype are both derived from it:
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -53,14 +54,18 @@ HEADER = struct.Struct("<" + "".join(f for _, f, _ in HEADER_FIELDS))
 assert HEADER.size == SLOT, "a header is exactly one slot"
 
 
+@functools.cache
+def _msg_dtype():
+    import numpy as np
+    return np.dtype([(n, dt) for n, _, dt in HEADER_FIELDS])
+
+
 def __getattr__(name: str):
     # MSG_DTYPE, the header as a numpy record, is made when asked for:
     # numpy is not imported by what a worker or the manager needs (it
     # took ~14 MB of a worker's ~18 MB of its own memory).
     if name == "MSG_DTYPE":
-        import numpy as np
-        globals()["MSG_DTYPE"] = np.dtype([(n, dt) for n, _, dt in HEADER_FIELDS])
-        return globals()["MSG_DTYPE"]
+        return _msg_dtype()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # The original interface limits each of path, argv and env to 2048 bytes.
@@ -162,7 +167,7 @@ def encode(msg: Msg) -> bytes:
 def encode_rows(msg: Msg):
     """``encode`` as an array of MSG_DTYPE rows (for Ring.push_many)."""
     import numpy as np
-    return np.frombuffer(encode(msg), dtype=globals().get("MSG_DTYPE") or __getattr__("MSG_DTYPE"))
+    return np.frombuffer(encode(msg), dtype=_msg_dtype())
 
 
 class Decoder:

@@ -205,10 +205,6 @@ def _descriptors_said(e: OSError, name: str) -> OSError:
     """``e``, or for a lack of descriptors here the same errno in words that
     say whose: this process's, not the runtime's."""
     code = e.errno
-    if code is None and type(e) is OSError:
-        # posix_ipc (mapping a ring) says it in words only, without an errno.
-        code = errno.EMFILE if "maximum number of files open" in str(e) else \
-            errno.ENFILE if "total number of open files" in str(e) else None
     if code == errno.EMFILE:
         return OSError(code, f"cannot connect to runtime {name!r}: too many open files in "
                              f"this process (a client holds {CLIENT_FDS} descriptors)")

@@ -101,7 +101,11 @@ int rb_init(void *mem, uint64_t mem_size, uint64_t capacity,
     return RB_OK;
 }
 
-int rb_check(const void *mem, uint64_t mem_size)
+/* The segment's geometry and indices, each word read once into *geo,
+ * *tail and *head, and checked there: what is used is what was checked,
+ * whatever the peer writes meanwhile (_ring.h, "Trust"). */
+static int check_copy(const void *mem, uint64_t mem_size, struct rb_geometry *geo,
+                      uint64_t *tail, uint64_t *head)
 {
     const struct rb_header *hdr = mem;
     if (mem_size < RB_HEADER_SIZE)
@@ -109,31 +113,44 @@ int rb_check(const void *mem, uint64_t mem_size)
     /* Acquire: pairs with the release store of magic in rb_init. */
     if (__atomic_load_n(&hdr->geo.magic, __ATOMIC_ACQUIRE) != RB_MAGIC)
         return RB_EBADMAGIC;
-    if (hdr->geo.version != RB_VERSION)
+    geo->version = __atomic_load_n(&hdr->geo.version, __ATOMIC_RELAXED);
+    geo->slot_size = __atomic_load_n(&hdr->geo.slot_size, __ATOMIC_RELAXED);
+    geo->capacity = __atomic_load_n(&hdr->geo.capacity, __ATOMIC_RELAXED);
+    geo->lens_offset = __atomic_load_n(&hdr->geo.lens_offset, __ATOMIC_RELAXED);
+    geo->slots_offset = __atomic_load_n(&hdr->geo.slots_offset, __ATOMIC_RELAXED);
+    geo->segment_size = __atomic_load_n(&hdr->geo.segment_size, __ATOMIC_RELAXED);
+    if (geo->version != RB_VERSION)
         return RB_EBADVERSION;
     uint64_t need;
-    if (rb_segment_size(hdr->geo.capacity, hdr->geo.slot_size, &need) != RB_OK)
+    if (rb_segment_size(geo->capacity, geo->slot_size, &need) != RB_OK)
         return RB_EBADGEOMETRY;
-    if (hdr->geo.segment_size != need ||
-        hdr->geo.lens_offset != RB_HEADER_SIZE ||
-        hdr->geo.slots_offset !=
-            RB_HEADER_SIZE + round_up_line(hdr->geo.capacity * sizeof(uint32_t)))
+    if (geo->segment_size != need || geo->lens_offset != RB_HEADER_SIZE ||
+        geo->slots_offset != RB_HEADER_SIZE + round_up_line(geo->capacity * sizeof(uint32_t)))
         return RB_EBADGEOMETRY;
     if (mem_size < need)
         return RB_ESEGMENT;
     /* Acquire loads: the indices are read across processes; a torn view is
      * impossible for aligned 64-bit words. Counters are free-running, so the
      * only invariant is the fill level. */
-    uint64_t tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
-    uint64_t head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
-    if (tail - head > hdr->geo.capacity)
+    *tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
+    *head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
+    if (*tail - *head > geo->capacity)
         return RB_ECORRUPT;
     return RB_OK;
 }
 
+int rb_check(const void *mem, uint64_t mem_size)
+{
+    struct rb_geometry geo;
+    uint64_t tail, head;
+    return check_copy(mem, mem_size, &geo, &tail, &head);
+}
+
 int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
 {
-    int rc = rb_check(mem, mem_size);
+    struct rb_geometry geo;
+    uint64_t tail, head;
+    int rc = check_copy(mem, mem_size, &geo, &tail, &head);
     if (rc != RB_OK)
         return rc;
     if (side != RB_CREATOR && side != RB_ATTACHER)
@@ -141,19 +158,19 @@ int rb_open(struct rb_handle *h, void *mem, uint64_t mem_size, int32_t side)
     struct rb_header *hdr = mem;
     memset(h, 0, sizeof(*h));
     h->hdr = hdr;
-    h->lens = (uint32_t *)((uint8_t *)mem + hdr->geo.lens_offset);
-    h->slots = (uint8_t *)mem + hdr->geo.slots_offset;
-    h->mask = hdr->geo.capacity - 1;
-    h->slot_size = hdr->geo.slot_size;
+    h->lens = (uint32_t *)((uint8_t *)mem + geo.lens_offset);
+    h->slots = (uint8_t *)mem + geo.slots_offset;
+    h->mask = geo.capacity - 1;
+    h->slot_size = geo.slot_size;
     h->side = side;
     h->self_pid = (int32_t)getpid();
     h->peer_pidfd = -1;
     h->spin_ns = h->spin_next = RB_DEFAULT_SPIN_NS;
     h->slice_ns = RB_DEFAULT_SLICE_NS;
     h->doorbell_fd = -1;
-    /* Checked just above (rb_check): 0 <= tail - head <= capacity. */
-    h->tail = h->cached_tail = __atomic_load_n(&hdr->prod_tail, __ATOMIC_ACQUIRE);
-    h->head = h->cached_head = __atomic_load_n(&hdr->cons_head, __ATOMIC_ACQUIRE);
+    /* The copies check_copy checked: 0 <= tail - head <= capacity. */
+    h->tail = h->cached_tail = tail;
+    h->head = h->cached_head = head;
     if (side == RB_ATTACHER) {
         /* Relaxed: the attacher is the only writer; a waiter reads these
          * once per sleep slice and tolerates a stale value for one slice. */
@@ -311,6 +328,8 @@ static int try_push(struct rb_handle *h, const void *data, uint32_t len)
 {
     if (h->closed)
         return RB_ECLOSED;
+    if (h->corrupt)
+        return RB_ECORRUPT;      /* for good: a corrupt ring is never used again */
     if (len > h->slot_size)
         return RB_ETOOBIG;
     if (peer_closed(h))
@@ -329,6 +348,8 @@ int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
 {
     if (h->closed)
         return RB_ECLOSED;
+    if (h->corrupt)
+        return RB_ECORRUPT;
     if (itemsize > h->slot_size || itemsize == 0)
         return RB_ETOOBIG;
     if (peer_closed(h))
@@ -398,6 +419,8 @@ int rb_peek(struct rb_handle *h, const uint8_t **slot)
 {
     if (h->closed)
         return RB_ECLOSED;
+    if (h->corrupt)
+        return RB_ECORRUPT;
     if (consumer_avail(h, 1) == 0)
         return h->corrupt ? RB_ECORRUPT : peer_closed(h) ? RB_ECLOSED : RB_EEMPTY;
     uint64_t i = h->head & h->mask;
@@ -415,6 +438,8 @@ int rb_consume(struct rb_handle *h, uint64_t n)
 {
     if (h->closed)
         return RB_ECLOSED;
+    if (h->corrupt)
+        return RB_ECORRUPT;
     /* Only what rb_peek (or an earlier wait) has seen can be consumed. */
     if (h->cached_tail - h->head < n)
         return RB_EINVAL;
@@ -440,6 +465,8 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
 {
     if (h->closed)
         return RB_ECLOSED;
+    if (h->corrupt)
+        return RB_ECORRUPT;
     if (itemsize > h->slot_size || itemsize == 0)
         return RB_EINVAL;
     uint64_t head = h->head;
@@ -613,12 +640,23 @@ int rb_pop(struct rb_handle *h, void *out, uint32_t out_size)
     return try_pop(h, out, out_size);
 }
 
-int64_t rb_room(struct rb_handle *h)
+int64_t rb_room(struct rb_handle *h, uint64_t want)
 {
     if (h->closed)
         return RB_ECLOSED;
-    uint64_t room = producer_room(h, h->mask + 1);     /* reloads unless empty */
+    uint64_t room = producer_room(h, want);
     return h->corrupt ? RB_ECORRUPT : (int64_t)room;
+}
+
+int64_t rb_push_all(struct rb_handle *h, const void *src, uint64_t n, uint32_t itemsize)
+{
+    int64_t room = rb_room(h, n);
+    if (room < 0)
+        return room;
+    if ((uint64_t)room < n)
+        return 0;
+    /* Only this side produces: the room seen can only grow until it pushes. */
+    return rb_push_many(h, src, n, itemsize);
 }
 
 uint64_t rb_len(const struct rb_handle *h)

@@ -223,9 +223,14 @@ void rb_wake_consumer(struct rb_handle *h);
 /* A snapshot of the fill level for reporting: both indices as the segment
  * has them, clamped to capacity -- never a producer's room (rb_room). */
 uint64_t rb_len(const struct rb_handle *h);
-/* Free slots as the producer sees them (the consumer's index reloaded and
- * checked), or RB_ECORRUPT / RB_ECLOSED. */
-int64_t rb_room(struct rb_handle *h);
+/* Free slots as the producer sees them -- at least `want` if there are
+ * (the consumer's index is reloaded, and checked, only when the cached
+ * copy shows fewer) -- or RB_ECORRUPT / RB_ECLOSED. */
+int64_t rb_room(struct rb_handle *h, uint64_t want);
+/* All n items published together, or none: n, 0 if they do not fit, or
+ * a negative RB_E* code. A message of several slots goes this way, so its
+ * fragments never interleave with another's. */
+int64_t rb_push_all(struct rb_handle *h, const void *src, uint64_t n, uint32_t itemsize);
 int rb_peer_alive(struct rb_handle *h);
 /* CDEF-END */
 

@@ -8,6 +8,7 @@ C return codes become exceptions (``_raise_for``).
 from __future__ import annotations
 
 import fcntl
+import functools
 import mmap
 import os
 import queue
@@ -96,6 +97,7 @@ HEADER_SIZE = lib.RB_HEADER_SIZE
 _C_TO_NUMPY = {"uint64_t": "<u8", "uint32_t": "<u4", "int32_t": "<i4"}
 
 
+@functools.cache
 def _header_dtype() -> np.dtype:
     """The header's numpy dtype, read off the C struct (no second copy)."""
     import numpy as np
@@ -122,8 +124,7 @@ def __getattr__(name: str):
     # not by every process that only pushes and pops: a spawnd worker, for
     # one, was ~14 MB of numpy out of its ~18 MB of its own memory.
     if name == "HEADER_DTYPE":
-        globals()["HEADER_DTYPE"] = _header_dtype()
-        return globals()["HEADER_DTYPE"]
+        return _header_dtype()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -501,19 +502,13 @@ class Ring:
                 f"got {len(data)} bytes")
         if n == 1:
             return self.try_push(data)
-        # Only this (the producing) process adds to the ring, so the room it
-        # sees can only grow until it pushes: the check cannot go stale. Its
-        # room, checked -- not len(), which the peer's word can make lie.
-        room = lib.rb_room(self._h)
-        if room < 0:
-            _raise_for(room, self, "try_push_all")
-        if room < n:
-            return False
-        pushed = lib.rb_push_many(self._h, ffi.from_buffer(data), n, self.slot_size)
+        # Its room, checked (rb_push_all) -- not len(), which the peer's
+        # word can make lie.
+        pushed = lib.rb_push_all(self._h, ffi.from_buffer(data), n, self.slot_size)
         if pushed < 0:
             _raise_for(pushed, self, "try_push_all")
-        assert pushed == n, "room checked above; a second producer would break this"
-        return True
+        assert pushed in (0, n), "all or none; a second producer would break this"
+        return pushed == n
 
     def pop_many(self, max_n: int, timeout: float | None = 0) -> np.ndarray:
         """Remove up to ``max_n`` messages as an array of ``slot_dtype(slot_size)``."""
@@ -652,8 +647,7 @@ class Ring:
             raise Closed(f"header: ring {self.name} was closed by this process")
         import numpy as np
 
-        dtype = globals().get("HEADER_DTYPE") or __getattr__("HEADER_DTYPE")
-        return np.frombuffer(self._mmap, dtype, count=1)[0].copy()
+        return np.frombuffer(self._mmap, _header_dtype(), count=1)[0].copy()
 
     def check(self) -> None:
         """Raise RingError if the shared header is not sane (usable after a crash)."""

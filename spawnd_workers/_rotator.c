@@ -193,8 +193,8 @@ static void check(struct rotator *r, struct log_stream *s)
 
 /* A file (in dirfd: .spare/, or the core's directory for an ended
  * stream's own) emptied and opened as a program's log is (appending,
- * blocking), onto the ready stack -- the worker then only renames it into
- * place and hands the descriptor over. Or gone, if the stack is full, it
+ * blocking), onto the ready stack -- the worker then only hands the
+ * descriptor over, and the file is named after (_rotator.h, "Naming"). Or gone, if the stack is full, it
  * is not a regular file, or someone still has it open: a process a
  * forgotten domain left behind, writing on, must not write into the next
  * domain's log. A write lease is granted only to a file nobody else has
@@ -251,7 +251,7 @@ static void adopt_all(struct rotator *r)
  * ready; 1 if more are still wanted. Each is made in .spare/.new/ and
  * renamed into .spare/, where its event adopts it like a recycled one: a
  * creation holds its directory's lock for all it takes (~1.2 ms on this
- * machine's /tmp), and the worker's renames out of .spare/ must not wait. */
+ * machine's /tmp), and the renames out of .spare/ must not wait. */
 static int make_spares(struct rotator *r)
 {
     pthread_mutex_lock(&r->lock);

@@ -55,7 +55,9 @@
  *
  * Threads: the worker's thread registers a stream when it starts a
  * dispatcher (rotator_add) and lets go of it once the dispatcher has been
- * reaped (rotator_end); only the rotator thread touches the files, and it
+ * reaped (rotator_end); the rotator thread looks after the files -- but for
+ * a name the worker gives a stream still unnamed as it ends, and a spare
+ * of a spawn that failed, which it gives back or removes -- and it
  * frees a slot once it has read every event that came before the end. A
  * mutex guards the slot table, the name map, the list of ended slots and
  * the pool of spare names.

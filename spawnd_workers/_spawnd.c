@@ -810,7 +810,7 @@ static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
  * stops, and the manager handles it as a worker that died. */
 static int reply_room(HotPathObject *c)
 {
-    return rb_room(c->replies) > 0;
+    return rb_room(c->replies, 1) > 0;
 }
 
 /* Serve requests from the head of the ring while they are spawns of a

@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.manager_doorbell_fd >= 0:
         requests.set_doorbell(args.manager_doorbell_fd)
         replies.set_doorbell(args.manager_doorbell_fd)
-        # Attached: a creator of named rings may unlink the names now.
+        # Attached: a manager that gave us named rings may unlink them now.
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
                     args.runtime, args.simulate, args.logs_dir, args.log_max_bytes,

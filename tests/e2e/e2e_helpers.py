@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import time
 
@@ -70,10 +71,37 @@ def at_its_limit(process: psutil.Process) -> None:
     process.rlimit(psutil.RLIMIT_NOFILE, (lowest_free, process.rlimit(psutil.RLIMIT_NOFILE)[1]))
 
 
+def line_of(proc, timeout: float = T) -> bytes:
+    """The next line ``proc`` prints, waited for at most ``timeout``: past
+    it the process is killed (a child that never answers would otherwise
+    hang the test in readline) and what it said on stderr is raised."""
+    poller = select.poll()
+    poller.register(proc.stdout, select.POLLIN)
+    if not poller.poll(timeout * 1000):
+        raise AssertionError(f"no line from {proc.args[:3]} within {timeout} s: "
+                             f"{stderr_of(proc)!r}")
+    return proc.stdout.readline()
+
+
+def stderr_of(proc) -> bytes:
+    """What ``proc`` wrote on stderr, once it is ended (killed if need be):
+    reading it while it runs would wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=T)
+    return proc.stderr.read()[-2000:] if proc.stderr else b""
+
+
 def manager_segments(manager_pid: int) -> list[str]:
     """Names of the manager's in /dev/shm: none, ever (its rings are sealed
     memory files, with no name), but a test says so."""
     return [e for e in os.listdir("/dev/shm") if e.startswith(f"procmgr-{manager_pid}-")]
+
+
+# Reading /proc/PID/fd of the manager or a worker, which are non-dumpable
+# (osutil.refuse_ptrace): only root may.
+as_root = pytest.mark.skipif(os.geteuid() != 0,
+                             reason="reads /proc/PID/fd of the runtime's processes: root only")
 
 
 def ring_files(pid: int, label: str = "") -> list[int]:

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
-    T, RawHandshake, manager_segments, pm, process_gone, ring_files, rt, wait_until,
+    T, RawHandshake, as_root, manager_segments, pm, process_gone, ring_files, rt, wait_until,
 )
 from procmgr import Domain, Err, ProcMgmtError, State
 from procmgr.client import Future
@@ -346,6 +346,7 @@ def test_a_client_using_its_rings_the_wrong_way_round(rt, pm):
     assert_manager_serves(rt, workers, pm)
 
 
+@as_root
 def test_an_abandoned_handshake_leaves_no_segment(rt, pm):
     """A client that takes its rings and never says it attached: the
     manager gives it up and lets go of them; nothing stays anywhere."""

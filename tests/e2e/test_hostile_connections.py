@@ -29,7 +29,8 @@ from procmgr.osutil import runtime_dir
 from ringbuf import Ring, RingError
 
 from e2e_helpers import (  # noqa: F401  (fixtures: pm, rt)
-    T, at_its_limit, manager_segments, pm, process_gone, rt, wait_until,
+    T, as_root, at_its_limit, line_of, manager_segments, pm, process_gone, rt, stderr_of,
+    wait_until,
 )
 
 
@@ -103,6 +104,7 @@ def manager_is_serving(rt) -> bool:
 # ---- descriptors and the cap ----------------------------------------------------------
 
 
+@as_root
 def test_a_manager_out_of_descriptors_refuses_in_words_and_keeps_serving():
     with running() as rt:
         victim = rt.client()                       # connected before the attack
@@ -233,12 +235,12 @@ def test_five_hundred_clients_connecting_at_once_all_get_in(children):
                 procs.append(children.python("-c", CONNECT_AT_ONCE, rt.name, str(per_process),
                                              stdin=subprocess.PIPE))
             for p in procs:
-                assert p.stdout.readline() == b"ready\n", p.stderr.read()
+                assert line_of(p) == b"ready\n"
             start = time.monotonic()
             for p in procs:
                 p.stdin.write(b"go\n")
                 p.stdin.flush()
-            results = [json.loads(p.stdout.readline() or b"null") for p in procs]
+            results = [json.loads(line_of(p, 30) or b"null") for p in procs]
             elapsed = time.monotonic() - start
             assert all(r is not None and r["ok"] == per_process for r in results), results
             assert rt.monitor.stats(timeout=T)["clients"] == processes * per_process + 1
@@ -246,7 +248,7 @@ def test_five_hundred_clients_connecting_at_once_all_get_in(children):
                 p.stdin.write(b"done\n")
                 p.stdin.close()
             for p in procs:
-                assert p.wait(timeout=T) == 0, p.stderr.read()
+                assert p.wait(timeout=T) == 0, stderr_of(p)
             wait_until(lambda: rt.monitor.stats(timeout=T)["clients"] == 1, what="all gone")
         finally:
             for p in procs:
@@ -489,12 +491,13 @@ print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids])
 """
 
 
+@as_root
 def test_clients_killed_mid_request_cost_the_manager_nothing(rt, pm, children):
     manager = psutil.Process(rt.proc.pid)
     fds_before = manager.num_fds()
     n = 50
     storm = children.python("-c", KILLED_MID_REQUEST, rt.name, str(n), stdin=subprocess.PIPE)
-    connected, *pids = map(int, storm.stdout.readline().split() or [0])
+    connected, *pids = map(int, line_of(storm, 30).split() or [0])
     answered, failures, stop = [0], [], threading.Event()
 
     def victim_loop():
@@ -508,13 +511,13 @@ def test_clients_killed_mid_request_cost_the_manager_nothing(rt, pm, children):
     victim = threading.Thread(target=victim_loop)
     victim.start()
     try:
-        assert connected == n and len(pids) == n, storm.stderr.read()
+        assert connected == n and len(pids) == n, stderr_of(storm)
         wait_until(lambda: answered[0] >= 20, what="victim served during the storm")
         for pid in pids:                           # all in the middle of a request
             os.kill(pid, signal.SIGKILL)
         storm.stdin.write(b"reap\n")              # its children are its to reap
         storm.stdin.close()
-        assert json.loads(storm.stdout.readline()) == [-signal.SIGKILL] * n
+        assert json.loads(line_of(storm)) == [-signal.SIGKILL] * n
         ended = time.monotonic()
         before = answered[0]
         wait_until(lambda: answered[0] >= before + 20, what="victim served after the storm")
@@ -608,7 +611,7 @@ def test_one_process_cannot_hold_the_cap_with_silent_connections(rt, pm, childre
 
     squatter = children.python("-c", SQUATTER, os.path.join(runtime_dir(rt.name), "manager.sock"),
                                stdin=subprocess.PIPE)
-    assert squatter.stdout.readline() == b"holding\n"
+    assert line_of(squatter) == b"holding\n"
     time.sleep(0.2)
     assert log_lines(rt, f"in their handshake at once (at most {HANDSHAKES_PER_PROCESS})") == 1
     start = time.monotonic()

@@ -23,7 +23,7 @@ from procmgr.protocol import Flag, Msg, Op, send
 from ringbuf import Closed, RingError
 from ringbuf.ring import HEADER_DTYPE, HEADER_SIZE
 
-from e2e_helpers import T, pm, ring_files, rt  # noqa: F401  (fixtures)
+from e2e_helpers import T, as_root, pm, ring_files, rt  # noqa: F401  (fixtures)
 
 U64 = 1 << 64
 
@@ -209,6 +209,7 @@ def test_random_header_words_never_take_the_manager_down(rt, seed):
         attacker.close()
 
 
+@as_root
 def test_no_one_can_shrink_a_ring_under_the_manager(rt):
     """A segment shrunk under a process that maps it kills that process
     with SIGBUS at its next access. The rings are sealed memory files: the
@@ -278,9 +279,11 @@ def test_a_doorbell_flood_wakes_the_manager_for_nothing_and_nobody_waits(rt, chi
     assert share < 0.05, f"the manager still uses {share:.0%} of a CPU"
 
 
+@as_root
 def test_a_worker_whose_ring_breaks_is_ended_like_a_dead_one(rt, pm):
-    """Any process of the user can reach a worker's rings (through
-    /proc/<worker>/fd). A lie written into one (here: the replies ring's
+    """Root can reach a worker's rings through /proc/<worker>/fd (no other
+    process of the user can: the worker is non-dumpable). A lie written
+    into one (here: the replies ring's
     prod_tail, far ahead) makes the manager end that worker, and what waited
     on it is answered as for a worker that died (its domain: -9); the other
     core serves on."""

@@ -12,11 +12,12 @@ import pytest
 import procmgr
 from procmgr import DEVNULL
 
-from e2e_helpers import T, at_its_limit
+from e2e_helpers import T, as_root, at_its_limit
 
 LIVE = 5000
 
 
+@as_root
 def test_five_thousand_live_domains_on_one_core_each_killed_and_waited():
     """The worker waited for a dispatcher's end with select(), which cannot
     take a descriptor numbered 1024 or more: the first kill of a domain
@@ -42,6 +43,7 @@ def test_five_thousand_live_domains_on_one_core_each_killed_and_waited():
               f"{time.monotonic() - start:.1f} s")
 
 
+@as_root
 def test_a_worker_out_of_descriptors_refuses_that_spawn_and_stays_up():
     """At its descriptor limit a worker cannot open the next program's
     pidfd: that spawn fails with a clear error (EMFILE, said in words) and

@@ -340,11 +340,14 @@ def test_a_process_of_the_same_user_cannot_reach_the_managers_descriptors():
                 os._exit(1)
         return os.waitpid(pid, 0)[1] == 0
 
-    refused, plain = as_nobody_sleeping(True)[0], as_nobody_sleeping(False)[0]
+    sleepers = []
     try:
+        sleepers.append(as_nobody_sleeping(True)[0])
+        sleepers.append(as_nobody_sleeping(False)[0])
+        refused, plain = sleepers
         assert not opened_as_nobody(f"/proc/{refused}/fd")
         assert opened_as_nobody(f"/proc/{plain}/fd")          # the same user, not refused
     finally:
-        for pid in (refused, plain):
+        for pid in sleepers:
             os.kill(pid, 9)
             os.waitpid(pid, 0)

@@ -230,3 +230,24 @@ def test_a_client_leaving_costs_what_it_owes_not_the_table():
         owner.kill(doms[0])
         assert owner.wait_for(stays) == 9       # the one who stayed is answered
         assert rt.manager.core.domain(doms[0].id)["waiters"] == []
+
+
+def test_a_client_may_owe_at_most_65536_answers_then_busy():
+    """Each unanswered request costs the manager memory until its answer (a
+    wait, until its domain ends): one client parking waits under ever new
+    sequence numbers grew it to 1.3 GB. Past 65,536 unanswered a request is
+    answered BUSY at once; the ones parked are answered as ever."""
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        client = rt.client()
+        d = client.spawn(["a"], core=0)
+        waits = [client.wait_async(d) for _ in range(65_536 + 10)]
+        outcomes = []
+        rt.client().kill(d)          # another client: this one owes too many
+        for fut in waits:
+            try:
+                outcomes.append(client.wait_for(fut))
+            except ProcMgmtError as e:
+                outcomes.append(e.code)
+        assert outcomes.count(Err.BUSY) >= 10
+        assert outcomes.count(9) + outcomes.count(Err.BUSY) == len(waits)
+        assert outcomes.count(9) >= 65_536 - 1       # (the spawn was owed too, once)
