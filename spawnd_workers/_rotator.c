@@ -673,6 +673,19 @@ void rotator_end(struct rotator *r, int slot)
         eventfd_write(r->wake_fd, 1);
 }
 
+void rotator_abandon(struct rotator *r, int slot)
+{
+    pthread_mutex_lock(&r->lock);
+    struct log_stream *s = slot_at(r, slot);
+    if (s->unnamed)
+        unlinkat(s->from.dirfd, s->from.name, 0);
+    else
+        unlinkat(r->dirfd, s->name, 0);
+    s->unnamed = 0;
+    pthread_mutex_unlock(&r->lock);
+    rotator_end(r, slot);
+}
+
 void rotator_close(struct rotator *r)
 {
     if (r->started) {

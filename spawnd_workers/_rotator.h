@@ -145,6 +145,9 @@ int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uin
 /* The dispatcher is gone: the stream is named now if it is not yet,
  * checked once more, then freed. */
 void rotator_end(struct rotator *r, int slot);
+/* The stream's program was killed before it was reported started (its
+ * other stream could not be registered): its file goes, named or not. */
+void rotator_abandon(struct rotator *r, int slot);
 void rotator_close(struct rotator *r);
 /* "DOM.stdout" / "DOM.stderr": the file of a stream (procmgr/logs.py reads it). */
 void rotator_name(char *buf, size_t size, uint32_t dom, int fd);

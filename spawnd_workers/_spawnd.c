@@ -706,7 +706,7 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
     }
     if (rc != 0) {               /* an unbounded stream is not started */
         for (int i = 0; i < *nslots; i++)
-            rotator_end(c->rotator, slots[i]);
+            rotator_abandon(c->rotator, slots[i]);   /* no file for a domain that never was */
         *nslots = 0;
         killpg(*pid, SIGKILL);
         waitpid(*pid, NULL, 0);
