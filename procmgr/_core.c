@@ -2348,6 +2348,7 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddObjectRef(mod, "IllegalTransition", IllegalTransition) < 0 ||
         PyModule_AddIntConstant(mod, "PEER_SPAWND", PEER_SPAWND) < 0 ||
         PyModule_AddIntConstant(mod, "PEER_CLIENT", PEER_CLIENT) < 0 ||
+        PyModule_AddIntConstant(mod, "SERVE_BUDGET", SERVE_BUDGET) < 0 ||
         add_numbers(mod) < 0 ||
         loop_register(mod) < 0) {
         Py_DECREF(mod);

@@ -15,10 +15,12 @@ import select
 import sys
 from collections import deque
 
-from procmgr._core import PEER_CLIENT, PEER_SPAWND, RingSet
+from procmgr._core import PEER_CLIENT, PEER_SPAWND, SERVE_BUDGET, RingSet
 from procmgr.osutil import watch_doorbell
 
-BATCH = 64  # messages taken from one ring per pass: fairness between peers
+# Messages taken from one ring per pass, as the core takes them in C:
+# fairness between peers (procmgr/_core.h).
+BATCH = SERVE_BUDGET
 
 
 def poll(mgr, spawnds=None, clients=None) -> int:

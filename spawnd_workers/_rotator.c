@@ -291,7 +291,6 @@ static int make_spares(struct rotator *r)
  * its name came were not seen: their events named another file). */
 static int name_file(struct rotator *r, struct log_stream *s)
 {
-    s->unnamed = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (renameat2(s->from.dirfd, s->from.name, r->dirfd, s->name, RENAME_NOREPLACE) == 0) {
             struct stat st;
@@ -307,21 +306,46 @@ static int name_file(struct rotator *r, struct log_stream *s)
 }
 
 /* The streams added since the last round, named; one that may have passed
- * its bound goes on *dirty. The lock is taken for each: the worker's
- * spawns wait for one rename at most. */
+ * its bound goes on *dirty. Each is claimed under the lock (NAMING) and
+ * renamed outside it: the worker's spawns never wait on the file system
+ * for the lock; the worker waits only if it ends or abandons a stream
+ * while it is being named (wait_named). */
 static void name_all(struct rotator *r, int32_t i, int32_t *dirty)
 {
     while (i >= 0) {
         struct log_stream *s = slot_at(r, i);
         int32_t next = s->next_unnamed;
         pthread_mutex_lock(&r->lock);
-        if (s->unnamed && name_file(r, s) && !s->dirty) {
-            s->dirty = 1;
-            s->next_dirty = *dirty;
-            *dirty = i;
-        }
+        int mine = s->unnamed == UNNAMED;
+        if (mine)
+            s->unnamed = NAMING;
         pthread_mutex_unlock(&r->lock);
+        if (mine) {
+            /* s->from, name and bounds stay as they are while NAMING, and
+             * the slot is freed only by this thread. */
+            int late = name_file(r, s);
+            pthread_mutex_lock(&r->lock);
+            s->unnamed = NAMED;
+            if (late && !s->dirty) {
+                s->dirty = 1;
+                s->next_dirty = *dirty;
+                *dirty = i;
+            }
+            pthread_mutex_unlock(&r->lock);
+        }
         i = next;
+    }
+}
+
+/* With the lock held: until the rotator thread has finished naming s, if
+ * it is at it (a rename or two, microseconds). */
+static void wait_named(struct rotator *r, struct log_stream *s)
+{
+    while (s->unnamed == NAMING) {
+        pthread_mutex_unlock(&r->lock);
+        struct timespec pause = {0, 20000};
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&r->lock);
     }
 }
 
@@ -634,7 +658,7 @@ int rotator_add(struct rotator *r, uint32_t dom, int fd, uint64_t max_bytes, uin
     uint32_t b = bucket_of(key);
     s->next = r->buckets[b];
     r->buckets[b] = i;
-    s->unnamed = from != NULL;
+    s->unnamed = from != NULL ? UNNAMED : NAMED;
     s->late = 0;
     if (from != NULL) {
         s->from = *from;
@@ -652,8 +676,11 @@ void rotator_end(struct rotator *r, int slot)
 {
     pthread_mutex_lock(&r->lock);
     struct log_stream *s = slot_at(r, slot);
-    if (s->unnamed)
+    wait_named(r, s);
+    if (s->unnamed == UNNAMED) {
         s->late = name_file(r, s);     /* checked before it is freed */
+        s->unnamed = NAMED;
+    }
     int wake = 0;
     if (r->nended == r->ended_cap) {
         int32_t cap = r->ended_cap ? r->ended_cap * 2 : 256;
@@ -677,11 +704,12 @@ void rotator_abandon(struct rotator *r, int slot)
 {
     pthread_mutex_lock(&r->lock);
     struct log_stream *s = slot_at(r, slot);
-    if (s->unnamed)
+    wait_named(r, s);
+    if (s->unnamed == UNNAMED)
         unlinkat(s->from.dirfd, s->from.name, 0);
     else
         unlinkat(r->dirfd, s->name, 0);
-    s->unnamed = 0;
+    s->unnamed = NAMED;
     pthread_mutex_unlock(&r->lock);
     rotator_end(r, slot);
 }

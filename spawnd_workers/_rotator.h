@@ -76,6 +76,8 @@
 #define ROTATOR_SPARE_DIR ".spare"
 #define SPARE_MAX 64               /* spare files kept (each open): more are unlinked */
 
+enum { NAMED = 0, UNNAMED = 1, NAMING = 2 };
+
 /* A spare file: empty, open for appending, at `name` in `dirfd` (.spare/,
  * or the core's directory for an ended stream's own file). */
 struct log_spare {
@@ -90,7 +92,8 @@ struct log_stream {
     int32_t next_dirty;        /* rotator thread: this round's list */
     int32_t next_unnamed;      /* the list of streams to name */
     int in_use, dirty;
-    int unnamed;               /* its file is still at `from` */
+    int unnamed;               /* NAMED; UNNAMED: its file is still at `from`;
+                                  NAMING: the rotator thread is renaming it */
     int late;                  /* named as it ended, maybe past its bound: check it */
     struct log_spare from;
     uint64_t start;            /* rotator thread: where the data begins (after holes) */
