@@ -856,15 +856,21 @@ static int answer_req(CoreObject *c, uint32_t client, const struct req *r, uint1
     return answer(c, client, &a);
 }
 
+/* The error for a domain id not in the table: issued once and forgotten
+ * since (past the history), or never issued. */
+static uint16_t missing_domain(const struct table *t, uint32_t dom)
+{
+    return dom != 0 && dom < t->next_id ? E_DOMAIN_FORGOTTEN : E_DOMAIN_TABLE_FIND;
+}
+
 /* The domain a request's cap names, or NULL with its error answered
  * (*err < 0: an exception). */
 static struct domain *req_domain(CoreObject *c, uint32_t client, const struct req *r, int *rc)
 {
     struct domain *d = table_by_id(&c->table, r->h.dom);
     *rc = 0;
-    if (d == NULL)        /* issued once and forgotten since, or never issued */
-        *rc = answer_req(c, client, r, r->h.dom != 0 && r->h.dom < c->table.next_id
-                                           ? E_DOMAIN_FORGOTTEN : E_DOMAIN_TABLE_FIND, 0, 0);
+    if (d == NULL)
+        *rc = answer_req(c, client, r, missing_domain(&c->table, r->h.dom), 0, 0);
     else if (d->nonce != r->h.nonce)
         *rc = answer_req(c, client, r, E_BAD_CAP, 0, 0);
     else
@@ -2186,10 +2192,13 @@ static PyObject *core_get_capacity(CoreObject *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->table.capacity);
 }
 
-static PyObject *core_get_next_id(CoreObject *self, void *closure)
+/* missing(id) -> the error for an id the table does not hold */
+static PyObject *core_missing(CoreObject *self, PyObject *arg)
 {
-    (void)closure;
-    return PyLong_FromUnsignedLong(self->table.next_id);
+    unsigned long id = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(missing_domain(&self->table, id > UINT32_MAX ? 0 : (uint32_t)id));
 }
 
 static int core_set_capacity(CoreObject *self, PyObject *v, void *closure)
@@ -2226,6 +2235,8 @@ static PyMethodDef core_methods[] = {
     {"backlogged", (PyCFunction)core_backlogged_py, METH_VARARGS,
      "backlogged(kind, key) -> True if messages to the peer wait for room"},
     {"domain", (PyCFunction)core_domain, METH_O, "domain(id) -> dict of its fields, or None"},
+    {"missing", (PyCFunction)core_missing, METH_O,
+     "missing(id) -> DOMAIN_FORGOTTEN (issued, then forgotten) or DOMAIN_TABLE_FIND"},
     {"domain_ids_from", (PyCFunction)core_domain_ids_from, METH_VARARGS,
      "domain_ids_from(start, limit) -> (up to limit ids >= start not yet cleaned, more?)"},
     {"domain_ids", (PyCFunction)core_domain_ids, METH_NOARGS,
@@ -2251,8 +2262,6 @@ static PyMemberDef core_members[] = {
 static PyGetSetDef core_getset[] = {
     {"table_capacity", (getter)core_get_capacity, (setter)core_set_capacity,
      "most domains live at once", NULL},
-    {"next_id", (getter)core_get_next_id, NULL,
-     "the id the next domain gets: every id below it was issued", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

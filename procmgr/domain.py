@@ -114,11 +114,11 @@ class TableView:
             fields[name] = set(fields[name])
         return DomainView(**fields)
 
-    def forgotten(self, dom_id: int) -> bool:
-        """Issued once, and no longer in the table: ended, and past the
-        history (DOMAIN_FORGOTTEN, where an id never issued is
-        DOMAIN_TABLE_FIND)."""
-        return 0 < dom_id < self._core.next_id and self._core.domain(dom_id) is None
+    def missing(self, dom_id: int) -> int:
+        """The error for an id the table does not hold: DOMAIN_FORGOTTEN
+        if it was issued once (ended, and past the history), else
+        DOMAIN_TABLE_FIND -- as the core answers it (_core.c)."""
+        return self._core.missing(dom_id)
 
     def page(self, start: int, limit: int) -> tuple[list[int], bool]:
         """Up to ``limit`` ids >= ``start`` of domains not yet cleaned, in

@@ -24,8 +24,7 @@ from ringbuf import Ring, RingException
 def get_status(mgr, client, msg) -> None:
     dom = mgr.table.by_id(msg.dom)
     if dom is None:
-        return mgr.answer(client, msg, Err.DOMAIN_FORGOTTEN if mgr.table.forgotten(msg.dom)
-                          else Err.DOMAIN_TABLE_FIND)
+        return mgr.answer(client, msg, Err(mgr.table.missing(msg.dom)))
     info = StatusInfo(int(dom.state), dom.exit_status, dom.signaled, list(dom.cores),
                       [dom.pids[c] for c in dom.cores], dom.argv)
     mgr.answer(client, msg, status=int(dom.state), nonce=0, payload=info.encode())
