@@ -225,6 +225,7 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         goto fail;
     }
+    int logged = 0;       /* the streams captured so far, a bit each */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
         struct action *a = &p->actions[i];
@@ -247,6 +248,18 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
                                   &backups);
             a->max_bytes = max_bytes;
             a->backups = backups;
+            /* Captured: stdout or stderr, once each (a spawn keeps one
+             * spare per stream: struct made). */
+            if (ok && a->fd != 1 && a->fd != 2) {
+                PyErr_Format(PyExc_ValueError, "only descriptors 1 and 2 can be captured, "
+                             "not %d", a->fd);
+                ok = 0;
+            } else if (ok && (logged & (1 << a->fd))) {
+                PyErr_Format(PyExc_ValueError, "descriptor %d is captured twice", a->fd);
+                ok = 0;
+            }
+            if (ok)
+                logged |= 1 << a->fd;
             p->nlogs += ok;
         } else if (strcmp(kind, "inherit") == 0) {
             a->kind = ACT_INHERIT;
@@ -611,8 +624,8 @@ struct made {
     int n;
     uint32_t dom;
     int fds[MAX_PER_SPAWN];
-    int log[MAX_PER_SPAWN];                   /* a captured stream's: 1 or 2; else 0 */
-    struct log_spare spares[MAX_PER_SPAWN];   /* .fd -1: not a spare */
+    int log[MAX_PER_SPAWN];        /* a captured stream's: 1 or 2; else 0 */
+    struct log_spare spares[3];    /* by stream (1, 2): its spare; .fd -1: none */
 };
 
 /* Let go of what was made: closed, unless the program did not start: a
@@ -621,8 +634,8 @@ struct made {
 static void let_go(HotPathObject *c, struct made *m, int started)
 {
     for (int i = 0; i < m->n; i++) {
-        if (!started && m->spares[i].fd >= 0) {
-            rotator_put_back(c->rotator, &m->spares[i]);
+        if (!started && m->log[i] && m->spares[m->log[i]].fd >= 0) {
+            rotator_put_back(c->rotator, &m->spares[m->log[i]]);
             continue;
         }
         close(m->fds[i]);
@@ -642,13 +655,13 @@ static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, str
 {
     m->n = 0;
     m->dom = dom;
+    m->spares[1].fd = m->spares[2].fd = -1;
     for (Py_ssize_t i = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
         if (!a->per_spawn)
             continue;
-        m->spares[m->n].fd = -1;
         m->log[m->n] = a->kind == ACT_LOG ? a->fd : 0;
-        int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd, &m->spares[m->n])
+        int fd = a->kind == ACT_LOG ? open_log(c, dom, a->fd, &m->spares[a->fd])
                  : a->kind == ACT_INHERIT ? inherited_fd(a->pid, a->src)
                  : open_checked(AT_FDCWD, a->path, a->flags, a->mode, 0);
         if (fd < 0) {
@@ -674,7 +687,7 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
         return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
-    struct made m;        /* ~64 KiB of stack: the worker's thread has megabytes */
+    struct made m;        /* ~8 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
@@ -687,11 +700,11 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
     let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
-    for (Py_ssize_t i = 0, k = 0; i < p->nactions; i++) {
+    for (Py_ssize_t i = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
-        struct log_spare *spare = a->per_spawn ? &m.spares[k++] : NULL;
         if (a->kind != ACT_LOG)
             continue;
+        struct log_spare *spare = &m.spares[a->fd];
         int slot = rc != 0 ? -rc
                    : rotator_add(c->rotator, dom, a->fd, a->max_bytes, a->backups,
                                  spare->fd >= 0 ? spare : NULL);

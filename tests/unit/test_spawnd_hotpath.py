@@ -277,3 +277,13 @@ def test_child_signals_refuses_when_a_thread_could_take_the_signal():
     """)
     assert done.returncode != 0
     assert "does not block SIGCHLD" in done.stderr
+
+
+def test_only_stdout_and_stderr_are_captured_once_each():
+    """A spawn keeps one spare log file per captured stream: a capture of
+    another descriptor, or of one twice, is refused before anything runs."""
+    for actions, why in (([("log", 3, 0, 0)], "only descriptors 1 and 2 can be captured, not 3"),
+                         ([("log", 1, 0, 0), ("log", 1, 0, 0)], "descriptor 1 is captured twice")):
+        with pytest.raises(ValueError, match=why):
+            Prepared("/bin/true", ["x"], [], actions)
+    Prepared("/bin/true", ["x"], [], [("log", 1, 0, 0), ("log", 2, 0, 0)])
