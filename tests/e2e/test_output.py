@@ -68,7 +68,10 @@ def test_no_descriptor_of_the_runtime_reaches_a_domain_or_its_managers(rt, pm):
 def test_output_is_readable_while_it_runs_and_after_it_ends(pm):
     d = pm.spawn(sh("echo one; echo oops >&2; sleep 30"))
     deadline = time.monotonic() + T
-    while pm.output(d) != b"one\n" and time.monotonic() < deadline:
+    # Each stream is readable once the program wrote it and the rotator has
+    # named its file (just after the spawn): wait for both.
+    while (pm.output(d), pm.output(d, "stderr")) != (b"one\n", b"oops\n") and \
+            time.monotonic() < deadline:
         time.sleep(0.01)
     assert pm.output(d) == b"one\n" and pm.output(d, "stderr") == b"oops\n"
     assert pm.status(d).state == State.RUNNING
