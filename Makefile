@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test soak bench clean
 
 # (Re)install when the build inputs change; the C extensions build in place.
-$(STAMP): pyproject.toml setup.py ringbuf/build.py ringbuf/_ring.h ringbuf/_ring.c ringbuf/_fastpath.c procmgr/_wire.c procmgr/_wire.h procmgr/_loop.c procmgr/_core.c procmgr/_core.h procmgr/_map.h procmgr/_pending.c spawnd_workers/_spawnd.c spawnd_workers/_rotator.c spawnd_workers/_rotator.h
+C_SOURCES := $(wildcard ringbuf/*.[ch] procmgr/*.[ch] procmgr/*/*.[ch] procmgr/*/*/*.[ch] spawnd_workers/*.[ch])
+$(STAMP): pyproject.toml setup.py ringbuf/build.py procmgr/protocol/build.py $(C_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
@@ -30,4 +31,5 @@ bench: $(STAMP)
 	$(PY) -m pytest bench -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info ringbuf/*.so ringbuf/_cffi_ring.c
+	rm -rf $(VENV) build *.egg-info ringbuf/*.so ringbuf/_cffi_ring.c procmgr/protocol/_defs.c
+	find procmgr spawnd_workers -name '*.so' -delete

@@ -44,28 +44,10 @@
 
 #include "_core.h"
 #include "_map.h"
-#include "_wire.h"
+#include "_wire.h"   /* and protocol.h */
 
-/* ---- the protocol's numbers (protocol.py, errors.py, domain.py): _core.NUMBERS
- * lists them, and tests/unit/test_core.py checks them against the Python enums */
-
-enum {
-    OP_SPAWN = 1, OP_SPAWN_WITH_CAPS = 2, OP_SPAN = 3, OP_KILL = 4, OP_EXIT = 5,
-    OP_WAIT = 6, OP_GET_STATUS = 7, OP_GET_DOMAINLIST = 8, OP_ADD_SPAWND = 9,
-    OP_GET_STATS = 10, OP_UNREADABLE = 11,
-    OP_SD_SPAWN = 16, OP_SD_SPAN = 17, OP_SD_KILL = 18, OP_SD_CLEANUP = 19,
-    OP_SD_EXIT = 25,
-};
-#define LAST_CLIENT_OP OP_GET_STATS
-
-enum { F_NOHANG = 1, F_SIGNALED = 2, F_STILL_RUNNING = 4, F_RELEASED = 8 };
-
-enum {
-    E_OK = 0, E_INVALID_SPAWND = 1, E_CREATE_DOMAIN_CAP = 2, E_DOMAIN_TABLE_FIND = 4,
-    E_DOMAIN_NOT_RUNNING = 5, E_ALREADY_SPANNED = 6, E_UNKNOWN_OP = 21, E_BAD_CAP = 23,
-    E_SPAWND_EXISTS = 7, E_BAD_MESSAGE = 20, E_SPAWND_DIED = 24, E_REPLY_OUT_OF_ORDER = 25,
-    E_NOT_FOUND = 30, E_INTERNAL = 32, E_DOMAIN_FORGOTTEN = 34, E_BUSY = 29,
-};
+/* The protocol's numbers (ops, flags, errors, states, limits) are
+ * protocol.h's. */
 
 /* Requests one client may have unanswered at once. Each costs the manager
  * a few dozen bytes until it is answered (a wait until its domain ends):
@@ -76,10 +58,7 @@ enum {
  * 40,000). */
 #define MAX_IN_FLIGHT 65536
 
-enum { NIL = 0, RUNNING = 1, STOP_PEND = 2, STOPPED = 3, CLEANED = 4 };
 static const char *const state_names[] = {"NIL", "RUNNING", "STOP_PEND", "STOPPED", "CLEANED"};
-
-#define EXIT_STATUS_KILLED 9
 
 /* A request sequence number as a map key: seqs are u32 and may be 0. */
 static inline uint64_t seq_key(uint32_t seq) { return (uint64_t)seq + 1; }
@@ -276,12 +255,12 @@ static PyObject *AnswerTwice;         /* the exactly-once check: stops the manag
 
 /* The only legal edges (bit per target state). */
 static const uint8_t edges[5] = {
-    [NIL] = 1 << RUNNING | 1 << CLEANED,
-    [RUNNING] = 1 << STOP_PEND,
+    [STATE_NIL] = 1 << STATE_RUNNING | 1 << STATE_CLEANED,
+    [STATE_RUNNING] = 1 << STATE_STOP_PEND,
     /* back to RUNNING only when a kill failed where it still runs */
-    [STOP_PEND] = 1 << STOPPED | 1 << RUNNING,
-    [STOPPED] = 1 << CLEANED,
-    [CLEANED] = 0,
+    [STATE_STOP_PEND] = 1 << STATE_STOPPED | 1 << STATE_RUNNING,
+    [STATE_STOPPED] = 1 << STATE_CLEANED,
+    [STATE_CLEANED] = 0,
 };
 
 static int transition(struct domain *d, uint8_t to)
@@ -330,7 +309,7 @@ static struct domain *table_create(struct table *t, PyObject *argv, uint16_t cor
 /* -> CLEANED: off the live list, into the history (oldest dropped). */
 static int table_retire(struct table *t, struct domain *d)
 {
-    if (transition(d, CLEANED) < 0)
+    if (transition(d, STATE_CLEANED) < 0)
         return -1;
     DLIST_UNLINK(t->first, t->last, d, prev, next);
     t->nlive--;
@@ -354,7 +333,7 @@ static int table_retire(struct table *t, struct domain *d)
 /* A spawn or span reply: a dispatcher of d runs on core. */
 static int dispatcher_started(struct domain *d, uint16_t core, int32_t pid)
 {
-    if (d->state == NIL && transition(d, RUNNING) < 0)
+    if (d->state == STATE_NIL && transition(d, STATE_RUNNING) < 0)
         return -1;
     struct dispatcher disp = {core, pid};
     if (VEC_PUSH(&d->cores, disp) < 0 || cs_add(&d->live, core) < 0 ||
@@ -373,7 +352,7 @@ static int dispatcher_stopped(struct domain *d, uint16_t core)
 static int dispatcher_cleaned(struct table *t, struct domain *d, uint16_t core)
 {
     cs_discard(&d->held, core);
-    if (d->held.n == 0 && d->state == STOPPED)
+    if (d->held.n == 0 && d->state == STATE_STOPPED)
         return table_retire(t, d) < 0 ? -1 : 1;
     return 0;
 }
@@ -538,8 +517,6 @@ static int peer_flush(struct peer *p)
 
 /* A message's slots: header, then the payload past INLINE in continuation
  * slots. buf holds at least 1 + MAX_FRAGS slots. The number of slots. */
-#define MAX_PAYLOAD (4 * 2048 + 16)
-#define MAX_FRAGS ((MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT)
 #define MSG_BUF ((1 + MAX_FRAGS) * SLOT)
 
 static uint32_t encode(uint8_t *buf, const struct wire_header *h, const char *payload,
@@ -547,7 +524,7 @@ static uint32_t encode(uint8_t *buf, const struct wire_header *h, const char *pa
 {
     struct wire_header w = *h;
     uint32_t inl = plen < INLINE ? plen : INLINE;
-    uint32_t nfrag = plen <= INLINE ? 0 : (plen - INLINE + SLOT - 1) / SLOT;
+    uint32_t nfrag = frags_for(plen);
     w.plen = plen;
     w.nfrag = (uint16_t)nfrag;
     memset(w.inline_, 0, INLINE);
@@ -781,7 +758,7 @@ fail:
 /* RUNNING -> STOP_PEND: the status recorded once, every core told to stop. */
 static int begin_stop(CoreObject *c, struct domain *d, int32_t status, int signaled)
 {
-    if (transition(d, STOP_PEND) < 0)
+    if (transition(d, STATE_STOP_PEND) < 0)
         return -1;
     d->has_exit = 1;
     d->exit_status = status;
@@ -794,11 +771,11 @@ static int begin_stop(CoreObject *c, struct domain *d, int32_t status, int signa
 /* If no core runs d any more: STOPPED, everyone waiting answered, cleanup. */
 static int maybe_stopped(CoreObject *c, struct domain *d)
 {
-    if (d->state != STOP_PEND || d->live.n != 0)
+    if (d->state != STATE_STOP_PEND || d->live.n != 0)
         return 0;
-    if (transition(d, STOPPED) < 0)
+    if (transition(d, STATE_STOPPED) < 0)
         return -1;
-    uint8_t flags = d->signaled ? F_SIGNALED : 0;
+    uint8_t flags = d->signaled ? FLAG_SIGNALED : 0;
     struct owedvec killers = d->killers, waiters = d->waiters;
     memset(&d->killers, 0, sizeof d->killers);
     memset(&d->waiters, 0, sizeof d->waiters);
@@ -939,7 +916,7 @@ static int h_span(CoreObject *c, uint32_t client, const struct req *r)
     struct domain *d = req_domain(c, client, r, &rc);
     if (d == NULL)
         return rc;
-    if (d->state != RUNNING)
+    if (d->state != STATE_RUNNING)
         return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
     /* Every core it ever ran on, not only those holding it: a core whose
      * dispatcher ended and released it is not spanned to again. */
@@ -968,15 +945,15 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
         return rc;
     struct owed me = {client, r->h.seq};
     switch (d->state) {
-    case NIL: {
+    case STATE_NIL: {
         struct deferred k = {OP_KILL, 0, client, r->h.seq, EXIT_STATUS_KILLED};
         return VEC_PUSH(&d->deferred, k);
     }
-    case RUNNING:
+    case STATE_RUNNING:
         if (VEC_PUSH(&d->killers, me) < 0)
             return -1;
         return begin_stop(c, d, EXIT_STATUS_KILLED, 0);
-    case STOP_PEND:          /* answered when it has stopped (defect 11) */
+    case STATE_STOP_PEND:          /* answered when it has stopped (defect 11) */
         return VEC_PUSH(&d->killers, me);
     default:                 /* defect 10 */
         return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
@@ -990,11 +967,11 @@ static int h_exit(CoreObject *c, uint32_t client, const struct req *r)
     struct domain *d = req_domain(c, client, r, &rc);
     if (d == NULL)
         return rc;
-    if (d->state == NIL) {
+    if (d->state == STATE_NIL) {
         struct deferred e = {OP_EXIT, 0, 0, 0, r->h.status};
         if (VEC_PUSH(&d->deferred, e) < 0)
             return -1;
-    } else if (d->state == RUNNING) {
+    } else if (d->state == STATE_RUNNING) {
         if (begin_stop(c, d, r->h.status, 0) < 0)
             return -1;
     } else {
@@ -1013,11 +990,11 @@ static int h_wait(CoreObject *c, uint32_t client, const struct req *r)
         return rc;
     if (d->has_spawn_error)
         return answer_req(c, client, r, d->spawn_err, d->spawn_status, 0);
-    if (d->state == STOPPED || d->state == CLEANED)
+    if (d->state == STATE_STOPPED || d->state == STATE_CLEANED)
         return answer_req(c, client, r, E_OK, d->has_exit ? d->exit_status : 0,
-                          d->signaled ? F_SIGNALED : 0);
-    if (r->h.flags & F_NOHANG)
-        return answer_req(c, client, r, E_OK, 0, F_STILL_RUNNING);
+                          d->signaled ? FLAG_SIGNALED : 0);
+    if (r->h.flags & FLAG_NOHANG)
+        return answer_req(c, client, r, E_OK, 0, FLAG_STILL_RUNNING);
     struct owed me = {client, r->h.seq};
     return VEC_PUSH(&d->waiters, me);
 }
@@ -1176,7 +1153,7 @@ static int r_spawn(CoreObject *c, struct spawnd *sd, const struct slotv *s,
                 break;
             }
         }
-        rc = d->state == RUNNING ? begin_stop(c, d, e->status, e->signaled)
+        rc = d->state == STATE_RUNNING ? begin_stop(c, d, e->status, e->signaled)
                                  : maybe_stopped(c, d);
     }
     PyMem_Free(deferred.v);
@@ -1220,7 +1197,7 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
     uint16_t err = m->h.err;
     if (err == E_OK || err == E_NOT_FOUND || err == E_SPAWND_DIED) {
         dispatcher_stopped(d, sd->core);
-        if (m->h.flags & F_RELEASED)
+        if (m->h.flags & FLAG_RELEASED)
             cs_discard(&d->held, sd->core);
     } else {
         d->has_kill_error = 1;
@@ -1240,8 +1217,8 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
         PyMem_Free(killers.v);
         if (rc < 0)
             return -1;
-        if (d->state == STOP_PEND) {
-            if (transition(d, RUNNING) < 0)
+        if (d->state == STATE_STOP_PEND) {
+            if (transition(d, STATE_RUNNING) < 0)
                 return -1;
             d->has_exit = 0;
             d->exit_status = 0;
@@ -1308,8 +1285,8 @@ static int dispatcher_exit(CoreObject *c, struct spawnd *sd, const struct reply 
         c->protocol_errors++;
         return 0;
     }
-    int signaled = (m->h.flags & F_SIGNALED) != 0;
-    if (d->state == NIL) {
+    int signaled = (m->h.flags & FLAG_SIGNALED) != 0;
+    if (d->state == STATE_NIL) {
         /* Overtook its own spawn reply: counted once the reply has made it
          * a running dispatcher. */
         struct deferred e = {OP_SD_EXIT, (uint8_t)signaled, 0, 0, m->h.status};
@@ -1317,9 +1294,9 @@ static int dispatcher_exit(CoreObject *c, struct spawnd *sd, const struct reply 
     }
     if (!dispatcher_stopped(d, sd->core))
         return 0;            /* a kill reply already counted this core */
-    if (m->h.flags & F_RELEASED)
+    if (m->h.flags & FLAG_RELEASED)
         cs_discard(&d->held, sd->core);
-    if (d->state == RUNNING) {
+    if (d->state == STATE_RUNNING) {
         if (sd->core == d->home_core || d->live.n == 0)
             return begin_stop(c, d, m->h.status, signaled);
         return 0;            /* a spanned dispatcher ended; it runs on elsewhere */
@@ -1486,11 +1463,11 @@ static int spawnd_died(CoreObject *c, uint16_t core)
             continue;
         dispatcher_stopped(d, core);
         cs_discard(&d->held, core);
-        if (d->state == RUNNING)
+        if (d->state == STATE_RUNNING)
             rc = begin_stop(c, d, EXIT_STATUS_KILLED, 1);
-        else if (d->state == STOP_PEND)
+        else if (d->state == STATE_STOP_PEND)
             rc = maybe_stopped(c, d);
-        else if (d->state == STOPPED && d->held.n == 0)
+        else if (d->state == STATE_STOPPED && d->held.n == 0)
             rc = dispatcher_cleaned(&c->table, d, core) < 0 ? -1 : 0;
     }
     if (rc < 0 && internal_error(c, 0, 0, 0) < 0)
@@ -1533,13 +1510,6 @@ done:
 
 /* ---- messages straight from a ring ------------------------------------------------ */
 
-/* 1 if the op byte names an op (protocol.Op). */
-static int known_op(uint8_t op)
-{
-    return (op >= OP_SPAWN && op <= OP_UNREADABLE) || (op >= OP_SD_SPAWN && op <= OP_SD_CLEANUP) ||
-           op == 24 || op == OP_SD_EXIT;
-}
-
 static int decoder_partial(PyObject *decoder)
 {
     PyObject *partial = PyObject_GetAttr(decoder, str_partial);
@@ -1577,8 +1547,7 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
         if (rb_peek(in, &slot) != SLOT)
             break;           /* empty, closed, or not a header: Python looks */
         struct wire_header h;
-        memcpy(&h, slot, SLOT);
-        if (!known_op(h.op) || h.nfrag != 0 || h.plen > INLINE)
+        if (!wire_read_one(slot, SLOT, &h))
             break;
         if (kind == PEER_CLIENT && is_python_op(h.op))
             break;
@@ -1779,7 +1748,7 @@ static PyObject *core_spawnd_died(CoreObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyTypeObject *msg_type;   /* procmgr._wire.Msg */
+static PyTypeObject *msg_type;   /* procmgr.protocol._wire.Msg */
 
 /* A Msg's header fields and payload (a new reference), for a handler; -1
  * with an exception set if it is not a Msg or a field does not fit. */
@@ -2089,10 +2058,10 @@ static struct domain *first_live_from(struct table *t, uint32_t start)
     struct domain *d;
     if (start == 0 || t->first == NULL || t->first->id >= start)
         return t->first;
-    if ((d = table_by_id(t, start - 1)) != NULL && d->state != CLEANED)
+    if ((d = table_by_id(t, start - 1)) != NULL && d->state != STATE_CLEANED)
         return d->next;
     for (uint32_t id = start; id - start < CURSOR_PROBES && id < t->next_id; id++)
-        if ((d = table_by_id(t, id)) != NULL && d->state != CLEANED)
+        if ((d = table_by_id(t, id)) != NULL && d->state != STATE_CLEANED)
             return d;
     for (d = t->first; d != NULL && d->id < start; d = d->next)
         ;
@@ -2284,43 +2253,6 @@ static PyTypeObject CoreType = {
     .tp_as_sequence = &core_as_sequence,
 };
 
-/* The numbers this file hard-codes, by their Python names, for the test that
- * holds them to protocol.Op, protocol.Flag, errors.Err and domain.State. */
-static PyObject *numbers(void)
-{
-    return Py_BuildValue(
-        "{s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},"
-        "s:{s:i,s:i,s:i,s:i,s:i},s:{s:i,s:i,s:i}}",
-        "Op", "SPAWN", OP_SPAWN, "SPAWN_WITH_CAPS", OP_SPAWN_WITH_CAPS, "SPAN", OP_SPAN,
-        "KILL", OP_KILL, "EXIT", OP_EXIT, "WAIT", OP_WAIT, "GET_STATUS", OP_GET_STATUS,
-        "GET_DOMAINLIST", OP_GET_DOMAINLIST, "ADD_SPAWND", OP_ADD_SPAWND,
-        "GET_STATS", OP_GET_STATS, "UNREADABLE", OP_UNREADABLE, "SD_SPAWN", OP_SD_SPAWN,
-        "SD_SPAN", OP_SD_SPAN, "SD_KILL", OP_SD_KILL, "SD_CLEANUP", OP_SD_CLEANUP,
-        "SD_EXIT", OP_SD_EXIT,
-        "Flag", "NOHANG", F_NOHANG, "SIGNALED", F_SIGNALED, "STILL_RUNNING", F_STILL_RUNNING,
-        "RELEASED", F_RELEASED, "REPLY", FLAG_REPLY,
-        "Err", "OK", E_OK, "INVALID_SPAWND", E_INVALID_SPAWND,
-        "CREATE_DOMAIN_CAP", E_CREATE_DOMAIN_CAP, "DOMAIN_TABLE_FIND", E_DOMAIN_TABLE_FIND,
-        "DOMAIN_NOT_RUNNING", E_DOMAIN_NOT_RUNNING, "ALREADY_SPANNED", E_ALREADY_SPANNED,
-        "SPAWND_EXISTS", E_SPAWND_EXISTS, "BAD_MESSAGE", E_BAD_MESSAGE,
-        "UNKNOWN_OP", E_UNKNOWN_OP, "BAD_CAP", E_BAD_CAP, "SPAWND_DIED", E_SPAWND_DIED,
-        "REPLY_OUT_OF_ORDER", E_REPLY_OUT_OF_ORDER, "NOT_FOUND", E_NOT_FOUND,
-        "INTERNAL", E_INTERNAL, "DOMAIN_FORGOTTEN", E_DOMAIN_FORGOTTEN,
-        "BUSY", E_BUSY, "State", "NIL", NIL, "RUNNING", RUNNING, "STOP_PEND", STOP_PEND, "STOPPED", STOPPED,
-        "CLEANED", CLEANED,
-        "protocol", "MAX_PAYLOAD", MAX_PAYLOAD, "SLOT", SLOT, "INLINE", INLINE);
-}
-
-static int add_numbers(PyObject *mod)
-{
-    PyObject *n = numbers();
-    int rc = n == NULL ? -1 : PyModule_AddObjectRef(mod, "NUMBERS", n);
-    Py_XDECREF(n);
-    return rc;
-}
-
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "procmgr._core",
     "The manager's core (state and handlers) and its loop's ring work; see _core.c "
@@ -2340,7 +2272,7 @@ PyMODINIT_FUNC PyInit__core(void)
     IllegalTransition = PyErr_NewExceptionWithDoc(
         "procmgr._core.IllegalTransition", "A handler tried an edge the domain state machine "
         "does not have: a bug.", PyExc_AssertionError, NULL);
-    PyObject *wire = PyImport_ImportModule("procmgr._wire");
+    PyObject *wire = PyImport_ImportModule("procmgr.protocol._wire");
     msg_type = wire ? (PyTypeObject *)PyObject_GetAttrString(wire, "Msg") : NULL;
     Py_XDECREF(wire);
     if (msg_type == NULL) {
@@ -2358,7 +2290,6 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(mod, "PEER_SPAWND", PEER_SPAWND) < 0 ||
         PyModule_AddIntConstant(mod, "PEER_CLIENT", PEER_CLIENT) < 0 ||
         PyModule_AddIntConstant(mod, "SERVE_BUDGET", SERVE_BUDGET) < 0 ||
-        add_numbers(mod) < 0 ||
         loop_register(mod) < 0) {
         Py_DECREF(mod);
         return NULL;

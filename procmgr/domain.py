@@ -22,18 +22,8 @@ stops the manager rather than let it carry on wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
-EXIT_STATUS_KILLED = 9
-
-
-class State(IntEnum):
-    NIL = 0
-    RUNNING = 1
-    STOP_PEND = 2
-    STOPPED = 3
-    CLEANED = 4
-
+from procmgr.protocol.numbers import EXIT_STATUS_KILLED, State  # noqa: F401 (re-exported)
 
 NIL, RUNNING, STOP_PEND, STOPPED, CLEANED = State
 

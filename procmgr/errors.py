@@ -1,8 +1,9 @@
-"""Error codes of the process manager, and the exception clients see.
+"""Error codes of the process manager in words, and the exceptions
+clients see.
 
-Codes travel in the 16-bit ``err`` field of every message. Names taken from
-Barrelfish's PROC_MGMT_ERR_* keep their meaning; the rest are what a runtime
-of real processes and shared-memory rings needs on top.
+Codes travel in the 16-bit ``err`` field of every message; they are
+defined, with a line each on when they are given, in
+procmgr/protocol/protocol.h (enum err), and ``Err`` is that enum.
 """
 
 from __future__ import annotations
@@ -10,37 +11,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 import subprocess
-from enum import IntEnum
 
-
-class Err(IntEnum):
-    OK = 0
-    # -- from the original interface (PROC_MGMT_ERR_*) --
-    INVALID_SPAWND = 1        # no spawnd serves that core
-    CREATE_DOMAIN_CAP = 2     # the domain table is full
-    DOMAIN_CAP_HASH = 3       # (original: cap identify failed) kept for numbering
-    DOMAIN_TABLE_FIND = 4     # no domain with that id
-    DOMAIN_NOT_RUNNING = 5    # span/kill/exit of a domain that is not RUNNING
-    ALREADY_SPANNED = 6       # the domain already runs on that core
-    SPAWND_EXISTS = 7         # add_spawnd for a core that has one
-    NOT_MONITOR = 8           # add_spawnd from a binding that is not the monitor
-    CLIENTS_TABLE_FIND = 9    # hashtable strategy: a reply matched no pending client
-    # -- this runtime --
-    BAD_MESSAGE = 20          # malformed, truncated or inconsistent message
-    UNKNOWN_OP = 21           # op code this end does not serve
-    ARG_TOO_LONG = 22         # path/argv/env over the limit
-    BAD_CAP = 23              # the cap's nonce does not match: forged or stale
-    SPAWND_DIED = 24          # the worker of that core died with the request
-    REPLY_OUT_OF_ORDER = 25   # a spawnd reply's sequence number did not match
-    EXEC_FAILED = 26          # the program could not be started; status = errno
-    KILL_FAILED = 27          # the worker could not end the domain; status = errno
-    CLIENT_GONE = 28          # the requesting client disconnected
-    BUSY = 29                 # too many requests in flight for this client
-    NOT_FOUND = 30            # spawnd: no dispatcher of that domain on this core
-    SHUTTING_DOWN = 31        # the manager is stopping
-    INTERNAL = 32             # a bug in the manager; the manager carries on
-    OPEN_FAILED = 33          # a file the domain was to get (stdout=, caps) would not open
-    DOMAIN_FORGOTTEN = 34     # the domain ended long enough ago to be out of the history
+from procmgr.protocol.numbers import Err
 
 
 _MESSAGES = {

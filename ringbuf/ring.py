@@ -411,7 +411,7 @@ class Ring:
 
     # ``handle_addr`` (an attribute: read on every message) is the address of
     # this end's ``struct rb_handle`` (``_ring.h``), for a C extension that
-    # reads and writes slots in place (procmgr._wire). It stays valid while
+    # reads and writes slots in place (procmgr.protocol._wire). It stays valid while
     # this object lives; after ``close`` the handle says closed and every
     # function of ``_ring.h`` answers RB_ECLOSED.
 

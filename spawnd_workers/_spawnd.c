@@ -23,11 +23,10 @@
  *
  * What stays in Python (worker.py): decoding and checking payloads, kills,
  * cleanups, every error reply, strays, shutdown. run_once stops in front of
- * a request it does not serve and leaves it in the ring (as procmgr/_wire.c's
+ * a request it does not serve and leaves it in the ring (as procmgr/protocol/_wire.c's
  * take does), so Python serves it and replies stay in request order. A spawn
  * that fails here is left in the ring too: Python tries it again and words
- * the error. Op codes and flags below are checked against protocol.py by
- * tests/unit/test_spawnd_hotpath.py.
+ * the error. Ops and flags are procmgr/protocol/protocol.h's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -50,14 +49,7 @@
 
 #include "_rotator.h"
 #include "_ring.h"
-#include "_wire.h"
-
-/* protocol.Op and protocol.Flag, as far as this code speaks them. */
-#define OP_SD_SPAWN 16
-#define OP_SD_SPAN 17
-#define OP_SD_EXIT 25
-#define FLAG_SIGNALED 2
-#define FLAG_RELEASED 8
+#include "protocol.h"
 
 /* What run_once reports (bits). */
 #define RUN_IDLE 0        /* timed out, a signal, or a wake-up with nothing for C */
@@ -839,8 +831,7 @@ static int serve(HotPathObject *c, int *served)
         if (len != SLOT)          /* an error, or not a header: Python says which */
             return RUN_DECLINED;
         struct wire_header w;
-        memcpy(&w, slot, SLOT);
-        if ((w.op != OP_SD_SPAWN && w.op != OP_SD_SPAN) || w.nfrag != 0 || w.plen > INLINE)
+        if (!wire_read_one(slot, len, &w) || (w.op != OP_SD_SPAWN && w.op != OP_SD_SPAN))
             return RUN_DECLINED;
         PyObject *dom = PyLong_FromUnsignedLong(w.dom);
         if (dom == NULL)
@@ -869,14 +860,7 @@ static int serve(HotPathObject *c, int *served)
         if (rc != 0)
             return RUN_DECLINED;   /* left in the ring: Python tries and words the error */
         rb_consume(c->requests, 1);
-        struct wire_header r;
-        memset(&r, 0, sizeof r);
-        r.op = w.op;
-        r.flags = FLAG_REPLY;
-        r.core = w.core;
-        r.seq = w.seq;
-        r.dom = w.dom;
-        r.nonce = w.nonce;
+        struct wire_header r = wire_reply_to(&w);
         r.status = pid;
         rb_push(c->replies, &r, SLOT);     /* (room checked above) */
         (*served)++;
@@ -1150,13 +1134,7 @@ PyMODINIT_FUNC PyInit__spawnd(void)
         PyModule_AddIntConstant(mod, "RUN_IDLE", RUN_IDLE) < 0 ||
         PyModule_AddIntConstant(mod, "RUN_DECLINED", RUN_DECLINED) < 0 ||
         PyModule_AddIntConstant(mod, "RUN_CHILDREN", RUN_CHILDREN) < 0 ||
-        PyModule_AddIntConstant(mod, "RUN_FULL", RUN_FULL) < 0 ||
-        PyModule_AddIntConstant(mod, "OP_SD_SPAWN", OP_SD_SPAWN) < 0 ||
-        PyModule_AddIntConstant(mod, "OP_SD_SPAN", OP_SD_SPAN) < 0 ||
-        PyModule_AddIntConstant(mod, "OP_SD_EXIT", OP_SD_EXIT) < 0 ||
-        PyModule_AddIntConstant(mod, "FLAG_SIGNALED", FLAG_SIGNALED) < 0 ||
-        PyModule_AddIntConstant(mod, "FLAG_RELEASED", FLAG_RELEASED) < 0 ||
-        PyModule_AddIntConstant(mod, "FLAG_REPLY", FLAG_REPLY) < 0) {
+        PyModule_AddIntConstant(mod, "RUN_FULL", RUN_FULL) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

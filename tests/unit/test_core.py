@@ -19,13 +19,6 @@ from procmgr import protocol
 from procmgr.protocol import Flag, Op, ProtocolError
 
 
-def test_the_numbers_the_core_hard_codes_are_the_protocols():
-    enums = {"Op": Op, "Flag": Flag, "Err": Err, "State": State, "protocol": protocol}
-    for kind, numbers in _core.NUMBERS.items():
-        for name, value in numbers.items():
-            assert getattr(enums[kind], name) == value, f"{kind}.{name}"
-
-
 def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
     """A late wait still gets a cleaned domain's status, up to the history
     bound; then DOMAIN_FORGOTTEN (an id never issued is DOMAIN_TABLE_FIND).

@@ -636,7 +636,7 @@ def test_decode_ids_partial_id(n):
         decode_ids(bytes(n))
 
 
-# ---- the C hot path (procmgr/_wire.c): send and take through a real ring ------
+# ---- the C hot path (procmgr/protocol/_wire.c): send and take through a real ring ------
 
 
 @pytest.fixture

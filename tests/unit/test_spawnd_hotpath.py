@@ -24,13 +24,6 @@ from spawnd_workers._spawnd import RUN_CHILDREN, RUN_DECLINED, HotPath, Prepared
 T = 10.0
 
 
-def test_the_codes_it_speaks_are_the_protocols():
-    assert (_spawnd.OP_SD_SPAWN, _spawnd.OP_SD_SPAN, _spawnd.OP_SD_EXIT) == (
-        Op.SD_SPAWN, Op.SD_SPAN, Op.SD_EXIT)
-    assert (_spawnd.FLAG_SIGNALED, _spawnd.FLAG_RELEASED, _spawnd.FLAG_REPLY) == (
-        Flag.SIGNALED, Flag.RELEASED, Flag.REPLY)
-
-
 @pytest.mark.parametrize("argv, env, error", [
     (["a\0b"], [], ValueError),           # NUL inside an argument
     (["a"], [b"K=\0"], ValueError),       # ... or an environment entry

@@ -9,20 +9,12 @@
  * here the same work is a few hundred ns, which is what lets the control
  * plane pass 100,000 requests/s on two CPUs (README, "Scale").
  *
- * What stays in Python (protocol.py): messages whose payload does not fit
+ * What stays in Python (messages.py): messages whose payload does not fit
  * inline (they continue in raw slots), and every slot this code declines to
  * read -- a bad header, a truncated slot. `take` stops in front of such a
  * slot and leaves it in the ring, so the Python Decoder gives it exactly the
- * treatment it always did (ProtocolError with who to answer). There is one
- * definition of what is valid: protocol.py hands this module the set of ops
- * at import, and the layout below is checked against HEADER_FIELDS by a
- * unit test (tests/unit/test_protocol.py).
- *
- * Header slot, little-endian (see protocol.py for the field meanings):
- *
- *   offset  0 op u8 | 1 flags u8 | 2 core u16 | 4 seq u32 | 8 dom u32
- *          12 err u16 | 14 nfrag u16 | 16 nonce u64 | 24 status i32
- *          28 plen u32 | 32 inline[32]
+ * treatment it always did (ProtocolError with who to answer). What is valid
+ * and the header's layout are protocol.h's (wire_read_one).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,9 +32,6 @@
 
 /* What `send` reports besides 0 (in the ring) and RB_E* codes. */
 #define SEND_NOT_INLINE 1 /* payload longer than inline: Python encodes it */
-
-/* Which op bytes are valid; set once from protocol.Op (set_valid_ops). */
-static uint8_t valid_ops[256];
 
 /* ---- Msg --------------------------------------------------------------- */
 
@@ -391,16 +380,9 @@ static PyObject *wire_send(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 static PyObject *msg_from_slot(const uint8_t *slot, int len, int *declined)
 {
     struct wire_header w;
-    *declined = 0;
-    if (len != SLOT) {
-        *declined = 1;
+    *declined = !wire_read_one(slot, len, &w);
+    if (*declined)
         return NULL;
-    }
-    memcpy(&w, slot, SLOT);
-    if (!valid_ops[w.op] || w.nfrag != 0 || w.plen > INLINE) {
-        *declined = 1;
-        return NULL;
-    }
     MsgObject *m = PyObject_GC_New(MsgObject, &MsgType);
     if (m == NULL)
         return NULL;
@@ -464,30 +446,17 @@ static PyObject *wire_take(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLong(TAKE_LIMIT);
 }
 
-/* set_valid_ops(table: bytes of 256) -- nonzero byte i: op i is valid. */
-static PyObject *wire_set_valid_ops(PyObject *mod, PyObject *table)
-{
-    (void)mod;
-    if (!PyBytes_Check(table) || PyBytes_GET_SIZE(table) != 256) {
-        PyErr_SetString(PyExc_TypeError, "set_valid_ops(table: bytes of length 256)");
-        return NULL;
-    }
-    memcpy(valid_ops, PyBytes_AS_STRING(table), 256);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef wire_methods[] = {
     {"send", (PyCFunction)(void (*)(void))wire_send, METH_FASTCALL,
      "send(handle_addr, msg) -> 0, SEND_NOT_INLINE or a negative RB_E* code"},
     {"take", (PyCFunction)(void (*)(void))wire_take, METH_FASTCALL,
      "take(handle_addr, limit, out) -> TAKE_EMPTY, TAKE_LIMIT, TAKE_DECLINED or RB_E*"},
-    {"set_valid_ops", wire_set_valid_ops, METH_O, "set_valid_ops(table: bytes of 256)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef wire_module = {
-    PyModuleDef_HEAD_INIT, "procmgr._wire",
-    "The wire protocol's hot path (see protocol.py).", -1, wire_methods,
+    PyModuleDef_HEAD_INIT, "procmgr.protocol._wire",
+    "The wire protocol's hot path (see messages.py).", -1, wire_methods,
     NULL, NULL, NULL, NULL,
 };
 

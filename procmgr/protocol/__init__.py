@@ -1,0 +1,55 @@
+"""The wire protocol between clients, the manager and the spawnd workers:
+fixed 64-byte messages, one ring slot each (and continuation slots for a
+long payload).
+
+    protocol.h    the one definition: ops, flags, errors, states, limits,
+                  the header slot's layout (C includes it; Python reads it)
+    numbers.py    those numbers as Python enums and constants
+    messages.py   the message object (Msg, in C: _wire.c), encode, the
+                  Decoder, send and take on a ring
+    payloads.py   what spawn, status and domain-list messages carry
+
+Everything is re-exported here: ``from procmgr.protocol import Msg, Op``.
+"""
+
+from procmgr.protocol.messages import (
+    Decoder,
+    Msg,
+    ProtocolError,
+    encode,
+    encode_rows,
+    frags_for,
+    send,
+    take,
+)
+from procmgr.protocol.numbers import (
+    ARG_LIMIT,
+    CLIENT_OPS,
+    EXIT_STATUS_KILLED,
+    HEADER,
+    HEADER_FIELDS,
+    INLINE,
+    MAX_FRAGS,
+    MAX_PAYLOAD,
+    SLOT,
+    SPAWND_REQUESTS,
+    Err,
+    Flag,
+    Op,
+    State,
+)
+from procmgr.protocol.payloads import (
+    ArgTooLong,
+    SpawnArgs,
+    StatusInfo,
+    decode_ids,
+    encode_ids,
+)
+
+
+def __getattr__(name: str):
+    # MSG_DTYPE (numpy) is made when first asked for: see messages.py.
+    if name == "MSG_DTYPE":
+        from procmgr.protocol import messages
+        return messages.MSG_DTYPE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

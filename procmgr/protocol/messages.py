@@ -1,0 +1,195 @@
+"""Messages on the wire: the message object, encoding, the decoder of a
+ring's slots, and sending and taking whole messages.
+
+The header slot and every number in it are defined once, in protocol.h
+(numbers.py makes the Python side). A payload longer than the 32 bytes that
+fit inline continues in ``nfrag`` raw slots after the header; the sender
+pushes them in one all-or-nothing batch, so a consumer never sees fragments
+of two messages interleaved. One-slot messages are read and written in C
+(_wire.c, and the manager's and the worker's loops, all through
+protocol.h's wire_read_one); everything else is read here, by ``Decoder``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from procmgr.protocol import _wire
+from procmgr.protocol.numbers import (
+    HEADER,
+    HEADER_FIELDS,
+    INLINE,
+    MAX_PAYLOAD,
+    SLOT,
+    Err,
+    Op,
+)
+from ringbuf import Closed
+from ringbuf._cffi_ring import lib as _ring_codes
+
+
+@functools.cache
+def _msg_dtype():
+    import numpy as np
+    return np.dtype([(n, dt) for n, _, dt in HEADER_FIELDS])
+
+
+def __getattr__(name: str):
+    # MSG_DTYPE, the header as a numpy record, is made when asked for:
+    # numpy is not imported by what a worker or the manager needs (it
+    # took ~14 MB of a worker's ~18 MB of its own memory).
+    if name == "MSG_DTYPE":
+        return _msg_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ProtocolError(Exception):
+    """A message that cannot be decoded; ``seq``/``op`` say whom to answer."""
+
+    def __init__(self, detail: str, op: int = 0, seq: int = 0):
+        super().__init__(detail)
+        self.detail = detail
+        self.op = op
+        self.seq = seq
+        self.code = Err.BAD_MESSAGE
+
+
+# The message object is C (procmgr/protocol/_wire.c), so that the codec's hot path
+# never builds one field by field in Python:
+#   Msg(op, seq=0, core=0, dom=0, nonce=0, err=0, status=0, flags=0, payload=b"")
+# with those nine attributes (writable), ``==`` over all of them, ``is_reply``,
+# and ``reply(err=0, status=0, flags=0, **fields)``: the answer to a request,
+# same op, seq, core, domain and nonce unless given, REPLY set.
+Msg = _wire.Msg
+_wire_send, _wire_take = _wire.send, _wire.take
+_TAKE_DONE = (_wire.TAKE_EMPTY, _wire.TAKE_LIMIT)
+_EFULL = _ring_codes.RB_EFULL
+
+
+def frags_for(plen: int) -> int:
+    return 0 if plen <= INLINE else -(-(plen - INLINE) // SLOT)
+
+
+def encode(msg: Msg) -> bytes:
+    """The message as 64 * (1 + nfrag) bytes, ready for one batch push."""
+    plen = len(msg.payload)
+    if plen > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {plen} bytes is over the {MAX_PAYLOAD}-byte limit",
+                            msg.op, msg.seq)
+    nfrag = frags_for(plen)
+    head = HEADER.pack(msg.op, msg.flags, msg.core, msg.seq, msg.dom, msg.err, nfrag,
+                       msg.nonce, msg.status, plen, msg.payload[:INLINE])
+    if not nfrag:
+        return head
+    rest = msg.payload[INLINE:]
+    return head + rest + b"\0" * (nfrag * SLOT - len(rest))
+
+
+def encode_rows(msg: Msg):
+    """``encode`` as an array of MSG_DTYPE rows (for Ring.push_many)."""
+    import numpy as np
+    return np.frombuffer(encode(msg), dtype=_msg_dtype())
+
+
+class Decoder:
+    """Turns a stream of slots from one ring back into messages.
+
+    Feed it slots in arrival order (``feed``); it returns a Msg per complete
+    message, a ProtocolError per bad one, or None while continuation slots
+    are still to come (they may arrive in a later batch). A bad header is
+    answered with an error and only that slot is dropped: the next slot is
+    read as a header again.
+    """
+
+    __slots__ = ("_pending", "_plen", "_need", "_parts", "partial")
+
+    def __init__(self):
+        # True while a message's continuation slots are still missing (a
+        # plain attribute: take() reads it once per batch).
+        self.partial = False
+        self._pending: Msg | None = None
+        self._plen = 0
+        self._need = 0
+        self._parts: list[bytes] = []
+
+    def feed(self, slot: bytes) -> Msg | ProtocolError | None:
+        if self._pending is not None:
+            return self._continue(slot)
+        if len(slot) != SLOT:
+            return ProtocolError(f"truncated message: {len(slot)} of {SLOT} header bytes")
+        (op, flags, core, seq, dom, err, nfrag, nonce, status, plen,
+         inline) = HEADER.unpack(slot)
+        if op not in Op._value2member_map_:
+            return ProtocolError(f"unknown op {op}", op, seq)
+        if plen > MAX_PAYLOAD:
+            return ProtocolError(
+                f"payload length {plen} is over the {MAX_PAYLOAD}-byte limit", op, seq)
+        if nfrag != frags_for(plen):
+            return ProtocolError(
+                f"payload length {plen} needs {frags_for(plen)} continuation slots, "
+                f"header says {nfrag}", op, seq)
+        msg = Msg(op, seq, core, dom, nonce, err, status, flags, inline[:plen])
+        if not nfrag:
+            return msg
+        self._pending, self._plen, self._need, self._parts = msg, plen, nfrag, [inline]
+        self.partial = True
+        return None
+
+    def _continue(self, slot: bytes) -> Msg | ProtocolError | None:
+        msg = self._pending
+        if len(slot) != SLOT:
+            self._pending, self._parts, self.partial = None, [], False
+            return ProtocolError(
+                f"truncated continuation slot: {len(slot)} of {SLOT} bytes", msg.op, msg.seq)
+        self._parts.append(slot)
+        self._need -= 1
+        if self._need:
+            return None
+        msg.payload = b"".join(self._parts)[: self._plen]
+        self._pending, self._parts, self.partial = None, [], False
+        return msg
+
+
+def send(ring, msg: Msg) -> bool:
+    """Put ``msg`` in ``ring`` now, all its slots or none; False if it does
+    not fit. Never waits. A one-slot message goes straight from the object
+    into the slot (_wire); a longer one is encoded here and pushed whole."""
+    rc = _wire_send(ring.handle_addr, msg)
+    if rc == 0:
+        return True
+    if rc == _EFULL:
+        return False
+    if rc == _wire.SEND_NOT_INLINE:
+        return ring.try_push_all(encode(msg))
+    ring.raise_code(rc, "send")
+
+
+def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolError]:
+    """Up to ``limit`` decoded messages (or decode errors) now in ``ring``;
+    never waits. A message whose fragments are not all in yet stays in
+    ``decoder`` for the next call. A closed or dead peer raises ringbuf's
+    Closed -- but only once what it sent before has been returned.
+
+    One-slot messages are read in C (_wire.take), which stops in front of
+    anything else: a message with continuation slots, or a slot that is not
+    a valid header, is fed to ``decoder`` here, one slot at a time."""
+    out = []
+    addr = ring.handle_addr
+    while len(out) < limit:
+        if not decoder.partial and _wire_take(addr, limit - len(out), out) in _TAKE_DONE:
+            break
+        # Declined by _wire (or the ring reported an error): the Python way.
+        try:
+            slot = ring.try_pop()
+        except Closed:
+            if out:
+                return out      # the next call raises again: Closed is sticky
+            raise
+        if slot is None:
+            break
+        item = decoder.feed(slot)
+        if item is not None:
+            out.append(item)
+    return out
+
+
