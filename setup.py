@@ -3,6 +3,8 @@ from setuptools import Extension, setup
 
 
 PROTOCOL_H = "procmgr/protocol/protocol.h"
+CORE_SOURCES = ["_core.c", "_loop.c", "_pending.c"]
+CORE_HEADERS = ["_core.h", "_map.h"]
 
 
 def c_module(name: str, sources, include_dirs=(), depends=()) -> Extension:
@@ -29,10 +31,11 @@ setup(
         c_module("procmgr.protocol._wire", "procmgr/protocol/_wire.c",
                  depends=["procmgr/protocol/_wire.h"]),
         # The manager's state and handlers, and its loop's arming, sleeping
-        # and waking: see the tops of procmgr/_core.c and procmgr/_loop.c for why.
-        c_module("procmgr._core", ["procmgr/_core.c", "procmgr/_loop.c", "procmgr/_pending.c"],
-                 include_dirs=["procmgr"],
-                 depends=["procmgr/protocol/_wire.h", "procmgr/_core.h", "procmgr/_map.h"]),
+        # and waking: see procmgr/manager/core/README.md.
+        c_module("procmgr.manager._core", [f"procmgr/manager/core/{f}" for f in CORE_SOURCES],
+                 include_dirs=["procmgr/manager/core"],
+                 depends=["procmgr/protocol/_wire.h",
+                          *(f"procmgr/manager/core/{f}" for f in CORE_HEADERS)]),
         # The worker's spawn and exit path: see the top of
         # spawnd_workers/_spawnd.c for why.
         # and its log rotator (spawnd_workers/_rotator.h says why).

@@ -19,7 +19,7 @@ Reported: the victim's median and 99th percentile per kind of block, and
 the ratio loaded / unloaded (the target: p99 within 3x). On a 2-CPU
 machine the attacker also takes a CPU from everybody; what the ratio
 measures is that the manager's loop goes round every peer (a budget per
-peer per pass, procmgr/_core.h) and never stops looking at the others.
+peer per pass, procmgr/manager/core/_core.h) and never stops looking at the others.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import statistics
 import pytest
 
 from bench.pipeline import PER_DOMAIN, spawn_kill_wait_rate
-from procmgr.inprocess import InProcessRuntime
-from procmgr._core import churn
-from procmgr.pending import make_pending
+from procmgr.testing.inprocess import InProcessRuntime
+from procmgr.manager._core import churn
+from procmgr.manager.pending import make_pending
 
 STRATEGIES = ("replyq", "hashtable")
 

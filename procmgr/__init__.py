@@ -1,15 +1,47 @@
 """procmgr: a shared-memory multiprocessing runtime modelled on the
-Barrelfish process manager. See README.md."""
+Barrelfish process manager. See README.md.
 
-from procmgr.client import Client, CompletedRun, Domain, DomainInfo
-from procmgr.domain import State
-from procmgr.errors import (
-    CalledProcessError, Err, ProcMgmtError, RuntimeDirUnsafe, RuntimeRefused, TimeoutExpired,
-)
-from procmgr.logs import DEVNULL, INHERIT, LOG, STDOUT
-from procmgr.runtime import Runtime, RuntimeNotFound, connect
+The package, by layer (a client talks to the manager, the manager to the
+workers, all through rings of protocol messages):
 
-__all__ = ["CalledProcessError", "Client", "CompletedRun", "DEVNULL", "Domain", "DomainInfo",
-           "Err", "INHERIT", "LOG", "ProcMgmtError", "Runtime", "RuntimeDirUnsafe",
-           "RuntimeNotFound", "RuntimeRefused", "STDOUT",
-           "State", "TimeoutExpired", "connect"]
+    procmgr.client     the user's side: Runtime, Client, Domain, output
+    procmgr.protocol   the messages, defined once (protocol.h)
+    procmgr.manager    the process manager: its C core, loop and server
+    spawnd_workers     (beside this package) one worker per core
+    procmgr.testing    the control plane in one process, for tests
+    ringbuf            (beside this package) the lock-free rings
+
+The names below are loaded when first used, so that a worker importing
+``procmgr.protocol`` does not load the client side.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Client": "procmgr.client.client", "CompletedRun": "procmgr.client.client",
+    "Domain": "procmgr.client.client", "DomainInfo": "procmgr.client.client",
+    "State": "procmgr.protocol",
+    "CalledProcessError": "procmgr.errors", "Err": "procmgr.errors",
+    "ProcMgmtError": "procmgr.errors", "RuntimeDirUnsafe": "procmgr.errors",
+    "RuntimeRefused": "procmgr.errors", "TimeoutExpired": "procmgr.errors",
+    "DEVNULL": "procmgr.client.logs", "INHERIT": "procmgr.client.logs",
+    "LOG": "procmgr.client.logs", "STDOUT": "procmgr.client.logs",
+    "Runtime": "procmgr.client.runtime", "RuntimeNotFound": "procmgr.client.runtime",
+    "connect": "procmgr.client.runtime",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'procmgr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -27,12 +27,12 @@ import time
 import psutil
 
 import ringbuf
-from procmgr import logs
-from procmgr.client import Domain
-from procmgr.domain import State
+from procmgr.client import logs
+from procmgr.client.client import Domain
+from procmgr.protocol import State
 from procmgr.errors import ProcMgmtError
 from procmgr.osutil import runtime_dir
-from procmgr.runtime import Runtime, RuntimeNotFound, connect
+from procmgr.client.runtime import Runtime, RuntimeNotFound, connect
 
 DEFAULT_NAME = "default"
 READY_TIMEOUT = 30.0
@@ -483,10 +483,15 @@ def _cores_table(stats: dict, rate: float, cpu):
 
 
 def cmd_bench(args) -> int:
+    # The benchmarks are not part of the installed library (they need pytest
+    # and numpy, and measure against peers a user does not need): they are
+    # the bench/ folder of a source checkout, loaded only here.
     try:
         from bench import report
     except ImportError:
-        raise CliError("the benchmarks live in the source tree: run from its root") from None
+        raise CliError("procmgr bench runs the benchmarks in the bench/ folder of a procmgr "
+                       "source checkout: run it from the checkout's root, after "
+                       "`pip install -e '.[test]'`") from None
     kinds = report.KINDS if args.what == "all" else (args.what,)
     results = report.run(kinds, quick=args.quick)
     if args.report:

@@ -215,7 +215,7 @@ class StormClient:
 
 def client_main(name: str, ops: int, cores: int, mix: dict, seed: int,
                 simulate: bool = False, faulted_core: int | None = None) -> dict:
-    from procmgr.runtime import RuntimeNotFound, connect
+    from procmgr.client.runtime import RuntimeNotFound, connect
 
     try:
         pm = connect(name)
@@ -325,7 +325,7 @@ def rss(pid: int) -> int:
 def storm(cores: int, clients: int, ops: int, mix: dict, progress=None,
           simulate: bool = False, warmup: float = 0.1) -> dict:
     """A storm on a runtime of its own; the summary (see ``summarize``)."""
-    from procmgr.runtime import Runtime
+    from procmgr.client.runtime import Runtime
 
     name = f"procmgr-storm-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     rt = Runtime(cores=cores, name=name, simulate=simulate).start()

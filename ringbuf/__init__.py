@@ -4,6 +4,7 @@ driven from Python through cffi. Every message of the runtime travels on one.
 """
 
 from ringbuf.ring import (
+    EFULL,
     HEADER_SIZE,
     LINE,
     Closed,
@@ -30,7 +31,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "HEADER_DTYPE", "HEADER_SIZE", "LINE", "Closed", "Empty", "Full",
+    "EFULL", "HEADER_DTYPE", "HEADER_SIZE", "LINE", "Closed", "Empty", "Full",
     "MessageTooLarge", "PeerDied", "Ring", "RingError", "RingException",
     "orphaned_segments", "segment_size", "slot_dtype", "unique_name",
 ]

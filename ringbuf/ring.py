@@ -200,7 +200,9 @@ _NS_MAX = 2**63 - 1
 
 _push = _fastpath.push
 _pop = _fastpath.pop
-_EFULL = lib.RB_EFULL
+# What a C call on a ring (here, or a C codec using handle_addr) returns when
+# the ring has no room.
+EFULL = _EFULL = lib.RB_EFULL
 _EEMPTY = lib.RB_EEMPTY
 _EINTR = lib.RB_EINTR
 _EAGAIN = lib.RB_EAGAIN

@@ -39,7 +39,7 @@
  * system's) on files nobody asked for. */
 #define SPARE_TARGET 32
 #define SPARE_BATCH 8
-/* On NAME.1: where its bytes end in the current file (procmgr/logs.py reads it). */
+/* On NAME.1: where its bytes end in the current file (procmgr/client/logs.py reads it). */
 #define END_ATTR "user.procmgr.end"
 
 enum { KEY_STOP = 1, KEY_INOTIFY, KEY_WAKE };

@@ -19,7 +19,7 @@
  * the oldest falls off) and then punched out (fallocate PUNCH_HOLE): the
  * program's appends land past it, untouched, and the blocks are freed. The
  * file keeps its length, so it is sparse: readers start at SEEK_DATA
- * (procmgr/logs.py). Where a file system cannot punch holes, the head is
+ * (procmgr/client/logs.py). Where a file system cannot punch holes, the head is
  * copied and the file truncated instead -- what lands between the copy
  * and the truncation is then lost (as logrotate's copytruncate).
  *
@@ -152,7 +152,7 @@ void rotator_end(struct rotator *r, int slot);
  * other stream could not be registered): its file goes, named or not. */
 void rotator_abandon(struct rotator *r, int slot);
 void rotator_close(struct rotator *r);
-/* "DOM.stdout" / "DOM.stderr": the file of a stream (procmgr/logs.py reads it). */
+/* "DOM.stdout" / "DOM.stderr": the file of a stream (procmgr/client/logs.py reads it). */
 void rotator_name(char *buf, size_t size, uint32_t dom, int fd);
 
 #endif

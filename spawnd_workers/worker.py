@@ -47,14 +47,13 @@ import signal
 import sys
 import time
 
-from procmgr.errors import Err
-from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.osutil import (
     become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, raise_fd_limit,
     reap_strays, refuse_ptrace, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
-    Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, send, take,
+    LOG_BACKUPS, LOG_MAX_BYTES, Decoder, Err, Flag, Msg, Op, ProtocolError, SpawnArgs, send,
+    take,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (

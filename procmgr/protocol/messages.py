@@ -24,8 +24,8 @@ from procmgr.protocol.numbers import (
     Err,
     Op,
 )
+from ringbuf import EFULL as _EFULL
 from ringbuf import Closed
-from ringbuf._cffi_ring import lib as _ring_codes
 
 
 @functools.cache
@@ -63,7 +63,6 @@ class ProtocolError(Exception):
 Msg = _wire.Msg
 _wire_send, _wire_take = _wire.send, _wire.take
 _TAKE_DONE = (_wire.TAKE_EMPTY, _wire.TAKE_LIMIT)
-_EFULL = _ring_codes.RB_EFULL
 
 
 def frags_for(plen: int) -> int:

@@ -7,7 +7,7 @@ cffi, procmgr/protocol/build.py), the one place they are written.
     State   a domain's state (STATE_*)
     HEADER_FIELDS, HEADER   the header slot's fields in order, and its struct
     SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, CLIENT_OPS,
-    EXIT_STATUS_KILLED
+    EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ ARG_LIMIT = lib.ARG_LIMIT
 MAX_PAYLOAD = lib.MAX_PAYLOAD
 MAX_FRAGS = lib.MAX_FRAGS
 EXIT_STATUS_KILLED = lib.EXIT_STATUS_KILLED
+LOG_MAX_BYTES = lib.LOG_MAX_BYTES
+LOG_BACKUPS = lib.LOG_BACKUPS
+LOG_MIN_BYTES = lib.LOG_MIN_BYTES
+LOG_MAX_BACKUPS = lib.LOG_MAX_BACKUPS
 CLIENT_OPS = frozenset(range(lib.FIRST_CLIENT_OP, lib.LAST_CLIENT_OP + 1))
 SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP))
 

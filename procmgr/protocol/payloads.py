@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass, field
 
 from procmgr.protocol.messages import ProtocolError
-from procmgr.protocol.numbers import ARG_LIMIT, Err
+from procmgr.protocol.numbers import ARG_LIMIT, LOG_MAX_BACKUPS, Err
 
 _SPAWN_LENS = struct.Struct("<HHHH")
 _FILE_MODES = ("r", "w", "a", "rw")
@@ -168,7 +168,7 @@ def _cap_problem(fd: int, mode: str, text: str) -> str:
             limit, sep, backups = text.partition(":")
             if not (sep and limit.isascii() and limit.isdigit() and backups.isascii()
                     and backups.isdigit() and 0 < int(limit) < 1 << 63
-                    and int(backups) <= 32):         # logs.LOG_MAX_BACKUPS
+                    and int(backups) <= LOG_MAX_BACKUPS):
                 return f"log bounds {text!r} are not MAX_BYTES:BACKUPS (MAX_BYTES > 0)"
         return ""
     if mode == "n":

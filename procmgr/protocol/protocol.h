@@ -50,6 +50,13 @@
 #define LAST_CLIENT_OP 10
 /* The exit status of a domain the runtime killed. */
 #define EXIT_STATUS_KILLED 9
+/* A captured stream's bounds (a "log" cap's MAX_BYTES:BACKUPS) unless the
+ * runtime or the spawn says otherwise, and what they may be: a rotation
+ * cuts whole blocks out of the file, and renames every backup (kept few). */
+#define LOG_MAX_BYTES 1048576
+#define LOG_BACKUPS 1
+#define LOG_MIN_BYTES 4096
+#define LOG_MAX_BACKUPS 32
 
 enum op {
     /* client -> manager (answered with the same op) */
@@ -126,7 +133,7 @@ enum err {
     E_DOMAIN_FORGOTTEN = 34,  /* the domain ended long enough ago to be out of the history */
 };
 
-/* A domain's state (procmgr/domain.py draws the machine). */
+/* A domain's state (procmgr/manager/domain.py draws the machine). */
 enum state {
     STATE_NIL = 0,
     STATE_RUNNING = 1,

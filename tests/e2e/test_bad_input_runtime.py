@@ -22,7 +22,7 @@ from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
     T, RawHandshake, as_root, manager_segments, pm, process_gone, ring_files, rt, wait_until,
 )
 from procmgr import Domain, Err, ProcMgmtError, State
-from procmgr.client import Future
+from procmgr.client.client import Future
 from procmgr.osutil import runtime_dir
 from procmgr.protocol import ARG_LIMIT, HEADER, MAX_FRAGS, SLOT, Flag, Msg, Op, encode
 from ringbuf import RingError

@@ -333,7 +333,7 @@ def test_a_link_planted_under_the_runtimes_name_is_not_followed(tmp_path, monkey
     assert os.listdir(elsewhere) == [] and planted.is_symlink()
 
     # The manager refuses it too, should the link come after that check.
-    from procmgr.server import Server
+    from procmgr.manager.server import Server
     with pytest.raises(FileExistsError):
         Server("victim", cores=0, pending="replyq", token="", kill_grace=0.2)
     assert os.listdir(elsewhere) == [] and planted.is_symlink()
@@ -430,13 +430,14 @@ def test_failed_attaches_leave_no_descriptor_open(tmp_path, monkeypatch):
 AT_OWN_LIMIT = """
 import os, resource, sys
 import procmgr
+connect = procmgr.connect      # loaded now (procmgr's names load on first use)
 name = sys.argv[1]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 for spare in range(0, 6):
     open_now = len(os.listdir("/proc/self/fd")) - 1   # less listdir's own
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + spare, hard))
     try:
-        procmgr.connect(name, timeout=10).close()
+        connect(name, timeout=10).close()
         print(spare, "connected", flush=True)
     except Exception as e:
         print(spare, type(e).__name__, getattr(e, "errno", None), e, flush=True)
@@ -607,7 +608,7 @@ def test_one_process_cannot_hold_the_cap_with_silent_connections(rt, pm, childre
     them) and every new client was refused "too many clients". A process
     may hold at most HANDSHAKES_PER_PROCESS connections in their handshake;
     the rest of its are refused, and clients of other processes get in."""
-    from procmgr.server import HANDSHAKES_PER_PROCESS
+    from procmgr.manager.server import HANDSHAKES_PER_PROCESS
 
     squatter = children.python("-c", SQUATTER, os.path.join(runtime_dir(rt.name), "manager.sock"),
                                stdin=subprocess.PIPE)

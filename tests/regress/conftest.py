@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 from regress_helpers import PENDING, SHM_PREFIX, shm_leftovers, watch
 
 

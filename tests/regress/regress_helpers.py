@@ -1,7 +1,7 @@
 """What every regression test of tests/regress shares.
 
 The tests drive the whole control plane in one process
-(``procmgr.inprocess.InProcessRuntime``: the manager, simulated spawnds and
+(``procmgr.testing.inprocess.InProcessRuntime``: the manager, simulated spawnds and
 clients on real shared-memory rings, moved on by ``rt.pump()``), so every
 interleaving they need is scripted, not hoped for. Nothing here blocks:
 a request whose answer must not have come yet is checked with
@@ -21,8 +21,8 @@ import os
 
 import pytest
 
-from procmgr.client import Client, Domain, Future
-from procmgr.domain import State
+from procmgr.client.client import Client, Domain, Future
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.protocol import Msg, Op
 

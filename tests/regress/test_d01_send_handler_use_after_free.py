@@ -16,7 +16,7 @@ is dropped, not dereferenced.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.protocol import Msg, Op
 from regress_helpers import (
     TIMEOUT, assert_all_answered, assert_healthy, child_cap, outcome, requests_for,

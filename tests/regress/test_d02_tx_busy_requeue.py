@@ -12,8 +12,7 @@ sent and answered in that order once there is room again.
 
 from __future__ import annotations
 
-from procmgr.domain import State
-from procmgr.loop import poll
+from procmgr.protocol import State
 from procmgr.protocol import Op
 from regress_helpers import (
     TIMEOUT, assert_healthy, outcome, settle, spawn_log, state_of, watch,
@@ -40,7 +39,7 @@ def test_full_request_ring_queues_in_order(make_rt):
         c = clients[i % 3]
         # A long argv: two slots per request, so the ring fills mid-message.
         futs.append((c, c.spawn_async([f"{'x' * 40}{i}"], core=0)))
-        poll(rt.manager)          # the manager runs, the spawnd does not
+        rt.run_manager()          # the manager runs, the spawnd does not
     sd_state = rt.manager.spawnds[0]
     assert sd_state.queued > 0 and sd_state.backlog, "ring never filled"
     assert not any(f.done() for _, f in futs)
@@ -110,7 +109,7 @@ def test_client_that_does_not_read_its_answers(make_rt):
     futs = []
     for _ in range(3):
         futs += [slow.wait_async(dom, nohang=True) for _ in range(3)]
-        poll(rt.manager)             # answers pile up: slow reads nothing
+        rt.run_manager()             # answers pile up: slow reads nothing
     binding = next(b for b in rt.manager.clients.values() if b.backlog)
     assert binding.backlog > 0
     other = fast.spawn(["b"], core=0, timeout=TIMEOUT)

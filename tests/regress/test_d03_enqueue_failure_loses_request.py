@@ -14,7 +14,7 @@ that dies before answering it (SPAWND_DIED).
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Flag, Msg, Op
 from regress_helpers import (

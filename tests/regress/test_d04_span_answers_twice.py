@@ -10,7 +10,7 @@ the new dispatcher's pid, or the spawnd's error.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (

@@ -12,7 +12,7 @@ domain already has, or is being spanned to, is ALREADY_SPANNED.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (

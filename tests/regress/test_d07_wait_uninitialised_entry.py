@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 
-from procmgr.client import Domain
-from procmgr.domain import State
+from procmgr.client.client import Domain
+from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
     TIMEOUT, assert_all_answered, assert_healthy, error_of, exit_async, outcome,

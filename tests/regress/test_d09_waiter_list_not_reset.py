@@ -10,7 +10,7 @@ exactly once, each with its own domain's status.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from regress_helpers import (
     TIMEOUT, assert_healthy, exit_async, outcome, settle, state_of,
 )

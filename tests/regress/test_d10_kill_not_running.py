@@ -12,7 +12,7 @@ request is sent to any spawnd.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
     TIMEOUT, assert_healthy, error_of, exit_async, outcome, settle,

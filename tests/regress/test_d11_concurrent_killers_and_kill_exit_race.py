@@ -13,9 +13,8 @@ reply and the dispatcher's own exit). The status is the first stop's:
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
-from procmgr.loop import poll
 from procmgr.protocol import Op
 from regress_helpers import (
     TIMEOUT, assert_healthy, exit_async, outcome, requests_for, settle, state_of, watch,
@@ -80,7 +79,7 @@ def test_kill_then_dispatcher_exits_by_itself(rt, client):
     dom = client.spawn(["a"], core=0, timeout=TIMEOUT)
     sd = rt.spawnds[0]
     kill = client.kill_async(dom)
-    poll(rt.manager)                      # kill handled and sent; spawnd not run
+    rt.run_manager()                      # kill handled and sent; spawnd not run
     assert requests_for(sd, dom.id, Op.SD_KILL) == 0
     sd.exit(dom.id, 5)
     settle(rt, client)

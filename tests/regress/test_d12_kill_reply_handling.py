@@ -17,7 +17,7 @@ import errno
 
 import pytest
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.protocol import Op
 from regress_helpers import (

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from procmgr.client import Domain
-from procmgr.domain import State
+from procmgr.client.client import Domain
+from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (

@@ -12,7 +12,7 @@ one.
 
 from __future__ import annotations
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
     TIMEOUT, assert_healthy, error_of, outcome, settle, state_of, watch,

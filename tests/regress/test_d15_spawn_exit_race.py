@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.protocol import Op, SpawnArgs
 from regress_helpers import (

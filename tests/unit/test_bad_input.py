@@ -7,9 +7,9 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procmgr.client import Future
+from procmgr.client.client import Future
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 from procmgr.protocol import HEADER, Op
 
 slots = st.binary(min_size=64, max_size=64)

@@ -8,7 +8,7 @@ import pytest
 
 from bench.pipeline import spawn_kill_wait_rate
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 from procmgr.protocol import Msg, Op, SpawnArgs
 
 

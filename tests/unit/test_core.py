@@ -1,20 +1,20 @@
-"""The manager's core in C (procmgr/_core.c, _pending.c): what it shares
-with the Python around it, its limits, and the bad input its own
-interface gets. Its behaviour per message is what the rest of the suite
-drives: tests/regress (one file per Barrelfish defect) and tests/unit
-through the in-process runtime take the Python path into it
-(dispatch_client, dispatch_spawnd), tests/e2e the event loop's C path
-(RingSet serving straight from the rings)."""
+"""The manager's core in C (procmgr/manager/core/): its limits, and the bad
+input its own interface gets. Its behaviour per message is what the rest of
+the suite drives, always through the event loop as production does (the
+core serving one-slot messages in C straight from the rings, the rest from
+Python): tests/regress (one file per Barrelfish defect, under both pending
+strategies) and tests/unit through the in-process runtime, tests/e2e
+through the real manager process."""
 
 import pytest
 
-from procmgr import _core
-from procmgr.client import Domain
-from procmgr.domain import State
+from procmgr.manager import _core
+from procmgr.client.client import Domain
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
-from procmgr.manager import Manager, _spawn_args
-from procmgr.pending import HashTable, PendingSlot, ReplyQueue, make_pending
+from procmgr.testing.inprocess import InProcessRuntime
+from procmgr.manager.manager import Manager, _spawn_args
+from procmgr.manager.pending import HashTable, PendingSlot, ReplyQueue, make_pending
 from procmgr import protocol
 from procmgr.protocol import Flag, Op, ProtocolError
 
@@ -78,7 +78,7 @@ def test_pending_structures_refuse_what_is_not_theirs():
 
 def test_a_bug_in_a_handler_is_answered_internal_and_the_manager_carries_on(monkeypatch,
                                                                             capsys):
-    from procmgr import handlers
+    from procmgr.manager import handlers
 
     def broken(mgr, client, msg):
         raise RuntimeError("a bug")
@@ -98,7 +98,7 @@ def test_a_bug_in_a_handler_is_answered_internal_and_the_manager_carries_on(monk
 
 
 def test_keyboard_interrupt_in_a_handler_is_not_taken_for_a_bug(monkeypatch):
-    from procmgr import handlers
+    from procmgr.manager import handlers
 
     def interrupted(mgr, client, msg):
         raise KeyboardInterrupt
@@ -112,7 +112,7 @@ def test_keyboard_interrupt_in_a_handler_is_not_taken_for_a_bug(monkeypatch):
 
 
 def test_an_answer_too_long_for_the_wire_is_a_bug_answered_internal(monkeypatch, capsys):
-    from procmgr import handlers
+    from procmgr.manager import handlers
 
     def too_long(mgr, client, msg):
         mgr.answer(client, msg, payload=b"x" * (protocol.MAX_PAYLOAD + 1))

@@ -5,9 +5,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 
 CORES = 3
 

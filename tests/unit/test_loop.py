@@ -2,7 +2,7 @@
 
 import time
 
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 
 
 def test_loop_answers_from_its_own_thread_and_sleeps_when_idle():

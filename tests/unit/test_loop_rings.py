@@ -1,6 +1,6 @@
-"""RingSet (procmgr/_loop.c): the manager loop's arm, sleep, disarm, serve
+"""RingSet (procmgr/manager/core/_loop.c): the manager loop's arm, sleep, disarm, serve
 and wake, driven through real rings the way the event loop drives them,
-with a real core behind it (procmgr/_core.c)."""
+with a real core behind it (procmgr/manager/core/_core.c)."""
 
 import os
 import select
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from procmgr._core import PEER_CLIENT, RingSet
-from procmgr.channel import Channel
+from procmgr.manager._core import PEER_CLIENT, RingSet
+from procmgr.manager.channel import Channel
 from procmgr.errors import Err
-from procmgr.manager import Manager
+from procmgr.manager.manager import Manager
 from procmgr.osutil import watch_doorbell
 from procmgr.protocol import Decoder, Msg, Op, send, take
 from ringbuf import Ring

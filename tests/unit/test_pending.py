@@ -1,4 +1,4 @@
-"""Unit tests of procmgr.pending: the two pending-client strategies.
+"""Unit tests of procmgr.manager.pending: the two pending-client strategies.
 
 Shared behaviour runs against both ``make_pending("replyq")`` and
 ``make_pending("hashtable")``; what only the reply queue promises (in-order
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procmgr.pending import (
+from procmgr.manager.pending import (
     STRATEGIES,
     HashTable,
     PendingSlot,

@@ -6,10 +6,9 @@ domain is cleaned only once that is answered."""
 
 import pytest
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
-from procmgr.loop import poll
+from procmgr.testing.inprocess import InProcessRuntime
 from procmgr.protocol import Op
 
 T = 5.0
@@ -76,7 +75,7 @@ def test_kill_racing_exit_counts_the_core_once(rt):
     dom = client.spawn(["prog"], core=0, timeout=T)
     sd = rt.spawnds[0]
     kill = client.kill_async(dom)
-    poll(rt.manager)                          # SD_KILL is in the worker's ring...
+    rt.run_manager()                          # SD_KILL is in the worker's ring...
     sd.exit(dom.id, 0)                        # ...when the dispatcher ends by itself
     rt.pump()                                 # exit report first, then NOT_FOUND
     assert _requests(sd, Op.SD_KILL, dom.id) == 1

@@ -5,9 +5,9 @@ import errno
 
 import pytest
 
-from procmgr.domain import State
+from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.inprocess import InProcessRuntime
+from procmgr.testing.inprocess import InProcessRuntime
 from procmgr.protocol import Op
 
 

@@ -9,7 +9,7 @@ wait is answered only when its domain stops).
 an answer calls ``pump()`` to let it work instead of blocking on the ring.
 
 A domain's output (``stdout=``, ``stderr=``, ``output``, ``follow``,
-``run``) is described in procmgr/logs.py. Reading it asks the manager only
+``run``) is described in procmgr/client/logs.py. Reading it asks the manager only
 whether the domain exists; the bytes are read from the log files directly.
 """
 
@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from procmgr import logs
+from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, TimeoutExpired
-from procmgr.logs import LOG
+from procmgr.client.logs import LOG
 from procmgr.protocol import (
     MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids,
     send, take,
 )
-from procmgr.domain import State
+from procmgr.protocol import State
 from ringbuf import Ring
 
 
@@ -205,7 +205,7 @@ class Client:
                     path: str | None = None, caps=None, **streams) -> Future:
         """``streams``: stdin, stdout, stderr, append, log_max_bytes,
         log_backups -- where the program's standard streams go
-        (procmgr/logs.py); by default stdin is /dev/null and stdout and
+        (procmgr/client/logs.py); by default stdin is /dev/null and stdout and
         stderr are captured in its log."""
         caps = _all_caps(streams, caps)
         op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
@@ -219,7 +219,7 @@ class Client:
         """Start ``argv`` on ``core``. ``stdout=``/``stderr=`` (LOG,
         DEVNULL, INHERIT, STDOUT, a path; ``append=True``), ``stdin=``
         (DEVNULL or a path) and ``log_max_bytes=``/``log_backups=`` say
-        where its standard streams go: procmgr/logs.py."""
+        where its standard streams go: procmgr/client/logs.py."""
         return self.wait_for(self.spawn_async(argv, core, env, path, **streams), timeout)
 
     def spawn_with_caps(self, argv, caps, core: int = 0, env=None, path=None,

@@ -1,6 +1,6 @@
 /*
  * What the manager loop (_loop.c) and the manager's core (_core.c) call in
- * each other. Both are one extension module, procmgr._core.
+ * each other. Both are one extension module, procmgr.manager._core.
  */
 #ifndef PROCMGR_CORE_H
 #define PROCMGR_CORE_H
@@ -16,7 +16,7 @@
 #define PEER_CLIENT 1
 
 /* Messages core_serve takes from one peer at a time: a peer that never
- * stops sending waits its turn behind the others (procmgr/_loop.c). */
+ * stops sending waits its turn behind the others (procmgr/manager/core/_loop.c). */
 #define SERVE_BUDGET 64
 
 /* Handle, in C, what can be handled at the head of a peer's inbound ring:

@@ -2,7 +2,7 @@
 
 Single-threaded: one event loop (loop.py) serves one-slot messages in C
 straight from the rings, and ``poll`` hands the rest (decoded in Python)
-to the core (procmgr/_core.c), which keeps the domain table and runs one
+to the core (procmgr/manager/core/_core.c), which keeps the domain table and runs one
 handler per message to completion. The few requests answered in Python
 (handlers.py) come back through ``python_op``.
 
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 
-from procmgr._core import Core
-from procmgr.channel import Channel
-from procmgr.domain import TableView
+from procmgr.manager._core import Core
+from procmgr.manager.channel import Channel
+from procmgr.manager.domain import TableView
 from procmgr.errors import Err
-from procmgr.pending import make_pending
+from procmgr.manager.pending import make_pending
 from procmgr.protocol import Msg, ProtocolError, SpawnArgs
 
 # A client spawning one program many times sends the same payload bytes
@@ -152,7 +152,7 @@ class Manager:
         # Set by the manager process: ends the worker of a core whose ring
         # broke (its death is then handled as any other). None in-process.
         self.end_spawnd = None
-        # Peers dropped because they broke their rings (procmgr/channel.py).
+        # Peers dropped because they broke their rings (procmgr/manager/channel.py).
         self.peers_dropped = 0
         # core -> worker pid, for monitoring; empty when the manager runs in-process.
         self.worker_pids = dict
@@ -189,7 +189,7 @@ class Manager:
     # ---- answering (the requests Python answers) ----
 
     def _python_op(self, client_id: int, msg: Msg) -> None:
-        from procmgr.handlers import PYTHON_HANDLERS
+        from procmgr.manager.handlers import PYTHON_HANDLERS
 
         PYTHON_HANDLERS[msg.op](self, self.clients[client_id], msg)
 

@@ -1,6 +1,6 @@
 """The domain table and the domain state machine: the states, and the
 views Python reads. The table itself, its transitions and every handler
-that drives them are C (procmgr/_core.c: why, and the state diagram).
+that drives them are C (procmgr/manager/core/_core.c: why, and the state diagram).
 
     NIL --spawn reply ok--> RUNNING --kill/exit--> STOP_PEND --all cores
      |                         ^                      |     stopped--> STOPPED
@@ -13,9 +13,9 @@ A domain cap is (id, nonce): ids are handed out in order and never reused;
 the 64-bit nonce is random, so a cap cannot be guessed from an id.
 
 A handler that tries an edge the machine does not have is a bug: the core
-raises ``procmgr._core.IllegalTransition``, counts it as an internal error
+raises ``procmgr.manager._core.IllegalTransition``, counts it as an internal error
 and answers the request INTERNAL. A request answered twice raises
-``procmgr._core.AnswerTwice``, which is let through: the exactly-once check
+``procmgr.manager._core.AnswerTwice``, which is let through: the exactly-once check
 stops the manager rather than let it carry on wrong.
 """
 

@@ -2238,7 +2238,7 @@ static PySequenceMethods core_as_sequence = {.sq_length = (lenfunc)core_len};
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr._core.Core",
+    .tp_name = "procmgr.manager._core.Core",
     .tp_doc = "Core(make_pending, spawn_args, protocol_error, python_op, pending='replyq', "
               "reply_queue=1024, max_cores=1024, table_capacity=1<<20, history=4096): "
               "the manager's state and handlers (see _core.c)",
@@ -2254,7 +2254,7 @@ static PyTypeObject CoreType = {
 };
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "procmgr._core",
+    PyModuleDef_HEAD_INIT, "procmgr.manager._core",
     "The manager's core (state and handlers) and its loop's ring work; see _core.c "
     "and _loop.c.", -1, NULL, NULL, NULL, NULL, NULL,
 };
@@ -2267,10 +2267,10 @@ PyMODINIT_FUNC PyInit__core(void)
     if (mod == NULL)
         return NULL;
     AnswerTwice = PyErr_NewExceptionWithDoc(
-        "procmgr._core.AnswerTwice", "A request was answered twice or answered without "
+        "procmgr.manager._core.AnswerTwice", "A request was answered twice or answered without "
         "being received.", PyExc_AssertionError, NULL);
     IllegalTransition = PyErr_NewExceptionWithDoc(
-        "procmgr._core.IllegalTransition", "A handler tried an edge the domain state machine "
+        "procmgr.manager._core.IllegalTransition", "A handler tried an edge the domain state machine "
         "does not have: a bug.", PyExc_AssertionError, NULL);
     PyObject *wire = PyImport_ImportModule("procmgr.protocol._wire");
     msg_type = wire ? (PyTypeObject *)PyObject_GetAttrString(wire, "Msg") : NULL;

@@ -1,24 +1,28 @@
 """The whole control plane in one process: manager, simulated spawnds and
-clients on real rings, driven by ``pump`` instead of an event loop.
+clients on real rings.
 
 For unit and regression tests of the manager's behaviour, and for
 measuring the control plane alone. Dispatchers are simulated (no processes).
 
-With ``threads=True`` nothing is pumped: the manager runs its real event
-loop and each simulated spawnd serves its ring, each in a thread, and
-clients block on their rings as they would in another process.
+The manager is served by its own event loop (procmgr/manager/loop.py), the
+path production takes: one-slot messages are handled by the core in C
+straight from the rings, the rest by Python. By default nothing runs until
+``pump`` turns the loop (without sleeping) and the spawnds in turn, or
+``run_manager`` turns the loop alone; with ``threads=True`` the loop and
+each simulated spawnd run in threads, and clients block on their rings as
+they would in another process.
 """
 
 from __future__ import annotations
 
-from procmgr.channel import Channel
-from procmgr.client import Client
 import threading
 
-from procmgr.loop import EventLoop, poll
-from procmgr.manager import Manager
+from procmgr.client.client import Client
+from procmgr.manager.channel import Channel
+from procmgr.manager.loop import EventLoop
+from procmgr.manager.manager import Manager
+from procmgr.testing.simulated import SimulatedSpawnd
 from ringbuf import Ring, unique_name
-from spawnd_workers.simulated import SimulatedSpawnd
 
 
 class InProcessRuntime:
@@ -34,7 +38,8 @@ class InProcessRuntime:
         self._rings: list[Ring] = []
         self.manager = Manager(pending=pending, reply_queue=reply_queue)
         self.spawnds: dict[int, SimulatedSpawnd] = {}
-        self.loop = EventLoop(self.manager) if threads else None
+        self.loop = EventLoop(self.manager)
+        self.threads = threads
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         if threads:
@@ -50,7 +55,7 @@ class InProcessRuntime:
 
     def _doorbell(self, *peer_ends: Ring) -> None:
         """Give the manager's peers its doorbell (threads mode)."""
-        if self.loop is not None:
+        if self.threads:
             for ring in peer_ends:
                 ring.set_doorbell(self.loop.doorbell)
 
@@ -67,7 +72,7 @@ class InProcessRuntime:
         resp_prod, resp_cons = self._pair()
         self._doorbell(req_prod, resp_cons)
         channel = Channel(req_cons, resp_prod)
-        if self.loop is None:
+        if not self.threads:
             self.manager.add_client(channel, is_monitor=monitor)
             return Client(req_prod, resp_cons, pump=self.pump)
         # The loop thread owns the manager: hand the binding over through it.
@@ -87,14 +92,22 @@ class InProcessRuntime:
         sd.releases = self.releases
         self._doorbell(req, rep)
         self.spawnds[core] = sd
-        if self.loop is not None:
+        if self.threads:
             self._start(sd.serve, f"spawnd.{core}", self._stop)
         return sd
+
+    def run_manager(self) -> int:
+        """One pass of the manager's loop, without sleeping: the messages it
+        handled (in C and in Python). The spawnds do not run."""
+        assert not self.threads, "the loop runs in its own thread"
+        before = self.loop.served_in_c
+        handled = self.loop.run_once(idle_timeout=0)
+        return handled + self.loop.served_in_c - before
 
     def pump(self, rounds: int = 1000) -> None:
         """Run manager and workers until nobody has anything left to do."""
         for _ in range(rounds):
-            moved = poll(self.manager)
+            moved = self.run_manager()
             for sd in self.spawnds.values():
                 moved += sd.step()
             if not moved:
@@ -102,12 +115,12 @@ class InProcessRuntime:
         raise AssertionError(f"control plane still busy after {rounds} rounds")
 
     def close(self) -> None:
-        if self.loop is not None:
+        if self.threads:
             self._stop.set()
             self.loop.stop()
             for t in self._threads:
                 t.join(timeout=5)
-            self.loop.close()
+        self.loop.close()
         for ring in self._rings:
             ring.close()
             ring.unlink()

@@ -1,7 +1,7 @@
 """The manager's event loop, and nothing else.
 
 ``EventLoop`` sleeps until a peer's ring has something, lets the core
-serve in C what it can straight from the rings (procmgr/_loop.c), and
+serve in C what it can straight from the rings (procmgr/manager/core/_loop.c), and
 ``poll`` hands the rest -- messages with continuation slots, the requests
 Python answers, anything the C path stops in front of -- to the core in
 the order they came. Spawnd replies go first: they free reply-queue slots
@@ -15,11 +15,11 @@ import select
 import sys
 from collections import deque
 
-from procmgr._core import PEER_CLIENT, PEER_SPAWND, SERVE_BUDGET, RingSet
+from procmgr.manager._core import PEER_CLIENT, PEER_SPAWND, SERVE_BUDGET, RingSet
 from procmgr.osutil import watch_doorbell
 
 # Messages taken from one ring per pass, as the core takes them in C:
-# fairness between peers (procmgr/_core.h).
+# fairness between peers (procmgr/manager/core/_core.h).
 BATCH = SERVE_BUDGET
 
 
@@ -69,7 +69,7 @@ def _dropped(mgr, channel) -> None:
 
 class EventLoop:
     """Runs the manager: wait until a peer's ring has something (RingSet,
-    procmgr/_loop.c: arm every inbound ring, sleep on one doorbell -- an
+    procmgr/manager/core/_loop.c: arm every inbound ring, sleep on one doorbell -- an
     eventfd every peer was given -- plus whatever other descriptors were
     registered with ``watch``, disarm, serve in C what the core can), run
     the watchers that fired, hand the rings that still have something to

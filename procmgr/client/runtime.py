@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 
-from procmgr.client import Client
+from procmgr.client.client import Client
 from procmgr.errors import RuntimeRefused
-from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
+from procmgr.client.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
 from procmgr.osutil import (
     become_subreaper, children_of, end_and_reap, runtime_dir, wait_readable,
 )
@@ -233,7 +233,7 @@ class Runtime:
         processes -- for measuring the control plane alone.
         ``log_max_bytes``, ``log_backups``: a captured stream's file is
         rotated at that size and that many rotated files kept, unless a
-        spawn says otherwise (procmgr/logs.py). ``history``: how many ended
+        spawn says otherwise (procmgr/client/logs.py). ``history``: how many ended
         domains are remembered, for a late wait or status and their logs."""
         if type(history) is not int or history < 1:
             raise ValueError(f"history must be an int >= 1, not {history!r}")
@@ -266,7 +266,7 @@ class Runtime:
         # It says "ready" on a pipe of its own that it closes then: never on
         # its stdout, which its workers and their programs would inherit.
         ready_r, ready_w = os.pipe()
-        cmd = [sys.executable, "-m", "procmgr.server", "--name", self.name,
+        cmd = [sys.executable, "-m", "procmgr.manager.server", "--name", self.name,
                "--parent-pid", str(os.getpid()),
                "--cores", str(self.cores), "--pending", self.pending,
                "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r),

@@ -1,7 +1,7 @@
 """Pending clients: requests sent to a spawnd and not yet answered by it.
 
 Two strategies behind one interface, so they can be measured side by side
-(``pending="replyq" | "hashtable"``), both in C (procmgr/_pending.c) because
+(``pending="replyq" | "hashtable"``), both in C (procmgr/manager/core/_pending.c) because
 the core claims and matches a slot on the manager's critical turns:
 
 - ``ReplyQueue`` (the point of the seed): a preallocated ring of slots per
@@ -30,7 +30,7 @@ is still reading (the shape of Barrelfish defect 1, a use-after-free).
 
 from __future__ import annotations
 
-from procmgr._core import HashTable, PendingSlot, ReplyQueue, seq_before
+from procmgr.manager._core import HashTable, PendingSlot, ReplyQueue, seq_before
 
 __all__ = ["HashTable", "PendingSlot", "ReplyQueue", "STRATEGIES", "make_pending", "seq_before"]
 

@@ -1,4 +1,4 @@
-"""The process manager as a process: ``python -m procmgr.server``.
+"""The process manager as a process: ``python -m procmgr.manager.server``.
 
 Started by a Runtime (the monitor). It
 
@@ -41,10 +41,10 @@ import subprocess
 import sys
 import time
 
-from procmgr.channel import Channel
-from procmgr.logs import LOG_BACKUPS, LOG_MAX_BYTES
-from procmgr.loop import EventLoop
-from procmgr.manager import Manager
+from procmgr.manager.channel import Channel
+from procmgr.protocol import LOG_BACKUPS, LOG_MAX_BYTES
+from procmgr.manager.loop import EventLoop
+from procmgr.manager.manager import Manager
 from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
     raise_fd_limit, reap_strays, refuse_ptrace, runtime_dir,
@@ -165,7 +165,7 @@ class Server:
         self.loop.watch(pidfd, lambda fd, ev, core=core: self._worker_died(core, fd))
 
     def _end_worker(self, core: int) -> None:
-        """A worker that broke its ring (procmgr/loop.py) is ended: its
+        """A worker that broke its ring (procmgr/manager/loop.py) is ended: its
         death, seen through its pidfd, fails what waited on it."""
         proc = self.workers.get(core)
         if proc is not None:
@@ -485,7 +485,7 @@ class _Handshake:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m procmgr.server")
+    ap = argparse.ArgumentParser(prog="python -m procmgr.manager.server")
     ap.add_argument("--name", required=True)
     ap.add_argument("--parent-pid", type=int, default=-1,
                     help="the pid of the process starting us: we end with it")

@@ -46,11 +46,12 @@ import os
 import stat
 from typing import Callable, Iterator
 
-# A captured stream's bounds unless the runtime or the spawn says otherwise.
-LOG_MAX_BYTES = 1 << 20
-LOG_BACKUPS = 1
-LOG_MIN_BYTES = 4096       # a rotation cuts whole blocks out of the file
-LOG_MAX_BACKUPS = 32       # each rotation renames every one: kept few
+# A captured stream's bounds unless the runtime or the spawn says otherwise,
+# and their limits, are the protocol's (protocol.h).
+from procmgr.protocol import (  # noqa: F401 (re-exported)
+    LOG_BACKUPS, LOG_MAX_BACKUPS, LOG_MAX_BYTES, LOG_MIN_BYTES,
+)
+
 STREAMS = ("stdout", "stderr")
 END_ATTR = "user.procmgr.end"     # on NAME.1 (spawnd_workers/_rotator.c)
 

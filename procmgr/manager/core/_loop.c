@@ -189,7 +189,7 @@ static inline struct rb_handle *waited(RingSetObject *self, Py_ssize_t i,
 
 /* Peer i has something for the loop: what it waits on is ready, or either
  * ring broke (a corrupt ring, its answers' too, found while sending: the
- * loop drops the peer -- procmgr/channel.py). A handle closed by this
+ * loop drops the peer -- procmgr/manager/channel.py). A handle closed by this
  * process counts as ready too: visiting it is how the loop finds out
  * (Closed). */
 static int peer_ready(RingSetObject *self, Py_ssize_t i, const uint8_t *space)
@@ -440,7 +440,7 @@ static PyGetSetDef ringset_getset[] = {
 
 static PyTypeObject RingSetType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr._core.RingSet",
+    .tp_name = "procmgr.manager._core.RingSet",
     .tp_doc = "RingSet(epoll_fd, doorbell_fd, core): the manager's peers' rings (see _loop.c).",
     .tp_basicsize = sizeof(RingSetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,

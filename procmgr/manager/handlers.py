@@ -1,7 +1,7 @@
 """The requests the manager answers in Python: queries and add_spawnd.
 
 Every other request, and every spawnd reply, is handled in C
-(procmgr/_core.c: one function per message, the domain state machine, and
+(procmgr/manager/core/_core.c: one function per message, the domain state machine, and
 the defined behaviour for the cases Barrelfish got wrong, BARRELFISH.md
 section 5). These four need what Python has -- attaching rings, starting a
 worker, JSON -- and touch no domain: they read the table's views and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from procmgr.channel import Channel
+from procmgr.manager.channel import Channel
 from procmgr.errors import Err
 from procmgr.protocol import MAX_PAYLOAD, Op, ProtocolError, StatusInfo, encode_ids
 from ringbuf import Ring, RingException

@@ -75,7 +75,7 @@ static PyMemberDef slot_members[] = {
 
 static PyTypeObject PendingSlotType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr.pending.PendingSlot",
+    .tp_name = "procmgr.manager._core.PendingSlot",
     .tp_doc = "One request awaiting its spawnd reply. Reused by the reply queue; never shared.",
     .tp_basicsize = sizeof(PendingSlotObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -492,7 +492,7 @@ static PySequenceMethods ht_as_sequence = {.sq_length = (lenfunc)ht_len};
 
 static PyTypeObject ReplyQueueType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr.pending.ReplyQueue",
+    .tp_name = "procmgr.manager._core.ReplyQueue",
     .tp_doc = "ReplyQueue(capacity=1024): a preallocated FIFO of pending-client slots "
               "for one spawnd.",
     .tp_basicsize = sizeof(ReplyQueueObject),
@@ -507,7 +507,7 @@ static PyTypeObject ReplyQueueType = {
 
 static PyTypeObject HashTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procmgr.pending.HashTable",
+    .tp_name = "procmgr.manager._core.HashTable",
     .tp_doc = "HashTable(capacity=1024): the pre-reply-queue design, records by "
               "(op, domain), chained.",
     .tp_basicsize = sizeof(HashTableObject),

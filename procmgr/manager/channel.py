@@ -2,7 +2,7 @@
 
 The manager talks to clients and to spawnd workers the same way, so both
 are Channels. Receiving is here: it decodes slots into messages,
-reassembling fragments. Sending is the core's (procmgr/_core.c), which
+reassembling fragments. Sending is the core's (procmgr/manager/core/_core.c), which
 pushes into ``outbound`` and keeps what does not fit in an outbox of its
 own, flushed in order when the peer has made room: sending never blocks
 the (single-threaded) manager.
