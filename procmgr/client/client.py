@@ -183,6 +183,21 @@ class Client:
         if answered is not None:
             _run_callbacks(answered)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._waiting)
+
+    def expect(self, seq: int, op: int) -> Future:
+        """A Future for the answer to request ``seq`` that this client's ring
+        carries but that was not sent through it: slots a tool or a test
+        writes by hand with ``requests.try_push``. Pick ``seq`` far from the
+        client's own counter (which starts at 1)."""
+        if seq in self._waiting:
+            raise ValueError(f"request {seq} is already in flight")
+        fut = self._waiting[seq] = Future(seq, op, lambda m: m)
+        return fut
+
     def wait_for(self, fut: Future, timeout: float | None = None):
         """Block until ``fut`` is answered (bounded by ``timeout``) and return its result."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -15,6 +15,8 @@ from procmgr.errors import Err
 from procmgr.protocol import Decoder, Flag, Msg, Op, SpawnArgs, encode
 from ringbuf import Ring, unique_name
 
+from e2e_helpers import wait_until
+
 
 class WorkerUnderTest:
     def __init__(self, children, core=0, kill_grace=0.2, extra=()):
@@ -66,6 +68,13 @@ def worker(children):
     w = WorkerUnderTest(children)
     yield w
     w.close()
+
+
+def ignores(pid: int, sig: int) -> bool:
+    """``pid`` ignores ``sig`` (its SigIgn mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line for line in f if line.startswith("SigIgn:")).split()[1]
+    return bool(int(mask, 16) & (1 << (sig - 1)))
 
 
 def gone(pid: int) -> bool:
@@ -138,7 +147,7 @@ def test_kill_ends_the_whole_process_group(worker):
 
 def test_kill_of_a_program_ignoring_sigterm(worker):
     reply = worker.spawn(4, ["/bin/sh", "-c", "trap '' TERM; sleep 60"])
-    time.sleep(0.1)         # let sh install its trap
+    wait_until(lambda: ignores(reply.status, signal.SIGTERM), what="sh ignores SIGTERM")
     start = time.monotonic()
     assert worker.call(Op.SD_KILL, 4).err == Err.OK
     assert time.monotonic() - start >= 0.15   # waited the grace, then SIGKILL

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from procmgr.testing.inprocess import InProcessRuntime
-from regress_helpers import PENDING, SHM_PREFIX, shm_leftovers, watch
+from regress_helpers import PENDING, SHM_PREFIX, shm_leftovers
 
 
 @pytest.fixture(params=PENDING)
@@ -41,10 +41,10 @@ def rt(make_rt) -> InProcessRuntime:
 
 @pytest.fixture
 def client(rt):
-    return watch(rt.client())
+    return rt.client()
 
 
 @pytest.fixture
 def other(rt):
     """A second client, for races between clients."""
-    return watch(rt.client())
+    return rt.client()

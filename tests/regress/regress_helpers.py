@@ -40,31 +40,6 @@ def shm_leftovers() -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mine))
 
 
-class Answers(dict):
-    """Stands in for a Client's table of outstanding requests (seq -> Future).
-
-    The Client drops an answer whose seq it no longer waits for, silently;
-    this table records it instead, so a second answer to one request (or an
-    answer to a request never made) is visible to the test.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.strays: list[int] = []
-
-    def pop(self, seq, *default):
-        if seq not in self:
-            self.strays.append(seq)
-        return super().pop(seq, *default)
-
-
-def watch(client: Client) -> Client:
-    """Make ``client`` record stray answers (before it sends anything)."""
-    assert not client._waiting, "watch a client before it sends requests"
-    client._waiting = Answers()
-    return client
-
-
 def settle(rt, *clients: Client) -> None:
     """Let the control plane run until idle, and let clients take their answers."""
     rt.pump()
@@ -127,9 +102,11 @@ def assert_all_answered(rt, *clients: Client) -> None:
     """Every request of ``clients`` answered, none twice; the manager owes nothing."""
     settle(rt, *clients)
     for c in clients:
-        assert not dict(c._waiting), f"unanswered requests: {sorted(c._waiting)}"
-        strays = getattr(c._waiting, "strays", [])
-        assert not strays, f"answers to requests already answered or never made: {strays}"
+        assert c.in_flight == 0, f"{c.in_flight} requests unanswered"
+        # An answer to a request already answered, or never made, is counted
+        # by the client (it would drop it otherwise).
+        assert c.unmatched_answers == 0, (
+            f"{c.unmatched_answers} answers to requests already answered or never made")
     for binding in rt.manager.clients.values():
         assert not binding.outstanding, f"{binding} still owed {sorted(binding.outstanding)}"
 
@@ -138,7 +115,7 @@ def assert_healthy(rt, *clients: Client, core: int = 0) -> None:
     """No request lost or answered twice, and the manager still works:
     a fresh domain on ``core`` is spawned, runs, is killed and reports 9."""
     assert_all_answered(rt, *clients)
-    probe = watch(rt.client())
+    probe = rt.client()
     dom = probe.spawn(["probe"], core=core, timeout=TIMEOUT)
     assert state_of(probe, dom) == State.RUNNING
     probe.kill(dom, timeout=TIMEOUT)

@@ -20,14 +20,14 @@ from procmgr.protocol import State
 from procmgr.protocol import Msg, Op
 from regress_helpers import (
     TIMEOUT, assert_all_answered, assert_healthy, child_cap, outcome, requests_for,
-    settle, state_of, watch,
+    settle, state_of,
 )
 
 
 def test_handler_sends_while_its_slot_is_the_only_one(make_rt):
     """Kill reply -> cleanup request, with a one-slot reply queue."""
     rt = make_rt(cores=2, reply_queue=1)
-    c = watch(rt.client())
+    c = rt.client()
     dom = c.spawn(["a"], core=0, timeout=TIMEOUT)
     c.span(dom, 1, timeout=TIMEOUT)
     c.kill(dom, timeout=TIMEOUT)
@@ -43,7 +43,7 @@ def test_deferred_kill_sent_from_spawn_reply_handler(make_rt):
     """The spawn reply handler sends the kill that overtook it, while it
     still holds the only slot; both clients get their own answer."""
     rt = make_rt(cores=1, reply_queue=1)
-    spawner, killer = watch(rt.client()), watch(rt.client())
+    spawner, killer = rt.client(), rt.client()
     sd = rt.spawnds[0]
     sd.hold = True
     spawned = spawner.spawn_async(["a"], core=0)
@@ -67,7 +67,7 @@ def test_many_clients_each_get_their_own_answer(make_rt):
     """One slot reused for every request in turn: no answer goes to the
     wrong client, none is lost, none is repeated."""
     rt = make_rt(cores=2, reply_queue=1)
-    clients = [watch(rt.client()) for _ in range(4)]
+    clients = [rt.client() for _ in range(4)]
     futs = []
     for i in range(12):
         c = clients[i % 4]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from procmgr.protocol import State
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, outcome, settle, spawn_log, state_of, watch,
+    TIMEOUT, assert_healthy, outcome, settle, spawn_log, state_of,
 )
 
 
@@ -33,7 +33,7 @@ def test_full_request_ring_queues_in_order(make_rt):
     ring, then the core's outbox, then the send queue. Nothing is lost,
     nothing overtakes."""
     rt = make_rt(cores=1, ring_capacity=4)
-    clients = [watch(rt.client()) for _ in range(3)]
+    clients = [rt.client() for _ in range(3)]
     futs = []
     for i in range(24):
         c = clients[i % 3]
@@ -54,7 +54,7 @@ def test_full_reply_queue_queues_in_order(make_rt):
     """Replies are held back: once the reply queue (2 slots) is full, the
     rest wait in the send queue; each released reply lets one more out."""
     rt = make_rt(cores=1, reply_queue=2)
-    c = watch(rt.client())
+    c = rt.client()
     sd = rt.spawnds[0]
     sd.hold = True
     futs = [c.spawn_async([f"p{i}"], core=0) for i in range(10)]
@@ -77,7 +77,7 @@ def test_kills_and_cleanups_queue_behind_spawns(make_rt):
     manager's own cleanups share one small ring and a one-slot reply
     queue, and every domain still goes RUNNING -> CLEANED with status 9."""
     rt = make_rt(cores=2, ring_capacity=4, reply_queue=1)
-    c = watch(rt.client())
+    c = rt.client()
     doms = [c.wait_for(f, timeout=TIMEOUT)
             for f in [c.spawn_async([f"p{i}"], core=i % 2) for i in range(8)]]
     kills = [c.kill_async(d) for d in doms]
@@ -104,7 +104,7 @@ def test_client_that_does_not_read_its_answers(make_rt):
     manager's backlog, the manager reads no more of its requests meanwhile
     (that is its backpressure), and other clients are still served."""
     rt = make_rt(cores=1, ring_capacity=4)
-    slow, fast = watch(rt.client()), watch(rt.client())
+    slow, fast = rt.client(), rt.client()
     dom = slow.spawn(["a"], core=0, timeout=TIMEOUT)
     futs = []
     for _ in range(3):

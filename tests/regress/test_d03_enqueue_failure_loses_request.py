@@ -18,7 +18,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Flag, Msg, Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, error_of, outcome, requests_for, settle, state_of, watch,
+    TIMEOUT, assert_healthy, error_of, outcome, requests_for, settle, state_of,
 )
 
 
@@ -27,7 +27,7 @@ def test_every_kind_of_request_gets_through_under_pressure(make_rt):
     spawnds with the smallest ring and reply queue; the kill reaches
     STOPPED and the cleanup CLEANED on both cores."""
     rt = make_rt(cores=2, ring_capacity=2, reply_queue=1)
-    c = watch(rt.client())
+    c = rt.client()
     dom = c.spawn(["a"], core=0, timeout=TIMEOUT)
     assert c.span(dom, 1, timeout=TIMEOUT) > 0
     waiter = c.wait_async(dom)
@@ -82,7 +82,7 @@ def test_requests_to_a_dying_worker_are_answered(make_rt):
     SPAWND_DIED for the span and the spawns, OK for the kill, whose domain
     stopped with its worker -- and nothing waits forever."""
     rt = make_rt(cores=2, reply_queue=1)
-    c = watch(rt.client())
+    c = rt.client()
     home = c.spawn(["home"], core=0, timeout=TIMEOUT)
     there = c.spawn(["there"], core=1, timeout=TIMEOUT)
     sd1 = rt.spawnds[1]

@@ -14,7 +14,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, outcome, requests_for, settle, state_of, watch,
+    TIMEOUT, assert_healthy, outcome, requests_for, settle, state_of,
 )
 
 
@@ -58,7 +58,7 @@ def test_failed_span_answered_once_with_the_error(rt, client):
 
 def test_many_spans_each_answered_once(make_rt):
     rt = make_rt(cores=4)
-    c = watch(rt.client())
+    c = rt.client()
     doms = [c.spawn([f"d{i}"], core=0, timeout=TIMEOUT) for i in range(3)]
     futs = [(d, core, c.span_async(d, core)) for d in doms for core in (1, 2, 3)]
     for d, core, f in futs:

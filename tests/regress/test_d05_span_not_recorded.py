@@ -16,13 +16,13 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, error_of, outcome, requests_for, settle, state_of, watch,
+    TIMEOUT, assert_healthy, error_of, outcome, requests_for, settle, state_of,
 )
 
 
 def test_kill_and_cleanup_reach_the_spanned_core(make_rt):
     rt = make_rt(cores=3)
-    c = watch(rt.client())
+    c = rt.client()
     dom = c.spawn(["a"], core=0, timeout=TIMEOUT)
     c.span(dom, 2, timeout=TIMEOUT)
     assert c.status(dom, timeout=TIMEOUT).cores == [0, 2]

@@ -17,7 +17,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, exit_async, outcome, requests_for, settle, state_of, watch,
+    TIMEOUT, assert_healthy, exit_async, outcome, requests_for, settle, state_of,
 )
 
 
@@ -28,7 +28,7 @@ def _spanned(rt, client):
 
 
 def test_concurrent_killers(rt, client, other):
-    third = watch(rt.client())
+    third = rt.client()
     dom = _spanned(rt, client)
     for sd in rt.spawnds.values():
         sd.hold = True

@@ -15,13 +15,13 @@ from __future__ import annotations
 from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
-    TIMEOUT, assert_healthy, error_of, outcome, settle, state_of, watch,
+    TIMEOUT, assert_healthy, error_of, outcome, settle, state_of,
 )
 
 
 def test_spawn_before_add_spawnd_fails_at_once(make_rt):
     rt = make_rt(cores=1)
-    c = watch(rt.client())
+    c = rt.client()
     dom = c.spawn(["home"], core=0, timeout=TIMEOUT)
     sd0 = rt.spawnds[0]
     sd0.hold = True

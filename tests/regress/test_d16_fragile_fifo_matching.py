@@ -29,7 +29,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Msg, Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, outcome, settle, state_of, watch,
+    TIMEOUT, assert_healthy, outcome, settle, state_of,
 )
 
 replyq_only = pytest.mark.parametrize("pending", ["replyq"])
@@ -39,7 +39,7 @@ hashtable_only = pytest.mark.parametrize("pending", ["hashtable"])
 def _held_spawns(rt, n):
     """n clients each spawn on core 0; the spawnd's replies are held:
     (clients, futures, held replies in request order)."""
-    clients = [watch(rt.client()) for _ in range(n)]
+    clients = [rt.client() for _ in range(n)]
     sd = rt.spawnds[0]
     sd.hold = True
     futs = [c.spawn_async([f"p{i}"], core=0) for i, c in enumerate(clients)]

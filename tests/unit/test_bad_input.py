@@ -7,7 +7,6 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procmgr.client.client import Future
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.testing.inprocess import InProcessRuntime
 from procmgr.protocol import HEADER, Op
@@ -41,7 +40,7 @@ def test_lying_header_is_answered_with_bad_message():
         client = rt.client()
         # A spawn whose payload length needs 3 continuation slots, header says 1.
         head = HEADER.pack(Op.SPAWN, 0, 0, 77, 0, 0, 1, 0, 0, 200, b"\0" * 32)
-        client._waiting[77] = fut = Future(77, Op.SPAWN, None)
+        fut = client.expect(77, Op.SPAWN)
         client.requests.try_push(head)
         rt.pump()
         client.poll()

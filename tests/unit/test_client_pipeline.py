@@ -123,4 +123,4 @@ def test_pipeline_driver_leaves_nothing_behind(rt):
     assert rate > 0
     assert len(rt.manager.table) == 0
     assert all(not c.outstanding for c in rt.manager.clients.values())
-    assert client._waiting == {}
+    assert client.in_flight == 0

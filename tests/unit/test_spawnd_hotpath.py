@@ -183,16 +183,30 @@ def test_it_sleeps_until_the_timeout_when_nothing_comes(bench):
     assert 0.04 <= time.monotonic() - start < 2.0
 
 
+def asleep_in_epoll(tid: int) -> bool:
+    """The thread ``tid`` of this process sleeps in epoll_wait."""
+    with open(f"/proc/self/task/{tid}/wchan") as f:
+        return f.read() == "do_epoll_wait"
+
+
 def test_it_serves_what_wakes_it_without_returning_until_a_wake_brings_nothing(bench):
     """A spawn that arrives while it sleeps is served in the same run_once
     (its exit reported too); a bare doorbell -- what the stop handler rings
     -- sends it back to Python at once, well before the timeout."""
     payload = bench.prepare(["/bin/true"])
-    result = []
-    loop = threading.Thread(target=lambda: result.append(bench.hot.run_once(T, False)))
+    result, tid = [], []
+
+    def run():
+        tid.append(threading.get_native_id())
+        result.append(bench.hot.run_once(T, False))
+
+    loop = threading.Thread(target=run)
     loop.start()
     try:
-        time.sleep(0.1)                             # asleep by now
+        deadline = time.monotonic() + T
+        while not (tid and asleep_in_epoll(tid[0])) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert asleep_in_epoll(tid[0]), "run_once never went to sleep"
         bench.request(Op.SD_SPAWN, 1, dom=5, payload=payload)
         got, deadline = [], time.monotonic() + T
         while len(got) < 2 and time.monotonic() < deadline:
