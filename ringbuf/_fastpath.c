@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "_ring.h"
+#include "_ring_py.h"
 
 /* A Python exception is set (a signal handler raised). */
 #define FP_RAISED 1
@@ -57,11 +58,6 @@ static int fp_wait(struct rb_handle *h, int what, long long timeout_ns)
     }
 }
 
-static struct rb_handle *handle_arg(PyObject *addr)
-{
-    return (struct rb_handle *)PyLong_AsVoidPtr(addr);
-}
-
 /* push(handle_addr, data, timeout_ns) -> 0 or RB_E* */
 static PyObject *fp_push(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -70,7 +66,7 @@ static PyObject *fp_push(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "push(handle_addr, data, timeout_ns)");
         return NULL;
     }
-    struct rb_handle *h = handle_arg(args[0]);
+    struct rb_handle *h = rb_handle_arg(args[0]);
     long long timeout_ns = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
@@ -103,7 +99,7 @@ static PyObject *fp_pop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "pop(handle_addr, timeout_ns)");
         return NULL;
     }
-    struct rb_handle *h = handle_arg(args[0]);
+    struct rb_handle *h = rb_handle_arg(args[0]);
     long long timeout_ns = PyLong_AsLongLong(args[1]);
     if (PyErr_Occurred())
         return NULL;

@@ -3,7 +3,7 @@
  *
  * Why: one spawn + wait crosses the worker twice, and the program waits
  * for it both times -- a program inherits its worker's CPU, so it runs only
- * once the worker sleeps again. Traced with `perf sched` (README, "Spawn"),
+ * once the worker sleeps again. Traced with `perf sched` (docs/performance.md, "Spawn"),
  * the Python worker ran ~140 us between its wake-up and posix_spawn, ~90 us
  * after it, and ~55 us between a program's exit and the manager's wake-up:
  * little of it work, most of it the interpreter with caches the program had
@@ -49,6 +49,7 @@
 
 #include "_rotator.h"
 #include "_ring.h"
+#include "_ring_py.h"
 #include "protocol.h"
 
 /* What run_once reports (bits). */
@@ -466,9 +467,7 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
         return -1;
     if (init_rotator(c, logs_dir, cpus, kept) < 0)
         return -1;
-    c->requests = PyLong_AsVoidPtr(req);
-    c->replies = PyLong_AsVoidPtr(rep);
-    if (PyErr_Occurred())
+    if ((c->requests = rb_handle_arg(req)) == NULL || (c->replies = rb_handle_arg(rep)) == NULL)
         return -1;
     c->core = (uint16_t)core;
     snprintf(c->core_var, sizeof c->core_var, "PROCMGR_CORE=%d", core);

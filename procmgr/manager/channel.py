@@ -2,14 +2,15 @@
 
 The manager talks to clients and to spawnd workers the same way, so both
 are Channels. Receiving is here: it decodes slots into messages,
-reassembling fragments. Sending is the core's (procmgr/manager/core/_core.c), which
-pushes into ``outbound`` and keeps what does not fit in an outbox of its
+reassembling fragments. Sending is the core's (procmgr/manager/core/peers.c),
+which pushes into ``outbound`` and keeps what does not fit in an outbox of its
 own, flushed in order when the peer has made room: sending never blocks
 the (single-threaded) manager.
 
 A peer that closed its end or died is not an error here: the channel
-records it (``peer_gone``; the core sets it too when a send finds the ring
-closed) and the loop releases what the peer held. Nor is a peer that broke
+records it (``peer_gone``; the loop also asks the core, which finds out
+when a send finds the ring closed: ``Core.lost``) and the loop releases
+what the peer held. Nor is a peer that broke
 its ring -- an impossible index or length, from a bug or on purpose: the
 ring refuses every call from then on (ringbuf/_ring.h, "Trust"), the
 channel records that too (``corrupt``), and the loop drops that one peer

@@ -1,6 +1,7 @@
 """The domain table and the domain state machine: the states, and the
 views Python reads. The table itself, its transitions and every handler
-that drives them are C (procmgr/manager/core/_core.c: why, and the state diagram).
+that drives them are C (procmgr/manager/core/: table.c has the state diagram,
+core.h says why C).
 
     NIL --spawn reply ok--> RUNNING --kill/exit--> STOP_PEND --all cores
      |                         ^                      |     stopped--> STOPPED
@@ -107,7 +108,7 @@ class TableView:
     def missing(self, dom_id: int) -> int:
         """The error for an id the table does not hold: DOMAIN_FORGOTTEN
         if it was issued once (ended, and past the history), else
-        DOMAIN_TABLE_FIND -- as the core answers it (_core.c)."""
+        DOMAIN_TABLE_FIND -- as the core answers it (table.c, missing_domain)."""
         return self._core.missing(dom_id)
 
     def page(self, start: int, limit: int) -> tuple[list[int], bool]:

@@ -1,9 +1,9 @@
 """The requests the manager answers in Python: queries and add_spawnd.
 
 Every other request, and every spawnd reply, is handled in C
-(procmgr/manager/core/_core.c: one function per message, the domain state machine, and
-the defined behaviour for the cases Barrelfish got wrong, BARRELFISH.md
-section 5). These four need what Python has -- attaching rings, starting a
+(procmgr/manager/core/, mapped in its README.md: one function per message,
+the domain state machine, and the defined behaviour for the cases
+Barrelfish got wrong, docs/defects.md). These four need what Python has -- attaching rings, starting a
 worker, JSON -- and touch no domain: they read the table's views and
 answer through the core, exactly once like every other request.
 

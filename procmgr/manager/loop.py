@@ -34,10 +34,12 @@ def poll(mgr, spawnds=None, clients=None) -> int:
             continue
         channel = sd.channel
         for msg in channel.receive(BATCH):
-            core.dispatch_spawnd(sd.core, msg)
+            mgr.dispatch_spawnd(sd.core, msg)
             handled += 1
+        core.mid_message(PEER_SPAWND, sd.core, channel.decoder.partial)
         core.flush(PEER_SPAWND, sd.core)     # its replies may have made room
-        if channel.peer_gone:
+        if channel.peer_gone or core.lost(PEER_SPAWND, sd.core):
+            channel.peer_gone = True
             mgr.peers_changed += 1     # stop waiting on it; its pidfd says why
             if channel.corrupt:
                 _dropped(mgr, channel)
@@ -50,9 +52,10 @@ def poll(mgr, spawnds=None, clients=None) -> int:
         # Answers that did not fit go first; until they have, read no more.
         if core.flush(PEER_CLIENT, client.id):
             for msg in channel.receive(BATCH):
-                core.dispatch_client(client.id, msg)
+                mgr.dispatch_client(client.id, msg)
                 handled += 1
-        if channel.peer_gone:
+            core.mid_message(PEER_CLIENT, client.id, channel.decoder.partial)
+        if channel.peer_gone or core.lost(PEER_CLIENT, client.id):
             if channel.corrupt:
                 _dropped(mgr, channel)
             mgr.client_gone(client)

@@ -2,9 +2,10 @@
 
 Single-threaded: one event loop (loop.py) serves one-slot messages in C
 straight from the rings, and ``poll`` hands the rest (decoded in Python)
-to the core (procmgr/manager/core/_core.c), which keeps the domain table and runs one
-handler per message to completion. The few requests answered in Python
-(handlers.py) come back through ``python_op``.
+to the core (procmgr/manager/core/, mapped in its README.md), which keeps
+the domain table and runs one handler per message to completion. The few
+requests answered in Python (handlers.py) the core records and hands back
+(``dispatch_client``). Python drives the core; the core never calls Python.
 
 Exactly-once answers are enforced in the core, not hoped for: every request
 a client sends is recorded as outstanding when it arrives, and answering
@@ -14,20 +15,13 @@ raises AnswerTwice at once.
 
 from __future__ import annotations
 
-import functools
+import traceback
 
-from procmgr.manager._core import Core
+from procmgr.errors import Err
+from procmgr.manager._core import PEER_CLIENT, PEER_SPAWND, AnswerTwice, Core
 from procmgr.manager.channel import Channel
 from procmgr.manager.domain import TableView
-from procmgr.errors import Err
-from procmgr.manager.pending import make_pending
-from procmgr.protocol import Msg, ProtocolError, SpawnArgs
-
-# A client spawning one program many times sends the same payload bytes
-# each time: decoding them once saves most of a spawn's cost. The SpawnArgs
-# it returns is shared: read it, never change it. A payload that does not
-# decode raises, and is not remembered.
-_spawn_args = functools.lru_cache(maxsize=256)(SpawnArgs.decode)
+from procmgr.protocol import Msg, ProtocolError
 
 
 class ClientBinding:
@@ -131,12 +125,11 @@ class Manager:
                  max_cores: int = 1024, table_capacity: int = 1 << 20, history: int = 4096):
         """``history``: how many ended domains are remembered, for a late
         wait or status."""
-        make_pending(pending, reply_queue)      # a bad kind or size is said now
         self.pending_kind = pending
         self.reply_queue = reply_queue
         self.max_cores = max_cores
-        self.core = Core(make_pending, _spawn_args, ProtocolError, self._python_op,
-                         pending=pending, reply_queue=reply_queue, max_cores=max_cores,
+        # A bad kind or size is said now.
+        self.core = Core(pending=pending, reply_queue=reply_queue, max_cores=max_cores,
                          table_capacity=table_capacity, history=history)
         self.table = TableView(self.core)
         self.spawnds: dict[int, SpawndBinding] = {}
@@ -174,24 +167,51 @@ class Manager:
     def add_client(self, channel: Channel, is_monitor: bool = False) -> ClientBinding:
         client = ClientBinding(self._next_client, channel, is_monitor, self.core)
         self._next_client += 1
-        self.core.add_client(client.id, channel, is_monitor)
+        self.core.add_client(client.id, channel.outbound, is_monitor)
         self.clients[client.id] = client
         self.peers_changed += 1
         return client
 
     def add_spawnd(self, core: int, channel: Channel) -> Err:
-        err = Err(self.core.add_spawnd(core, channel))
+        err = Err(self.core.add_spawnd(core, channel.outbound))
         if err == Err.OK:
             self.spawnds[core] = SpawndBinding(core, channel, self.core)
             self.peers_changed += 1
         return err
 
-    # ---- answering (the requests Python answers) ----
+    # ---- what Python decoded, into the core; the requests Python answers ----
 
-    def _python_op(self, client_id: int, msg: Msg) -> None:
+    def dispatch_client(self, client_id: int, msg) -> None:
+        """One message Python decoded from a client (a Msg or a
+        ProtocolError): into the core, which handles it or, for the few
+        requests Python answers (handlers.py), records it and says so."""
+        if type(msg) is not Msg:
+            self.core.undecodable(PEER_CLIENT, client_id, msg.op, msg.seq, int(msg.code),
+                                  msg.detail)
+        elif self.core.dispatch_client(client_id, msg):
+            self._python_request(client_id, msg)
+
+    def dispatch_spawnd(self, core: int, msg) -> None:
+        """One message Python decoded from a spawnd (a Msg or a ProtocolError)."""
+        if type(msg) is not Msg:
+            self.core.undecodable(PEER_SPAWND, core)
+        else:
+            self.core.dispatch_spawnd(core, msg)
+
+    def _python_request(self, client_id: int, msg: Msg) -> None:
+        """A bug in a handler must not take the manager, and everyone else's
+        answers, down: it is printed and counted, and the request answered
+        INTERNAL if it still waits. AnswerTwice, the exactly-once check
+        itself, and KeyboardInterrupt or SystemExit go on up."""
         from procmgr.manager.handlers import PYTHON_HANDLERS
 
-        PYTHON_HANDLERS[msg.op](self, self.clients[client_id], msg)
+        try:
+            PYTHON_HANDLERS[msg.op](self, self.clients[client_id], msg)
+        except AnswerTwice:
+            raise
+        except Exception:
+            traceback.print_exc()
+            self.core.handler_failed(client_id, msg.op, msg.seq)
 
     def answer(self, client: ClientBinding, request: Msg, err: int = Err.OK,
                status: int = 0, flags: int = 0, **fields) -> None:

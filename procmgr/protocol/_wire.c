@@ -7,7 +7,7 @@
  * the codec several times per request. In Python a decode (pop, unpack,
  * checks, a dataclass) costs ~2 us and a reply plus encode plus push ~3 us;
  * here the same work is a few hundred ns, which is what lets the control
- * plane pass 100,000 requests/s on two CPUs (README, "Scale").
+ * plane pass 100,000 requests/s on two CPUs (docs/performance.md, "Scale").
  *
  * What stays in Python (messages.py): messages whose payload does not fit
  * inline (they continue in raw slots), and every slot this code declines to
@@ -23,7 +23,9 @@
 #include <string.h>
 
 #include "_ring.h"
+#include "_ring_py.h"
 #include "_wire.h"
+#include "spawn_payload.h"
 
 /* What `take` reports besides a negative RB_E* code from the ring. */
 #define TAKE_EMPTY 0      /* nothing more in the ring now */
@@ -301,11 +303,6 @@ static PyTypeObject MsgType = {
 
 /* ---- slot <-> Msg -------------------------------------------------------- */
 
-static struct rb_handle *handle_arg(PyObject *addr)
-{
-    return (struct rb_handle *)PyLong_AsVoidPtr(addr);
-}
-
 /* One field into [0, max], or a clear error naming it. */
 static int field_u64(PyObject *v, const char *name, uint64_t max, uint64_t *out)
 {
@@ -335,7 +332,7 @@ static PyObject *wire_send(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "send(handle_addr, msg: Msg)");
         return NULL;
     }
-    struct rb_handle *h = handle_arg(args[0]);
+    struct rb_handle *h = rb_handle_arg(args[0]);
     if (h == NULL && PyErr_Occurred())
         return NULL;
     MsgObject *m = (MsgObject *)args[1];
@@ -421,7 +418,7 @@ static PyObject *wire_take(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "take(handle_addr, limit, out: list)");
         return NULL;
     }
-    struct rb_handle *h = handle_arg(args[0]);
+    struct rb_handle *h = rb_handle_arg(args[0]);
     Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (PyErr_Occurred())
         return NULL;
@@ -446,11 +443,48 @@ static PyObject *wire_take(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromLong(TAKE_LIMIT);
 }
 
+/* decode_spawn(payload: bytes) -> (path, argv, env, caps), or (code, detail)
+ * when the payload breaks a rule (spawn_payload.h). */
+static PyObject *wire_decode_spawn(PyObject *mod, PyObject *payload)
+{
+    (void)mod;
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "decode_spawn(payload: bytes)");
+        return NULL;
+    }
+    struct spawn_refusal why;
+    PyObject *fields = spawn_decode((const uint8_t *)PyBytes_AS_STRING(payload),
+                                    PyBytes_GET_SIZE(payload), &why);
+    if (fields != NULL || why.detail == NULL)
+        return fields;
+    return Py_BuildValue("(iN)", why.code, why.detail);
+}
+
+/* cap_problem(fd, mode, text) -> what is wrong with that cap, or None:
+ * the reader's rule, for the writer (payloads.py) to refuse in words. */
+static PyObject *wire_cap_problem(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    long fd;
+    const char *mode;
+    PyObject *text;
+    if (!PyArg_ParseTuple(args, "lsU:cap_problem", &fd, &mode, &text))
+        return NULL;
+    PyObject *problem = spawn_cap_problem(fd, mode, text);
+    if (problem == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return problem;
+}
+
 static PyMethodDef wire_methods[] = {
     {"send", (PyCFunction)(void (*)(void))wire_send, METH_FASTCALL,
      "send(handle_addr, msg) -> 0, SEND_NOT_INLINE or a negative RB_E* code"},
     {"take", (PyCFunction)(void (*)(void))wire_take, METH_FASTCALL,
      "take(handle_addr, limit, out) -> TAKE_EMPTY, TAKE_LIMIT, TAKE_DECLINED or RB_E*"},
+    {"cap_problem", wire_cap_problem, METH_VARARGS,
+     "cap_problem(fd, mode, text) -> what is wrong with that cap, or None"},
+    {"decode_spawn", wire_decode_spawn, METH_O,
+     "decode_spawn(payload) -> (path, argv, env, caps), or (code, detail) if refused"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -459,6 +493,23 @@ static struct PyModuleDef wire_module = {
     "The wire protocol's hot path (see messages.py).", -1, wire_methods,
     NULL, NULL, NULL, NULL,
 };
+
+/* CAP_MODES: the modes a cap may have, as spawn_payload.h reads them. */
+static int add_cap_modes(PyObject *mod)
+{
+    size_t n = sizeof spawn_cap_modes / sizeof *spawn_cap_modes;
+    PyObject *modes = PyTuple_New((Py_ssize_t)n);
+    for (size_t i = 0; modes != NULL && i < n; i++) {
+        PyObject *m = PyUnicode_FromString(spawn_cap_modes[i]);
+        if (m == NULL)
+            Py_CLEAR(modes);
+        else
+            PyTuple_SET_ITEM(modes, (Py_ssize_t)i, m);
+    }
+    int rc = modes == NULL ? -1 : PyModule_AddObjectRef(mod, "CAP_MODES", modes);
+    Py_XDECREF(modes);
+    return rc;
+}
 
 PyMODINIT_FUNC PyInit__wire(void)
 {
@@ -475,6 +526,7 @@ PyMODINIT_FUNC PyInit__wire(void)
         PyModule_AddIntConstant(mod, "TAKE_LIMIT", TAKE_LIMIT) < 0 ||
         PyModule_AddIntConstant(mod, "TAKE_DECLINED", TAKE_DECLINED) < 0 ||
         PyModule_AddIntConstant(mod, "SEND_NOT_INLINE", SEND_NOT_INLINE) < 0 ||
+        add_cap_modes(mod) < 0 ||
         PyModule_AddIntConstant(mod, "SLOT", SLOT) < 0 ||
         PyModule_AddIntConstant(mod, "INLINE", INLINE) < 0) {
         Py_DECREF(mod);

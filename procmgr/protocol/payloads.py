@@ -6,11 +6,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from procmgr.protocol import _wire
 from procmgr.protocol.messages import ProtocolError
-from procmgr.protocol.numbers import ARG_LIMIT, LOG_MAX_BACKUPS, Err
+from procmgr.protocol.numbers import ARG_LIMIT, Err
 
 _SPAWN_LENS = struct.Struct("<HHHH")
-_FILE_MODES = ("r", "w", "a", "rw")
+# The modes a cap may have (the reader's list, spawn_payload.h):
+# "r", "w", "a", "rw": a file opened so.
 # "n": /dev/null, for reading at 0 and writing elsewhere; its text is "". Short
 # on purpose: a spawn of /bin/true with both streams to /dev/null fits one slot.
 # "log": the runtime captures what the domain writes there (a log file the
@@ -20,7 +22,7 @@ _FILE_MODES = ("r", "w", "a", "rw")
 # descriptor's number (stderr=STDOUT is (2, "dup", "1")).
 # "inherit": a copy of another process's descriptor, "PID:FD" (the spawning
 # client's own stdout is (1, "inherit", "PID:1")).
-_CAP_MODES = _FILE_MODES + ("n", "log", "dup", "inherit")
+_CAP_MODES = _wire.CAP_MODES
 
 
 @dataclass(slots=True)
@@ -65,56 +67,32 @@ class SpawnArgs:
 
     @classmethod
     def decode(cls, payload: bytes) -> SpawnArgs:
-        if len(payload) < _SPAWN_LENS.size:
-            raise ProtocolError("spawn payload shorter than its length fields")
-        lp, la_raw, le_raw, lc = _SPAWN_LENS.unpack_from(payload)
-        env_given, le = bool(le_raw & 0x8000), le_raw & 0x7FFF
-        argv_is_path, la = bool(la_raw & 0x8000), la_raw & 0x7FFF
-        if _SPAWN_LENS.size + lp + la + le + lc != len(payload):
-            raise ProtocolError(
-                f"spawn payload is {len(payload)} bytes but its fields add up to "
-                f"{_SPAWN_LENS.size + lp + la + le + lc}")
-        if max(lp, la, le, lc) > ARG_LIMIT:
-            for name, n in (("path", lp), ("argv", la), ("env", le), ("caps", lc)):
-                if n > ARG_LIMIT:
-                    raise ArgTooLong(name, n)
-        # Every spawn passes through here in the manager: slice once, and
-        # skip the fields a plain spawn leaves empty.
-        a = _SPAWN_LENS.size + lp
-        b = a + la
-        c = b + le
-        try:
-            path = payload[_SPAWN_LENS.size:a].decode()
-            argv = _split(payload[a:b])
-            env_items = _split(payload[b:c]) if le else []
-            caps = [_parse_cap(t) for t in _split(payload[c:])] if lc else []
-        except UnicodeDecodeError as e:
-            raise ProtocolError(f"spawn payload is not valid UTF-8: {e}") from None
-        if not path:
-            raise ProtocolError("spawn without a program path")
-        if "\0" in path:
-            raise ProtocolError("the program path contains a NUL byte")
-        if env_items and not env_given:
-            raise ProtocolError("spawn payload has env entries but says env is not given")
-        if argv_is_path:
-            if argv:
-                raise ProtocolError("spawn payload has argv entries but says argv is [path]")
-            argv = [path]
-        env = None
-        if env_given:
-            env = {}
-            for item in env_items:
-                key, sep, value = item.partition("=")
-                if not sep or not key:
-                    raise ProtocolError(f"env entry {item!r} is not KEY=VALUE")
-                env[key] = value
-        return cls(path, argv, env, caps)
+        """The spawn a payload carries, checked. The reader is C
+        (spawn_payload.h), the one the manager's core and the worker use
+        too; a payload that breaks a rule raises ProtocolError (ArgTooLong
+        for a field over the limit) saying which."""
+        got = _wire.decode_spawn(payload)
+        if len(got) == 2:
+            code, detail = got
+            raise (ArgTooLong.worded(detail) if code == Err.ARG_TOO_LONG
+                   else ProtocolError(detail))
+        return cls(*got)
 
 
 class ArgTooLong(ProtocolError):
     def __init__(self, name: str, n: int):
-        super().__init__(f"{name} is {n} bytes, over the {ARG_LIMIT}-byte limit")
+        self._set(f"{name} is {n} bytes, over the {ARG_LIMIT}-byte limit")
+
+    def _set(self, detail: str) -> None:
+        ProtocolError.__init__(self, detail)
         self.code = Err.ARG_TOO_LONG
+
+    @classmethod
+    def worded(cls, detail: str) -> ArgTooLong:
+        """One whose text was written elsewhere (the C reader)."""
+        err = cls.__new__(cls)
+        err._set(detail)
+        return err
 
 
 def _field(name: str, data: bytes) -> bytes:
@@ -153,50 +131,10 @@ def _cap_text(cap: tuple[int, str, str]) -> str:
         raise ValueError(f"cap descriptor {fd!r} is not a number in 0..1023")
     if mode not in _CAP_MODES:
         raise ValueError(f"cap mode {mode!r} is not one of {', '.join(_CAP_MODES)}")
-    problem = _cap_problem(fd, mode, path)
+    problem = _wire.cap_problem(fd, mode, path)
     if problem:
         raise ValueError(problem)
     return f"{fd}:{mode}:{path}"
-
-
-def _cap_problem(fd: int, mode: str, text: str) -> str:
-    """What is wrong with a cap's text for its mode ("" if nothing)."""
-    if mode == "log":
-        if fd not in (1, 2):
-            return f"only stdout and stderr can be captured, not descriptor {fd}"
-        if text:
-            limit, sep, backups = text.partition(":")
-            if not (sep and limit.isascii() and limit.isdigit() and backups.isascii()
-                    and backups.isdigit() and 0 < int(limit) < 1 << 63
-                    and int(backups) <= LOG_MAX_BACKUPS):
-                return f"log bounds {text!r} are not MAX_BYTES:BACKUPS (MAX_BYTES > 0)"
-        return ""
-    if mode == "n":
-        return f"cap for descriptor {fd} to /dev/null has text {text!r}" if text else ""
-    if mode == "inherit":
-        pid, sep, src = text.partition(":")
-        if fd not in (1, 2):
-            return f"only stdout and stderr can be inherited, not descriptor {fd}"
-        if not (sep and pid.isascii() and pid.isdigit() and src.isascii() and src.isdigit()
-                and 0 < int(pid) < 1 << 22 and int(src) < 1 << 20):
-            return f"inherited descriptor {text!r} is not PID:FD"
-        return ""
-    if mode == "dup":
-        if not (text.isascii() and text.isdigit() and int(text) < 1024 and int(text) != fd):
-            return f"cap for descriptor {fd} copies {text!r}, not another descriptor 0..1023"
-        return ""
-    return "" if text else f"cap for descriptor {fd} has no path"
-
-
-def _parse_cap(text: str) -> tuple[int, str, str]:
-    fd, _, rest = text.partition(":")
-    mode, _, path = rest.partition(":")
-    if not (fd.isascii() and fd.isdigit()) or int(fd) >= 1024 or mode not in _CAP_MODES:
-        raise ProtocolError(f"cap {text!r} is not FD:MODE:PATH")
-    problem = _cap_problem(int(fd), mode, path)
-    if problem:
-        raise ProtocolError(f"cap {text!r} is not FD:MODE:PATH ({problem})")
-    return int(fd), mode, path
 
 
 def _packed(fmt: str, values) -> bytes:

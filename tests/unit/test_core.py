@@ -13,10 +13,10 @@ from procmgr.client.client import Domain
 from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.testing.inprocess import InProcessRuntime
-from procmgr.manager.manager import Manager, _spawn_args
-from procmgr.manager.pending import HashTable, PendingSlot, ReplyQueue, make_pending
+from procmgr.manager.manager import Manager
+from procmgr.manager.pending import HashTable, PendingSlot, ReplyQueue
 from procmgr import protocol
-from procmgr.protocol import Flag, Op, ProtocolError
+from procmgr.protocol import Flag, Op
 
 
 def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
@@ -49,17 +49,18 @@ def test_a_cleaned_domain_is_remembered_for_the_last_4096_only():
     ({"history": 0}, "history"),
     ({"max_cores": 0}, "max_cores"),
     ({"max_cores": 0x10001}, "max_cores"),
+    ({"pending": "fifo"}, "pending must be one of replyq, hashtable"),
+    ({"reply_queue": 3}, "power of two"),
 ])
 def test_core_limits_are_checked(kwargs, match):
-    mgr = Manager()
     with pytest.raises(ValueError, match=match):
-        _core.Core(make_pending, _spawn_args, ProtocolError, mgr._python_op, **kwargs)
+        _core.Core(**kwargs)
 
 
 def test_a_core_is_initialised_once():
     mgr = Manager()
     with pytest.raises(RuntimeError, match="once"):
-        mgr.core.__init__(None, None, None, None)
+        mgr.core.__init__()
 
 
 def test_pending_structures_refuse_what_is_not_theirs():

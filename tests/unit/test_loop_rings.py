@@ -1,6 +1,6 @@
 """RingSet (procmgr/manager/core/_loop.c): the manager loop's arm, sleep, disarm, serve
 and wake, driven through real rings the way the event loop drives them,
-with a real core behind it (procmgr/manager/core/_core.c)."""
+with a real core behind it (procmgr/manager/core/serve.c, core_serve)."""
 
 import os
 import select

@@ -1,6 +1,8 @@
 /*
- * What the manager loop (_loop.c) and the manager's core (_core.c) call in
- * each other. Both are one extension module, procmgr.manager._core.
+ * What the manager loop (_loop.c), the pending structures (_pending.c) and
+ * the manager's core (table.c, peers.c, handlers.c, serve.c, module.c; its
+ * own files share core.h) call in each other. All are one extension module,
+ * procmgr.manager._core.
  */
 #ifndef PROCMGR_CORE_H
 #define PROCMGR_CORE_H
@@ -10,6 +12,7 @@
 #include <stdint.h>
 
 #include "_ring.h"
+#include "_ring_py.h"   /* a Ring object's handle */
 
 /* Which kind of peer a ring pair belongs to. */
 #define PEER_SPAWND 0
@@ -31,9 +34,6 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
 /* 1 if the peer's outbound messages wait in the core's backlog (its ring
  * was full): the loop then waits for room there, not for its requests. */
 int core_backlogged(PyObject *core, int kind, uint32_t key);
-
-/* A ringbuf.Ring's handle, or NULL with an exception set (_loop.c). */
-struct rb_handle *handle_of(PyObject *ring);
 
 /* Adds RingSet to the module (_loop.c). */
 int loop_register(PyObject *module);
@@ -57,6 +57,13 @@ typedef struct PendingSlotObject {
 
 /* 1 if p is a ReplyQueue or a HashTable. */
 int pending_check(PyObject *p);
+/* The strategies: a reply queue or a hashtable. */
+enum { PENDING_REPLYQ = 0, PENDING_HASHTABLE = 1 };
+/* PENDING_* of a strategy's name ("replyq", "hashtable"), or -1 with
+ * ValueError naming them. */
+int pending_kind_of(const char *name);
+/* A new structure of that kind and capacity, or NULL with an exception. */
+PyObject *pending_new(int kind, unsigned int capacity);
 int pending_has_room(PyObject *p);
 /* The next slot (borrowed: the structure owns it until release), or NULL
  * with OverflowError if full. */

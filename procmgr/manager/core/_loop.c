@@ -5,13 +5,15 @@
  *
  * Why: a spawn + wait wakes the manager three times, and two of those
  * wake-ups are on the path the client waits on. Timed inside the manager
- * (README, "Spawn"), each wake-up ran ~46 us of Python around the ~17 us
- * its handler needed: disarming every ring, visiting every peer's channel
- * to find the one with a message, an empty pass to make sure, listing what
- * to wait for and arming every ring again. Here it is one call per pass.
- * Since the core's handlers are C too (_core.c), a one-slot message is
- * handled here without Python at all, and a pass that leaves nothing for
- * Python goes back to sleep without returning.
+ * (docs/performance.md, "Spawn"), each wake-up ran ~46 us of Python around
+ * the ~17 us its handler needed: disarming every ring, visiting every
+ * peer's channel to find the one with a message, an empty pass to make
+ * sure, listing what to wait for and arming every ring again. Here it is
+ * one call per pass.
+ * Since the core's handlers are C too (handlers.c, reached from the rings
+ * through core_serve in serve.c), a one-slot message is handled here
+ * without Python at all, and a pass that leaves nothing for Python goes
+ * back to sleep without returning.
  *
  * RingSet holds, in the loop's visiting order, each peer's inbound ring
  * (the manager consumes it) and outbound ring (the manager produces it),
@@ -117,19 +119,6 @@ static void ringset_dealloc(RingSetObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* A ringbuf.Ring's handle (its handle_addr); declared in _core.h. */
-struct rb_handle *handle_of(PyObject *ring)
-{
-    PyObject *addr = PyObject_GetAttrString(ring, "handle_addr");
-    if (addr == NULL)
-        return NULL;
-    struct rb_handle *h = PyLong_AsVoidPtr(addr);
-    Py_DECREF(addr);
-    if (h == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "a ring with no handle");
-    return h;
-}
-
 /* set(peers): [(inbound Ring, outbound Ring, kind, key), ...] in visiting order. */
 static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
 {
@@ -156,8 +145,8 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
         key[i] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 3));
         if (PyErr_Occurred())
             goto fail;
-        if ((in[i] = handle_of(PyTuple_GET_ITEM(pair, 0))) == NULL ||
-            (out[i] = handle_of(PyTuple_GET_ITEM(pair, 1))) == NULL)
+        if ((in[i] = rb_handle_of(PyTuple_GET_ITEM(pair, 0))) == NULL ||
+            (out[i] = rb_handle_of(PyTuple_GET_ITEM(pair, 1))) == NULL)
             goto fail;
     }
     ringset_free_handles(self);

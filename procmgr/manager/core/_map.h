@@ -1,5 +1,5 @@
 /*
- * The containers of the manager's core, header-only, included by _core.c
+ * The containers of the manager's core, header-only, included by core.h
  * and _pending.c: a hash map of 64-bit keys to pointers (domains by id,
  * clients by id, a client's outstanding requests, the hashtable strategy's
  * chains), and an intrusive doubly linked list (the live domains, the

@@ -3,10 +3,11 @@
  * Two strategies behind one interface, so they can be measured side by
  * side (pending="replyq" | "hashtable"); pending.py says what each is.
  *
- * In C because the core (_core.c) claims a slot for every request it sends
- * and matches every reply on the manager's critical turns; through Python
- * methods that was four interpreter entries per spawn + wait. Both
- * strategies are here, so the comparison stays like for like.
+ * In C because the core claims a slot for every request it sends
+ * (peers.c) and matches every reply (handlers.c) on the manager's critical
+ * turns; through Python methods that was four interpreter entries per
+ * spawn + wait. Both strategies are here, so the comparison stays like for
+ * like.
  *
  * Ownership (STYLE rule 10): a slot belongs to the structure from claim
  * until release. The reply handler runs *between* match and release, so a
@@ -520,6 +521,25 @@ static PyTypeObject HashTableType = {
     .tp_as_sequence = &ht_as_sequence,
 };
 
+/* The strategies by name, in PENDING_* order (_core.h). */
+static const char *const pending_kinds[] = {"replyq", "hashtable"};
+
+int pending_kind_of(const char *name)
+{
+    for (int i = 0; i < 2; i++)
+        if (strcmp(name, pending_kinds[i]) == 0)
+            return i;
+    PyErr_Format(PyExc_ValueError, "pending must be one of %s, %s, got '%s'", pending_kinds[0],
+                 pending_kinds[1], name);
+    return -1;
+}
+
+PyObject *pending_new(int kind, unsigned int capacity)
+{
+    PyTypeObject *type = kind == PENDING_HASHTABLE ? &HashTableType : &ReplyQueueType;
+    return PyObject_CallFunction((PyObject *)type, "I", capacity);
+}
+
 static PyObject *py_seq_before(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -610,7 +630,7 @@ int pending_register(PyObject *module)
     if (PyModule_AddFunctions(module, pending_functions) < 0)
         return -1;
     PyTypeObject *types[3] = {&PendingSlotType, &ReplyQueueType, &HashTableType};
-    const char *kinds[3] = {NULL, "replyq", "hashtable"};
+    const char *kinds[3] = {NULL, pending_kinds[PENDING_REPLYQ], pending_kinds[PENDING_HASHTABLE]};
     for (int i = 0; i < 3; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

@@ -1,0 +1,301 @@
+/*
+ * A spawn's payload, read and checked: the one reader of it. The manager's
+ * core (procmgr/manager/core/handlers.c) reads every spawn here, without
+ * calling into Python code; Python's SpawnArgs.decode (payloads.py) calls
+ * the same function through procmgr.protocol._wire, and so does the worker.
+ * SpawnArgs.encode (payloads.py) is the writer.
+ *
+ * Layout (little-endian):
+ *
+ *   u16 path length | u16 argv length | u16 env length | u16 caps length
+ *   path | argv | env | caps
+ *
+ * argv, env and caps are lists of NUL-terminated items (so [] and [""]
+ * differ). The high bit of the argv length says "argv is [path]" (then argv
+ * is empty: a spawn of /bin/true with its streams named fits one slot); the
+ * high bit of the env length says an environment is given (without it the
+ * program inherits the worker's; with it and no entries, an empty one). An
+ * env entry is KEY=VALUE with a non-empty key. A cap is FD:MODE:TEXT, as
+ * payloads.py describes for each mode.
+ *
+ * Everything in it is a peer's word: every length is checked against the
+ * payload and ARG_LIMIT before anything is read, text must be UTF-8, and a
+ * payload that breaks a rule gets an error saying which (BAD_MESSAGE or
+ * ARG_TOO_LONG, with a line of text), never a crash.
+ *
+ * Header-only (static functions): compiled into each module that includes
+ * it. Needs Python.h first and protocol.h.
+ */
+#ifndef PROCMGR_SPAWN_PAYLOAD_H
+#define PROCMGR_SPAWN_PAYLOAD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "protocol.h"
+
+#define SPAWN_LENS 8                /* the four u16 lengths */
+#define SPAWN_FLAG_BIT 0x8000u      /* argv: is [path]; env: given */
+
+/* Why a payload was refused: an error code (enum err) and a str. */
+struct spawn_refusal {
+    uint16_t code;
+    PyObject *detail;               /* a new reference */
+};
+
+static PyObject *spawn_refuse(struct spawn_refusal *why, uint16_t code, PyObject *detail)
+{
+    why->code = code;
+    why->detail = detail;           /* NULL: out of memory, the exception is set */
+    return NULL;
+}
+
+#define SPAWN_REFUSE(why, ...) \
+    spawn_refuse((why), E_BAD_MESSAGE, PyUnicode_FromFormat(__VA_ARGS__))
+
+/* Digits only, ASCII, at least one. */
+static int spawn_digits(const char *s, Py_ssize_t n)
+{
+    if (n <= 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* The value of a digit string if it is one and below `limit`, else -1. */
+static long long spawn_number(const char *s, Py_ssize_t n, unsigned long long limit)
+{
+    if (!spawn_digits(s, n))
+        return -1;
+    unsigned long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (limit - d) / 10)       /* v * 10 + d would reach limit (or wrap) */
+            return -1;
+        v = v * 10 + d;
+        if (v >= limit)
+            return -1;
+    }
+    return (long long)v;
+}
+
+/* The text of a field as str; NULL with a refusal (not UTF-8) or an exception. */
+static PyObject *spawn_text(const char *s, Py_ssize_t n, struct spawn_refusal *why)
+{
+    PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (text != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        return text;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *detail = PyUnicode_FromFormat("spawn payload is not valid UTF-8: %S", value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return spawn_refuse(why, E_BAD_MESSAGE, detail);
+}
+
+/* A list field's items as a list of str: the field decoded whole, then
+ * split at its NULs (so an error says where in the field, as the field). */
+static PyObject *spawn_list(const char *s, Py_ssize_t n, struct spawn_refusal *why)
+{
+    if (n == 0)
+        return PyList_New(0);
+    if (s[n - 1] != '\0')
+        return SPAWN_REFUSE(why, "a list field does not end with its NUL terminator");
+    PyObject *text = spawn_text(s, n - 1, why);     /* less the last NUL */
+    if (text == NULL)
+        return NULL;
+    PyObject *nul = PyUnicode_FromOrdinal(0);
+    PyObject *items = nul ? PyUnicode_Split(text, nul, -1) : NULL;
+    Py_XDECREF(nul);
+    Py_DECREF(text);
+    return items;
+}
+
+/* What is wrong with a cap's text for its mode: a new str, or NULL when
+ * nothing is (or, with an exception set, out of memory). */
+static PyObject *spawn_cap_problem(long fd, const char *mode, PyObject *text)
+{
+    Py_ssize_t n;
+    const char *t = PyUnicode_AsUTF8AndSize(text, &n);
+    if (t == NULL)
+        return NULL;
+    if (strcmp(mode, "log") == 0) {
+        if (fd != 1 && fd != 2)
+            return PyUnicode_FromFormat(
+                "only stdout and stderr can be captured, not descriptor %ld", fd);
+        if (n == 0)
+            return NULL;
+        const char *colon = memchr(t, ':', (size_t)n);
+        Py_ssize_t nl = colon ? colon - t : n;
+        long long limit = colon ? spawn_number(t, nl, 1ULL << 63) : -1;
+        long long backups = colon ? spawn_number(colon + 1, n - nl - 1, LOG_MAX_BACKUPS + 1) : -1;
+        if (limit <= 0 || backups < 0)
+            return PyUnicode_FromFormat(
+                "log bounds %R are not MAX_BYTES:BACKUPS (MAX_BYTES > 0)", text);
+        return NULL;
+    }
+    if (strcmp(mode, "n") == 0)
+        return n ? PyUnicode_FromFormat("cap for descriptor %ld to /dev/null has text %R", fd,
+                                        text)
+                 : NULL;
+    if (strcmp(mode, "inherit") == 0) {
+        if (fd != 1 && fd != 2)
+            return PyUnicode_FromFormat(
+                "only stdout and stderr can be inherited, not descriptor %ld", fd);
+        const char *colon = memchr(t, ':', (size_t)n);
+        Py_ssize_t np = colon ? colon - t : n;
+        long long pid = colon ? spawn_number(t, np, 1 << 22) : -1;
+        long long src = colon ? spawn_number(colon + 1, n - np - 1, 1 << 20) : -1;
+        if (pid <= 0 || src < 0)
+            return PyUnicode_FromFormat("inherited descriptor %R is not PID:FD", text);
+        return NULL;
+    }
+    if (strcmp(mode, "dup") == 0) {
+        long long src = spawn_number(t, n, 1024);
+        if (src < 0 || src == fd)
+            return PyUnicode_FromFormat(
+                "cap for descriptor %ld copies %R, not another descriptor 0..1023", fd, text);
+        return NULL;
+    }
+    return n ? NULL : PyUnicode_FromFormat("cap for descriptor %ld has no path", fd);
+}
+
+/* The modes a cap may have (payloads.py says what each means). */
+static const char *const spawn_cap_modes[] = {"r", "w", "a", "rw", "n", "log", "dup", "inherit"};
+
+/* One cap, FD:MODE:TEXT, as a tuple (fd, mode, text). */
+static PyObject *spawn_cap(PyObject *item, struct spawn_refusal *why)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(item, &n);
+    if (s == NULL)
+        return NULL;
+    const char *c1 = memchr(s, ':', (size_t)n);
+    Py_ssize_t nfd = c1 ? c1 - s : n;
+    const char *m = c1 ? c1 + 1 : s + n;
+    const char *c2 = memchr(m, ':', (size_t)(s + n - m));
+    Py_ssize_t nmode = c2 ? c2 - m : s + n - m;
+    const char *mode = NULL;
+    for (size_t i = 0; i < sizeof spawn_cap_modes / sizeof *spawn_cap_modes; i++)
+        if ((Py_ssize_t)strlen(spawn_cap_modes[i]) == nmode &&
+            memcmp(spawn_cap_modes[i], m, (size_t)nmode) == 0)
+            mode = spawn_cap_modes[i];
+    long long fd = spawn_number(s, nfd, 1024);
+    if (fd < 0 || mode == NULL)
+        return SPAWN_REFUSE(why, "cap %R is not FD:MODE:PATH", item);
+    const char *t = c2 ? c2 + 1 : s + n;
+    PyObject *text = PyUnicode_FromStringAndSize(t, s + n - t);
+    if (text == NULL)
+        return NULL;
+    PyObject *problem = spawn_cap_problem((long)fd, mode, text);
+    if (problem != NULL) {
+        Py_DECREF(text);
+        PyObject *detail = PyUnicode_FromFormat("cap %R is not FD:MODE:PATH (%U)", item, problem);
+        Py_DECREF(problem);
+        return spawn_refuse(why, E_BAD_MESSAGE, detail);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    return Py_BuildValue("(lsN)", (long)fd, mode, text);
+}
+
+/* The payload as (path, argv, env, caps): str, list of str, dict or None,
+ * list of (fd, mode, text) -- what SpawnArgs holds. NULL with *why filled
+ * in (why->detail NULL: out of memory, with the exception set). */
+static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refusal *why)
+{
+    why->code = E_OK;
+    why->detail = NULL;
+    if (n < SPAWN_LENS)
+        return SPAWN_REFUSE(why, "spawn payload shorter than its length fields");
+    uint16_t raw[4];
+    memcpy(raw, p, sizeof raw);
+    int argv_is_path = (raw[1] & SPAWN_FLAG_BIT) != 0, env_given = (raw[2] & SPAWN_FLAG_BIT) != 0;
+    Py_ssize_t lp = raw[0], la = raw[1] & ~SPAWN_FLAG_BIT, le = raw[2] & ~SPAWN_FLAG_BIT,
+               lc = raw[3];
+    if (SPAWN_LENS + lp + la + le + lc != n)
+        return SPAWN_REFUSE(why, "spawn payload is %zd bytes but its fields add up to %zd", n,
+                            SPAWN_LENS + lp + la + le + lc);
+    static const char *const names[] = {"path", "argv", "env", "caps"};
+    Py_ssize_t lens[] = {lp, la, le, lc};
+    for (int i = 0; i < 4; i++)
+        if (lens[i] > ARG_LIMIT)
+            return spawn_refuse(why, E_ARG_TOO_LONG, PyUnicode_FromFormat(
+                "%s is %zd bytes, over the %d-byte limit", names[i], lens[i], ARG_LIMIT));
+    const char *path_at = (const char *)p + SPAWN_LENS, *argv_at = path_at + lp,
+               *env_at = argv_at + la, *caps_at = env_at + le;
+    PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
+             *caps = NULL, *out = NULL;
+    if ((path = spawn_text(path_at, lp, why)) == NULL ||
+        (argv = spawn_list(argv_at, la, why)) == NULL ||
+        (env_items = spawn_list(env_at, le, why)) == NULL ||
+        (cap_items = spawn_list(caps_at, lc, why)) == NULL || (caps = PyList_New(0)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cap_items); i++) {
+        PyObject *cap = spawn_cap(PyList_GET_ITEM(cap_items, i), why);
+        int rc = cap == NULL ? -1 : PyList_Append(caps, cap);
+        Py_XDECREF(cap);
+        if (rc < 0)
+            goto done;
+    }
+    if (lp == 0) {
+        SPAWN_REFUSE(why, "spawn without a program path");
+        goto done;
+    }
+    if (memchr(path_at, '\0', (size_t)lp) != NULL) {
+        SPAWN_REFUSE(why, "the program path contains a NUL byte");
+        goto done;
+    }
+    if (PyList_GET_SIZE(env_items) && !env_given) {
+        SPAWN_REFUSE(why, "spawn payload has env entries but says env is not given");
+        goto done;
+    }
+    if (argv_is_path) {
+        if (PyList_GET_SIZE(argv)) {
+            SPAWN_REFUSE(why, "spawn payload has argv entries but says argv is [path]");
+            goto done;
+        }
+        if (PyList_Append(argv, path) < 0)
+            goto done;
+    }
+    if (env_given) {
+        if ((env = PyDict_New()) == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(env_items); i++) {
+            PyObject *item = PyList_GET_ITEM(env_items, i);
+            Py_ssize_t at = PyUnicode_FindChar(item, '=', 0, PyUnicode_GET_LENGTH(item), 1);
+            if (at == -2)
+                goto done;
+            if (at <= 0) {
+                SPAWN_REFUSE(why, "env entry %R is not KEY=VALUE", item);
+                goto done;
+            }
+            PyObject *key = PyUnicode_Substring(item, 0, at);
+            PyObject *value = PyUnicode_Substring(item, at + 1, PyUnicode_GET_LENGTH(item));
+            int rc = key && value ? PyDict_SetItem(env, key, value) : -1;
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            if (rc < 0)
+                goto done;
+        }
+    } else {
+        env = Py_NewRef(Py_None);
+    }
+    out = PyTuple_Pack(4, path, argv, env, caps);
+done:
+    Py_XDECREF(path);
+    Py_XDECREF(argv);
+    Py_XDECREF(env_items);
+    Py_XDECREF(cap_items);
+    Py_XDECREF(env);
+    Py_XDECREF(caps);
+    return out;
+}
+
+#endif /* PROCMGR_SPAWN_PAYLOAD_H */
