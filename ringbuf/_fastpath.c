@@ -123,7 +123,28 @@ static PyObject *fp_pop(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return msg;
 }
 
+/* wait(handle_addr, what, timeout_ns) -> RB_OK or a negative RB_E* code
+ * (RB_EFULL / RB_EEMPTY: timed out). Ring.wait_data, wait_space and the
+ * batch calls wait here: one wait loop for every caller. */
+static PyObject *fp_wait_py(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "wait(handle_addr, what, timeout_ns)");
+        return NULL;
+    }
+    struct rb_handle *h = rb_handle_arg(args[0]);
+    long what = PyLong_AsLong(args[1]);
+    long long timeout_ns = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    int rc = fp_wait(h, (int)what, timeout_ns);
+    return rc == FP_RAISED ? NULL : PyLong_FromLong(rc);
+}
+
 static PyMethodDef fastpath_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))fp_wait_py, METH_FASTCALL,
+     "wait(handle_addr, what, timeout_ns) -> RB_OK or a negative RB_E* code"},
     {"push", (PyCFunction)(void (*)(void))fp_push, METH_FASTCALL,
      "push(handle_addr, data, timeout_ns) -> 0 or a negative RB_E* code"},
     {"pop", (PyCFunction)(void (*)(void))fp_pop, METH_FASTCALL,

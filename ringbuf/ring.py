@@ -13,7 +13,6 @@ import mmap
 import os
 import queue
 import secrets
-import time
 
 import posix_ipc
 
@@ -200,12 +199,11 @@ _NS_MAX = 2**63 - 1
 
 _push = _fastpath.push
 _pop = _fastpath.pop
+_fp_wait = _fastpath.wait
 # What a C call on a ring (here, or a C codec using handle_addr) returns when
 # the ring has no room.
 EFULL = _EFULL = lib.RB_EFULL
 _EEMPTY = lib.RB_EEMPTY
-_EINTR = lib.RB_EINTR
-_EAGAIN = lib.RB_EAGAIN
 
 
 class Ring:
@@ -564,21 +562,16 @@ class Ring:
     def _wait(self, what: int, timeout: float | None, where: str) -> int:
         """Wait for data or room; 0 when ready, 1 on timeout, raises otherwise.
 
-        rb_wait sleeps one slice per call; looping here lets Python run the
-        signal handlers that arrived in between (Ctrl-C ends the wait).
+        The wait is _fastpath's, the one push and pop use: one bounded
+        slice at a time without the GIL, running the signal handlers that
+        arrived in between (Ctrl-C ends the wait).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spin = 1
-        while True:
-            left = -1 if deadline is None else _timeout_ns(max(0.0, deadline - time.monotonic()))
-            rc = lib.rb_wait(self._h, what, left, spin)
-            spin = 0
-            if rc == lib.RB_OK:
-                return 0
-            if rc in (_EFULL, _EEMPTY):
-                return 1
-            if rc not in (_EINTR, _EAGAIN):
-                _raise_for(rc, self, where)
+        rc = _fp_wait(self._addr, what, -1 if timeout is None else _timeout_ns(max(0.0, timeout)))
+        if rc == lib.RB_OK:
+            return 0
+        if rc in (_EFULL, _EEMPTY):
+            return 1
+        _raise_for(rc, self, where)
 
     # ---- sleeping on many rings at once ----
 
