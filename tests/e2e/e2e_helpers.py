@@ -63,10 +63,38 @@ def wait_until(predicate, timeout: float = T, what: str = "condition") -> None:
         time.sleep(0.01)
 
 
-def at_its_limit(process: psutil.Process) -> None:
+def settled_fds(pid: int, no_pidfd: bool = False) -> set[int]:
+    """The descriptors ``pid`` holds once two looks 50 ms apart agree (and,
+    with ``no_pidfd``, it holds no pidfd: a worker closes a program's just
+    after reporting its exit): a descriptor closed after the look would
+    leave room under a limit set from it."""
+    def look() -> dict[int, str]:
+        fds = {}
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                fds[int(fd)] = "closed meanwhile"
+        return fds
+
+    seen = {}
+
+    def settled() -> bool:
+        nonlocal seen
+        before, seen = seen, look()
+        time.sleep(0.05)
+        return seen == before == look() and not (
+            no_pidfd and "anon_inode:[pidfd]" in seen.values())
+
+    wait_until(settled, what=f"process {pid}'s descriptors to settle")
+    return set(seen)
+
+
+def at_its_limit(process: psutil.Process, no_pidfd: bool = False) -> None:
     """``process`` left without a descriptor to spare: a new one takes the
-    lowest free number, and the soft limit bounds the number -- set there."""
-    used = {int(fd) for fd in os.listdir(f"/proc/{process.pid}/fd")}
+    lowest free number, and the soft limit bounds the number -- set there
+    (once its descriptors have settled: settled_fds)."""
+    used = settled_fds(process.pid, no_pidfd)
     lowest_free = next(n for n in range(len(used) + 1) if n not in used)
     process.rlimit(psutil.RLIMIT_NOFILE, (lowest_free, process.rlimit(psutil.RLIMIT_NOFILE)[1]))
 
