@@ -180,8 +180,7 @@ def test_a_cap_cannot_be_guessed(rt, pm, children):
     assert all(n >> 32 for n in nonces), "a 64-bit nonce with its upper half zero"
     assert len({b - a for a, b in zip(nonces, nonces[1:])}) == len(nonces) - 1
     # What anyone may ask about a domain by id does not hand out its nonce.
-    fut = pm._send(procmgr.protocol.Msg(procmgr.protocol.Op.GET_STATUS, dom=doms[0].id),
-                   lambda m: m)
+    fut = pm.request(procmgr.protocol.Msg(procmgr.protocol.Op.GET_STATUS, dom=doms[0].id))
     assert pm.wait_for(fut, timeout=T).nonce == 0
 
     # Another process knows the ids (they are small and in order) but no cap.

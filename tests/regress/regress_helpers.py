@@ -88,16 +88,6 @@ def child_cap(sd) -> Domain:
     return Domain(msg.dom, msg.nonce, sd.core)
 
 
-def exit_async(client: Client, dom: Domain, status: int) -> Future:
-    """A domain's exit call, without waiting for its answer.
-
-    The Client only offers a blocking ``exit`` (a domain calls it last);
-    this sends the same message through the Client's own request machinery.
-    """
-    return client._send(Msg(Op.EXIT, dom=dom.id, nonce=dom.nonce, status=status),
-                        lambda m: None)
-
-
 def assert_all_answered(rt, *clients: Client) -> None:
     """Every request of ``clients`` answered, none twice; the manager owes nothing."""
     settle(rt, *clients)

@@ -56,7 +56,7 @@ def test_full_domain_table_is_answered(rt, client):
 
 def test_malformed_spawn_is_answered(rt, client):
     """A spawn whose payload cannot be decoded gets BAD_MESSAGE, once."""
-    fut = client._send(Msg(Op.SPAWN, core=0, payload=b"\x01\x00"), lambda m: m)
+    fut = client.request(Msg(Op.SPAWN, core=0, payload=b"\x01\x00"))
     settle(rt, client)
     assert outcome(fut) == Err.BAD_MESSAGE
     assert rt.spawnds[0].log == [], "a malformed spawn reached the spawnd"
@@ -67,9 +67,9 @@ def test_malformed_spawn_is_answered(rt, client):
 def test_request_the_manager_does_not_serve_is_answered(rt, client):
     """A spawnd-only op, or a message flagged as a reply, sent by a client:
     UNKNOWN_OP, once each; nothing reaches a spawnd."""
-    futs = [client._send(Msg(Op.SD_KILL, dom=1), lambda m: m),
-            client._send(Msg(Op.SD_SPAWN, core=0), lambda m: m),
-            client._send(Msg(Op.KILL, dom=1, flags=Flag.REPLY), lambda m: m)]
+    futs = [client.request(Msg(Op.SD_KILL, dom=1)),
+            client.request(Msg(Op.SD_SPAWN, core=0)),
+            client.request(Msg(Op.KILL, dom=1, flags=Flag.REPLY))]
     settle(rt, client)
     assert [outcome(f) for f in futs] == [Err.UNKNOWN_OP] * 3
     assert rt.spawnds[0].log == [] and rt.spawnds[1].log == []

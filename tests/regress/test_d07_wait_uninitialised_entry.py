@@ -18,7 +18,7 @@ from procmgr.client.client import Domain
 from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
-    TIMEOUT, assert_all_answered, assert_healthy, error_of, exit_async, outcome,
+    TIMEOUT, assert_all_answered, assert_healthy, error_of, outcome,
     settle, state_of,
 )
 
@@ -32,7 +32,7 @@ def _every_lookup(client, cap):
         "wait nohang": client.wait_async(cap, nohang=True),
         "kill": client.kill_async(cap),
         "span": client.span_async(cap, 1),
-        "exit": exit_async(client, cap, 3),
+        "exit": client.exit_async(cap, 3),
     }
 
 

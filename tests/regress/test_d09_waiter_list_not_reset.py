@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from procmgr.protocol import State
 from regress_helpers import (
-    TIMEOUT, assert_healthy, exit_async, outcome, settle, state_of,
+    TIMEOUT, assert_healthy, outcome, settle, state_of,
 )
 
 
@@ -42,7 +42,7 @@ def test_waiters_of_one_domain_are_not_answered_for_another(rt, client, other):
             client.kill(d, timeout=TIMEOUT)
             statuses[d.id] = 9
         else:
-            assert other.wait_for(exit_async(other, d, 20 + i), timeout=TIMEOUT) is None
+            assert other.wait_for(other.exit_async(d, 20 + i), timeout=TIMEOUT) is None
             statuses[d.id] = 20 + i
         settle(rt, client, other)
         for e in doms:

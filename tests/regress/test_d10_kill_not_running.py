@@ -15,7 +15,7 @@ from __future__ import annotations
 from procmgr.protocol import State
 from procmgr.errors import Err
 from regress_helpers import (
-    TIMEOUT, assert_healthy, error_of, exit_async, outcome, settle,
+    TIMEOUT, assert_healthy, error_of, outcome, settle,
 )
 
 
@@ -52,7 +52,7 @@ def test_kill_and_exit_of_a_stopped_domain(rt, client):
     assert outcome(kill) is None
     assert client.status(dom, timeout=TIMEOUT).state == State.STOPPED
     before = _logs(rt)
-    late = [client.kill_async(dom), exit_async(client, dom, 0), client.kill_async(dom)]
+    late = [client.kill_async(dom), client.exit_async(dom, 0), client.kill_async(dom)]
     settle(rt, client)
     assert [outcome(f) for f in late] == [Err.DOMAIN_NOT_RUNNING] * 3
     assert _logs(rt) == before

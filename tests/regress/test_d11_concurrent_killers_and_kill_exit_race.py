@@ -17,7 +17,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, exit_async, outcome, requests_for, settle, state_of,
+    TIMEOUT, assert_healthy, outcome, requests_for, settle, state_of,
 )
 
 
@@ -135,7 +135,7 @@ def test_exit_call_then_kill(rt, client, other):
     dom = _spanned(rt, client)
     for sd in rt.spawnds.values():
         sd.hold = True
-    ex = exit_async(client, dom, 4)
+    ex = client.exit_async(dom, 4)
     kill = other.kill_async(dom)
     settle(rt, client, other)
     assert outcome(ex) is None
@@ -160,7 +160,7 @@ def test_kill_then_exit_call(rt, client, other):
     sd.hold = True
     kill = other.kill_async(dom)
     settle(rt, other)
-    ex = exit_async(client, dom, 4)
+    ex = client.exit_async(dom, 4)
     settle(rt, client, other)
     assert outcome(ex) == Err.DOMAIN_NOT_RUNNING
     sd.hold = False

@@ -18,7 +18,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, error_of, exit_async, outcome, requests_for, settle,
+    TIMEOUT, assert_healthy, error_of, outcome, requests_for, settle,
 )
 
 
@@ -41,7 +41,7 @@ def test_exit_answered_before_the_dispatchers_are_gone(rt, client):
     client.span(dom, 1, timeout=TIMEOUT)
     for sd in rt.spawnds.values():
         sd.hold = True
-    fut = exit_async(client, dom, 2)
+    fut = client.exit_async(dom, 2)
     settle(rt, client)
     assert outcome(fut) is None
     assert client.status(dom, timeout=TIMEOUT).state == State.STOP_PEND

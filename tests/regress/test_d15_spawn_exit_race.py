@@ -22,7 +22,7 @@ from procmgr.protocol import State
 from procmgr.errors import Err
 from procmgr.protocol import Op
 from regress_helpers import (
-    TIMEOUT, assert_healthy, child_cap, exit_async, outcome, requests_for, settle,
+    TIMEOUT, assert_healthy, child_cap, outcome, requests_for, settle,
     state_of,
 )
 
@@ -104,13 +104,13 @@ def test_exit_and_kill_before_spawn_reply(rt, client, other, held, order):
     first one's status stands, the killer is answered OK either way."""
     spawned, cap = held
     if order == "exit-kill":
-        ex = exit_async(other, cap, 5)
+        ex = other.exit_async(cap, 5)
         settle(rt, other)
         kill = client.kill_async(cap)
     else:
         kill = client.kill_async(cap)
         settle(rt, client)
-        ex = exit_async(other, cap, 5)
+        ex = other.exit_async(cap, 5)
     waiter = client.wait_async(cap)
     settle(rt, client, other)
     assert outcome(ex) is None

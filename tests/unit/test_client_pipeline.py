@@ -99,7 +99,7 @@ def test_bad_spawn_payload_refused_every_time(rt):
     client = rt.client()
     bad = SpawnArgs("prog", ["prog"]).encode()[:-1]      # argv loses its NUL
     for _ in range(2):
-        fut = client._send(Msg(Op.SPAWN, payload=bad), lambda m: m)
+        fut = client.request(Msg(Op.SPAWN, payload=bad))
         with pytest.raises(ProcMgmtError) as e:
             client.wait_for(fut, timeout=5)
         assert e.value.code == Err.BAD_MESSAGE
