@@ -5,6 +5,12 @@ Used to test the manager in one process (each test scripts what the worker
 does: fail a spawn, let a dispatcher exit, hold replies back, lose or repeat
 one) and to measure the control plane without the cost of fork/exec. Any
 figure measured with it says "simulated dispatchers".
+
+Not a twin of ``Runtime(simulate=True)``: that is the real worker, a
+process of its own with its loop, rings and hot path, told only to skip
+fork/exec; this is a script in the test's own process that a test can make
+misbehave. What they share -- the protocol and the reply each request
+gets -- is procmgr.protocol's.
 """
 
 from __future__ import annotations
