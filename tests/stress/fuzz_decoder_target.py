@@ -2,7 +2,7 @@
 [libFuzzer options] [corpus dir]``. The input is cut into slots of sizes it
 chooses itself (mostly whole 64-byte slots), fed to one Decoder, and every
 payload to every payload decoder (checks in decoder_fuzz.py). Run bounded
-by tests/unit/test_fuzz_decoder.py."""
+by tests/stress/test_fuzz_decoder.py."""
 
 import os
 import sys
