@@ -10,13 +10,18 @@
 #ifndef RINGBUF_RING_PY_H
 #define RINGBUF_RING_PY_H
 
-/* A Ring's handle_addr as a handle; NULL with an exception if it is not one. */
+/* A Ring's handle_addr as a handle; NULL with an exception if it is not one
+ * (not an int, negative, 0). */
 static inline struct rb_handle *rb_handle_arg(PyObject *addr)
 {
-    struct rb_handle *h = (struct rb_handle *)PyLong_AsVoidPtr(addr);
-    if (h == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "a ring handle cannot be 0");
-    return h;
+    unsigned long long v = PyLong_AsUnsignedLongLong(addr);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (v == 0 || v > UINTPTR_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a ring handle");
+        return NULL;
+    }
+    return (struct rb_handle *)(uintptr_t)v;
 }
 
 /* The handle of a ringbuf.Ring; NULL with an exception if it has none. */

@@ -448,13 +448,12 @@ static PyObject *wire_take(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 static PyObject *wire_decode_spawn(PyObject *mod, PyObject *payload)
 {
     (void)mod;
-    if (!PyBytes_Check(payload)) {
-        PyErr_SetString(PyExc_TypeError, "decode_spawn(payload: bytes)");
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    }
     struct spawn_refusal why;
-    PyObject *fields = spawn_decode((const uint8_t *)PyBytes_AS_STRING(payload),
-                                    PyBytes_GET_SIZE(payload), &why);
+    PyObject *fields = spawn_decode((const uint8_t *)view.buf, view.len, &why);
+    PyBuffer_Release(&view);
     if (fields != NULL || why.detail == NULL)
         return fields;
     return Py_BuildValue("(iN)", why.code, why.detail);

@@ -97,21 +97,25 @@ static PyObject *spawn_text(const char *s, Py_ssize_t n, struct spawn_refusal *w
     return spawn_refuse(why, E_BAD_MESSAGE, detail);
 }
 
-/* A list field's items as a list of str: the field decoded whole, then
- * split at its NULs (so an error says where in the field, as the field). */
+/* A list field's items as a list of str: the field decoded whole, its
+ * last NUL too (so an error says where in the field, and what, as for the
+ * field), then split at its NULs, less the empty rest after the last. */
 static PyObject *spawn_list(const char *s, Py_ssize_t n, struct spawn_refusal *why)
 {
     if (n == 0)
         return PyList_New(0);
     if (s[n - 1] != '\0')
         return SPAWN_REFUSE(why, "a list field does not end with its NUL terminator");
-    PyObject *text = spawn_text(s, n - 1, why);     /* less the last NUL */
+    PyObject *text = spawn_text(s, n, why);
     if (text == NULL)
         return NULL;
     PyObject *nul = PyUnicode_FromOrdinal(0);
     PyObject *items = nul ? PyUnicode_Split(text, nul, -1) : NULL;
     Py_XDECREF(nul);
     Py_DECREF(text);
+    if (items != NULL && PyList_SetSlice(items, PyList_GET_SIZE(items) - 1,
+                                         PyList_GET_SIZE(items), NULL) < 0)
+        Py_CLEAR(items);
     return items;
 }
 

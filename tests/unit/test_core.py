@@ -245,3 +245,15 @@ def test_a_client_may_owe_at_most_65536_answers_then_busy():
         assert outcomes.count(Err.BUSY) >= 10
         assert outcomes.count(9) + outcomes.count(Err.BUSY) == len(waits)
         assert outcomes.count(9) >= 65_536 - 1       # (the spawn was owed too, once)
+
+
+def test_the_core_refuses_arguments_that_do_not_fit_rather_than_cut_them():
+    core = _core.Core()
+    with pytest.raises(ValueError, match="PEER_CLIENT or PEER_SPAWND"):
+        core.undecodable(7, 1)
+    with pytest.raises(OverflowError, match="32 bits"):
+        core.lost(_core.PEER_CLIENT, 2**32 + 5)
+    with pytest.raises(OverflowError, match="8 bits"):
+        core.answer(1, 256, 1)
+    with pytest.raises(TypeError, match="serves a Core"):
+        _core.RingSet(-1, -1, object())

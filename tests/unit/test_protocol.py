@@ -742,3 +742,16 @@ def test_msg_object_behaves_like_a_record():
     # Built through the tuple/dict entry too (functools.partial, hypothesis).
     assert functools.partial(Msg, Op.KILL, dom=4)(seq=8) == Msg(Op.KILL, 8, dom=4)
 
+
+
+def test_a_field_cut_in_a_character_is_worded_as_python_words_the_field():
+    """The reader is C (spawn_payload.h): its UTF-8 error is the one
+    Python's own decode of the whole field gives, NUL and all."""
+    payload = struct.pack("<HHHH", 2, 2, 0, 0) + b"/x" + b"\xc3\0"
+    with pytest.raises(ProtocolError) as e:
+        SpawnArgs.decode(payload)
+    try:
+        b"\xc3\0".decode()
+    except UnicodeDecodeError as python:
+        assert str(e.value) == f"spawn payload is not valid UTF-8: {python}"
+    assert SpawnArgs.decode(bytearray(SpawnArgs("/x", ["a", ""]).encode())).argv == ["a", ""]

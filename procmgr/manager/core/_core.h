@@ -31,6 +31,9 @@
  * The number handled, or -1 with an exception set. */
 Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *in);
 
+/* 1 if o is a Core (module.c). */
+int core_check(PyObject *o);
+
 /* 1 if the peer's outbound messages wait in the core's backlog (its ring
  * was full): the loop then waits for room there, not for its requests. */
 int core_backlogged(PyObject *core, int kind, uint32_t key);

@@ -106,6 +106,10 @@ static int ringset_init(RingSetObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iiO", kwlist, &self->epoll_fd,
                                      &self->doorbell_fd, &core))
         return -1;
+    if (!core_check(core)) {
+        PyErr_Format(PyExc_TypeError, "RingSet serves a Core, not %R", Py_TYPE(core));
+        return -1;
+    }
     ringset_free_handles(self);
     Py_XSETREF(self->core, Py_NewRef(core));
     self->sleeps = self->served = 0;
@@ -142,9 +146,15 @@ static PyObject *ringset_set(RingSetObject *self, PyObject *pairs)
             goto fail;
         }
         kind[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 2));
-        key[i] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 3));
+        unsigned long k = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 3));
         if (PyErr_Occurred())
             goto fail;
+        if ((kind[i] != PEER_CLIENT && kind[i] != PEER_SPAWND) || k > UINT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "peer %zd: kind %d key %lu: a kind is PEER_CLIENT "
+                         "or PEER_SPAWND, a key 32 bits", i, kind[i], k);
+            goto fail;
+        }
+        key[i] = (uint32_t)k;
         if ((in[i] = rb_handle_of(PyTuple_GET_ITEM(pair, 0))) == NULL ||
             (out[i] = rb_handle_of(PyTuple_GET_ITEM(pair, 1))) == NULL)
             goto fail;

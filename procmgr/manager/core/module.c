@@ -24,6 +24,63 @@
 PyObject *IllegalTransition;   /* a bug in a handler: answered INTERNAL */
 PyObject *AnswerTwice;         /* the exactly-once check: stops the manager */
 
+/* ---- arguments ------------------------------------------------------------------
+ * What the manager's Python passes in, checked: a number too large for its
+ * field is an error, never cut to fit (a client id 2**32 + 5 is not client 5). */
+
+static int u32_arg(PyObject *o, void *out)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return 0;
+    if (v > UINT32_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%llu does not fit in 32 bits", v);
+        return 0;
+    }
+    *(uint32_t *)out = (uint32_t)v;
+    return 1;
+}
+
+static int u16_arg(PyObject *o, void *out)
+{
+    uint32_t v;
+    if (!u32_arg(o, &v))
+        return 0;
+    if (v > UINT16_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%u does not fit in 16 bits", v);
+        return 0;
+    }
+    *(uint32_t *)out = v;
+    return 1;
+}
+
+static int u8_arg(PyObject *o, void *out)
+{
+    uint32_t v;
+    if (!u32_arg(o, &v))
+        return 0;
+    if (v > UINT8_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%u does not fit in 8 bits", v);
+        return 0;
+    }
+    *(uint32_t *)out = v;
+    return 1;
+}
+
+/* PEER_CLIENT or PEER_SPAWND, nothing else. */
+static int kind_arg(PyObject *o, void *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return 0;
+    if (v != PEER_CLIENT && v != PEER_SPAWND) {
+        PyErr_Format(PyExc_ValueError, "a peer kind is PEER_CLIENT or PEER_SPAWND, not %ld", v);
+        return 0;
+    }
+    *(int *)out = (int)v;
+    return 1;
+}
+
 /* ---- the Python type ------------------------------------------------------------ */
 
 static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
@@ -100,10 +157,10 @@ static void core_dealloc(CoreObject *self)
  * answers go into. */
 static PyObject *core_add_client(CoreObject *self, PyObject *args)
 {
-    unsigned int id;
+    uint32_t id;
     PyObject *outbound;
     int is_monitor;
-    if (!PyArg_ParseTuple(args, "IOp", &id, &outbound, &is_monitor))
+    if (!PyArg_ParseTuple(args, "O&Op", u32_arg, &id, &outbound, &is_monitor))
         return NULL;
     if (id == 0 || client_of(self, id) != NULL) {
         PyErr_Format(PyExc_ValueError, "client id %u is 0 or taken", id);
@@ -138,9 +195,9 @@ static PyObject *core_client_gone(CoreObject *self, PyObject *arg)
  * requests go into. */
 static PyObject *core_add_spawnd(CoreObject *self, PyObject *args)
 {
-    unsigned int core;
+    uint32_t core;
     PyObject *outbound;
-    if (!PyArg_ParseTuple(args, "IO", &core, &outbound))
+    if (!PyArg_ParseTuple(args, "O&O", u32_arg, &core, &outbound))
         return NULL;
     if (core >= self->max_cores)
         return PyLong_FromLong(E_INVALID_SPAWND);
@@ -181,7 +238,7 @@ static PyTypeObject *msg_type;   /* procmgr.protocol._wire.Msg */
 static int msg_fields_of(PyObject *msg, struct wire_header *h, PyObject **payload)
 {
     if (!Py_IS_TYPE(msg, msg_type)) {
-        PyErr_Format(PyExc_TypeError, "a message is a Msg or a ProtocolError, not %R",
+        PyErr_Format(PyExc_TypeError, "a message is a Msg, not %R",
                      Py_TYPE(msg));
         return -1;
     }
@@ -230,9 +287,9 @@ static int msg_fields_of(PyObject *msg, struct wire_header *h, PyObject **payloa
  * handler_failed()), else False. msg: a Msg Python decoded from that client. */
 static PyObject *core_dispatch_client(CoreObject *self, PyObject *args)
 {
-    unsigned int id;
+    uint32_t id;
     PyObject *msg;
-    if (!PyArg_ParseTuple(args, "IO", &id, &msg))
+    if (!PyArg_ParseTuple(args, "O&O", u32_arg, &id, &msg))
         return NULL;
     struct client *cl = client_of(self, id);
     if (cl == NULL)
@@ -250,9 +307,9 @@ static PyObject *core_dispatch_client(CoreObject *self, PyObject *args)
 /* dispatch_spawnd(core, msg): one Msg Python decoded from that spawnd. */
 static PyObject *core_dispatch_spawnd(CoreObject *self, PyObject *args)
 {
-    unsigned int core;
+    uint32_t core;
     PyObject *msg;
-    if (!PyArg_ParseTuple(args, "IO", &core, &msg))
+    if (!PyArg_ParseTuple(args, "O&O", u32_arg, &core, &msg))
         return NULL;
     struct spawnd *sd = spawnd_of(self, core);
     if (sd == NULL)
@@ -278,10 +335,10 @@ static PyObject *core_undecodable(CoreObject *self, PyObject *args, PyObject *kw
 {
     static char *kwlist[] = {"kind", "key", "op", "seq", "err", "detail", NULL};
     int kind;
-    unsigned int key, op = 0, seq = 0, err = E_BAD_MESSAGE;
+    uint32_t key, op = 0, seq = 0, err = E_BAD_MESSAGE;
     const char *detail = "";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iI|IIIs", kwlist, &kind, &key, &op, &seq, &err,
-                                     &detail))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|O&O&O&s", kwlist, kind_arg, &kind, u32_arg,
+                                     &key, u8_arg, &op, u32_arg, &seq, u16_arg, &err, &detail))
         return NULL;
     if (kind == PEER_SPAWND) {
         struct spawnd *sd = spawnd_of(self, key);
@@ -290,8 +347,8 @@ static PyObject *core_undecodable(CoreObject *self, PyObject *args, PyObject *kw
         Py_RETURN_NONE;
     }
     struct client *cl = client_of(self, key);
-    if (cl != NULL && client_protocol_error(self, cl, (uint8_t)(op > 0xFF ? 0 : op), seq,
-                                            (uint16_t)err, detail) < 0)
+    if (cl != NULL && client_protocol_error(self, cl, (uint8_t)op, seq, (uint16_t)err,
+                                            detail) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -300,8 +357,8 @@ static PyObject *core_undecodable(CoreObject *self, PyObject *args, PyObject *kw
  * request is answered INTERNAL if it still waits, and counted. */
 static PyObject *core_handler_failed(CoreObject *self, PyObject *args)
 {
-    unsigned int id, op, seq;
-    if (!PyArg_ParseTuple(args, "III", &id, &op, &seq))
+    uint32_t id, op, seq;
+    if (!PyArg_ParseTuple(args, "O&O&O&", u32_arg, &id, u8_arg, &op, u32_arg, &seq))
         return NULL;
     self->internal_errors++;
     struct client *cl = client_of(self, id);
@@ -312,7 +369,7 @@ static PyObject *core_handler_failed(CoreObject *self, PyObject *args)
 }
 
 /* The peer of (kind, key), or NULL. */
-static struct peer *peer_of(CoreObject *self, int kind, unsigned int key)
+static struct peer *peer_of(CoreObject *self, int kind, uint32_t key)
 {
     if (kind == PEER_CLIENT) {
         struct client *cl = client_of(self, key);
@@ -327,8 +384,8 @@ static struct peer *peer_of(CoreObject *self, int kind, unsigned int key)
 static PyObject *core_lost(CoreObject *self, PyObject *args)
 {
     int kind;
-    unsigned int key;
-    if (!PyArg_ParseTuple(args, "iI", &kind, &key))
+    uint32_t key;
+    if (!PyArg_ParseTuple(args, "O&O&", kind_arg, &kind, u32_arg, &key))
         return NULL;
     struct peer *p = peer_of(self, kind, key);
     return PyBool_FromLong(p == NULL || p->gone);
@@ -340,8 +397,8 @@ static PyObject *core_lost(CoreObject *self, PyObject *args)
 static PyObject *core_mid_message(CoreObject *self, PyObject *args)
 {
     int kind, flag;
-    unsigned int key;
-    if (!PyArg_ParseTuple(args, "iIp", &kind, &key, &flag))
+    uint32_t key;
+    if (!PyArg_ParseTuple(args, "O&O&p", kind_arg, &kind, u32_arg, &key, &flag))
         return NULL;
     struct peer *p = peer_of(self, kind, key);
     if (p != NULL)
@@ -354,12 +411,13 @@ static PyObject *core_answer(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"client_id", "op", "seq", "err", "status", "flags", "dom", "nonce",
                              "core", "payload", NULL};
-    unsigned int client, op, seq, err = 0, flags = 0, dom = 0, core = 0;
+    uint32_t client, op, seq, err = 0, flags = 0, dom = 0, core = 0;
     int status = 0;
     unsigned long long nonce = 0;
     Py_buffer payload = {.buf = NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "III|IiIIKIy*", kwlist, &client, &op, &seq,
-                                     &err, &status, &flags, &dom, &nonce, &core, &payload))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&|O&iO&O&KO&y*", kwlist, u32_arg, &client,
+                                     u8_arg, &op, u32_arg, &seq, u16_arg, &err, &status, u8_arg,
+                                     &flags, u32_arg, &dom, &nonce, u16_arg, &core, &payload))
         return NULL;
     struct answer a = {.op = (uint8_t)op, .seq = seq, .err = (uint16_t)err, .status = status,
                        .flags = (uint8_t)flags, .dom = dom, .nonce = nonce,
@@ -373,16 +431,16 @@ static PyObject *core_answer(CoreObject *self, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-static int kind_key(PyObject *args, int *kind, unsigned int *key)
+static int kind_key(PyObject *args, int *kind, uint32_t *key)
 {
-    return PyArg_ParseTuple(args, "iI", kind, key) ? 0 : -1;
+    return PyArg_ParseTuple(args, "O&O&", kind_arg, kind, u32_arg, key) ? 0 : -1;
 }
 
 /* flush(kind, key) -> True once nothing waits in that peer's outbox. */
 static PyObject *core_flush(CoreObject *self, PyObject *args)
 {
     int kind;
-    unsigned int key;
+    uint32_t key;
     if (kind_key(args, &kind, &key) < 0)
         return NULL;
     if (kind == PEER_CLIENT) {
@@ -398,7 +456,7 @@ static PyObject *core_flush(CoreObject *self, PyObject *args)
 static PyObject *core_backlogged_py(CoreObject *self, PyObject *args)
 {
     int kind;
-    unsigned int key;
+    uint32_t key;
     if (kind_key(args, &kind, &key) < 0)
         return NULL;
     return PyBool_FromLong(core_backlogged((PyObject *)self, kind, key));
@@ -602,8 +660,8 @@ static PyObject *core_spawnd(CoreObject *self, PyObject *arg)
  * take them to the wrap). */
 static PyObject *core_set_next_seq(CoreObject *self, PyObject *args)
 {
-    unsigned int core, seq;
-    if (!PyArg_ParseTuple(args, "II", &core, &seq))
+    uint32_t core, seq;
+    if (!PyArg_ParseTuple(args, "O&O&", u32_arg, &core, u32_arg, &seq))
         return NULL;
     struct spawnd *sd = spawnd_of(self, core);
     if (sd == NULL) {
@@ -708,6 +766,13 @@ static PyGetSetDef core_getset[] = {
 };
 
 static PySequenceMethods core_as_sequence = {.sq_length = (lenfunc)core_len};
+
+static PyTypeObject CoreType;
+
+int core_check(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &CoreType);
+}
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
