@@ -36,11 +36,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -57,6 +58,18 @@
 #define RUN_DECLINED 1    /* the request at the head of the ring is Python's */
 #define RUN_CHILDREN 2    /* a child that is not a dispatcher exited: reap strays */
 #define RUN_FULL 4        /* the reply ring is full: wait for room, then again */
+
+/* A new program's stack until its exec (spawn_program). */
+#define CHILD_STACK (256 * 1024)
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+/* Where a dispatcher's pidfd is moved to: out of the low numbers a new
+ * program's descriptor table is copied from (spawn_program). */
+#define PIDFD_BASE 256
+/* A stray's exit is looked for at most this often while every SIGCHLD
+ * names a dispatcher (stray_exited). */
+#define STRAY_LOOK_NS 50000000LL
 
 /* Per-spawn variables at the end of every envp (worker.py documents them). */
 #define IDENT_VARS 4
@@ -115,10 +128,6 @@ typedef struct {
     Py_ssize_t nactions;
     int nlogs;            /* ACT_LOG entries */
     int nper_spawn;       /* entries made per spawn */
-    /* Without per-spawn descriptors the file actions are the same every
-     * time: built once. With them, built for each spawn. */
-    posix_spawn_file_actions_t fixed;
-    int have_fixed;
 } PreparedObject;
 
 /* The bytes of a str or bytes (via the file-system encoding, as os.posix_spawn
@@ -162,20 +171,37 @@ static char **string_array(PyObject *keep, PyObject *seq, Py_ssize_t spare,
 
 /* Adds the descriptor actions to fa; made[i] is the descriptor made for
  * the i-th per-spawn action (NULL: there are none). 0, or an errno. */
-static int add_actions(PreparedObject *p, posix_spawn_file_actions_t *fa, const int *made)
+/* What the new process does to its descriptors before the exec, in order. */
+enum { OP_DUP2, OP_OPEN };
+struct child_op {
+    int kind, fd, src;        /* OP_DUP2: src onto fd (src == fd: keep fd open across exec) */
+    const char *path;         /* OP_OPEN: path opened at fd */
+    int flags, mode;
+};
+
+/* p's actions as the new process applies them: the per-spawn descriptors
+ * (made[], in order) put in place, /dev/null opened, copies made. */
+static int child_ops(PreparedObject *p, const int *made, struct child_op *ops)
 {
-    int rc = 0, k = 0;
-    for (Py_ssize_t i = 0; i < p->nactions && rc == 0; i++) {
+    int k = 0;
+    for (Py_ssize_t i = 0; i < p->nactions; i++) {
         struct action *a = &p->actions[i];
-        if (a->per_spawn)
-            rc = posix_spawn_file_actions_adddup2(fa, made[k++], a->fd);
-        else if (a->kind == ACT_OPEN)
-            rc = posix_spawn_file_actions_addopen(fa, a->fd, a->path, a->flags,
-                                                  (mode_t)a->mode);
-        else
-            rc = posix_spawn_file_actions_adddup2(fa, a->src, a->fd);
+        struct child_op *o = &ops[i];
+        o->fd = a->fd;
+        if (a->per_spawn) {
+            o->kind = OP_DUP2;
+            o->src = made[k++];
+        } else if (a->kind == ACT_OPEN) {
+            o->kind = OP_OPEN;
+            o->path = a->path;
+            o->flags = a->flags;
+            o->mode = a->mode;
+        } else {
+            o->kind = OP_DUP2;
+            o->src = a->src;
+        }
     }
-    return rc;
+    return (int)p->nactions;
 }
 
 /* Prepared(path, argv, env, actions): env is the whole environment but for
@@ -287,16 +313,6 @@ static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         p->nactions = i + 1;
     }
     Py_DECREF(fast);
-    if (p->nper_spawn == 0) {
-        posix_spawn_file_actions_init(&p->fixed);
-        p->have_fixed = 1;
-        int rc = add_actions(p, &p->fixed, NULL);
-        if (rc != 0) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-    }
     return (PyObject *)p;
 fail:
     Py_DECREF(p);
@@ -305,8 +321,6 @@ fail:
 
 static void prepared_dealloc(PreparedObject *p)
 {
-    if (p->have_fixed)
-        posix_spawn_file_actions_destroy(&p->fixed);
     PyMem_Free(p->actions);
     PyMem_Free(p->argv);
     PyMem_Free(p->envp);
@@ -326,7 +340,7 @@ static PyMemberDef prepared_members[] = {
 static PyTypeObject PreparedType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "spawnd_workers._spawnd.Prepared",
-    .tp_doc = "Prepared(path, argv, env, actions): a program as posix_spawn takes it.",
+    .tp_doc = "Prepared(path, argv, env, actions): a program, ready to start.",
     .tp_basicsize = sizeof(PreparedObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = prepared_new,
@@ -343,10 +357,15 @@ typedef struct {
     int epfd;                     /* the worker's epoll: doorbell, child watch, pidfds */
     int child_fd;                 /* the child watch (SIGCHLD): child_signals() */
     uint16_t core;
-    posix_spawnattr_t attr;
-    int have_attr;                /* attr initialised (init may run again) */
+    char *stack;                  /* a new program's stack until its exec */
     PyObject *dispatchers;        /* dom -> Dispatcher */
     PyObject *by_pidfd;           /* pidfd -> Dispatcher */
+    PyObject *by_pid;             /* pid -> Dispatcher */
+    int strays_unlooked;          /* a SIGCHLD came since the last look for strays */
+    int stray_suspect;            /* ... naming no dispatcher of ours */
+    long long strays_looked_ns;
+    pid_t reaped[128];            /* the dispatchers reaped last: their SIGCHLDs may */
+    unsigned nreaped;             /* be read after their exits were reported */
     PyObject *prepared;           /* spawn payload -> Prepared (filled by worker.py) */
     PyObject *runtime_var;        /* bytes: PROCMGR_RUNTIME=... */
     char core_var[32];
@@ -478,25 +497,19 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
     Py_DECREF(name);
     Py_XSETREF(c->dispatchers, PyDict_New());
     Py_XSETREF(c->by_pidfd, PyDict_New());
+    Py_XSETREF(c->by_pid, PyDict_New());
     Py_XSETREF(c->prepared, PyDict_New());
-    if (!c->runtime_var || !c->dispatchers || !c->by_pidfd || !c->prepared)
+    if (!c->runtime_var || !c->dispatchers || !c->by_pidfd || !c->by_pid || !c->prepared)
         return -1;
-    /* Every program: in a group of its own (a kill ends all it forked), all
-     * signals at their defaults and none blocked, whatever the worker had. */
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    sigemptyset(&none);
-    if (c->have_attr)
-        posix_spawnattr_destroy(&c->attr);
-    posix_spawnattr_init(&c->attr);
-    c->have_attr = 1;
-    posix_spawnattr_setflags(&c->attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF |
-                                       POSIX_SPAWN_SETSIGMASK);
-    posix_spawnattr_setpgroup(&c->attr, 0);
-    posix_spawnattr_setsigdefault(&c->attr, &all);
-    posix_spawnattr_setsigmask(&c->attr, &none);
+    if (c->stack == NULL) {
+        void *stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        c->stack = stack;
+    }
     return 0;
 }
 
@@ -507,10 +520,11 @@ static void hotpath_dealloc(HotPathObject *c)
         PyMem_Free(c->rotator);
         close(c->logs_dirfd);
     }
-    if (c->have_attr)
-        posix_spawnattr_destroy(&c->attr);
+    if (c->stack != NULL)
+        munmap(c->stack, CHILD_STACK);
     Py_XDECREF(c->dispatchers);
     Py_XDECREF(c->by_pidfd);
+    Py_XDECREF(c->by_pid);
     Py_XDECREF(c->prepared);
     Py_XDECREF(c->runtime_var);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -528,6 +542,8 @@ static int forget(HotPathObject *c, PyObject *d)
     close(pidfd);
     Py_INCREF(d);
     int rc = PyDict_DelItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3));
+    if (PyDict_DelItem(c->by_pid, PyStructSequence_GET_ITEM(d, 2)) < 0)
+        rc = -1;
     if (PyDict_DelItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0)) < 0)
         rc = -1;
     Py_DECREF(d);
@@ -665,7 +681,107 @@ static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, str
     return 0;
 }
 
-/* posix_spawn with p's descriptor actions; each captured stream is given
+/* ---- starting a program ----------------------------------------------------
+ *
+ * Not posix_spawn: its new process copies the worker's whole descriptor
+ * table, and its exec then closes every close-on-exec descriptor in the
+ * copy -- a worker holding a pidfd per live domain paid for all of them at
+ * every spawn (posix_spawn + wait of /bin/true: ~0.9 ms with 4,000 pidfds
+ * open, ~0.6 ms with none; docs/performance.md, "Scale"). Here the new
+ * process starts out sharing the worker's table (CLONE_FILES) and first
+ * thing takes a private copy of only its low numbers (close_range with
+ * CLOSE_RANGE_UNSHARE copies the descriptors below the range it closes):
+ * the worker's own few and the ones made for this spawn. The pidfds are
+ * kept above PIDFD_BASE, out of that copy.
+ *
+ * Otherwise it does what posix_spawn did with the worker's attributes: a
+ * process group of its own (a kill ends all it forked), every signal at its
+ * default and none blocked, whatever the worker had; then the descriptor
+ * actions, then execve. As posix_spawn, it shares the worker's memory until
+ * the exec (CLONE_VM | CLONE_VFORK: the worker waits meanwhile), on a stack
+ * of its own, with every signal blocked so that no handler of the worker's
+ * runs there; a failure is its errno, left in the job for the worker. */
+
+struct child_job {
+    const char *file;
+    char **argv, **envp;
+    const struct child_op *ops;
+    int nops;
+    int keep_below;            /* the descriptors it needs are below this */
+    int err;                   /* written by the new process if it fails */
+};
+
+static int child_main(void *arg)
+{
+    struct child_job *j = arg;
+    /* A table of its own before anything is touched: the worker's is shared. */
+    if (syscall(SYS_close_range, (unsigned)j->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
+        unshare(CLONE_FILES) < 0)
+        goto fail;
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);    /* fails harmlessly for libc's own */
+    if (setpgid(0, 0) < 0)
+        goto fail;
+    for (int i = 0; i < j->nops; i++) {
+        const struct child_op *o = &j->ops[i];
+        if (o->kind == OP_OPEN) {
+            int fd = open(o->path, o->flags, (mode_t)o->mode);
+            if (fd < 0)
+                goto fail;
+            if (fd != o->fd) {
+                if (dup2(fd, o->fd) < 0)
+                    goto fail;
+                close(fd);
+            }
+        } else if (o->src == o->fd) {
+            int flags = fcntl(o->fd, F_GETFD);
+            if (flags < 0 || fcntl(o->fd, F_SETFD, flags & ~FD_CLOEXEC) < 0)
+                goto fail;
+        } else if (dup2(o->src, o->fd) < 0) {
+            goto fail;
+        }
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(j->file, j->argv, j->envp);
+fail:
+    j->err = errno ? errno : EIO;
+    _exit(127);
+}
+
+/* Start p's program with `ops` applied: 0 with *pid, or an errno with
+ * nothing left running (the failed process reaped). */
+static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child_op *ops,
+                         int nops, pid_t *pid)
+{
+    struct child_job job = {.file = p->file, .argv = p->argv, .envp = p->envp, .ops = ops,
+                            .nops = nops, .keep_below = 3, .err = 0};
+    for (int i = 0; i < nops; i++)
+        if (ops[i].kind == OP_DUP2 && ops[i].src >= job.keep_below)
+            job.keep_below = ops[i].src + 1;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid_t child = clone(child_main, c->stack + CHILD_STACK,
+                        CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &job);
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (child < 0)
+        return err;
+    if (job.err != 0) {
+        waitpid(child, NULL, 0);
+        return job.err;
+    }
+    *pid = child;
+    return 0;
+}
+
+/* p's program with its descriptor actions; each captured stream is given
  * to the rotator (slots[i], *nslots of them). 0, or an errno with nothing
  * left running or open; *failed_fd says which of the program's descriptors
  * could not be made (-1: the program itself did not start). */
@@ -674,20 +790,16 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
 {
     *nslots = 0;
     *failed_fd = -1;
+    struct child_op ops[p->nactions > 0 ? p->nactions : 1];
     if (p->nper_spawn == 0)
-        return posix_spawn(pid, p->file, &p->fixed, &c->attr, p->argv, p->envp);
+        return spawn_program(c, p, ops, child_ops(p, NULL, ops), pid);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
     struct made m;        /* ~8 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    rc = add_actions(p, &fa, m.fds);
-    if (rc == 0)
-        rc = posix_spawn(pid, p->file, &fa, &c->attr, p->argv, p->envp);
-    posix_spawn_file_actions_destroy(&fa);
+    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), pid);
     let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
@@ -735,6 +847,15 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     if (rc != 0)
         return rc;
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd >= 0 && pidfd < PIDFD_BASE) {
+        /* Above the numbers a new program's table is copied from; where
+         * none is free up there, it stays (costing the copy a little). */
+        int high = fcntl(pidfd, F_DUPFD_CLOEXEC, PIDFD_BASE);
+        if (high >= 0) {
+            close(pidfd);
+            pidfd = high;
+        }
+    }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = pidfd};
     if (pidfd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
         rc = errno;
@@ -742,10 +863,14 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     }
     PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots);
     if (d == NULL || PyDict_SetItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0), d) < 0 ||
-        PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0) {
+        PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0 ||
+        PyDict_SetItem(c->by_pid, PyStructSequence_GET_ITEM(d, 2), d) < 0) {
         PyErr_Clear();
-        if (d != NULL)
+        if (d != NULL) {
             PyDict_DelItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0));
+            PyErr_Clear();
+            PyDict_DelItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3));
+        }
         PyErr_Clear();
         Py_XDECREF(d);
         epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
@@ -883,6 +1008,7 @@ static int report_exit(HotPathObject *c, PyObject *d)
     }
     if (si.si_pid == 0)
         return 0;          /* not exited after all */
+    c->reaped[c->nreaped++ % (sizeof c->reaped / sizeof *c->reaped)] = pid;
     /* Its streams' last growth is checked before their slots are reused. */
     end_logs(c, d);
     struct wire_header r;
@@ -899,16 +1025,63 @@ static int report_exit(HotPathObject *c, PyObject *d)
     return forget(c, d);
 }
 
-/* The child watch woke us (after the exits just reported, whose SIGCHLD it
- * mostly is): has a child exited that is not a dispatcher reported already?
- * The first question of osutil.reap_strays, asked here because its answer is
- * almost always no -- one system call, where the way through Python costs
- * ~80 us on the CPU the next program needs. A yes goes to reap_strays. */
-static int stray_exited(HotPathObject *c)
+static long long mono_ns(void)
 {
-    char buf[256];
-    while (read(c->child_fd, buf, sizeof buf) > 0)
-        ;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Is pid a dispatcher of ours, running or reaped just now? */
+static int ours(HotPathObject *c, pid_t pid)
+{
+    for (unsigned i = 0; i < sizeof c->reaped / sizeof *c->reaped; i++)
+        if (c->reaped[i] == pid)
+            return 1;
+    PyObject *key = PyLong_FromLong((long)pid);
+    int known = key != NULL && PyDict_Contains(c->by_pid, key) == 1;
+    Py_XDECREF(key);
+    PyErr_Clear();
+    return known;
+}
+
+/* The child watch is readable: take its SIGCHLDs in. Every dispatcher's
+ * end sends one, and the signalfd names the child each was for; one naming
+ * no dispatcher of ours (or a wake-up naming nobody: a pipe, in tests)
+ * makes a stray -- an orphan re-parented to us -- suspect. */
+static void child_signals_in(HotPathObject *c)
+{
+    struct signalfd_siginfo si[16];
+    ssize_t n;
+    while ((n = read(c->child_fd, si, sizeof si)) > 0) {
+        c->strays_unlooked = 1;
+        if (n % (ssize_t)sizeof *si != 0) {
+            c->stray_suspect = 1;
+            continue;
+        }
+        for (ssize_t i = 0; i < n / (ssize_t)sizeof *si; i++)
+            if (!ours(c, (pid_t)si[i].ssi_pid))
+                c->stray_suspect = 1;
+    }
+}
+
+/* Has a stray exited? The question of osutil.reap_strays, asked here
+ * because its answer is almost always no and the way through Python costs
+ * ~80 us on the CPU the next program needs -- and asked only when it may
+ * be yes: at once when a SIGCHLD named no dispatcher; when all named
+ * dispatchers, a stray's may still hide behind one (a standard signal does
+ * not queue), so at most every STRAY_LOOK_NS then, and when the worker has
+ * slept its timeout out (`force`). The asking is waitid over every child,
+ * ~90 us with 4,000 of them: not something to do for each exit. 1 if a
+ * stray may have exited (reap_strays' to say), 0 if not. */
+static int stray_exited(HotPathObject *c, int force)
+{
+    long long now = mono_ns();
+    if (!c->strays_unlooked ||
+        (!c->stray_suspect && !force && now - c->strays_looked_ns < STRAY_LOOK_NS))
+        return 0;
+    c->strays_unlooked = c->stray_suspect = 0;
+    c->strays_looked_ns = now;
     siginfo_t si;
     memset(&si, 0, sizeof si);
     if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
@@ -979,16 +1152,20 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        if (n == 0)
-            return PyLong_FromLong(RUN_IDLE);       /* slept it all: Python looks */
+        if (n == 0)     /* slept it all: Python looks (at strays too, if any may be) */
+            return PyLong_FromLong(stray_exited(c, 1) ? RUN_CHILDREN : RUN_IDLE);
         int result = RUN_IDLE, children = 0;
         exits = 0;
+        /* SIGCHLDs first, while the dispatchers they name are still ours. */
+        for (int i = 0; i < n; i++)
+            if (evs[i].data.fd == c->child_fd) {
+                children = 1;
+                child_signals_in(c);
+            }
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
-            if (fd == c->child_fd) {
-                children = 1;
+            if (fd == c->child_fd)
                 continue;
-            }
             PyObject *key = PyLong_FromLong(fd);
             if (key == NULL)
                 return NULL;
@@ -1005,7 +1182,7 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
             result |= r;
             exits++;
         }
-        if (children && stray_exited(c))
+        if (children && stray_exited(c, 0))
             result |= RUN_CHILDREN;
         if (result != RUN_IDLE || python_first)
             return PyLong_FromLong(result);

@@ -7,7 +7,8 @@ Single-threaded and event driven. It sleeps in one epoll on
   the worker had armed its request ring), and
 - one pidfd per running dispatcher, readable the moment that process exits:
   the exit is reaped at once and reported, with no SIGCHLD handler and no
-  race with a reused pid, and
+  race with a reused pid (numbered 256 and up, out of what a new program's
+  process copies: _spawnd.c, "starting a program"), and
 - a signalfd for SIGCHLD (blocked in every thread from the start,
   __main__.py), through which an orphan a domain left to us is noticed.
 

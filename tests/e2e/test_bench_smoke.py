@@ -86,3 +86,11 @@ def test_output_comparison_runs_and_captures():
     assert all(v > 0 for v in r["spawn"].values()) and all(v > 0 for v in r["write"].values())
     text = table(r)
     assert f"{r['ratio']['write']:.2f}x" in text and "PIPE + communicate" in text
+
+
+def test_live_domains_comparison_runs():
+    from bench.live import measure, table
+
+    r = measure(20, blocks=2, block=3)
+    assert r["live"] == 20 and r["ratio"] > 0
+    assert "20" in table([r])
