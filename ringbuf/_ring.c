@@ -601,12 +601,32 @@ int rb_arm(struct rb_handle *h, int32_t what)
 {
     if (h->closed)
         return RB_ECLOSED;
-    uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep : &h->hdr->prod_sleep;
     /* The sleep path of rb_wait, minus the sleep: the caller sleeps on its
      * doorbell instead. Same Dekker pairing with publish_tail/publish_head. */
+    rb_arm_mark(h, what);
+    rb_arm_fence();
+    return rb_arm_check(h, what);
+}
+
+void rb_arm_mark(struct rb_handle *h, int32_t what)
+{
+    if (h->closed)
+        return;
+    uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep : &h->hdr->prod_sleep;
     __atomic_store_n(word, RB_SLEEP_DOORBELL, __ATOMIC_RELAXED);
+}
+
+void rb_arm_fence(void)
+{
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+int rb_arm_check(struct rb_handle *h, int32_t what)
+{
+    if (h->closed)
+        return RB_ECLOSED;
     if (rb_ready(h, what)) {
+        uint32_t *word = what == RB_WAIT_DATA ? &h->hdr->cons_sleep : &h->hdr->prod_sleep;
         __atomic_store_n(word, 0, __ATOMIC_RELAXED);
         return 1;
     }

@@ -216,6 +216,12 @@ int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin)
 /* 1 if there is data (room, for RB_WAIT_SPACE) or the peer closed; never waits. */
 int rb_ready(struct rb_handle *h, int32_t what);
 int rb_arm(struct rb_handle *h, int32_t what);
+/* rb_arm for many rings with one fence (the manager arms every peer's):
+ * rb_arm_mark each, then rb_arm_fence once, then rb_arm_check each -- the
+ * same store, seq_cst fence, load pairing as rb_arm, the fence shared. */
+void rb_arm_mark(struct rb_handle *h, int32_t what);
+void rb_arm_fence(void);
+int rb_arm_check(struct rb_handle *h, int32_t what);
 void rb_disarm(struct rb_handle *h, int32_t what);
 void rb_set_doorbell(struct rb_handle *h, int32_t fd);
 void rb_set_batch_wakes(struct rb_handle *h, int32_t on);

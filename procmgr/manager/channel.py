@@ -24,11 +24,16 @@ from ringbuf import Closed, Ring, RingError
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "name", "peer_gone")
+    __slots__ = ("inbound", "outbound", "decoder", "name", "peer_gone", "doorbell")
 
-    def __init__(self, inbound: Ring, outbound: Ring, name: str = ""):
+    def __init__(self, inbound: Ring, outbound: Ring, name: str = "", doorbell=None):
+        """``doorbell``: the loop's PeerDoorbell this peer rings, its own
+        (the channel owns it and closes it), so that the loop looks only at
+        peers that rang (procmgr/manager/core/_loop.c); None: the loop's
+        shared one, and the peer is looked at in every pass."""
         self.inbound = inbound      # we consume
         self.outbound = outbound    # we produce
+        self.doorbell = doorbell
         # The manager answers a pass's worth of messages at a time: the peer
         # is woken once, after the pass (the event loop's RingSet.wake), not
         # by the first answer.
@@ -56,4 +61,10 @@ class Channel:
     def close(self) -> None:
         for ring in (self.inbound, self.outbound):
             ring.close()
+        if self.doorbell is not None:
+            self.doorbell.close()
+
+    @property
+    def doorbell_fd(self) -> int:
+        return -1 if self.doorbell is None else self.doorbell.fd
         self.peer_gone = True

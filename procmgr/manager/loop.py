@@ -70,6 +70,40 @@ def _dropped(mgr, channel) -> None:
           f"or length); everyone else is served", file=sys.stderr, flush=True)
 
 
+class PeerDoorbell:
+    """One peer's doorbell: an eventfd in the loop's epoll set. Closed out
+    of the set first: the peer holds a copy of it, which would keep it
+    there -- ringing, under a number this process no longer has."""
+
+    __slots__ = ("fd", "_epoll", "_bells", "_watched")
+
+    def __init__(self, epoll: select.epoll, bells: set):
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll = epoll
+        self._bells = bells
+        self._watched = False
+
+    def watch(self) -> None:
+        """Into the loop's epoll set (a ring before this is not lost: the
+        eventfd stays readable)."""
+        if not self._watched and self.fd >= 0:
+            self._epoll.register(self.fd, select.EPOLLIN)
+            self._watched = True
+            self._bells.add(self.fd)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        if self._watched:
+            try:
+                self._epoll.unregister(self.fd)
+            except (OSError, ValueError):     # the loop's epoll is closed already
+                pass
+            self._bells.discard(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
 class EventLoop:
     """Runs the manager: wait until a peer's ring has something (RingSet,
     procmgr/manager/core/_loop.c: arm every inbound ring, sleep on one doorbell -- an
@@ -93,12 +127,22 @@ class EventLoop:
         self._spawnds: list = []
         self._peers: list = []          # spawnds, then clients: RingSet's order
         self._watchers: dict[int, object] = {}
+        # Every PeerDoorbell's fd. One that rings before its peer is in the
+        # RingSet (a client rings as soon as it has attached, and the loop
+        # takes the peer in at its next pass) comes back as a plain event:
+        # left alone, it is still readable when the RingSet knows it.
+        self._bells: set[int] = set()
         self._calls: deque = deque()
 
     @property
     def wakeups(self) -> int:
         """How many times the loop has slept (and woken up)."""
         return self._rings.sleeps
+
+    @property
+    def peers_looked_at(self) -> int:
+        """Peers the loop looked at, over all its passes."""
+        return self._rings.looked
 
     @property
     def served_in_c(self) -> int:
@@ -109,6 +153,17 @@ class EventLoop:
         """Run ``fn(*args)`` on the loop's thread, at its next pass."""
         self._calls.append((fn, args))   # deque.append is atomic
         self._rings.interrupt()
+
+    def peer_doorbell(self, watch: bool = True) -> PeerDoorbell:
+        """A new doorbell for one peer to ring, in the loop's epoll set (or,
+        with ``watch=False``, once its ``watch()`` is called: a client's is
+        made at the handshake and watched once it has attached): the loop
+        then looks at that peer only when it rang (or was busy lately), so
+        idle peers cost a pass nothing. The peer's Channel owns it."""
+        bell = PeerDoorbell(self._epoll, self._bells)
+        if watch:
+            bell.watch()
+        return bell
 
     def watch(self, fd: int, callback) -> None:
         """Call ``callback(fd, events)`` from the loop when ``fd`` is readable."""
@@ -127,10 +182,10 @@ class EventLoop:
         self._spawnds = [sd for sd in mgr.spawnds.values()
                          if sd.alive and not sd.channel.peer_gone]
         self._peers = self._spawnds + list(mgr.clients.values())
-        self._rings.set([(p.channel.inbound, p.channel.outbound, PEER_SPAWND, p.core)
-                         for p in self._spawnds] +
-                        [(p.channel.inbound, p.channel.outbound, PEER_CLIENT, p.id)
-                         for p in self._peers[len(self._spawnds):]])
+        self._rings.set([(p.channel.inbound, p.channel.outbound, PEER_SPAWND, p.core,
+                          p.channel.doorbell_fd) for p in self._spawnds] +
+                        [(p.channel.inbound, p.channel.outbound, PEER_CLIENT, p.id,
+                          p.channel.doorbell_fd) for p in self._peers[len(self._spawnds):]])
         self._peers_seen = mgr.peers_changed
 
     def run_once(self, idle_timeout: float = 1.0) -> int:
@@ -144,7 +199,8 @@ class EventLoop:
         peers = self._peers
         ready, fired = self._rings.wait(0 if self._calls else idle_timeout)
         for fd, events in fired:
-            self._watchers[fd](fd, events)
+            if fd not in self._bells:
+                self._watchers[fd](fd, events)
         nsd = len(self._spawnds)
         handled = poll(self.mgr, [peers[i] for i in ready if i < nsd],
                        [peers[i] for i in ready if i >= nsd])

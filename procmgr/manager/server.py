@@ -54,14 +54,13 @@ from ringbuf import Ring, RingError
 RING_CAPACITY = 4096
 HANDSHAKE_TIMEOUT = 2.0
 # Connections held at once (clients and handshakes). Each costs the manager
-# a pair of rings, 2 x 272 KiB of shared memory, which the loop arms on
-# every pass: the bound keeps what a flood of connections makes it create
-# to ~550 MiB. Lower where the descriptor limit is: a client holds three of
-# the manager's (its socket and the two ring mappings), and a manager out
+# a pair of rings, 2 x 272 KiB of shared memory: the bound keeps what a
+# flood of connections makes it create to ~550 MiB. Lower where the descriptor limit is: a client holds four of
+# the manager's (its socket, its doorbell, the two ring mappings), and a manager out
 # of descriptors cannot take the next client's rings -- the cap says so
 # first, in words (``max_clients``).
 MAX_CLIENTS = 1024
-FDS_PER_CLIENT = 3
+FDS_PER_CLIENT = 4
 # Connections one process may hold in their handshake at once: silent ones
 # count against the cap until their deadline, and one process holding a
 # thousand of them, reopened as they expire, kept everybody else out. (A
@@ -134,9 +133,10 @@ class Server:
         requests = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.requests")
         replies = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.replies")
         doorbell = os.eventfd(0, os.EFD_NONBLOCK)
+        ours = self.loop.peer_doorbell()        # the worker rings this one
         cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
                "--requests", f"fd:{requests.fileno()}", "--replies", f"fd:{replies.fileno()}",
-               "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(self.loop.doorbell),
+               "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(ours.fd),
                "--kill-grace", str(self.kill_grace), "--runtime", self.name,
                "--logs-dir", self.logs_dir, "--history", str(self.history),
                "--parent-pid", str(os.getpid())]
@@ -150,15 +150,18 @@ class Server:
         # Its stdout and stderr are ours: the runtime's log.
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                    pass_fds=(doorbell, self.loop.doorbell, requests.fileno(),
+                                    pass_fds=(doorbell, ours.fd, requests.fileno(),
                                               replies.fileno()))
+        except BaseException:
+            ours.close()
+            raise
         finally:
             requests.release_fd()         # the worker has its copies; the mappings stay
             replies.release_fd()
         requests.set_doorbell(doorbell)   # we push requests: ring the worker
         replies.set_doorbell(doorbell)    # we pop replies: ring it if it waits for room
         self.workers[core] = proc
-        err = self.mgr.add_spawnd(core, Channel(replies, requests, f"spawnd.{core}"))
+        err = self.mgr.add_spawnd(core, Channel(replies, requests, f"spawnd.{core}", ours))
         assert err == 0, err
         self.worker_doorbells[core] = doorbell
         pidfd = os.pidfd_open(proc.pid)
@@ -308,12 +311,19 @@ class Server:
                     self._drop_handshake(fd, f"client refused: its rings: {e}",
                                          tell=f"the manager cannot make the client's rings: {e}")
                     return
-                # The doorbell, then the two rings, in the order named.
+                # Its doorbell (its own: the loop looks at it when it rings),
+                # then the two rings, in the order named.
+                try:
+                    hs.doorbell = self.loop.peer_doorbell(watch=False)   # once attached
+                except OSError as e:
+                    self._drop_handshake(fd, f"client refused: its doorbell: {e}",
+                                         tell=f"the manager cannot make the client's doorbell: {e}")
+                    return
                 names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
                 # A few dozen bytes into an empty socket buffer: never EAGAIN.
                 try:
                     socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
-                                    [self.loop.doorbell] + [r.fileno() for r in hs.rings])
+                                    [hs.doorbell.fd] + [r.fileno() for r in hs.rings])
                 finally:
                     for ring in hs.rings:
                         ring.release_fd()   # the client has its copies (or is dropped)
@@ -326,7 +336,16 @@ class Server:
         del self._handshakes[fd]
         self.loop.unwatch(fd)
         requests, responses = hs.rings
-        client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}"),
+        doorbell, hs.doorbell = hs.doorbell, None   # the channel's now
+        try:
+            doorbell.watch()
+        except OSError as e:
+            doorbell.close()
+            self._say("handshake", f"client refused: its doorbell: {e}")
+            _tell(hs.conn, f"the manager cannot watch the client's doorbell: {e}")
+            hs.close()
+            return
+        client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}", doorbell),
                                      is_monitor=hs.monitor)
         self._clients[fd] = (hs.conn, client)
         self.loop.watch(fd, self._client_readable)
@@ -453,13 +472,14 @@ def _tell(conn: socket.socket, why: str) -> None:
 class _Handshake:
     """A connection on its way to being a client: hello, then attached."""
 
-    __slots__ = ("conn", "pid", "deadline", "buf", "rings", "monitor")
+    __slots__ = ("conn", "pid", "deadline", "buf", "rings", "monitor", "doorbell")
 
     def __init__(self, conn: socket.socket, pid: int, deadline: float):
         self.conn, self.pid, self.deadline = conn, pid, deadline
         self.buf = b""
         self.rings: tuple[Ring, Ring] | None = None
         self.monitor = False
+        self.doorbell = None      # loop.PeerDoorbell, once it has one
 
     def read_line(self) -> bytes | None:
         """The next whole line, or None until it has all arrived."""
@@ -481,6 +501,8 @@ class _Handshake:
     def close(self) -> None:
         for ring in self.rings or ():
             ring.close()
+        if self.doorbell is not None:
+            self.doorbell.close()
         self.conn.close()
 
 

@@ -70,8 +70,12 @@ class InProcessRuntime:
     def client(self, monitor: bool = False) -> Client:
         req_prod, req_cons = self._pair()
         resp_prod, resp_cons = self._pair()
-        self._doorbell(req_prod, resp_cons)
-        channel = Channel(req_cons, resp_prod)
+        doorbell = None
+        if self.threads:        # its own, as the manager process gives a client
+            doorbell = self.loop.peer_doorbell()
+            req_prod.set_doorbell(doorbell.fd)
+            resp_cons.set_doorbell(doorbell.fd)
+        channel = Channel(req_cons, resp_prod, doorbell=doorbell)
         if not self.threads:
             self.manager.add_client(channel, is_monitor=monitor)
             return Client(req_prod, resp_cons, pump=self.pump)

@@ -25,6 +25,7 @@ import pytest
 
 import procmgr
 from procmgr.errors import RuntimeDirUnsafe, RuntimeRefused
+from procmgr.manager.server import FDS_PER_CLIENT
 from procmgr.osutil import runtime_dir
 from ringbuf import Ring, RingError
 
@@ -552,7 +553,9 @@ def test_clients_killed_mid_request_cost_the_manager_nothing(rt, pm, children):
     # Nothing of the killed clients stays with the manager.
     # (At most: what was counted before may have held a descriptor for a
     # moment, a handshake's or a worker's, that is gone now.)
-    wait_until(lambda: manager.num_fds() <= fds_before + 3, what="descriptors back")
+    # The fresh client holds FDS_PER_CLIENT of the manager's.
+    wait_until(lambda: manager.num_fds() <= fds_before + FDS_PER_CLIENT,
+               what="descriptors back")
     stats = rt.monitor.stats(timeout=T)
     assert stats["clients"] == 3 and stats["internal_errors"] == 0, stats
     assert all(core["pending"] == 0 for core in stats["cores"].values()), stats

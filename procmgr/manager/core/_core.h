@@ -31,6 +31,10 @@
  * The number handled, or -1 with an exception set. */
 Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *in);
 
+/* 1 if any peer's outbound messages wait in the core's backlog: O(1), so
+ * that the loop asks each peer (core_backlogged) only then. */
+int core_any_backlogged(PyObject *core);
+
 /* 1 if o is a Core (module.c). */
 int core_check(PyObject *o);
 

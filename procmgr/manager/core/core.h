@@ -170,6 +170,7 @@ struct outmsg {
 struct outbox {
     struct outmsg *head, *tail;
     uint32_t n;
+    uint32_t *backlogged;    /* the core's count of peers whose outbox is not empty */
 };
 
 struct peer {
@@ -217,6 +218,8 @@ typedef struct {
     int pending_kind;        /* PENDING_REPLYQ or PENDING_HASHTABLE (_core.h) */
     uint32_t reply_queue;
     uint64_t protocol_errors, internal_errors, answered_gone;
+    uint32_t backlogged;     /* peers with answers in their outbox: the loop asks
+                              * each peer only when there are any (core_backlogged) */
 } CoreObject;
 
 static inline struct client *client_of(CoreObject *c, uint32_t id)
@@ -229,7 +232,7 @@ static inline struct spawnd *spawnd_of(CoreObject *c, uint32_t core)
     return core < c->max_cores ? c->spawnds[core] : NULL;
 }
 
-int peer_init(struct peer *p, PyObject *outbound);
+int peer_init(struct peer *p, PyObject *outbound, uint32_t *backlogged);
 void client_free(struct client *cl);
 void spawnd_free(struct spawnd *sd);
 int peer_flush(struct peer *p);

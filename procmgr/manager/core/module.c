@@ -169,7 +169,7 @@ static PyObject *core_add_client(CoreObject *self, PyObject *args)
     struct client *cl = PyMem_Calloc(1, sizeof *cl);
     if (cl == NULL)
         return PyErr_NoMemory();
-    if (peer_init(&cl->p, outbound) < 0) {
+    if (peer_init(&cl->p, outbound, &self->backlogged) < 0) {
         PyMem_Free(cl);
         return NULL;
     }
@@ -206,7 +206,7 @@ static PyObject *core_add_spawnd(CoreObject *self, PyObject *args)
     struct spawnd *sd = PyMem_Calloc(1, sizeof *sd);
     if (sd == NULL)
         return PyErr_NoMemory();
-    if (peer_init(&sd->p, outbound) < 0) {
+    if (peer_init(&sd->p, outbound, &self->backlogged) < 0) {
         PyMem_Free(sd);
         return NULL;
     }

@@ -31,6 +31,8 @@
 
 static void outbox_clear(struct outbox *b)
 {
+    if (b->n != 0 && b->backlogged != NULL)
+        (*b->backlogged)--;
     struct outmsg *m = b->head;
     while (m != NULL) {
         struct outmsg *next = m->next;
@@ -93,7 +95,8 @@ static int peer_send(struct peer *p, const uint8_t *data, uint32_t nslots)
     else
         p->outbox.head = m;
     p->outbox.tail = m;
-    p->outbox.n++;
+    if (p->outbox.n++ == 0)
+        (*p->outbox.backlogged)++;
     return 0;
 }
 
@@ -110,7 +113,8 @@ int peer_flush(struct peer *p)
         b->head = m->next;
         if (b->head == NULL)
             b->tail = NULL;
-        b->n--;
+        if (--b->n == 0)
+            (*b->backlogged)--;
         PyMem_Free(m);
     }
     return 1;
@@ -142,13 +146,14 @@ static uint32_t encode(uint8_t *buf, const struct wire_header *h, const char *pa
 /* A peer's making and freeing: module.c adds peers, serve.c drops them. */
 
 /* 0, or -1 with an exception (not a ring). */
-int peer_init(struct peer *p, PyObject *outbound)
+int peer_init(struct peer *p, PyObject *outbound, uint32_t *backlogged)
 {
     if ((p->out = rb_handle_of(outbound)) == NULL)
         return -1;
     p->outbound = Py_NewRef(outbound);
     p->outbox.head = p->outbox.tail = NULL;
     p->outbox.n = 0;
+    p->outbox.backlogged = backlogged;
     p->gone = p->mid_message = 0;
     return 0;
 }

@@ -206,6 +206,11 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
     return handled;
 }
 
+int core_any_backlogged(PyObject *core)
+{
+    return ((CoreObject *)core)->backlogged != 0;
+}
+
 int core_backlogged(PyObject *core, int kind, uint32_t key)
 {
     CoreObject *c = (CoreObject *)core;
