@@ -9,8 +9,8 @@ machine. Attacks:
 
 - flood: a client sending requests as fast as it can (batches of 256
   waits with nohang, then taking the answers), never idle;
-- doorbell: a process writing the manager's doorbell (an eventfd every
-  client is given) in a tight loop, waking it for nothing;
+- doorbell: a process writing its doorbell to the manager (the eventfd
+  each client is given) in a tight loop, waking it for nothing;
 - and, for scale, a process that only burns a CPU and never touches the
   runtime: what an attacker costs the others on this machine just by
   running.

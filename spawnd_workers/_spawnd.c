@@ -582,8 +582,8 @@ static int open_checked(int dirfd, const char *path, int flags, int mode, int re
  * shared) where we may take it (pidfd_getfd needs ptrace rights over pid);
  * else the same file opened anew through /proc, for appending -- a
  * terminal or a pipe is then the same, a regular file has an offset of its
- * own. Never one of the runtime's own (this worker's, its manager's). A
- * descriptor, or -errno. */
+ * own. Never one of the runtime's own (this worker's, its manager's, a
+ * sibling worker's: another core's rings). A descriptor, or -errno. */
 static int inherited_fd(pid_t pid, int fd)
 {
     if (pid == getpid() || pid == getppid())
@@ -591,6 +591,22 @@ static int inherited_fd(pid_t pid, int fd)
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0)
         return -errno;
+    /* Its parent, from /proc (after the last ')': the name may hold any);
+     * then the pidfd must still name a live process, so that the pid read
+     * about is the pidfd's and not its successor's. */
+    char statp[64], buf[512];
+    snprintf(statp, sizeof statp, "/proc/%d/stat", (int)pid);
+    int sfd = open(statp, O_RDONLY | O_CLOEXEC);
+    ssize_t n = sfd < 0 ? -1 : read(sfd, buf, sizeof buf - 1);
+    if (sfd >= 0)
+        close(sfd);
+    const char *end = n > 0 ? (buf[n] = '\0', strrchr(buf, ')')) : NULL;
+    int ppid = -1;
+    int sibling = end != NULL && sscanf(end + 1, " %*c %d", &ppid) == 1 && ppid == getppid();
+    if (sibling || end == NULL || syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0) {
+        close(pidfd);
+        return sibling ? -EPERM : -ESRCH;
+    }
     int got = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);   /* close-on-exec */
     int err = errno;
     close(pidfd);
@@ -1182,7 +1198,9 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
             result |= r;
             exits++;
         }
-        if (children && stray_exited(c, 0))
+        /* Looked at on any wake-up, not only a SIGCHLD's: a stray's that hid
+         * behind a dispatcher's is found within STRAY_LOOK_NS of it. */
+        if ((children || c->strays_unlooked) && stray_exited(c, 0))
             result |= RUN_CHILDREN;
         if (result != RUN_IDLE || python_first)
             return PyLong_FromLong(result);

@@ -362,5 +362,14 @@ def test_what_a_client_or_a_program_plants_cannot_hang_or_reach_the_worker(rt, p
         pm.spawn_with_caps(["/bin/true"], [(5, "dup", str(ring_fd))])
     with pytest.raises(ProcMgmtError, match="OPEN_FAILED.*Operation not permitted"):
         pm.spawn_with_caps(["/bin/true"], [(1, "inherit", f"{worker.pid}:{ring_fd}")])
+    # Nor another core's worker (its rings), asked for from this core.
+    others = [w for w in psutil.Process(rt.proc.pid).children() if w.pid != worker.pid]
+    assert others
+    for other in others:
+        other_fd = max(int(f) for f in os.listdir(f"/proc/{other.pid}/fd"))
+        for core in range(len(others) + 1):
+            with pytest.raises(ProcMgmtError, match="OPEN_FAILED.*Operation not permitted"):
+                pm.spawn_with_caps(["/bin/true"], [(1, "inherit", f"{other.pid}:{other_fd}")],
+                                   core=core)
     assert pm.run(["/bin/echo", "fine"]).stdout == b"fine\n"
     assert time.monotonic() - started < T
