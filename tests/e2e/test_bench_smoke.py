@@ -94,3 +94,12 @@ def test_live_domains_comparison_runs():
     r = measure(20, blocks=2, block=3)
     assert r["live"] == 20 and r["ratio"] > 0
     assert "20" in table([r])
+
+
+def test_many_clients_comparison_runs():
+    import procmgr
+    from bench.clients import run
+
+    with procmgr.Runtime(cores=2, simulate=True) as rt:
+        r = run(rt, 3, 20)
+    assert r["clients"] == 3 and r["requests_per_s"] > 0 and 0 < r["fairness"] <= 1
