@@ -106,11 +106,12 @@ class PeerDoorbell:
 
 class EventLoop:
     """Runs the manager: wait until a peer's ring has something (RingSet,
-    procmgr/manager/core/_loop.c: arm every inbound ring, sleep on one doorbell -- an
-    eventfd every peer was given -- plus whatever other descriptors were
-    registered with ``watch``, disarm, serve in C what the core can), run
-    the watchers that fired, hand the rings that still have something to
-    ``poll``, then wake the peers that were answered.
+    procmgr/manager/core/_loop.c: arm the rings of the peers that rang or
+    were busy lately, sleep on the epoll set -- each peer's own doorbell
+    (``peer_doorbell``), the shared one, and whatever else was registered
+    with ``watch`` -- and serve in C what the core can), run the watchers
+    that fired, hand the rings that still have something to ``poll``, then
+    wake the peers that were answered.
 
     A ring that is ready while being armed cancels the sleep, so under load
     the loop goes from pass to pass without sleeping. The sleep is bounded

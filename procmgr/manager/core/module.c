@@ -28,44 +28,23 @@ PyObject *AnswerTwice;         /* the exactly-once check: stops the manager */
  * What the manager's Python passes in, checked: a number too large for its
  * field is an error, never cut to fit (a client id 2**32 + 5 is not client 5). */
 
-static int u32_arg(PyObject *o, void *out)
+/* o into *out (a uint32_t) if it fits in `bits` bits. */
+static int bits_arg(PyObject *o, uint32_t *out, int bits)
 {
     unsigned long long v = PyLong_AsUnsignedLongLong(o);
     if (v == (unsigned long long)-1 && PyErr_Occurred())
         return 0;
-    if (v > UINT32_MAX) {
-        PyErr_Format(PyExc_OverflowError, "%llu does not fit in 32 bits", v);
+    if (v >> bits) {
+        PyErr_Format(PyExc_OverflowError, "%llu does not fit in %d bits", v, bits);
         return 0;
     }
-    *(uint32_t *)out = (uint32_t)v;
+    *out = (uint32_t)v;
     return 1;
 }
 
-static int u16_arg(PyObject *o, void *out)
-{
-    uint32_t v;
-    if (!u32_arg(o, &v))
-        return 0;
-    if (v > UINT16_MAX) {
-        PyErr_Format(PyExc_OverflowError, "%u does not fit in 16 bits", v);
-        return 0;
-    }
-    *(uint32_t *)out = v;
-    return 1;
-}
-
-static int u8_arg(PyObject *o, void *out)
-{
-    uint32_t v;
-    if (!u32_arg(o, &v))
-        return 0;
-    if (v > UINT8_MAX) {
-        PyErr_Format(PyExc_OverflowError, "%u does not fit in 8 bits", v);
-        return 0;
-    }
-    *(uint32_t *)out = v;
-    return 1;
-}
+static int u32_arg(PyObject *o, void *out) { return bits_arg(o, out, 32); }
+static int u16_arg(PyObject *o, void *out) { return bits_arg(o, out, 16); }
+static int u8_arg(PyObject *o, void *out) { return bits_arg(o, out, 8); }
 
 /* PEER_CLIENT or PEER_SPAWND, nothing else. */
 static int kind_arg(PyObject *o, void *out)
