@@ -145,6 +145,20 @@ def ring_files(pid: int, label: str = "") -> list[int]:
     return out
 
 
+def ring_inodes(pid: int) -> set[int]:
+    """The memory files of rings that process ``pid`` holds, by inode: a
+    ring handed to a peer is the same file on both sides, so a test can ask
+    about one ring without counting everybody else's (which come and go as
+    other clients leave)."""
+    held = set()
+    for fd in ring_files(pid):
+        try:
+            held.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:
+            pass                # closed meanwhile
+    return held
+
+
 class RawHandshake:
     """The client side of the manager's socket handshake, step by step.
 
