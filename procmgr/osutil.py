@@ -49,6 +49,30 @@ def refuse_ptrace() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
 
 
+def set_cmdline(args: list[str]) -> bool:
+    """Show ``args`` as our command line (``ps``, /proc/PID/cmdline): a
+    process forked without exec -- a worker from its template -- would
+    otherwise show its template's. Written over the memory the kernel
+    shows (arg_start..arg_end of /proc/self/stat), which cannot grow:
+    False, and nothing written, when ``args`` need more room.
+
+    Written the way setproctitle(3) does: one string, arguments joined by
+    spaces, and the area's last byte not a NUL, which tells the kernel to
+    show the string only up to its end -- not the area, NULs and all
+    (psutil splits such a line at its spaces)."""
+    with open("/proc/self/stat", "rb") as f:
+        stat_line = f.read()
+    # Fields from the state on (the name before it may hold spaces): arg_start
+    # and arg_end are the 48th and 49th of proc(5).
+    fields = stat_line[stat_line.rindex(b")") + 2:].split()
+    start, end = int(fields[48 - 3]), int(fields[49 - 3])
+    title = b" ".join(os.fsencode(a) for a in args) + b"\0"
+    if not start or len(title) + 1 > end - start:
+        return False
+    ctypes.memmove(start, title.ljust(end - start - 1, b"\0") + b" ", end - start)
+    return True
+
+
 def watch_doorbell(epoll: select.epoll, doorbell: int) -> None:
     """Sleep on ``doorbell`` (an eventfd peers write to wake us) in ``epoll``,
     edge-triggered: every write reports one event, so the counter never

@@ -2,10 +2,15 @@ import signal
 
 # First, before any import can start a thread (numpy starts OpenBLAS's): the
 # worker learns of its children through a signalfd, which sees a SIGCHLD only
-# if no thread could take it instead (worker.py, _spawnd.child_signals).
+# if no thread could take it instead (worker.py, _spawnd.child_signals). A
+# worker forked from the template (template.py) inherits the mask.
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
 
 import sys  # noqa: E402
+
+if "--template" in sys.argv[1:]:
+    from spawnd_workers.template import serve  # noqa: E402
+    sys.exit(serve())
 
 from spawnd_workers.worker import main  # noqa: E402
 

@@ -376,8 +376,16 @@ class Runtime:
                 if marker in f.read().split(b"\0"):
                     return True
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-            return b"spawnd_workers" in args and self.name.encode() in args
+                raw = f.read()
+            name = self.name.encode()
+            args = raw.split(b"\0")
+            if b"spawnd_workers" in args and name in args:
+                return True             # the workers' template
+            # A worker, forked from it, shows its command line as one
+            # string ending in its runtime's name (procmgr/osutil.py,
+            # set_cmdline; spawnd_workers/template.py).
+            title = raw.rstrip(b"\0")
+            return b" -m spawnd_workers " in title and title.endswith(b" --runtime " + name)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             return False
 

@@ -2,8 +2,9 @@
 
 Started by a Runtime (the monitor). It
 
-- starts one spawnd worker per core as its own children (so they die with
-  it: PDEATHSIG), each with a ring pair and a doorbell, and registers them;
+- starts one spawnd worker per core, each its own child (so they die with
+  it: PDEATHSIG) forked from a template (procmgr/manager/workers.py), each
+  with a ring pair and a doorbell, and registers them;
 - listens on a Unix socket in the runtime's owner-only directory. A client
   connects there; its uid is checked (SO_PEERCRED); the manager creates its
   ring pair and hands it over with its doorbell (an eventfd), all three as
@@ -45,6 +46,7 @@ from procmgr.manager.channel import Channel
 from procmgr.protocol import LOG_BACKUPS, LOG_MAX_BYTES
 from procmgr.manager.loop import EventLoop
 from procmgr.manager.manager import Manager
+from procmgr.manager.workers import WorkerProcess, WorkerTemplate
 from procmgr.osutil import (
     ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
     raise_fd_limit, reap_strays, refuse_ptrace, runtime_dir,
@@ -86,6 +88,12 @@ class Server:
         # fails (EEXIST) rather than put our socket and logs where it points.
         os.mkdir(self.dir, 0o700)
         _diagnostics_to(os.path.join(self.dir, RUNTIME_LOG))
+        # Its workers' template (procmgr/manager/workers.py), first: it
+        # imports their modules while we set up the rest. Its children are
+        # re-parented to us: we must be a subreaper before it forks any.
+        become_subreaper()
+        self.template = WorkerTemplate(name)
+        self.template.start()
         self.logs_dir = os.path.join(self.dir, LOGS)
         os.mkdir(self.logs_dir, 0o700)
         self.log_bounds = log_bounds
@@ -95,7 +103,7 @@ class Server:
         self.token = token
         self.kill_grace = kill_grace
         self.pin = pin
-        self.workers: dict[int, subprocess.Popen] = {}
+        self.workers: dict[int, WorkerProcess] = {}
         self.worker_doorbells: dict[int, int] = {}
         self._clients: dict[int, tuple[socket.socket, object]] = {}
         self._handshakes: dict[int, _Handshake] = {}
@@ -116,8 +124,8 @@ class Server:
         os.rename(path + ".new", path)
         self.sock.setblocking(False)
         self.loop.watch(self.sock.fileno(), self._accept)
-        # Domains of a worker that died are re-parented to us: reap them.
-        become_subreaper()
+        # Domains of a worker that died are re-parented to us too (we became
+        # a subreaper above): reap them.
         self.child_watch = ChildWatch()
         self.loop.watch(self.child_watch.read_fd, self._children_changed)
         self.mgr.start_spawnd = self.start_worker
@@ -132,28 +140,26 @@ class Server:
     def start_worker(self, core: int) -> None:
         requests = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.requests")
         replies = Ring.create_sealed(RING_CAPACITY, label=f"spawnd.{core}.replies")
-        doorbell = os.eventfd(0, os.EFD_NONBLOCK)
+        doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ours = self.loop.peer_doorbell()        # the worker rings this one
-        cmd = [sys.executable, "-m", "spawnd_workers", "--core", str(core),
-               "--requests", f"fd:{requests.fileno()}", "--replies", f"fd:{replies.fileno()}",
-               "--doorbell-fd", str(doorbell), "--manager-doorbell-fd", str(ours.fd),
-               "--kill-grace", str(self.kill_grace), "--runtime", self.name,
-               "--logs-dir", self.logs_dir, "--history", str(self.history),
-               "--parent-pid", str(os.getpid())]
+        options = ["--core", str(core), "--kill-grace", str(self.kill_grace),
+                   "--runtime", self.name, "--logs-dir", self.logs_dir,
+                   "--history", str(self.history)]
         if self.log_bounds is not None:
-            cmd += ["--log-max-bytes", str(self.log_bounds[0]),
-                    "--log-backups", str(self.log_bounds[1])]
+            options += ["--log-max-bytes", str(self.log_bounds[0]),
+                        "--log-backups", str(self.log_bounds[1])]
         if not self.pin:
-            cmd.append("--no-pin")
+            options.append("--no-pin")
         if self.simulate:
-            cmd.append("--simulate")
-        # Its stdout and stderr are ours: the runtime's log.
+            options.append("--simulate")
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                    pass_fds=(doorbell, ours.fd, requests.fileno(),
-                                              replies.fileno()))
+            proc = self.template.fork(options, [requests.fileno(), replies.fileno(),
+                                                doorbell, ours.fd])
         except BaseException:
             ours.close()
+            os.close(doorbell)
+            requests.close()
+            replies.close()
             raise
         finally:
             requests.release_fd()         # the worker has its copies; the mappings stay
@@ -164,8 +170,7 @@ class Server:
         err = self.mgr.add_spawnd(core, Channel(replies, requests, f"spawnd.{core}", ours))
         assert err == 0, err
         self.worker_doorbells[core] = doorbell
-        pidfd = os.pidfd_open(proc.pid)
-        self.loop.watch(pidfd, lambda fd, ev, core=core: self._worker_died(core, fd))
+        self.loop.watch(proc.pidfd, lambda fd, ev, core=core: self._worker_died(core))
 
     def _end_worker(self, core: int) -> None:
         """A worker that broke its ring (procmgr/manager/loop.py) is ended: its
@@ -174,10 +179,9 @@ class Server:
         if proc is not None:
             proc.kill()
 
-    def _worker_died(self, core: int, pidfd: int) -> None:
-        self.loop.unwatch(pidfd)
-        os.close(pidfd)
+    def _worker_died(self, core: int) -> None:
         proc = self.workers.pop(core)
+        self.loop.unwatch(proc.pidfd)
         proc.wait()
         # Its dispatchers are our grandchildren in their own groups: end them.
         for dom_id in self.mgr.table.ids():
@@ -190,7 +194,7 @@ class Server:
 
     def _children_changed(self, fd, events) -> None:
         self.child_watch.drain()
-        reap_strays(keep={p.pid for p in self.workers.values()})
+        reap_strays(keep={p.pid for p in self.workers.values()} | {self.template.pid})
 
     # ---- clients ----
 
@@ -410,6 +414,7 @@ class Server:
             hs.close()
         self._clients.clear()
         self._handshakes.clear()
+        self.template.close()
         for proc in self.workers.values():
             proc.send_signal(signal.SIGTERM)
         for proc in self.workers.values():

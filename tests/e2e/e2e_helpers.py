@@ -145,6 +145,20 @@ def ring_files(pid: int, label: str = "") -> list[int]:
     return out
 
 
+def workers_of(manager_pid: int) -> dict[int, psutil.Process]:
+    """The manager's spawnd workers, by core. Its other child is the
+    workers' template (procmgr/manager/workers.py), which has no core."""
+    found = {}
+    for p in psutil.Process(manager_pid).children():
+        try:
+            cmd = p.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "--core" in cmd:
+            found[int(cmd[cmd.index("--core") + 1])] = p
+    return found
+
+
 def ring_inodes(pid: int) -> set[int]:
     """The memory files of rings that process ``pid`` holds, by inode: a
     ring handed to a peer is the same file on both sides, so a test can ask

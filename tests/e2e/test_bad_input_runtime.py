@@ -20,6 +20,7 @@ import pytest
 
 from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
     T, RawHandshake, as_root, manager_segments, pm, process_gone, ring_inodes, rt, wait_until,
+    workers_of,
 )
 from procmgr import Domain, Err, ProcMgmtError, State
 from procmgr.client.client import Future
@@ -46,15 +47,15 @@ def error_code(client, fut: Future) -> Err:
     return info.value.code
 
 
-def workers_of(rt) -> list[int]:
-    return sorted(p.pid for p in psutil.Process(rt.proc.pid).children())
+def worker_pids(rt) -> list[int]:
+    return sorted(p.pid for p in workers_of(rt.proc.pid).values())
 
 
 def assert_manager_serves(rt, workers, *clients) -> None:
     """Same manager, same workers, no internal error, and every client given
     still gets a spawn through on every core."""
     assert rt.proc.poll() is None, "the manager died"
-    assert workers_of(rt) == workers, "a worker was replaced"
+    assert worker_pids(rt) == workers, "a worker was replaced"
     for client in clients:
         for core in (0, 1):
             d = client.spawn(["/bin/sh", "-c", f"exit {core + 40}"], core=core, timeout=T)
@@ -89,7 +90,7 @@ def test_garbage_in_one_ring_costs_no_other_client_an_answer(rt):
     third has spawns in flight: the third gets every answer right, the liar
     gets the error each lie earns and is still served, the manager lives on."""
     good, bad, liar = rt.client(), rt.client(), rt.client()
-    workers = workers_of(rt)
+    workers = worker_pids(rt)
     before = good.stats(timeout=T)["protocol_errors"]
     rnd = random.Random(20240517)
     garbage = [rnd.randbytes(SLOT) for _ in range(300)]
@@ -135,7 +136,7 @@ def test_a_client_that_dies_mid_message_is_dropped(rt, children):
     """Header and a few of its 100 continuation slots, then SIGKILL: the
     manager forgets the half message with its client; nobody else notices."""
     good = rt.client()
-    workers = workers_of(rt)
+    workers = worker_pids(rt)
     code = ("import os, signal, sys, procmgr\n"
             "from procmgr.protocol import HEADER, Op\n"
             "pm = procmgr.connect(sys.argv[1])\n"
@@ -327,7 +328,7 @@ def test_another_clients_ring_cannot_be_attached(rt, pm, children):
 def test_a_client_using_its_rings_the_wrong_way_round(rt, pm):
     """A client that pushes into its response ring (the manager's to write)
     and pops from its request ring (the manager's to read) harms only itself."""
-    workers = workers_of(rt)
+    workers = worker_pids(rt)
     rogue = RawHandshake(rt.name)
     try:
         requests, responses = rogue.attach(rogue.names())
@@ -407,7 +408,7 @@ def test_a_deeply_nested_hello_is_refused_not_fatal(rt, pm):
 
 def test_a_spawn_the_os_refuses_fails_alone(rt, pm):
     other = rt.client()
-    workers = workers_of(rt)
+    workers = worker_pids(rt)
     for core, (argv, path) in enumerate([([""], "/bin/true"),          # empty argv[0]
                                          (["true"], "/bin/true\0x")]):  # NUL in the path
         victim = other.spawn(["/bin/sleep", "30"], core=core, timeout=T)
@@ -415,7 +416,7 @@ def test_a_spawn_the_os_refuses_fails_alone(rt, pm):
             pm.spawn(argv, core=core, path=path, timeout=T)
         assert info.value.code in (Err.EXEC_FAILED, Err.BAD_MESSAGE), info.value
         assert other.wait(victim, nohang=True, timeout=T) is None, "another client's domain died"
-        assert workers_of(rt) == workers
+        assert worker_pids(rt) == workers
         other.kill(victim, timeout=T)
 
 

@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from e2e_helpers import workers_of
 from procmgr.osutil import runtime_dir
 
 
@@ -247,7 +248,7 @@ def test_up_in_the_foreground_shows_what_the_runtime_logs(children):
     try:
         assert up.stdout.readline().startswith(b"runtime"), up.stderr.read()
         manager = psutil.Process(up.pid).children()[0]
-        worker = manager.children()[0]
+        worker = workers_of(manager.pid)[0]
         worker.kill()                            # the manager logs it
         log = os.path.join(runtime_dir(n), "runtime.log")
         deadline = time.monotonic() + 10

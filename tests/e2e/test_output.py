@@ -16,7 +16,7 @@ import procmgr
 from procmgr import DEVNULL, INHERIT, LOG, STDOUT, Err, ProcMgmtError, State
 from procmgr.osutil import runtime_dir
 
-from e2e_helpers import T, pm, process_gone, rt  # noqa: F401  (fixtures)
+from e2e_helpers import T, pm, process_gone, rt, workers_of  # noqa: F401  (fixtures)
 
 SH = "/bin/sh"
 
@@ -356,14 +356,14 @@ def test_what_a_client_or_a_program_plants_cannot_hang_or_reach_the_worker(rt, p
         os.mkfifo(os.path.join(logs, f"{ident}.stdout"))
     for i in range(3):
         assert pm.run(["/bin/echo", str(i)]).stdout == b"%d\n" % i
-    worker = psutil.Process(rt.proc.pid).children()[0]
+    worker = workers_of(rt.proc.pid)[0]
     ring_fd = max(int(f) for f in os.listdir(f"/proc/{worker.pid}/fd"))
     with pytest.raises(ProcMgmtError, match="which the program is not given"):
         pm.spawn_with_caps(["/bin/true"], [(5, "dup", str(ring_fd))])
     with pytest.raises(ProcMgmtError, match="OPEN_FAILED.*Operation not permitted"):
         pm.spawn_with_caps(["/bin/true"], [(1, "inherit", f"{worker.pid}:{ring_fd}")])
     # Nor another core's worker (its rings), asked for from this core.
-    others = [w for w in psutil.Process(rt.proc.pid).children() if w.pid != worker.pid]
+    others = [w for w in workers_of(rt.proc.pid).values() if w.pid != worker.pid]
     assert others
     for other in others:
         other_fd = max(int(f) for f in os.listdir(f"/proc/{other.pid}/fd"))

@@ -12,6 +12,7 @@ import time
 import psutil
 
 import procmgr
+from e2e_helpers import workers_of
 
 T = 10.0
 
@@ -48,7 +49,7 @@ def test_sigkill_of_the_runtimes_owner_leaves_no_domain(children):
     owner = children.python("-c", code, name)
     manager_pid, *dom_pids = map(int, owner.stdout.readline().split())
     manager = psutil.Process(manager_pid)
-    workers = [p.pid for p in manager.children()]
+    workers = [p.pid for p in workers_of(manager_pid).values()]
     descendants = [g.pid for d in dom_pids for g in psutil.Process(d).children()]
     assert len(workers) == 2 and descendants
 

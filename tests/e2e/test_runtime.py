@@ -14,7 +14,7 @@ import pytest
 
 import procmgr
 from procmgr import Domain, Err, ProcMgmtError, State
-from e2e_helpers import T, pm, process_gone, rt, wait_until  # noqa: F401 (fixtures)
+from e2e_helpers import T, pm, process_gone, rt, wait_until, workers_of  # noqa: F401 (fixtures)
 
 
 def test_exit_statuses(pm):
@@ -111,11 +111,9 @@ def test_a_domain_token_works_from_another_process(rt, pm, children):
 
 def test_sigkill_of_a_worker(rt, pm):
     d = pm.spawn(["/bin/sleep", "60"], core=1, timeout=T)
-    worker = [p for p in psutil.Process(rt.proc.pid).children()
-              if "--core" in p.cmdline() and p.cmdline()[p.cmdline().index("--core") + 1] == "1"]
-    assert len(worker) == 1
+    worker = workers_of(rt.proc.pid)[1]
     waiter = pm.wait_async(d)
-    worker[0].kill()
+    worker.kill()
     assert pm.wait_for(waiter, timeout=T) == -signal.SIGKILL
     deadline = time.monotonic() + 5
     while not process_gone(d.pid) and time.monotonic() < deadline:
@@ -170,7 +168,7 @@ def test_sigkill_of_the_manager_leaves_nothing(children):
     monitor = children.python("-c", code, name)
     manager_pid, *dom_pids = map(int, monitor.stdout.readline().split())
     manager = psutil.Process(manager_pid)
-    workers = [p.pid for p in manager.children()]
+    workers = [p.pid for p in workers_of(manager_pid).values()]
     group = [g.pid for d in dom_pids for g in psutil.Process(d).children()]
     assert len(workers) == 2 and len(group) >= 2
     manager.kill()
@@ -191,8 +189,7 @@ def _describe(pid: int) -> str:
 
 def test_worker_death_is_noticed_fast(rt, pm):
     d = pm.spawn(["/bin/sleep", "60"], core=0, timeout=T)
-    worker = next(p for p in psutil.Process(rt.proc.pid).children()
-                  if p.cmdline()[p.cmdline().index("--core") + 1] == "0")
+    worker = workers_of(rt.proc.pid)[0]
     waiter = pm.wait_async(d)
     start = time.monotonic()
     worker.kill()
@@ -212,8 +209,7 @@ def test_shutdown_reaps_what_a_dead_worker_left(rt, pm):
     and that worker's domain die, and told to stop before it runs again."""
     d = pm.spawn(["/bin/sleep", "60"], core=0, timeout=T)
     manager = psutil.Process(rt.proc.pid)
-    worker = next(p for p in manager.children()
-                  if p.cmdline()[p.cmdline().index("--core") + 1] == "0")
+    worker = workers_of(manager.pid)[0]
     manager.suspend()
     try:
         worker.kill()
@@ -234,8 +230,7 @@ def test_shutdown_reaps_what_a_dead_worker_left(rt, pm):
 
 def test_worker_killed_mid_spawn_answers_everyone(rt, pm):
     futures = [pm.spawn_async(["/bin/sleep", "60"], core=1) for _ in range(20)]
-    worker = next(p for p in psutil.Process(rt.proc.pid).children()
-                  if p.cmdline()[p.cmdline().index("--core") + 1] == "1")
+    worker = workers_of(rt.proc.pid)[1]
     worker.kill()
     started = []
     for f in futures:

@@ -12,7 +12,7 @@ import pytest
 import procmgr
 from procmgr import DEVNULL
 
-from e2e_helpers import T, as_root, at_its_limit
+from e2e_helpers import T, as_root, at_its_limit, workers_of
 
 LIVE = 5000
 
@@ -27,7 +27,7 @@ def test_five_thousand_live_domains_on_one_core_each_killed_and_waited():
     quiet = {"stdout": DEVNULL, "stderr": DEVNULL}
     with procmgr.Runtime(cores=1) as rt:
         pm = rt.client()
-        worker = psutil.Process(rt.proc.pid).children()[0]
+        worker = workers_of(rt.proc.pid)[0]
         start = time.monotonic()
         futures = [pm.spawn_async(["/bin/sleep", "3600"], core=0, **quiet) for _ in range(LIVE)]
         domains = [pm.wait_for(f, timeout=60) for f in futures]
@@ -37,7 +37,7 @@ def test_five_thousand_live_domains_on_one_core_each_killed_and_waited():
         kills = [pm.kill_async(d) for d in domains]
         assert all(pm.wait_for(f, timeout=60) is None for f in kills)
         assert all(pm.wait_for(f, timeout=60) == 9 for f in waits)
-        assert worker.is_running() and psutil.Process(rt.proc.pid).children()[0].pid == worker.pid
+        assert worker.is_running() and workers_of(rt.proc.pid)[0].pid == worker.pid
         assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0
         print(f"\n{LIVE} live domains spawned, killed and waited in "
               f"{time.monotonic() - start:.1f} s")
@@ -51,7 +51,7 @@ def test_a_worker_out_of_descriptors_refuses_that_spawn_and_stays_up():
     with procmgr.Runtime(cores=1) as rt:
         pm = rt.client()
         assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0  # it is up
-        worker = psutil.Process(rt.proc.pid).children()[0]
+        worker = workers_of(rt.proc.pid)[0]
         limits = worker.rlimit(psutil.RLIMIT_NOFILE)
         at_its_limit(worker, no_pidfd=True)    # the first program's is closed
         try:
