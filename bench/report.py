@@ -10,7 +10,6 @@ import sys
 from bench import output, peers, pending_report, ring_report, scale, spawn
 
 KINDS = ("ring", "spawn", "output", "pending", "scale")
-CONTROL_PLANE_TARGET = 100_000   # requests/s, simulated dispatchers: the project's target
 
 
 def run(kinds, quick: bool = False) -> dict:
@@ -27,7 +26,7 @@ def run(kinds, quick: bool = False) -> dict:
     if "pending" in kinds:
         results["pending"] = pending_report.compare(rounds=rounds, scale=size)
     if "scale" in kinds:
-        results["scale"] = scale.measure((1, 2), 30, 20) if quick else scale.measure()
+        results["scale"] = scale.measure(quick)
     return results
 
 
@@ -77,31 +76,8 @@ def write(results: dict, directory: str) -> str:
     if "output" in results:
         parts += ["## Domain output", "", output.table(results["output"]), ""]
     if "scale" in results:
-        rows = results["scale"]
-        parts += ["## Scale", "", scale.table(rows), "", "![scale](scale.png)", ""]
-        xs = [r["cores"] for r in rows]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for ax, key, title in ((axes[0], "control_plane_per_s",
-                                "control plane, requests/s\n(simulated dispatchers)"),
-                               (axes[1], "spawn_per_s", "spawn + wait of /bin/true per s\n"
-                                                        "(8 in flight)")):
-            ax.plot(xs, [r[key] for r in rows], "o-")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, [str(x) for x in xs])
-            ax.set_xlabel("simulated cores")
-            ax.set_title(title, fontsize=9)
-            ax.set_ylim(bottom=0)
-            if key == "control_plane_per_s":
-                ax.axhline(CONTROL_PLANE_TARGET, color="tab:red", ls="--", lw=1,
-                           label=f"target {CONTROL_PLANE_TARGET // 1000} K/s")
-            if max(xs) > m["cpus"]:
-                ax.axvspan(m["cpus"] * 1.3, max(xs) * 1.3, color="0.92",
-                           label=f"oversubscribed (> {m['cpus']} CPUs)")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(os.path.join(directory, "scale.png"), dpi=100)
-        plt.close(fig)
+        parts += ["## Scale", "", scale.table(results["scale"]), "", "![scale](scale.png)", ""]
+        scale.plot(results["scale"], os.path.join(directory, "scale.png"))
     path = os.path.join(directory, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))

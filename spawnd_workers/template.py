@@ -6,7 +6,7 @@ starting an interpreter and importing its modules before it serves
 anything; 64 cores on two CPUs took ~2 s to answer. Forked from a template
 that did it once, a worker is serving within a millisecond or two, and its
 code and most of its heap stay pages shared with the template and every
-other worker (docs/performance.md, "Scale: cores").
+other worker (docs/performance.md, "Scale", "Cores").
 
 The protocol, on the socket the manager handed down (one of a socketpair;
 nothing else can reach it): the manager sends one line of JSON,

@@ -4,8 +4,8 @@ The template (spawnd_workers/template.py) is one process that imported
 everything a worker needs; asked on a socketpair, it forks a worker that
 becomes the manager's child. A worker is serving within a millisecond or
 two instead of the ~75 ms of CPU an interpreter of its own takes to start
-(64 cores answered in ~2 s on two CPUs; docs/performance.md, "Scale:
-cores"), and its pages stay shared with the template's.
+(64 cores took ~3 s to answer on two CPUs; docs/performance.md, "Scale",
+"Cores"), and its pages stay shared with the template's.
 
 The template lives as long as the manager, so a core restarted later
 costs a fork too, not a stall of the manager's loop. If it dies (killed by

@@ -28,15 +28,30 @@ def test_spawn_comparison_runs():
     assert f"{r['ratio1']:.2f}x" in table(r) and "confidence" in table(r)
 
 
-def test_scale_runs_and_flags_oversubscription():
+def test_scale_runs_every_curve_and_flags_oversubscription():
     import os
 
-    from bench.scale import measure, table
+    from bench.scale import measure, plot, table
 
-    rows = measure((1, (os.cpu_count() or 1) + 1), domains=20, spawns=10)
-    assert all(r["control_plane_per_s"] > 0 and r["spawn_per_s"] > 0 for r in rows)
-    assert [r["oversubscribed"] for r in rows] == [False, True]
-    assert "oversubscribed" in table(rows)
+    over = (os.cpu_count() or 1) + 1
+    r = measure(quick=True, cores=(1, over), live_simulated=(100, 300), live_real=(5, 10),
+                clients=(2, 6), domains=20, samples=20, spawns=10)
+    assert [row["oversubscribed"] for row in r["cores"]] == [False, True]
+    assert all(row["control_plane_per_s"] > 0 and row["spawn_per_s"] > 0 and row["up_s"] > 0
+               and 0 < row["worker_uss_mb"] < row["manager_rss_mb"] for row in r["cores"])
+    assert [row["live"] for row in r["live_simulated"]] == [100, 300]
+    assert [row["clients"] for row in r["clients"]] == [2, 6]
+    for curve in r.values():
+        assert all(0 < row["p50_us"] <= row["p99_us"] for row in curve)
+    assert "oversubscribed" in table(r) and "300" in table(r)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"scale-{os.getpid()}.png")
+    try:
+        plot(r, path)
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_ab_runs_two_runtimes_and_refuses_a_bad_assignment():
