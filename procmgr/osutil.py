@@ -47,6 +47,16 @@ def refuse_ptrace() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+    # A tracer that attached before (an interpreter takes a while to get
+    # here) stays attached, and follows every fork: refuse to run traced.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                tracer = int(line.split()[1])
+                if tracer:
+                    raise PermissionError(f"process {os.getpid()} is traced by process "
+                                          f"{tracer}: refusing to run")
+                break
 
 
 def set_cmdline(args: list[str]) -> bool:

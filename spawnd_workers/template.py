@@ -11,9 +11,16 @@ other worker (docs/performance.md, "Scale", "Cores").
 The protocol, on the socket the manager handed down (one of a socketpair;
 nothing else can reach it): the manager sends one line of JSON,
 ``{"argv": [...]}`` -- the worker's options but its rings and doorbells --
-with four descriptors (SCM_RIGHTS): the request ring, the reply ring, the
-worker's doorbell and the manager's. The template answers with one line,
-``{"pid": N}`` or ``{"error": "..."}``.
+with five descriptors (SCM_RIGHTS): the request ring, the reply ring, the
+worker's doorbell, the manager's, and the read end of a pipe, "go". The
+template answers with one line, ``{"pid": N}`` or ``{"error": "..."}``.
+
+The new worker touches nothing until the manager writes a byte to "go",
+which it does once it has taken the worker on (its pid answered, its
+pidfd open). A manager that gave up on the request -- the template was
+slow, or died mid-fork -- closes its end instead, and the worker, if it
+came to be after all, exits at the EOF: two workers never serve one ring
+pair, whatever the manager retries.
 
 A worker must be the manager's child (the manager reaps it, reads its exit
 status and is told at once when it dies; the worker ends with it through
@@ -40,15 +47,18 @@ import sys
 import time
 import traceback
 
-from procmgr.osutil import die_with_parent, refuse_ptrace, set_cmdline
+from procmgr.osutil import die_with_parent, refuse_ptrace, set_cmdline, wait_readable
 from spawnd_workers.worker import main as worker_main
 
-# A request's descriptors, in the order they come, and the worker's options
-# that name them.
+# A request's descriptors, in the order they come: the worker's options that
+# name them, then "go" (the worker's own).
 FD_OPTIONS = ("--requests", "--replies", "--doorbell-fd", "--manager-doorbell-fd")
+FDS = len(FD_OPTIONS) + 1
 # How long a new worker waits to be re-parented to the manager (it takes
-# the middle process's exit: microseconds).
+# the middle process's exit: microseconds), and then for its "go" (the
+# manager writes it as soon as it has read the pid).
 REPARENT_TIMEOUT = 5.0
+GO_TIMEOUT = 30.0
 MAX_REQUEST = 64 * 1024
 
 
@@ -81,22 +91,25 @@ def serve(argv: list[str] | None = None) -> int:
         finally:
             for fd in fds:
                 os.close(fd)
-        sock.sendall(json.dumps(answer).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(answer).encode() + b"\n")
+        except OSError:
+            return 0    # the manager gave up on us (its "go" never comes)
 
 
 def _request(sock: socket.socket) -> tuple[bytes | None, list[int]]:
     """One line and its descriptors (None at EOF). The manager sends a
     request whole in one sendmsg and waits for its answer before the next,
     so a line never spans two reads."""
-    msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, len(FD_OPTIONS))
+    msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, FDS)
     if not msg:
         for fd in fds:
             os.close(fd)
         return None, []
-    if not msg.endswith(b"\n") or len(fds) != len(FD_OPTIONS):
+    if not msg.endswith(b"\n") or len(fds) != FDS:
         for fd in fds:
             os.close(fd)
-        raise ValueError(f"a request must be one line with {len(FD_OPTIONS)} descriptors")
+        raise ValueError(f"a request must be one line with {FDS} descriptors")
     return msg, fds
 
 
@@ -106,6 +119,7 @@ def _fork_worker(options: list[str], fds: list[int], args, sock: socket.socket) 
     argv = list(options)
     for option, fd in zip(FD_OPTIONS, fds):
         argv += [option, f"fd:{fd}" if option in ("--requests", "--replies") else str(fd)]
+    go = fds[len(FD_OPTIONS)]
     said_r, said_w = os.pipe()
     middle = os.fork()
     if middle == 0:                                   # the middle process
@@ -114,7 +128,7 @@ def _fork_worker(options: list[str], fds: list[int], args, sock: socket.socket) 
             worker = os.fork()
             if worker == 0:
                 os.close(said_w)
-                _become_worker(argv, args, sock)      # never returns
+                _become_worker(argv, go, args, sock)  # never returns
             os.write(said_w, struct.pack("i", worker))
         finally:
             os._exit(0)
@@ -129,9 +143,10 @@ def _fork_worker(options: list[str], fds: list[int], args, sock: socket.socket) 
     return struct.unpack("i", said)[0]
 
 
-def _become_worker(argv: list[str], args, sock: socket.socket) -> None:
-    """In the new worker: wait to be the manager's, look like a worker to
-    ps, run, and exit -- never return into the template's loop."""
+def _become_worker(argv: list[str], go: int, args, sock: socket.socket) -> None:
+    """In the new worker: wait to be the manager's and for its go, look
+    like a worker to ps, run, and exit -- never return into the template's
+    loop."""
     code = 1
     try:
         sock.close()
@@ -141,9 +156,14 @@ def _become_worker(argv: list[str], args, sock: socket.socket) -> None:
                 raise OSError(f"not re-parented to the manager ({args.manager_pid}) "
                               f"within {REPARENT_TIMEOUT} s")
             time.sleep(0.0001)
+        if not wait_readable(go, GO_TIMEOUT) or os.read(go, 1) != b"g":
+            os._exit(1)         # the manager gave up on us: never touch the rings
+        os.close(go)
         core = argv[argv.index("--core") + 1] if "--core" in argv else "?"
+        # The manager's pid last: Runtime._is_ours (procmgr/client/runtime.py)
+        # knows its workers by it after a crash of the manager.
         set_cmdline([sys.orig_argv[0], "-m", "spawnd_workers", "--core", core,
-                     "--runtime", args.runtime])
+                     "--runtime", args.runtime, "--parent-pid", str(args.manager_pid)])
         code = worker_main(argv + ["--parent-pid", str(args.manager_pid)])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

@@ -355,7 +355,7 @@ class Runtime:
         groups: set[int] = set()     # domains' process groups we ended
         while time.monotonic() < deadline:
             ours = [p for p in children_of()
-                    if p != manager_pid and (self._is_ours(p) or _pgid(p) in groups)]
+                    if p != manager_pid and (self._is_ours(p, manager_pid) or _pgid(p) in groups)]
             if not ours:
                 break
             groups.update(ours)
@@ -369,25 +369,35 @@ class Runtime:
         # when it is not killed).
         shutil.rmtree(runtime_dir(self.name), ignore_errors=True)
 
-    def _is_ours(self, pid: int) -> bool:
+    def _is_ours(self, pid: int, manager_pid: int) -> bool:
+        """A domain of this runtime (its environment says so), or the
+        workers' template or a worker of this runtime's manager (their
+        command lines name the manager's pid: a name could be another
+        runtime's argument)."""
         marker = f"PROCMGR_RUNTIME={self.name}".encode()
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if marker in f.read().split(b"\0"):
                     return True
+        except PermissionError:
+            pass        # non-dumpable (a worker, the template): its command line says
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 raw = f.read()
-            name = self.name.encode()
-            args = raw.split(b"\0")
-            if b"spawnd_workers" in args and name in args:
-                return True             # the workers' template
-            # A worker, forked from it, shows its command line as one
-            # string ending in its runtime's name (procmgr/osutil.py,
-            # set_cmdline; spawnd_workers/template.py).
-            title = raw.rstrip(b"\0")
-            return b" -m spawnd_workers " in title and title.endswith(b" --runtime " + name)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             return False
+        manager = str(manager_pid).encode()
+        args = raw.split(b"\0")
+        if args[1:4] == [b"-m", b"spawnd_workers", b"--template"] and \
+                args[-3:-1] == [b"--manager-pid", manager]:
+            return True
+        # A worker, forked from the template, shows its command line as one
+        # string, the manager's pid last (spawnd_workers/template.py).
+        title = raw.rstrip(b"\0")
+        return b" -m spawnd_workers --core " in title and \
+            title.endswith(b" --parent-pid " + manager)
 
     def client(self) -> Client:
         """A new client binding (its own ring pair) in this process."""

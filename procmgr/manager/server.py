@@ -512,6 +512,8 @@ class _Handshake:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First: no other process of the user may look inside (procmgr/osutil.py).
+    refuse_ptrace()
     ap = argparse.ArgumentParser(prog="python -m procmgr.manager.server")
     ap.add_argument("--name", required=True)
     ap.add_argument("--parent-pid", type=int, default=-1,
@@ -543,7 +545,6 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM, not SIGKILL, when the process that started us dies (even by
     # SIGKILL): the loop stops and shutdown ends every domain and worker.
     die_with_parent(signal.SIGTERM, None if args.parent_pid < 0 else args.parent_pid)
-    refuse_ptrace()
     raise_fd_limit()        # three descriptors a client: the cap follows (MAX_CLIENTS)
     token = ""
     if args.token_fd >= 0:

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from procmgr.osutil import wait_readable
 
@@ -27,7 +28,12 @@ from procmgr.osutil import wait_readable
 # a millisecond or two. Past these something is wrong, and the worker start
 # fails with the reason rather than stall the manager.
 TEMPLATE_START_TIMEOUT = 10.0
-FORK_TIMEOUT = 5.0
+FORK_TIMEOUT = 2.0
+
+
+class _ForkFailed(Exception):
+    """The template answered that its fork failed: a new template would
+    fare no better (the machine is out of processes or memory)."""
 
 
 class WorkerProcess:
@@ -70,6 +76,7 @@ class WorkerTemplate:
         self.runtime = runtime
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
+        self.answered = False
 
     @property
     def pid(self) -> int | None:
@@ -86,9 +93,10 @@ class WorkerTemplate:
             # Its stdout and stderr are ours (the runtime's log), and so
             # its workers'.
             self.proc = subprocess.Popen(
+                # The manager's pid last: Runtime._is_ours looks for it there.
                 [sys.executable, "-m", "spawnd_workers", "--template",
-                 "--socket-fd", str(theirs.fileno()), "--manager-pid", str(os.getpid()),
-                 "--runtime", self.runtime],
+                 "--socket-fd", str(theirs.fileno()), "--runtime", self.runtime,
+                 "--manager-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
@@ -96,32 +104,51 @@ class WorkerTemplate:
         finally:
             theirs.close()
         self.sock = ours
+        self.answered = False       # its first answer waits for its imports too
 
     def fork(self, options: list[str], fds: list[int]) -> WorkerProcess:
         """A new worker with these options (spawnd_workers/worker.py's, but
         its rings and doorbells) and these four descriptors: request ring,
-        reply ring, its doorbell, the manager's."""
-        for attempt in (1, 2):
-            fresh = self.sock is None
-            if fresh:
-                self.start()
-            try:
-                self.sock.settimeout(TEMPLATE_START_TIMEOUT if fresh else FORK_TIMEOUT)
-                socket.send_fds(self.sock, [json.dumps({"argv": options}).encode() + b"\n"], fds)
-                answer = self._answer()
-                break
-            except (OSError, ValueError) as e:
-                # The template is gone or broken: a new one, once.
-                self.close()
-                if attempt == 2:
-                    raise OSError(f"the worker template failed: {e}") from None
-        if "pid" not in answer:
-            raise OSError(f"the worker template could not fork: {answer.get('error')}")
-        return WorkerProcess(int(answer["pid"]))
+        reply ring, its doorbell, the manager's.
 
-    def _answer(self) -> dict:
+        Each attempt has a "go" pipe of its own (spawnd_workers/template.py):
+        a worker forked for an attempt given up on exits without touching
+        the rings, so the retry's worker is the only one on them."""
+        error = None
+        for _attempt in (1, 2):
+            if self.sock is None:
+                self.start()
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                try:
+                    pid = self._ask(options, fds + [go_r])
+                finally:
+                    os.close(go_r)
+                worker = WorkerProcess(pid)         # ours now: let it go
+                os.write(go_w, b"g")
+                return worker
+            except _ForkFailed as e:
+                raise OSError(str(e)) from None
+            except (OSError, ValueError) as e:
+                # The template is gone, broken or too slow: a new one, once.
+                error = e
+                self.close()
+            finally:
+                os.close(go_w)
+        raise OSError(f"the worker template failed: {error}")
+
+    def _ask(self, options: list[str], fds: list[int]) -> int:
+        """Send one request and read its answer, all within one deadline."""
+        timeout = FORK_TIMEOUT if self.answered else TEMPLATE_START_TIMEOUT
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
+        socket.send_fds(self.sock, [json.dumps({"argv": options}).encode() + b"\n"], fds)
         line = b""
         while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OSError(f"no answer from the worker template within {timeout} s")
+            self.sock.settimeout(left)
             chunk = self.sock.recv(4096)
             if not chunk:
                 raise OSError("the worker template closed its socket")
@@ -129,7 +156,11 @@ class WorkerTemplate:
         answer = json.loads(line)
         if not isinstance(answer, dict):
             raise ValueError("the worker template's answer is not an object")
-        return answer
+        self.answered = True
+        if not isinstance(answer.get("pid"), int) or answer["pid"] <= 0:
+            # It is alive and answering: the fork itself failed (EAGAIN...).
+            raise _ForkFailed(f"the worker template could not fork: {answer.get('error')}")
+        return answer["pid"]
 
     def close(self) -> None:
         """End the template (it exits at EOF; killed if it does not)."""
