@@ -16,20 +16,25 @@ PER_DOMAIN = 3   # requests per domain: spawn, kill, wait
 
 
 def spawn_kill_wait_rate(client, cores: int, domains: int, in_flight: int = 256,
-                         timeout: float = 60.0) -> float:
+                         timeout: float = 60.0, answered_at: list | None = None) -> float:
     """Requests/s for spawn + kill + wait of ``domains`` domains, spread
-    over ``cores``, with up to ``in_flight`` requests outstanding."""
+    over ``cores``, with up to ``in_flight`` requests outstanding.
+    ``answered_at``: the time.monotonic() of each answer is appended."""
     state = {"outstanding": 0, "answered": 0}
+    note = (lambda: answered_at.append(time.monotonic())) if answered_at is not None else \
+        (lambda: None)
 
     def ended(fut) -> None:          # a kill or a wait answered
         fut.result()                 # raises if it failed: a broken run is no figure
         state["outstanding"] -= 1
         state["answered"] += 1
+        note()
 
     def spawned(fut) -> None:
         dom = fut.result()
         state["outstanding"] += 1    # -1 for the spawn, +2 for its kill and wait
         state["answered"] += 1
+        note()
         client.kill_async(dom).add_done_callback(ended)
         client.wait_async(dom).add_done_callback(ended)
 

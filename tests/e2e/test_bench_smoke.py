@@ -118,3 +118,7 @@ def test_many_clients_comparison_runs():
     with procmgr.Runtime(cores=2, simulate=True) as rt:
         r = run(rt, 3, 20)
     assert r["clients"] == 3 and r["requests_per_s"] > 0 and 0 < r["fairness"] <= 1
+    assert 0 <= r["fairness_together"] <= 1 and len(r["shares"]) == 3
+    assert r["client_cpu_us"] > 0 and r["manager_cpu_us"] > 0
+    from bench.clients import table
+    assert "all running" in table([r])
