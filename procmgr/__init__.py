@@ -25,6 +25,7 @@ _EXPORTS = {
     "State": "procmgr.protocol",
     "CalledProcessError": "procmgr.errors", "Err": "procmgr.errors",
     "ProcMgmtError": "procmgr.errors", "RuntimeDirUnsafe": "procmgr.errors",
+    "RuntimeGone": "procmgr.errors",
     "RuntimeRefused": "procmgr.errors", "TimeoutExpired": "procmgr.errors",
     "DEVNULL": "procmgr.client.logs", "INHERIT": "procmgr.client.logs",
     "LOG": "procmgr.client.logs", "STDOUT": "procmgr.client.logs",

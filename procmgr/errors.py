@@ -75,6 +75,13 @@ class RuntimeRefused(ConnectionRefusedError):
     says why (too many clients, the manager out of file descriptors)."""
 
 
+class RuntimeGone(ConnectionError):
+    """The runtime's manager went away (it died, or was stopped) while this
+    client was connected: no answer will come to anything asked of it.
+    What the lower layer said (ringbuf's PeerDied or Closed) is the
+    exception's ``__cause__``."""
+
+
 class RuntimeDirUnsafe(PermissionError):
     """The directory holding the runtimes' sockets is not one only we can
     use; the message names it, what is wrong and the fix."""

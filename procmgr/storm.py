@@ -40,8 +40,7 @@ from collections import Counter, OrderedDict
 
 import psutil
 
-from procmgr.errors import Err, ProcMgmtError
-from ringbuf import Closed
+from procmgr.errors import Err, ProcMgmtError, RuntimeGone
 
 DEFAULT_MIX = {"spawn": 4, "kill": 2, "wait": 3, "span": 1, "exit": 1}
 ANSWER_TIMEOUT = 30.0
@@ -229,7 +228,7 @@ def client_main(name: str, ops: int, cores: int, mix: dict, seed: int,
             if i % every == 0:
                 print(json.dumps({"progress": i}), flush=True)
         client.finish()
-    except Closed:            # the manager died (PeerDied) or closed our rings
+    except RuntimeGone:       # the manager died or closed our rings
         client.stats["manager_gone"] = 1
     result = client.report()
     pm.close()

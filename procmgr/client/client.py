@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from procmgr.client import logs
-from procmgr.errors import CalledProcessError, Err, ProcMgmtError, TimeoutExpired
+from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
     MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids,
     send, take,
 )
 from procmgr.protocol import State
-from ringbuf import Ring
+from ringbuf import Closed, PeerDied, Ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +120,8 @@ class Future:
         if self.reply is None:
             raise RuntimeError(f"request {self.seq} has not been answered yet")
         msg = self.reply
+        if type(msg) is _NoAnswer:
+            raise _gone(msg.cause)
         if msg.err != Err.OK:
             detail = msg.payload.decode(errors="replace") if msg.payload else ""
             raise ProcMgmtError(msg.err, detail, msg.status)
@@ -128,6 +130,26 @@ class Future:
 
 def _the_answer(msg: Msg) -> Msg:
     return msg
+
+
+def _gone(cause: Exception) -> RuntimeGone:
+    if isinstance(cause, PeerDied):
+        what = "the runtime's manager is gone"
+    else:   # it closed our rings: it stopped, or dropped us for breaking the protocol
+        what = "the runtime's manager closed this client's connection"
+    gone = RuntimeGone(f"{what}: no answer will come ({cause})")
+    gone.__cause__ = cause
+    return gone
+
+
+class _NoAnswer:
+    """What a request still waiting is answered with when the manager is
+    found gone: its result raises RuntimeGone."""
+
+    __slots__ = ("cause",)
+
+    def __init__(self, cause: Exception):
+        self.cause = cause
 
 
 class Client:
@@ -145,6 +167,16 @@ class Client:
         self._waiting: dict[int, Future] = {}
         self._next_seq = 1
         self.unmatched_answers = 0     # answers to no request in flight: duplicates
+        self._gone_because: Exception | None = None    # the manager's end, once seen
+
+    def _manager_gone(self, cause: Exception) -> None:
+        """The manager is gone: every request still waiting is answered with
+        RuntimeGone (callbacks run), and every later call raises it."""
+        self._gone_because = cause
+        waiting, self._waiting = list(self._waiting.values()), {}
+        for fut in waiting:
+            fut.reply = _NoAnswer(cause)
+        _run_callbacks([f for f in waiting if f.callbacks is not None])
 
     # ---- the request/answer machinery ----
 
@@ -156,11 +188,21 @@ class Client:
             raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes is "
                                 f"over the {MAX_PAYLOAD}-byte limit")
         self._next_seq = (self._next_seq % 0xFFFFFFFF) + 1  # 0 is never a seq
+        if self._gone_because is not None:
+            raise _gone(self._gone_because)
         fut = Future(msg.seq, msg.op, convert)
         self._waiting[msg.seq] = fut
-        while not send(self.requests, msg):
-            # The manager is behind: take in answers (which frees it) and retry.
-            self._receive(block=True, timeout=1.0)
+        try:
+            while not send(self.requests, msg):
+                # The manager is behind: take in answers (which frees it) and retry.
+                self._receive(block=True, timeout=1.0)
+        except Closed as e:
+            del self._waiting[msg.seq]
+            self._manager_gone(e)
+            raise _gone(e) from e
+        except BaseException:
+            del self._waiting[msg.seq]       # never sent: nothing will answer it
+            raise
         return fut
 
     def _receive(self, block: bool, timeout: float | None) -> None:
@@ -168,9 +210,15 @@ class Client:
         if self.pump is not None:
             self.pump()
             block = False
-        answers = take(self.responses, self._decoder)
-        if not answers and block and self.responses.wait_data(timeout):
+        if self._gone_because is not None:
+            raise _gone(self._gone_because)
+        try:
             answers = take(self.responses, self._decoder)
+            if not answers and block and self.responses.wait_data(timeout):
+                answers = take(self.responses, self._decoder)
+        except Closed as e:
+            self._manager_gone(e)
+            raise _gone(e) from e
         waiting, answered = self._waiting, None
         for msg in answers:
             if type(msg) is not Msg:

@@ -281,10 +281,16 @@ class Runtime:
         _SUBREAPER.acquire()
         try:
             # Its stderr stays ours until it has its runtime log: what stops
-            # it from starting is said here.
+            # it from starting is said here. A session of its own: a
+            # terminal's Ctrl-C (SIGINT to our process group) reaches us,
+            # not the manager and its workers, so the owner's cleanup in
+            # `except KeyboardInterrupt` (a kill, a wait) still has a
+            # runtime to talk to, and `close` ends it in order. It still
+            # ends when we do (PDEATHSIG), however we end.
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL,
-                                         pass_fds=(token_r, ready_w), env=dict(os.environ))
+                                         pass_fds=(token_r, ready_w), env=dict(os.environ),
+                                         start_new_session=True)
         except BaseException:
             _SUBREAPER.release()
             os.close(ready_r)

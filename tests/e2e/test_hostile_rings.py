@@ -81,7 +81,7 @@ def assert_only_the_attacker_went(rt, victims: Victims, attacker, dropped_before
     finally:
         fresh.close()
     # The attacker's ring is closed under it: its next request fails.
-    with pytest.raises((Closed, RingError, procmgr.ProcMgmtError, TimeoutError)):
+    with pytest.raises((procmgr.RuntimeGone, procmgr.ProcMgmtError, TimeoutError)):
         attacker.wait(attacker.spawn(["/bin/true"], timeout=2.0), timeout=2.0)
     stats = rt.monitor.stats(timeout=T)
     assert stats["peers_dropped"] == dropped_before + 1

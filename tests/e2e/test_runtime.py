@@ -247,7 +247,10 @@ def test_worker_killed_mid_spawn_answers_everyone(rt, pm):
 
 
 def test_ctrl_c_stops_everything(children):
-    """SIGINT to the process group, as a terminal's Ctrl-C sends it."""
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it: it
+    reaches the owner, not the manager or its workers (a session of their
+    own), so the owner's `except KeyboardInterrupt` can still kill and wait
+    its domains; then the runtime closes, in order, and nothing is left."""
     code = (
         "import signal, sys, time, procmgr\n"
         # As from an interactive shell: a background job of a non-interactive
@@ -257,13 +260,20 @@ def test_ctrl_c_stops_everything(children):
         "    pm = rt.client()\n"
         "    d = pm.spawn(['/bin/sleep', '60'], timeout=10)\n"
         "    print(rt.proc.pid, d.pid, flush=True)\n"
-        "    time.sleep(60)\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pm.kill(d, timeout=10)\n"
+        "        print('cleaned up', pm.wait(d, timeout=10), flush=True)\n"
+        "        raise\n"
     )
     name = f"procmgr-test-{os.getpid()}-ctrlc"
     monitor = children.python("-c", code, name, start_new_session=True)
     manager_pid, dom_pid = map(int, monitor.stdout.readline().split())
     workers = [p.pid for p in psutil.Process(manager_pid).children()]
+    assert os.getsid(manager_pid) == manager_pid != os.getsid(monitor.pid)
     os.killpg(monitor.pid, signal.SIGINT)
+    assert monitor.stdout.readline() == b"cleaned up 9\n"
     try:
         monitor.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -284,3 +294,28 @@ def test_spawn_with_caps_gives_exactly_those_files(pm, tmp_path):
                            caps=[(0, "r", str(src)), (1, "w", str(out))], timeout=T)
     assert pm.wait(d, timeout=T) == 0
     assert out.read_text() == "from a cap\ndone\n"
+
+
+def test_a_dead_manager_is_a_procmgr_error_for_every_call():
+    """What a client meets when the manager dies: RuntimeGone (a
+    ConnectionError) from every call, waiting or not -- not the ring's
+    PeerDied; every request in flight is answered with it (its callbacks
+    run), and nothing is left waiting."""
+    with procmgr.Runtime(cores=1) as rt:
+        pm = rt.client()
+        d = pm.spawn(["/bin/sleep", "60"], timeout=T)
+        waiter, other = pm.wait_async(d), pm.wait_async(d)
+        told = []
+        other.add_done_callback(told.append)
+        os.kill(rt.proc.pid, signal.SIGKILL)
+        with pytest.raises(procmgr.RuntimeGone, match="manager is gone") as e:
+            pm.wait_for(waiter, timeout=T)
+        assert isinstance(e.value, ConnectionError) and e.value.__cause__ is not None
+        assert told == [other] and pm.in_flight == 0
+        with pytest.raises(procmgr.RuntimeGone):
+            other.result()
+        for call in (lambda: pm.spawn(["/bin/true"], timeout=T),
+                     lambda: pm.status(d, timeout=T), lambda: pm.kill(d, timeout=T)):
+            with pytest.raises(procmgr.RuntimeGone):
+                call()
+        assert pm.in_flight == 0
