@@ -28,6 +28,7 @@ is still wrong. A client whose manager dies stops and says so
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -125,7 +126,7 @@ class StormClient:
         short = not self.simulate and self.rnd.random() < 0.5
         k = self.rnd.randrange(0, 100)
         argv = ["/bin/sh", "-c", f"exit {k}"] if short else ["/bin/sleep", "3600"]
-        d = self.call(self.pm.spawn, argv, core, cores=(core,))
+        d = self.call(functools.partial(self.pm.spawn, core=core), argv, cores=(core,))
         if isinstance(d, Exception):
             return
         self.touched[d] = {core}

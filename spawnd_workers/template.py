@@ -125,6 +125,13 @@ def _fork_worker(options: list[str], fds: list[int], args, sock: socket.socket) 
     if middle == 0:                                   # the middle process
         try:
             os.close(said_r)
+            # The worker's command line, set before it is born (it inherits
+            # this memory): whoever sees its pid sees a worker in ps. The
+            # manager's pid last: Runtime._is_ours (procmgr/client/runtime.py)
+            # knows its workers by it after a crash of the manager.
+            core = argv[argv.index("--core") + 1] if "--core" in argv else "?"
+            set_cmdline([sys.orig_argv[0], "-m", "spawnd_workers", "--core", core,
+                         "--runtime", args.runtime, "--parent-pid", str(args.manager_pid)])
             worker = os.fork()
             if worker == 0:
                 os.close(said_w)
@@ -144,9 +151,8 @@ def _fork_worker(options: list[str], fds: list[int], args, sock: socket.socket) 
 
 
 def _become_worker(argv: list[str], go: int, args, sock: socket.socket) -> None:
-    """In the new worker: wait to be the manager's and for its go, look
-    like a worker to ps, run, and exit -- never return into the template's
-    loop."""
+    """In the new worker: wait to be the manager's and for its go, run,
+    and exit -- never return into the template's loop."""
     code = 1
     try:
         sock.close()
@@ -159,11 +165,6 @@ def _become_worker(argv: list[str], go: int, args, sock: socket.socket) -> None:
         if not wait_readable(go, GO_TIMEOUT) or os.read(go, 1) != b"g":
             os._exit(1)         # the manager gave up on us: never touch the rings
         os.close(go)
-        core = argv[argv.index("--core") + 1] if "--core" in argv else "?"
-        # The manager's pid last: Runtime._is_ours (procmgr/client/runtime.py)
-        # knows its workers by it after a crash of the manager.
-        set_cmdline([sys.orig_argv[0], "-m", "spawnd_workers", "--core", core,
-                     "--runtime", args.runtime, "--parent-pid", str(args.manager_pid)])
         code = worker_main(argv + ["--parent-pid", str(args.manager_pid)])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

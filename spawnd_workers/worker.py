@@ -44,6 +44,7 @@ import errno
 import functools
 import os
 import select
+import shutil
 import signal
 import sys
 import time
@@ -189,6 +190,9 @@ class Worker:
             program = self._prepared(msg.payload)
         except ProtocolError as e:
             return msg.reply(e.code, payload=e.detail.encode()[:256])
+        except FileNotFoundError as e:          # not in its PATH
+            return msg.reply(Err.EXEC_FAILED, errno.ENOENT,
+                             payload=f"{e.filename}: {e.strerror}".encode()[:256])
         except (ValueError, TypeError) as e:   # refused before any system call
             return msg.reply(Err.EXEC_FAILED, errno.EINVAL, payload=str(e).encode()[:256])
         try:
@@ -208,6 +212,7 @@ class Worker:
         if program is not None:
             return program
         args = SpawnArgs.decode(payload)
+        path = args.path if "/" in args.path else _in_path(args.path, args.env)
         env = self._env if args.env is None else [
             os.fsencode(f"{k}={v}") for k, v in args.env.items() if k not in _INTERNAL_ENV]
         actions = self._descriptor_actions(args.caps)
@@ -215,7 +220,7 @@ class Worker:
         try:
             if not argv[0]:
                 raise ValueError("argv[0] is empty")   # as os.posix_spawn has it
-            program = Prepared(args.path, argv, env, actions)
+            program = Prepared(path, argv, env, actions)
         except ValueError as e:       # that, or a NUL byte
             raise ValueError(f"{args.path}: {e}") from None
         if len(self.hot.prepared) >= PREPARED_CACHE:
@@ -330,6 +335,19 @@ class Worker:
         deadline = time.monotonic() + 5
         while (strays := children_of()) and time.monotonic() < deadline:
             end_and_reap(strays)
+
+
+def _in_path(name: str, env: dict | None) -> str:
+    """A program named without a directory, found as execvp finds it: in
+    the PATH of the environment the program gets (ours when the spawn
+    gives none), the first executable file of that name. Looked up once
+    per payload (the Prepared is kept)."""
+    search = os.environ.get("PATH") if env is None else env.get("PATH")
+    found = shutil.which(name, path=os.defpath if search is None else search) if name else None
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found in PATH "
+                                f"({os.defpath if search is None else search})", name)
+    return found
 
 
 def _start_failure(program: Prepared, e: OSError) -> tuple:

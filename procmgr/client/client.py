@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import locale
+import operator
 import os
 import tempfile
 import time
@@ -276,33 +277,57 @@ class Client:
 
     # ---- operations ----
 
-    def spawn_async(self, argv: list[str], core: int = 0, env: dict | None = None,
-                    path: str | None = None, caps=None, **streams) -> Future:
-        """``streams``: stdin, stdout, stderr, append, log_max_bytes,
-        log_backups -- where the program's standard streams go
-        (procmgr/client/logs.py); by default stdin is /dev/null and stdout and
-        stderr are captured in its log."""
-        caps = _all_caps(streams, caps)
+    def spawn_async(self, argv, *, core: int = 0, env: dict | None = None,
+                    executable=None, path=None, caps=None, **streams) -> Future:
+        """As ``spawn``, without waiting: the Future of the Domain."""
+        caps = _all_caps(streams, caps) if streams or caps else None
         op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
-        try:
-            payload = _spawn_payload(path or argv[0], argv, env, caps)
-        except ProtocolError as e:
-            raise ProcMgmtError(e.code, e.detail) from None
+        if type(core) is not int or not 0 <= core <= 0xFFFF:
+            core = _core_number(core)
+        payload = None
+        if type(argv) is list and not caps and env is None and executable is None \
+                and path is None:
+            # The common case, kept encoded (and so checked) from the last time.
+            try:
+                payload = _plain_spawn_payload(argv[0], tuple(argv))
+            except (TypeError, ValueError, IndexError, KeyError, ProtocolError):
+                pass    # something to convert, or wrong: the full way says what
+        if payload is None:
+            argv, env, program = _program(argv, env, executable, path)
+            try:
+                payload = SpawnArgs(program, argv, env, list(caps or [])).encode()
+            except ProtocolError as e:
+                raise ProcMgmtError(e.code, e.detail) from None
         return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
-    def spawn(self, argv, core: int = 0, env=None, path=None, timeout=None, **streams) -> Domain:
-        """Start ``argv`` on ``core``. ``stdout=``/``stderr=`` (LOG,
-        DEVNULL, INHERIT, STDOUT, a path; ``append=True``), ``stdin=``
-        (DEVNULL or a path) and ``log_max_bytes=``/``log_backups=`` say
-        where its standard streams go: procmgr/client/logs.py."""
-        return self.wait_for(self.spawn_async(argv, core, env, path, **streams), timeout)
+    def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
+              timeout=None, **streams) -> Domain:
+        """Start ``argv`` on ``core``, as ``subprocess.Popen`` would take
+        it: a list of arguments (str, bytes or os.PathLike; a str alone is
+        refused, where Popen would run it as one program name), the program
+        looked up in the PATH of the environment it gets (``env``'s, or the
+        runtime's) when it names no directory, or ``executable`` (``path``
+        is its older name). ``env``: the whole environment, str or bytes keys and
+        values (None: the runtime's). ``stdout=``/``stderr=`` (LOG, DEVNULL,
+        INHERIT, STDOUT, a path; ``append=True``), ``stdin=`` (DEVNULL or a
+        path) and ``log_max_bytes=``/``log_backups=`` say where its standard
+        streams go: procmgr/client/logs.py.
 
-    def spawn_with_caps(self, argv, caps, core: int = 0, env=None, path=None,
-                        timeout=None, **streams) -> Domain:
-        return self.wait_for(self.spawn_async(argv, core, env, path, caps, **streams), timeout)
+        Differs from subprocess: the options after ``argv`` are keyword-only;
+        text must be UTF-8 (the protocol carries text); no ``cwd`` yet (the
+        program starts in the runtime's working directory)."""
+        return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
+                                              path=path, **streams), timeout)
+
+    def spawn_with_caps(self, argv, caps, *, core: int = 0, env=None, executable=None,
+                        path=None, timeout=None, **streams) -> Domain:
+        return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
+                                              path=path, caps=caps, **streams), timeout)
 
     def span_async(self, domain: Domain, core: int) -> Future:
-        return self._send(Msg(Op.SPAN, core=core, dom=domain.id, nonce=domain.nonce),
+        domain = _capability(domain, "span")
+        return self._send(Msg(Op.SPAN, core=_core_number(core), dom=domain.id,
+                              nonce=domain.nonce),
                           lambda m: m.status)
 
     def span(self, domain: Domain, core: int, timeout=None) -> int:
@@ -310,6 +335,7 @@ class Client:
         return self.wait_for(self.span_async(domain, core), timeout)
 
     def kill_async(self, domain: Domain) -> Future:
+        domain = _capability(domain, "kill")
         return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce), lambda m: None)
 
     def kill(self, domain: Domain, timeout=None) -> None:
@@ -317,6 +343,7 @@ class Client:
 
     def exit_async(self, domain: Domain, status: int) -> Future:
         """A domain says it ends with ``status`` (its last call)."""
+        domain = _capability(domain, "exit")
         return self._send(Msg(Op.EXIT, dom=domain.id, nonce=domain.nonce, status=status),
                           lambda m: None)
 
@@ -324,6 +351,7 @@ class Client:
         return self.wait_for(self.exit_async(domain, status), timeout)
 
     def wait_async(self, domain: Domain, nohang: bool = False) -> Future:
+        domain = _capability(domain, "wait")
         flags = Flag.NOHANG if nohang else 0
         return self._send(Msg(Op.WAIT, dom=domain.id, nonce=domain.nonce, flags=flags),
                           _wait_result)
@@ -333,8 +361,7 @@ class Client:
         return self.wait_for(self.wait_async(domain, nohang), timeout)
 
     def status(self, domain: Domain | int, timeout=None) -> DomainInfo:
-        ident = domain.id if isinstance(domain, Domain) else int(domain)
-        fut = self._send(Msg(Op.GET_STATUS, dom=ident), _status_result)
+        fut = self._send(Msg(Op.GET_STATUS, dom=_domain_id(domain)), _status_result)
         return self.wait_for(fut, timeout)
 
     def domains(self, timeout=None) -> list[int]:
@@ -400,7 +427,7 @@ class Client:
         logs.check_stream(stream)
         if self.logs_dir is None:
             raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime keeps no logs")
-        ident = domain.id if isinstance(domain, Domain) else _domain_id(domain)
+        ident = _domain_id(domain)
         try:
             info = self.status(ident)
         except ProcMgmtError as e:
@@ -418,7 +445,8 @@ class Client:
                              f"{', '.join(map(str, info.cores)) or 'none'})")
         return ident, core
 
-    def run(self, argv, *, core: int = 0, env=None, path=None, timeout: float | None = None,
+    def run(self, argv, *, core: int = 0, env=None, executable=None, path=None,
+            timeout: float | None = None,
             check: bool = False, capture_output: bool = True, input: bytes | str | None = None,
             text: bool = False, encoding: str | None = None, errors: str | None = None,
             stdin=None, stdout=None, stderr=None, log_max_bytes: int | None = None,
@@ -449,7 +477,8 @@ class Client:
             decode = _decoder(encoding, errors)
         feed = self._input_file(input, decode is not None, encoding) if input is not None else None
         try:
-            d = self.spawn(argv, core=core, env=env, path=path, stdin=feed or stdin,
+            d = self.spawn(argv, core=core, env=env, executable=executable, path=path,
+                           stdin=feed or stdin,
                            stdout=stdout, stderr=stderr, log_max_bytes=log_max_bytes,
                            log_backups=log_backups)
         finally:
@@ -542,9 +571,32 @@ def _all_caps(streams: dict, caps) -> list:
 
 
 def _domain_id(value) -> int:
-    if type(value) is not int or not 0 < value < 1 << 32:
-        raise TypeError(f"a domain is a Domain or an id (int), not {value!r}")
+    """The id of a Domain, a token (ID:NONCE) or an id."""
+    if isinstance(value, Domain):
+        return value.id
+    if isinstance(value, str):
+        return Domain.from_token(value).id
+    if type(value) is not int:
+        raise TypeError(f"a domain is a Domain, its token (ID:NONCE) or an id (int), "
+                        f"not {value!r}")
+    if not 0 <= value < 1 << 32:
+        raise ValueError(f"domain id {value} is out of range (ids are 32-bit)")
     return value
+
+
+def _capability(value, call: str) -> Domain:
+    """The Domain a call that acts on it needs: a Domain or its token. An
+    id alone is refused -- it does not carry the right to act (the nonce):
+    status and output take one."""
+    if isinstance(value, Domain):
+        return value
+    if isinstance(value, str):
+        return Domain.from_token(value)
+    if type(value) is int:
+        raise TypeError(f"{call} needs the Domain or its token (ID:NONCE), not the bare id "
+                        f"{value}: an id does not carry the right to act on it "
+                        "(status and output take one)")
+    raise TypeError(f"{call} needs a Domain or its token (ID:NONCE), not {value!r}")
 
 
 def _decoder(encoding: str | None, errors: str | None):
@@ -563,18 +615,79 @@ def _domain_result(msg: Msg) -> Domain:
 
 @functools.lru_cache(maxsize=256)
 def _plain_spawn_payload(path: str, argv: tuple[str, ...]) -> bytes:
+    """The payload of a spawn of ``argv`` and nothing else. Only text
+    reaches it: anything SpawnArgs refuses (bytes, a path object, a NUL)
+    raises here and takes the full way (_program), which converts or says
+    what is wrong."""
+    if type(path) is not str or not all(type(a) is str for a in argv):
+        raise TypeError("not all text")
     return SpawnArgs(path, list(argv)).encode()
 
 
-def _spawn_payload(path, argv, env, caps) -> bytes:
-    """A spawn's payload. The common case -- the same program and argv
-    again, no env, no caps -- is encoded once and remembered."""
-    if env is None and not caps:
-        try:
-            return _plain_spawn_payload(path, tuple(argv))
-        except TypeError:
-            pass    # something unhashable in argv: the full path says what is wrong
-    return SpawnArgs(path, list(argv), env, list(caps or [])).encode()
+def _core_number(core) -> int:
+    """A core as the protocol takes it: an int (or anything with
+    __index__, numpy's included -- not a bool, a float or a str)."""
+    if type(core) is not int:
+        if isinstance(core, bool) or not hasattr(type(core), "__index__"):
+            raise TypeError(f"core must be an int, not {type(core).__name__} ({core!r})")
+        core = operator.index(core)
+    if not 0 <= core <= 0xFFFF:
+        raise ValueError(f"core {core} is out of range: cores are numbered 0 to 65535 at "
+                         "most (the runtime says which it serves)")
+    return core
+
+
+def _text(value, what: str) -> str:
+    """An argument, path or environment word as the protocol carries it:
+    UTF-8 text without NUL (each is sent NUL-terminated)."""
+    if type(value) is not str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise ValueError(f"{what} is not UTF-8 ({value!r}): the runtime carries "
+                                 "arguments and environments as UTF-8 text") from None
+        elif not isinstance(value, str):
+            raise TypeError(f"{what} must be str, bytes or os.PathLike, "
+                            f"not {type(value).__name__}")
+    if "\0" in value:
+        raise ValueError(f"{what} contains a NUL character: {value!r}")
+    return value
+
+
+def _program(argv, env, executable, path) -> tuple[list[str], dict | None, str]:
+    """(argv, env, program to execute), checked and converted. A program
+    that names no directory is looked up by the worker, in the PATH the
+    domain will get (spawnd_workers/worker.py)."""
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        raise TypeError(f"argv must be a list of arguments, not a {type(argv).__name__}: "
+                        f"[{argv!r}] runs that program, shlex.split({argv!r}) splits a "
+                        "command line")
+    try:
+        argv = list(argv)
+    except TypeError:
+        raise TypeError(f"argv must be a list of arguments, not {type(argv).__name__}") from None
+    if not argv:
+        raise ValueError("argv is empty: it needs at least the program to run")
+    if not all(type(a) is str and "\0" not in a for a in argv):
+        argv = [_text(a, f"argv[{i}]") for i, a in enumerate(argv)]
+    if env is not None:
+        if not isinstance(env, dict):
+            raise TypeError(f"env must be a dict, not {type(env).__name__}")
+        checked = {}
+        for key, value in env.items():
+            name = _text(key, f"an env key ({key!r})")
+            if not name or "=" in name:
+                raise ValueError(f"env key {name!r} is not a variable name")
+            checked[name] = _text(value, f"env[{key!r}]")
+        env = checked
+    if executable is not None and path is not None:
+        raise TypeError("give executable or path (its older name), not both")
+    given = executable if executable is not None else path
+    program = argv[0] if given is None else _text(given, "executable")
+    return argv, env, program
 
 
 def _run_callbacks(answered: list[Future]) -> None:

@@ -139,6 +139,29 @@ static int answer_req(CoreObject *c, uint32_t client, const struct req *r, uint1
     return answer(c, client, &a);
 }
 
+/* INVALID_SPAWND, saying which cores are served ("cores 0-3, 5"): the
+ * client knows the number it sent, not the runtime's cores. */
+static int answer_no_spawnd(CoreObject *c, uint32_t client, const struct req *r)
+{
+    char text[256];
+    int n = snprintf(text, sizeof text, "core %u; cores served: ", r->h.core);
+    int any = 0;
+    for (uint32_t k = 0; k < c->max_cores && n < (int)sizeof text - 24; k++) {
+        if (c->spawnds[k] == NULL || (k > 0 && c->spawnds[k - 1] != NULL))
+            continue;            /* not the first of a run */
+        uint32_t last = k;
+        while (last + 1 < c->max_cores && c->spawnds[last + 1] != NULL)
+            last++;
+        n += last == k ? snprintf(text + n, sizeof text - (size_t)n, "%s%u", any ? ", " : "", k)
+                       : snprintf(text + n, sizeof text - (size_t)n, "%s%u-%u", any ? ", " : "",
+                                  k, last);
+        any = 1;
+    }
+    if (!any)
+        snprintf(text + n, sizeof text - (size_t)n, "none");
+    return answer_detail(c, client, r->h.op, r->h.seq, E_INVALID_SPAWND, text);
+}
+
 /* The domain a request's cap names, or NULL with its error answered
  * (*err < 0: an exception). */
 static struct domain *req_domain(CoreObject *c, uint32_t client, const struct req *r, int *rc)
@@ -179,7 +202,7 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
     } else {
         struct spawnd *sd = spawnd_of(c, r->h.core);
         if (sd == NULL) {
-            rc = answer_req(c, client, r, E_INVALID_SPAWND, 0, 0);
+            rc = answer_no_spawnd(c, client, r);
         } else if (c->table.nlive >= c->table.capacity) {
             rc = answer_req(c, client, r, E_CREATE_DOMAIN_CAP, 0, 0);
         } else {
@@ -210,7 +233,7 @@ static int h_span(CoreObject *c, uint32_t client, const struct req *r)
         return answer_req(c, client, r, E_ALREADY_SPANNED, 0, 0);
     struct spawnd *sd = spawnd_of(c, r->h.core);
     if (sd == NULL)
-        return answer_req(c, client, r, E_INVALID_SPAWND, 0, 0);
+        return answer_no_spawnd(c, client, r);
     /* Counted as running from now on, so a kill sent meanwhile also goes to
      * this core -- after the span in that spawnd's order, so it finds it. */
     if (cs_add(&d->span_pending, r->h.core) < 0 || cs_add(&d->live, r->h.core) < 0)
