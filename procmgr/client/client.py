@@ -15,12 +15,15 @@ whether the domain exists; the bytes are read from the log files directly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import locale
+import logging
 import operator
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -34,6 +37,11 @@ from procmgr.protocol import (
 )
 from procmgr.protocol import State
 from ringbuf import Closed, PeerDied, Ring
+
+# concurrent.futures' states (its module's names, not exported), and the
+# logger it reports a failed callback to.
+_RUNNING, _FINISHED = "RUNNING", "FINISHED"
+_LOGGER = logging.getLogger("concurrent.futures")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,41 +100,178 @@ class CompletedRun:
                                      self.domain)
 
 
-class Future:
-    """The answer to one request, once it has come."""
+class Future(concurrent.futures.Future):
+    """The answer to one request: a ``concurrent.futures.Future`` --
+    ``concurrent.futures.wait``/``as_completed`` and ``asyncio.wrap_future``
+    take it. Where it differs, and why:
 
-    __slots__ = ("seq", "op", "reply", "convert", "callbacks")
+    - ``result(timeout)`` and ``exception(timeout)`` take the client's
+      answers in while they wait (no thread of ours runs behind the
+      client): any thread may call them, and one of the waiting threads
+      reads the ring for all (``Client``).
+    - ``cancel()`` returns False: a request is sent as its future is made,
+      and its answer comes whatever the caller does.
+    - Callbacks run in the thread that takes the answer in; an exception
+      one raises is logged (concurrent.futures' logger), never raised into
+      that unrelated call.
 
-    def __init__(self, seq: int, op: int, convert):
-        self.seq, self.op, self.reply, self.convert = seq, op, None, convert
-        self.callbacks = None
+    ``seq`` and ``op`` are the request's; ``reply`` is the answer's Msg once
+    it has come."""
+
+    # Slots: concurrent.futures.Future's instances have a dict, ours need
+    # none (the control plane makes a future a request).
+    __slots__ = ("_client", "seq", "op", "convert", "reply", "_state", "_result",
+                 "_exception", "_callbacks_", "_waiters_")
+
+    def __init__(self, client: Client, seq: int, op: int, convert):
+        self._client = client
+        self.seq, self.op, self.convert, self.reply = seq, op, convert, None
+        self._state, self._result, self._exception = _RUNNING, None, None
+        self._callbacks_ = self._waiters_ = None
+
+    # concurrent.futures.Future's Condition, and its lists of waiters and
+    # callbacks: the client's one Condition, and lists made when first used
+    # (concurrent.futures.wait appends to _waiters).
+    @property
+    def _condition(self) -> threading.Condition:
+        return self._client._cond
+
+    @property
+    def _waiters(self) -> list:
+        if self._waiters_ is None:
+            self._waiters_ = []
+        return self._waiters_
+
+    @property
+    def _done_callbacks(self) -> list:
+        if self._callbacks_ is None:
+            self._callbacks_ = []
+        return self._callbacks_
+
+    def __repr__(self) -> str:
+        return f"<procmgr Future request {self.seq} op {self.op} {self._state.lower()}>"
 
     def done(self) -> bool:
-        return self.reply is not None
+        return self._state == _FINISHED
+
+    def running(self) -> bool:
+        return self._state == _RUNNING
+
+    def cancel(self) -> bool:
+        return False            # sent already: its answer will come
+
+    def cancelled(self) -> bool:
+        return False
 
     def add_done_callback(self, fn) -> None:
-        """Call ``fn(future)`` once answered: from the client call that takes
-        the answer in (``poll``, ``wait_for``, or a send that had to wait),
-        or now if it has been answered already. What keeps a pipeline full:
-        the callback sends the next request (bench/pipeline.py)."""
-        if self.reply is not None:
-            fn(self)
-        elif self.callbacks is None:
-            self.callbacks = [fn]
-        else:
-            self.callbacks.append(fn)
+        """Call ``fn(future)`` once answered -- in the thread that takes the
+        answer in, or now if it has come; an exception it raises is logged.
 
-    def result(self):
-        """The converted answer; raises ProcMgmtError if the request failed."""
-        if self.reply is None:
-            raise RuntimeError(f"request {self.seq} has not been answered yet")
-        msg = self.reply
-        if type(msg) is _NoAnswer:
-            raise _gone(msg.cause)
-        if msg.err != Err.OK:
-            detail = msg.payload.decode(errors="replace") if msg.payload else ""
-            raise ProcMgmtError(msg.err, detail, msg.status)
-        return self.convert(msg)
+        Without a lock: added first, then the state looked at; whichever of
+        this call and the answer's takes ``fn`` out of the list runs it
+        (list.remove and list.pop are atomic), so it runs exactly once."""
+        callbacks = self._callbacks_
+        if callbacks is None:
+            callbacks = self._callbacks_ = []
+        callbacks.append(fn)
+        if self._state == _FINISHED:
+            try:
+                callbacks.remove(fn)
+            except ValueError:
+                return                  # the answer's thread took it
+            _run_callback(fn, self)
+
+    def result(self, timeout: float | None = None):
+        """The converted answer, waiting up to ``timeout`` (TimeoutError);
+        raises ProcMgmtError if the request failed."""
+        if self._state != _FINISHED:
+            self._client._wait_done(self, timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout: float | None = None):
+        if self._state != _FINISHED:
+            self._client._wait_done(self, timeout)
+        return self._exception
+
+    def _answer(self, msg) -> None:
+        """The answer has come (or never will: _NoAnswer)."""
+        _answer_all(self._client, [self], [msg])
+
+    def _outcome(self, msg) -> tuple:
+        """(result, exception) of an answer."""
+        try:
+            if type(msg) is _NoAnswer:
+                return None, _gone(msg.cause)
+            if msg.err != Err.OK:
+                detail = msg.payload.decode(errors="replace") if msg.payload else ""
+                return None, ProcMgmtError(msg.err, detail, msg.status)
+            return self.convert(msg), None
+        except Exception as e:          # an answer its conversion could not read
+            return None, e
+
+
+def _answer_all(client: Client, futures: list, answers: list) -> None:
+    """Answer a batch of futures: their outcomes set under the client's
+    lock once for the batch (waking any thread that waits), then their
+    callbacks run, outside it."""
+    if len(futures) == 1:               # the common batch: no lists made
+        fut, msg = futures[0], answers[0]
+        result, error = fut._outcome(msg)
+        with client._mutex:
+            fut.reply = msg
+            fut._result, fut._exception, fut._state = result, error, _FINISHED
+            if client._sleepers or fut._waiters_:
+                for waiter in fut._waiters_ or ():
+                    if error is None:
+                        waiter.add_result(fut)
+                    else:
+                        waiter.add_exception(fut)
+                client._cond.notify_all()
+        callbacks = fut._callbacks_
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:
+                break
+            _run_callback(fn, fut)
+        return
+    outcomes = [fut._outcome(msg) for fut, msg in zip(futures, answers)]
+    with client._mutex:
+        notify = client._sleepers
+        for fut, msg, (result, error) in zip(futures, answers, outcomes):
+            fut.reply = msg
+            fut._result, fut._exception, fut._state = result, error, _FINISHED
+            waiters = fut._waiters_
+            if waiters:
+                notify = True
+                for waiter in waiters:
+                    if error is None:
+                        waiter.add_result(fut)
+                    else:
+                        waiter.add_exception(fut)
+        if notify:
+            client._cond.notify_all()
+    for fut in futures:
+        callbacks = fut._callbacks_           # read after the state is FINISHED
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:
+                break                   # add_done_callback took the last one
+            _run_callback(fn, fut)
+
+
+def _run_callback(fn, fut: Future) -> None:
+    try:
+        fn(fut)
+    except Exception:
+        _LOGGER.exception("exception calling callback for %r", fut)
+
+
+def _never() -> bool:
+    return False
 
 
 def _the_answer(msg: Msg) -> Msg:
@@ -169,45 +314,111 @@ class Client:
         self._next_seq = 1
         self.unmatched_answers = 0     # answers to no request in flight: duplicates
         self._gone_because: Exception | None = None    # the manager's end, once seen
+        # Threads: _lock guards what sending touches (seq, _waiting, the
+        # request ring); _cond the futures' state and who reads the answers
+        # ring (_reader: one thread at a time, the ring has one consumer).
+        # A thread that waits while another reads sleeps on _cond, woken by
+        # each answer and when the reader gives way (then one of them reads).
+        self._lock = threading.Lock()
+        self._mutex = threading.RLock()      # taken directly where it is hot
+        self._cond = threading.Condition(self._mutex)
+        self._reader: int | None = None
+        self._sleepers = 0
 
     def _manager_gone(self, cause: Exception) -> None:
         """The manager is gone: every request still waiting is answered with
         RuntimeGone (callbacks run), and every later call raises it."""
         self._gone_because = cause
-        waiting, self._waiting = list(self._waiting.values()), {}
-        for fut in waiting:
-            fut.reply = _NoAnswer(cause)
-        _run_callbacks([f for f in waiting if f.callbacks is not None])
+        with self._lock:
+            waiting, self._waiting = list(self._waiting.values()), {}
+        _answer_all(self, waiting, [_NoAnswer(cause)] * len(waiting))
 
     # ---- the request/answer machinery ----
 
     def _send(self, msg: Msg, convert) -> Future:
         if not 0 <= msg.core <= 0xFFFF:
             raise ProcMgmtError(Err.INVALID_SPAWND, f"core {msg.core} is out of range")
-        msg.seq = self._next_seq
         if len(msg.payload) > MAX_PAYLOAD:   # said before anything is waited on
             raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes is "
                                 f"over the {MAX_PAYLOAD}-byte limit")
-        self._next_seq = (self._next_seq % 0xFFFFFFFF) + 1  # 0 is never a seq
         if self._gone_because is not None:
             raise _gone(self._gone_because)
-        fut = Future(msg.seq, msg.op, convert)
-        self._waiting[msg.seq] = fut
+        with self._lock:
+            msg.seq = seq = self._next_seq
+            self._next_seq = (seq % 0xFFFFFFFF) + 1  # 0 is never a seq
+            fut = self._waiting[seq] = Future(self, seq, msg.op, convert)
+            closed = None
+            try:
+                if send(self.requests, msg):
+                    return fut
+            except Closed as e:
+                del self._waiting[seq]
+                closed = e
+            except BaseException:
+                del self._waiting[seq]
+                raise
+        if closed is not None:
+            self._manager_gone(closed)
+            raise _gone(closed) from closed
         try:
-            while not send(self.requests, msg):
-                # The manager is behind: take in answers (which frees it) and retry.
-                self._receive(block=True, timeout=1.0)
+            while True:
+                # The manager is behind: answers taken in free it; then again.
+                self._turn(1.0, _never)
+                with self._lock:
+                    if send(self.requests, msg):
+                        return fut
         except Closed as e:
-            del self._waiting[msg.seq]
+            self._forget(seq)
             self._manager_gone(e)
             raise _gone(e) from e
         except BaseException:
-            del self._waiting[msg.seq]       # never sent: nothing will answer it
+            self._forget(seq)               # never sent: nothing will answer it
             raise
-        return fut
+
+    def _forget(self, seq: int) -> None:
+        with self._lock:
+            self._waiting.pop(seq, None)
+
+    def _wait_done(self, fut: Future, timeout: float | None) -> None:
+        """Until ``fut`` is answered, bounded by ``timeout`` (TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while fut._state != _FINISHED:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no answer to request {fut.seq} within {timeout} s")
+            self._turn(left, fut.done)
+
+    def _turn(self, left: float | None, ready, block: bool = True) -> None:
+        """One round: take answers in (waiting up to ``left`` for one if
+        ``block``) -- or, while another thread does, sleep until it answers
+        something or gives way, unless ``ready()`` already."""
+        me = threading.get_ident()
+        with self._mutex:
+            if self._reader is None:
+                self._reader = me
+            elif self._reader != me:
+                if ready() or not block:
+                    return
+                self._sleepers += 1
+                try:
+                    self._cond.wait(1.0 if left is None else min(left, 1.0))
+                finally:
+                    self._sleepers -= 1
+                return
+            else:                    # a callback of ours, in our own round
+                self._receive(block, left)
+                return
+        try:
+            self._receive(block, left)
+        finally:
+            with self._mutex:
+                self._reader = None
+                if self._sleepers:
+                    self._cond.notify_all()      # one of them reads next
 
     def _receive(self, block: bool, timeout: float | None) -> None:
-        """Take every answer that has arrived (waiting for one if ``block``)."""
+        """Take every answer that has arrived (waiting for one if ``block``).
+        The reader's only (_turn)."""
         if self.pump is not None:
             self.pump()
             block = False
@@ -220,21 +431,19 @@ class Client:
         except Closed as e:
             self._manager_gone(e)
             raise _gone(e) from e
-        waiting, answered = self._waiting, None
+        if not answers:
+            return
         for msg in answers:
             if type(msg) is not Msg:
                 raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {msg.detail}")
-            fut = waiting.pop(msg.seq, None)
-            if fut is None:
-                self.unmatched_answers += 1
-                continue
-            fut.reply = msg
-            if fut.callbacks is not None:
-                if answered is None:
-                    answered = []
-                answered.append(fut)
-        if answered is not None:
-            _run_callbacks(answered)
+        with self._lock:
+            pop = self._waiting.pop
+            futures = [pop(msg.seq, None) for msg in answers]
+        if None in futures:
+            self.unmatched_answers += futures.count(None)
+            answers = [m for f, m in zip(futures, answers) if f is not None]
+            futures = [f for f in futures if f is not None]
+        _answer_all(self, futures, answers)
 
     def request(self, msg: Msg) -> Future:
         """Send ``msg`` as it is (its seq is this client's next), and get
@@ -254,26 +463,22 @@ class Client:
         carries but that was not sent through it: slots a tool or a test
         writes by hand with ``requests.try_push``. Pick ``seq`` far from the
         client's own counter (which starts at 1)."""
-        if seq in self._waiting:
-            raise ValueError(f"request {seq} is already in flight")
-        fut = self._waiting[seq] = Future(seq, op, _the_answer)
+        with self._lock:
+            if seq in self._waiting:
+                raise ValueError(f"request {seq} is already in flight")
+            fut = self._waiting[seq] = Future(self, seq, op, _the_answer)
         return fut
 
     def wait_for(self, fut: Future, timeout: float | None = None):
-        """Block until ``fut`` is answered (bounded by ``timeout``) and return its result."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while fut.reply is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"no answer to request {fut.seq} within {timeout} s")
-            # Blocks on the ring itself; a dead manager ends it (PeerDied).
-            self._receive(block=True, timeout=left)
-        return fut.result()
+        """Block until ``fut`` is answered (bounded by ``timeout``) and
+        return its result: ``fut.result(timeout)``."""
+        return fut.result(timeout)
 
     def poll(self, timeout: float = 0) -> None:
         """Take in whatever answers have arrived; with a ``timeout``, wait up
-        to that long for one if none has."""
-        self._receive(block=timeout > 0, timeout=timeout)
+        to that long for one if none has. (Another thread taking them in
+        meanwhile does it for us.)"""
+        self._turn(timeout, _never, block=timeout > 0)
 
     # ---- operations ----
 
@@ -688,22 +893,6 @@ def _program(argv, env, executable, path) -> tuple[list[str], dict | None, str]:
     given = executable if executable is not None else path
     program = argv[0] if given is None else _text(given, "executable")
     return argv, env, program
-
-
-def _run_callbacks(answered: list[Future]) -> None:
-    """Every callback of every answered future runs, even if one raises:
-    a pipeline must not lose the rest of a batch to one failed request.
-    The first exception is raised once all have run."""
-    first = None
-    for fut in answered:
-        callbacks, fut.callbacks = fut.callbacks, None
-        for fn in callbacks:
-            try:
-                fn(fut)
-            except Exception as e:
-                first = first or e
-    if first is not None:
-        raise first
 
 
 def _wait_result(msg: Msg) -> int | None:

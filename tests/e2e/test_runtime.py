@@ -259,8 +259,8 @@ def test_ctrl_c_stops_everything(children):
         "with procmgr.Runtime(cores=2, name=sys.argv[1]) as rt:\n"
         "    pm = rt.client()\n"
         "    d = pm.spawn(['/bin/sleep', '60'], timeout=10)\n"
-        "    print(rt.proc.pid, d.pid, flush=True)\n"
-        "    try:\n"
+        "    try:\n"      # said inside: the signal may come as soon as it is said
+        "        print(rt.proc.pid, d.pid, flush=True)\n"
         "        time.sleep(60)\n"
         "    except KeyboardInterrupt:\n"
         "        pm.kill(d, timeout=10)\n"

@@ -46,13 +46,15 @@ def test_callback_on_answered_future_runs_at_once(rt):
     assert seen == [fut]
 
 
-def test_failing_callback_loses_no_other_answer(rt):
+def test_failing_callback_loses_no_other_answer(rt, caplog):
     """One callback raising does not cost the other answers of its batch
-    their callbacks; the error comes out of the call that took them in."""
+    their callbacks, nor the call that took them in anything: its error is
+    logged, as concurrent.futures does, and it runs once."""
     client = rt.client()
-    seen = []
+    seen, calls = [], []
 
     def boom(fut):
+        calls.append(fut)
         raise RuntimeError("callback failed")
 
     first = client.spawn_async(["prog"])
@@ -60,12 +62,11 @@ def test_failing_callback_loses_no_other_answer(rt):
     rest = [client.spawn_async(["prog"]) for _ in range(5)]
     for fut in rest:
         fut.add_done_callback(seen.append)
-    with pytest.raises(RuntimeError, match="callback failed"):
-        client.wait_for(rest[-1], timeout=5)
-    assert seen == rest
-    assert first.done() and first.callbacks is None    # ran once, not again
+    assert client.wait_for(rest[-1], timeout=5).id > 0
+    assert seen == rest and calls == [first]
+    assert "callback failed" in caplog.text
     client.poll()
-    assert seen == rest
+    assert seen == rest and calls == [first]
 
 
 def test_poll_with_timeout_waits_for_an_answer():

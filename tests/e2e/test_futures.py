@@ -1,0 +1,115 @@
+"""The client's futures are concurrent.futures.Futures, and one client
+serves many threads (procmgr/client/client.py, Future and Client)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+import procmgr
+from e2e_helpers import T, pm, rt  # noqa: F401 (fixtures)
+from procmgr import Err, ProcMgmtError
+
+
+def test_a_future_is_a_concurrent_futures_future(pm):
+    fut = pm.spawn_async(["/bin/sh", "-c", "exit 4"])
+    assert isinstance(fut, concurrent.futures.Future) and isinstance(fut, procmgr.Future)
+    d = fut.result(timeout=T)                       # drives the client while it waits
+    assert fut.done() and not fut.running() and not fut.cancelled()
+    assert fut.exception(timeout=0) is None
+    waiter = pm.wait_async(d)
+    assert waiter.cancel() is False                 # sent already: its answer will come
+    assert waiter.result(timeout=T) == 4
+
+
+def test_result_with_a_timeout_raises_timeout_error_and_stays_usable(pm):
+    d = pm.spawn(["/bin/sleep", "60"], timeout=T)
+    waiter = pm.wait_async(d)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        waiter.result(timeout=0.2)
+    assert 0.15 <= time.monotonic() - start < 5 and not waiter.done()
+    pm.kill(d, timeout=T)
+    assert waiter.result(timeout=T) == 9
+
+
+def test_a_failed_request_is_its_exception(pm):
+    fut = pm.spawn_async(["/bin/true"], core=9)
+    error = fut.exception(timeout=T)
+    assert isinstance(error, ProcMgmtError) and error.code == Err.INVALID_SPAWND
+    with pytest.raises(ProcMgmtError):
+        fut.result()
+
+
+def test_wait_and_as_completed_take_them(pm):
+    spawns = [pm.spawn_async(["/bin/sh", "-c", f"exit {k}"]) for k in range(6)]
+    done, not_done = concurrent.futures.wait(spawns, timeout=0)
+    # Nobody took the answers in yet: wait() itself does not read the ring,
+    # so a thread that does (result) is what completes them.
+    reader = threading.Thread(target=lambda: [f.result(timeout=T) for f in spawns])
+    reader.start()
+    done, not_done = concurrent.futures.wait(spawns, timeout=T)
+    reader.join(T)
+    assert not not_done and len(done) == 6
+    waits = {pm.wait_async(f.result()): k for k, f in enumerate(spawns)}
+    reader = threading.Thread(target=lambda: [f.result(timeout=T) for f in waits])
+    reader.start()
+    seen = {waits[f]: f.result() for f in concurrent.futures.as_completed(waits, timeout=T)}
+    reader.join(T)
+    assert seen == {k: k for k in range(6)}
+
+
+def test_asyncio_wrap_future_takes_it(pm):
+    async def main():
+        d = pm.spawn(["/bin/sh", "-c", "exit 3"], timeout=T)
+        fut = pm.wait_async(d)
+        loop = asyncio.get_running_loop()
+        wrapped = asyncio.wrap_future(fut)
+        # A thread takes the answer in; the event loop is told.
+        await loop.run_in_executor(None, fut.result, T)
+        return await asyncio.wait_for(wrapped, T)
+    assert asyncio.run(main()) == 3
+
+
+def test_a_callback_error_is_logged_not_raised_into_another_call(pm, caplog):
+    fut = pm.spawn_async(["/bin/true"])
+    fut.add_done_callback(lambda f: 1 / 0)
+    other = pm.spawn_async(["/bin/true"])
+    assert pm.wait(other.result(timeout=T), timeout=T) == 0    # takes both answers in
+    assert fut.done() and "ZeroDivisionError" in caplog.text
+    assert pm.wait(fut.result(), timeout=T) == 0
+
+
+def test_one_client_serves_sixteen_threads(pm):
+    """Each thread spawns, waits and checks its own programs; every answer
+    reaches its caller, and nothing hangs (3 of 5 runs of 4 threads hung
+    when one thread could take another's answer)."""
+    errors, done = [], []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(6):
+                code = (k * 7 + i) % 100
+                d = pm.spawn(["/bin/sh", "-c", f"exit {code}"], core=(k + i) % 2, timeout=30)
+                got = pm.wait(d, timeout=30)
+                if got != code:
+                    errors.append((k, i, code, got))
+                st = pm.status(d, timeout=30)
+                if st.id != d.id:
+                    errors.append((k, i, "status of another domain", st.id))
+            done.append(k)
+        except Exception as e:          # noqa: BLE001 -- reported below
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not errors and sorted(done) == list(range(16))
+    assert pm.in_flight == 0
