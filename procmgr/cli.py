@@ -512,6 +512,10 @@ def cmd_bench(args) -> int:
 # ---- the parser -----------------------------------------------------------------
 
 
+JSON_HELP = "print the result as JSON"
+TOKEN_HELP = "the domain's token (ID:NONCE), as spawn printed it"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="procmgr", description="Run and supervise programs on simulated cores.",
@@ -526,13 +530,15 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "start a runtime", "procmgr up --cores 4 --detach")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--pending", choices=["replyq", "hashtable"], default="replyq")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                   help="simulated cores, a worker each (default: this machine's CPUs)")
+    p.add_argument("--pending", choices=["replyq", "hashtable"], default="replyq",
+                   help="how pending clients are matched to replies (default: replyq)")
     p.add_argument("--detach", action="store_true", help="run in the background")
     add("down", cmd_down, "stop a runtime: every domain killed, nothing left", "procmgr down")
     p = add("spawn", cmd_spawn, "start a program; prints its id and cap token",
             "procmgr spawn --core 1 --env MODE=x -- /bin/sleep 30")
-    p.add_argument("--core", type=int, default=0)
+    p.add_argument("--core", type=int, default=0, help="the core to run on (default: 0)")
     p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
     p.add_argument("--stdout", metavar="log|null|PATH",
                    help="where its stdout goes (default: log, read with `procmgr logs`)")
@@ -540,13 +546,13 @@ def parser() -> argparse.ArgumentParser:
                    help="where its stderr goes (default: log)")
     p.add_argument("--stdin", metavar="PATH", help="a file for its stdin (default: /dev/null)")
     p.add_argument("--append", action="store_true", help="append to --stdout/--stderr files")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("program", nargs=argparse.REMAINDER)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     p = add("run", cmd_run, "run a program in the runtime with this terminal's output; "
             "exits with its status", "procmgr run --core 1 -- /bin/echo hi")
-    p.add_argument("--core", type=int, default=0)
+    p.add_argument("--core", type=int, default=0, help="the core to run on (default: 0)")
     p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
-    p.add_argument("program", nargs=argparse.REMAINDER)
+    p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     p = add("logs", cmd_logs, "a domain's captured output", "procmgr logs 3 -f --tail 20")
     p.add_argument("token", help="a domain id or token")
     p.add_argument("-f", "--follow", action="store_true",
@@ -557,31 +563,32 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--both", action="store_true",
                        help="stdout to our stdout and stderr to our stderr")
     p = add("span", cmd_span, "run a domain on another core too", "procmgr span TOKEN --core 1")
-    p.add_argument("token")
-    p.add_argument("--core", type=int, required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("token", help=TOKEN_HELP)
+    p.add_argument("--core", type=int, required=True, help="the core to run it on too")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("kill", cmd_kill, "kill a domain on every core", "procmgr kill 3:9f1c...")
-    p.add_argument("token")
+    p.add_argument("token", help=TOKEN_HELP)
     p = add("wait", cmd_wait, "wait for a domain; exits with its status",
             "procmgr wait 3:9f1c... --nohang")
-    p.add_argument("token")
-    p.add_argument("--nohang", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("token", help=TOKEN_HELP)
+    p.add_argument("--nohang", action="store_true",
+                   help="say whether it still runs instead of waiting for its end")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
     p.add_argument("token", help="a domain id or token")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("ps", cmd_ps, "list the domains", "procmgr ps --last")
     p.add_argument("--last", action="store_true", help="with the last line each printed")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("storm", cmd_storm, "hammer a runtime of its own with real programs, checking "
             "every answer", "procmgr storm --cores 4 --clients 3 --ops 200 --mix spawn=4,kill=2")
-    p.add_argument("--cores", type=int, default=4)
-    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--cores", type=int, default=4, help="cores of the storm's runtime")
+    p.add_argument("--clients", type=int, default=3, help="client processes hammering it")
     p.add_argument("--ops", type=int, default=200, help="operations per client")
     p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1,exit=1")
     p.add_argument("--simulate", action="store_true",
                    help="simulated dispatchers: the control plane alone, no process started")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("top", cmd_top, "live view of cores, queues, requests/s and domains",
             "procmgr top --interval 1")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
@@ -589,13 +596,14 @@ def parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "measure the project against its peers in one run",
             "procmgr bench ring --report out/")
     p.add_argument("what", nargs="?", default="all",
-                   choices=["ring", "spawn", "output", "pending", "scale", "all"])
+                   choices=["ring", "spawn", "output", "pending", "scale", "all"],
+                   help="which measurement (default: all)")
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots there")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("cleanup", cmd_cleanup, "remove what crashed runtimes left behind",
             "procmgr cleanup --json")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     return ap
 
 
