@@ -127,7 +127,8 @@ class Future(concurrent.futures.Future):
         self._client = client
         self.seq, self.op, self.convert, self.reply = seq, op, convert, None
         self._state, self._result, self._exception = _RUNNING, None, None
-        self._callbacks_ = self._waiters_ = None
+        self._callbacks_ = []           # made now: two first adders never race
+        self._waiters_ = None
 
     # concurrent.futures.Future's Condition, and its lists of waiters and
     # callbacks: the client's one Condition, and lists made when first used
@@ -144,8 +145,6 @@ class Future(concurrent.futures.Future):
 
     @property
     def _done_callbacks(self) -> list:
-        if self._callbacks_ is None:
-            self._callbacks_ = []
         return self._callbacks_
 
     def __repr__(self) -> str:
@@ -171,8 +170,6 @@ class Future(concurrent.futures.Future):
         this call and the answer's takes ``fn`` out of the list runs it
         (list.remove and list.pop are atomic), so it runs exactly once."""
         callbacks = self._callbacks_
-        if callbacks is None:
-            callbacks = self._callbacks_ = []
         callbacks.append(fn)
         if self._state == _FINISHED:
             try:
@@ -391,30 +388,36 @@ class Client:
     def _turn(self, left: float | None, ready, block: bool = True) -> None:
         """One round: take answers in (waiting up to ``left`` for one if
         ``block``) -- or, while another thread does, sleep until it answers
-        something or gives way, unless ``ready()`` already."""
+        something or gives way. Nothing, if ``ready()`` already: looked at
+        under the lock, so an answer a reader just gave is never waited for
+        again on the ring."""
         me = threading.get_ident()
-        with self._mutex:
-            if self._reader is None:
-                self._reader = me
-            elif self._reader != me:
-                if ready() or not block:
-                    return
-                self._sleepers += 1
-                try:
-                    self._cond.wait(1.0 if left is None else min(left, 1.0))
-                finally:
-                    self._sleepers -= 1
-                return
-            else:                    # a callback of ours, in our own round
-                self._receive(block, left)
-                return
+        claimed = False
         try:
+            with self._mutex:
+                if ready():
+                    return
+                if self._reader is None:
+                    self._reader, claimed = me, True
+                elif self._reader != me:
+                    if not block:
+                        return
+                    self._sleepers += 1
+                    try:
+                        self._cond.wait(1.0 if left is None else min(left, 1.0))
+                    finally:
+                        self._sleepers -= 1
+                    return
+            # The reader -- or a callback of the reader's, in its own round:
+            # either way the ring is read without the lock held, so no other
+            # thread's wait stops counting meanwhile.
             self._receive(block, left)
         finally:
-            with self._mutex:
-                self._reader = None
-                if self._sleepers:
-                    self._cond.notify_all()      # one of them reads next
+            if claimed:
+                with self._mutex:
+                    self._reader = None
+                    if self._sleepers:
+                        self._cond.notify_all()      # one of them reads next
 
     def _receive(self, block: bool, timeout: float | None) -> None:
         """Take every answer that has arrived (waiting for one if ``block``).
@@ -433,9 +436,9 @@ class Client:
             raise _gone(e) from e
         if not answers:
             return
-        for msg in answers:
-            if type(msg) is not Msg:
-                raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {msg.detail}")
+        bad = next((m for m in answers if type(m) is not Msg), None)
+        if bad is not None:                  # the good ones are answered first
+            answers = [m for m in answers if type(m) is Msg]
         with self._lock:
             pop = self._waiting.pop
             futures = [pop(msg.seq, None) for msg in answers]
@@ -444,6 +447,8 @@ class Client:
             answers = [m for f, m in zip(futures, answers) if f is not None]
             futures = [f for f in futures if f is not None]
         _answer_all(self, futures, answers)
+        if bad is not None:
+            raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {bad.detail}")
 
     def request(self, msg: Msg) -> Future:
         """Send ``msg`` as it is (its seq is this client's next), and get

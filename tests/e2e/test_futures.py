@@ -113,3 +113,35 @@ def test_one_client_serves_sixteen_threads(pm):
     assert not any(t.is_alive() for t in threads), "a thread hung"
     assert not errors and sorted(done) == list(range(16))
     assert pm.in_flight == 0
+
+
+def test_a_callback_that_waits_stalls_no_other_threads_timeout(pm):
+    """A callback runs in the thread that takes its answer in; one that
+    waits for another answer there reads the ring itself, without holding
+    the client's lock: another thread's wait still ends at its timeout (it
+    waited for the callback's whole wait, and a kill from it deadlocked)."""
+    slow = pm.spawn(["/bin/sleep", "2"], timeout=T)
+    stuck = pm.spawn(["/bin/sleep", "60"], timeout=T)
+    took = {}
+
+    def other_thread():
+        start = time.monotonic()
+        try:
+            pm.wait(stuck, timeout=0.3)
+        except TimeoutError:
+            took["wait"] = time.monotonic() - start
+        pm.kill(stuck, timeout=T)               # and a kill goes through meanwhile
+        took["kill"] = time.monotonic() - start
+
+    t = threading.Thread(target=other_thread)
+
+    def callback(f):
+        t.start()                               # while this one waits, as the reader
+        took["callback"] = pm.wait(slow, timeout=T)
+
+    fut = pm.spawn_async(["/bin/true"])
+    fut.add_done_callback(callback)
+    fut.result(timeout=T)                       # this thread reads: the callback runs here
+    t.join(T)
+    assert took["callback"] == 0 and took["wait"] < 1.5 and took["kill"] < 1.8, took
+    assert pm.wait(stuck, timeout=T) == 9
