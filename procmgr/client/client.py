@@ -192,10 +192,6 @@ class Future(concurrent.futures.Future):
             self._client._wait_done(self, timeout)
         return self._exception
 
-    def _answer(self, msg) -> None:
-        """The answer has come (or never will: _NoAnswer)."""
-        _answer_all(self._client, [self], [msg])
-
     def _outcome(self, msg) -> tuple:
         """(result, exception) of an answer."""
         try:
