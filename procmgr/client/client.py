@@ -336,30 +336,19 @@ class Client:
                                 f"over the {MAX_PAYLOAD}-byte limit")
         if self._gone_because is not None:
             raise _gone(self._gone_because)
-        with self._lock:
-            msg.seq = seq = self._next_seq
-            self._next_seq = (seq % 0xFFFFFFFF) + 1  # 0 is never a seq
-            fut = self._waiting[seq] = Future(self, seq, msg.op, convert)
-            closed = None
-            try:
-                if send(self.requests, msg):
-                    return fut
-            except Closed as e:
-                del self._waiting[seq]
-                closed = e
-            except BaseException:
-                del self._waiting[seq]
-                raise
-        if closed is not None:
-            self._manager_gone(closed)
-            raise _gone(closed) from closed
+        seq = None
         try:
-            while True:
+            with self._lock:
+                msg.seq = seq = self._next_seq
+                self._next_seq = (seq % 0xFFFFFFFF) + 1  # 0 is never a seq
+                fut = self._waiting[seq] = Future(self, seq, msg.op, convert)
+                sent = send(self.requests, msg)
+            while not sent:
                 # The manager is behind: answers taken in free it; then again.
                 self._turn(1.0, _never)
                 with self._lock:
-                    if send(self.requests, msg):
-                        return fut
+                    sent = send(self.requests, msg)
+            return fut
         except Closed as e:
             self._forget(seq)
             self._manager_gone(e)
