@@ -167,7 +167,12 @@ def test_a_worker_touches_nothing_until_told_go():
                 assert not _rang(doorbells[1]), "it touched the manager's doorbell"
     finally:
         ours.close()
-        template.wait(timeout=T)
+        try:
+            template.wait(timeout=T)    # it ends at the EOF
+        finally:
+            if template.poll() is None:
+                template.kill()
+                template.wait()
         become_subreaper(was)
         for item in held:
             if isinstance(item, tuple):
