@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import output, peers, pending_report, ring_report, scale, spawn
+from bench import aio, output, peers, pending_report, ring_report, scale, spawn
 
-KINDS = ("ring", "spawn", "output", "pending", "scale")
+KINDS = ("ring", "spawn", "aio", "output", "pending", "scale")
 
 
 def run(kinds, quick: bool = False) -> dict:
@@ -20,6 +20,9 @@ def run(kinds, quick: bool = False) -> dict:
     if "spawn" in kinds:
         results["spawn"] = (spawn.compare(n=20, rounds=1, block=5, blocks=4) if quick
                             else spawn.compare())
+    if "aio" in kinds:
+        results["aio"] = (aio.compare(block=5, blocks=4, many=50, rounds=2) if quick
+                          else aio.compare())
     if "output" in kinds:
         results["output"] = (output.compare(blocks=4, block=10, rounds=2, history=50) if quick
                              else output.compare())
@@ -73,6 +76,8 @@ def write(results: dict, directory: str) -> str:
         kinds = list(p["ns_per_request"])
         _bars(plt, os.path.join(directory, "pending.png"), kinds,
               [p["ns_per_request"][k] for k in kinds], "claim + match + release, ns/request")
+    if "aio" in results:
+        parts += ["## The asyncio client", "", aio.table(results["aio"]), ""]
     if "output" in results:
         parts += ["## Domain output", "", output.table(results["output"]), ""]
     if "scale" in results:

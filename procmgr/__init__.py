@@ -4,7 +4,7 @@ Barrelfish process manager. See README.md.
 The package, by layer (a client talks to the manager, the manager to the
 workers, all through rings of protocol messages):
 
-    procmgr.client     the user's side: Runtime, Client, Domain, output
+    procmgr.client     the user's side: Runtime, Client, AsyncClient, Domain, output
     procmgr.protocol   the messages, defined once (protocol.h)
     procmgr.manager    the process manager: its C core, loop and server
     spawnd_workers     (beside this package) one worker per core
@@ -32,6 +32,7 @@ _EXPORTS = {
     "LOG": "procmgr.client.logs", "STDOUT": "procmgr.client.logs",
     "Runtime": "procmgr.client.runtime", "RuntimeNotFound": "procmgr.client.runtime",
     "connect": "procmgr.client.runtime",
+    "AsyncClient": "procmgr.client.aio", "aconnect": "procmgr.client.aio",
 }
 __all__ = sorted(_EXPORTS)
 

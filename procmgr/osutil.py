@@ -95,7 +95,7 @@ def watch_doorbell(epoll: select.epoll, doorbell: int) -> None:
 def raise_fd_limit() -> int:
     """This process's soft descriptor limit raised to its hard one, and the
     new soft limit: a worker holds a pidfd for each live domain, the
-    manager three descriptors for each client, and the usual soft limit
+    manager a few descriptors for each client, and the usual soft limit
     (1,024) is far below what either may need -- and what the hard limit
     allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -272,6 +272,8 @@ def _the_answer(msg: Msg) -> Msg:
 
 
 def _gone(cause: Exception) -> RuntimeGone:
+    if isinstance(cause, RuntimeGone):   # said already, in its own words
+        return RuntimeGone(str(cause))
     if isinstance(cause, PeerDied):
         what = "the runtime's manager is gone"
     else:   # it closed our rings: it stopped, or dropped us for breaking the protocol
@@ -555,27 +557,35 @@ class Client:
         """The domain's exit status (9 = killed); None with nohang if it still runs."""
         return self.wait_for(self.wait_async(domain, nohang), timeout)
 
+    def status_async(self, domain: Domain | int) -> Future:
+        return self._send(Msg(Op.GET_STATUS, dom=_domain_id(domain)), _status_result)
+
     def status(self, domain: Domain | int, timeout=None) -> DomainInfo:
-        fut = self._send(Msg(Op.GET_STATUS, dom=_domain_id(domain)), _status_result)
-        return self.wait_for(fut, timeout)
+        """What the runtime knows of a domain (given as a Domain, token or id)."""
+        return self.wait_for(self.status_async(domain), timeout)
+
+    def domains_page_async(self, start: int = 0) -> Future:
+        """One page of ``domains``: the Future of (ids from ``start`` on,
+        whether more follow)."""
+        return self._send(Msg(Op.GET_DOMAINLIST, dom=start),
+                          lambda m: (decode_ids(m.payload), m.status))
 
     def domains(self, timeout=None) -> list[int]:
         """Ids of all domains not yet cleaned up."""
         ids: list[int] = []
         start = 0
-        while True:
-            fut = self._send(Msg(Op.GET_DOMAINLIST, dom=start),
-                             lambda m: (decode_ids(m.payload), m.status))
-            page, more = self.wait_for(fut, timeout)
+        while start is not None:
+            page, more = self.wait_for(self.domains_page_async(start), timeout)
             ids += page
-            if not more or not page:
-                return ids
-            start = page[-1] + 1
+            start = page[-1] + 1 if more and page else None
+        return ids
+
+    def stats_async(self) -> Future:
+        return self._send(Msg(Op.GET_STATS), lambda m: json.loads(m.payload))
 
     def stats(self, timeout=None) -> dict:
         """The manager's counters: per core queue depths, totals (for `top`)."""
-        fut = self._send(Msg(Op.GET_STATS), lambda m: json.loads(m.payload))
-        return self.wait_for(fut, timeout)
+        return self.wait_for(self.stats_async(), timeout)
 
     # ---- output ----
 
@@ -586,7 +596,7 @@ class Client:
         ``tail`` lines. Readable while it runs and after it ends, until the
         runtime forgets it. ``core``: a span's dispatcher on that core
         (default: the one spawned)."""
-        ident, core = self.log_location(domain, stream, core)
+        ident, core = self.log_location(domain, (stream,), core)
         return logs.read_log(self.logs_dir, ident, core, stream, tail)
 
     def follow(self, domain: Domain | int, stream: str = "stdout", *, tail: int | None = None,
@@ -602,43 +612,30 @@ class Client:
                        tail: int | None = None, core: int | None = None
                        ) -> Iterator[tuple[str, bytes]]:
         """``follow`` of several streams at once: (stream, piece) pairs."""
-        for stream in streams:
-            logs.check_stream(stream)
-        ident, core = self.log_location(domain, streams[0], core)
+        ident, core = self.log_location(domain, streams, core)
         if isinstance(domain, Domain):
-            fut = self.wait_async(domain)
-            ended, pause = fut.done, lambda: self.poll(FOLLOW_POLL)
+            ended, pause = self.wait_async(domain).done, lambda: self.poll(FOLLOW_POLL)
         else:
             def ended() -> bool:
                 return self.status(ident).state in (State.STOPPED, State.CLEANED)
 
             def pause() -> None:
                 time.sleep(FOLLOW_POLL)
-        return logs.follow_logs(self.logs_dir, ident, core, streams, ended, pause, tail)
+        for piece in logs.follow_logs(self.logs_dir, ident, core, streams, ended, tail):
+            if piece is None:
+                pause()
+            else:
+                yield piece
 
-    def log_location(self, domain, stream: str, core: int | None) -> tuple[int, int]:
+    def log_location(self, domain, streams, core: int | None) -> tuple[int, int]:
         """The id and core of a domain's log, checked: it exists (or a
         clear error), and it ran there."""
-        logs.check_stream(stream)
-        if self.logs_dir is None:
-            raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime keeps no logs")
-        ident = _domain_id(domain)
+        ident = _check_log_request(self.logs_dir, domain, streams)
         try:
             info = self.status(ident)
         except ProcMgmtError as e:
-            if e.code == Err.DOMAIN_FORGOTTEN:
-                raise ProcMgmtError(Err.DOMAIN_FORGOTTEN, f"domain {ident} ended long enough "
-                                    "ago to be forgotten, with its logs") from None
-            if e.code == Err.DOMAIN_TABLE_FIND:
-                raise ProcMgmtError(Err.DOMAIN_TABLE_FIND, f"domain {ident} was never "
-                                    "started in this runtime") from None
-            raise
-        if core is None:
-            return ident, info.cores[0] if info.cores else getattr(domain, "core", 0)
-        if core not in info.cores:
-            raise ValueError(f"domain {ident} has not run on core {core} (it ran on "
-                             f"{', '.join(map(str, info.cores)) or 'none'})")
-        return ident, core
+            info = e
+        return _log_core(ident, info, domain, core)
 
     def run(self, argv, *, core: int = 0, env=None, executable=None, path=None,
             timeout: float | None = None,
@@ -657,46 +654,22 @@ class Client:
         TimeoutError) raised with what it had printed. ``check``: a non-zero
         status raises CalledProcessError. An exception while it waits
         (Ctrl-C) kills the domain too."""
-        if capture_output:
-            if stdout is not None or stderr is not None:
-                raise ValueError("stdout and stderr arguments may not be used with "
-                                 "capture_output")
-            stdout = stderr = LOG
-        else:
-            stdout = logs.INHERIT if stdout is None else stdout
-            stderr = logs.INHERIT if stderr is None else stderr
-        if input is not None and stdin is not None:
-            raise ValueError("stdin and input arguments may not both be used")
-        decode = None
-        if text or encoding or errors:
-            decode = _decoder(encoding, errors)
-        feed = self._input_file(input, decode is not None, encoding) if input is not None else None
+        plan = _RunPlan(self, capture_output, input, text, encoding, errors, stdin, stdout,
+                        stderr)
         try:
             d = self.spawn(argv, core=core, env=env, executable=executable, path=path,
-                           stdin=feed or stdin,
-                           stdout=stdout, stderr=stderr, log_max_bytes=log_max_bytes,
-                           log_backups=log_backups)
+                           log_max_bytes=log_max_bytes, log_backups=log_backups, **plan.streams)
         finally:
-            if feed is not None:
-                os.unlink(feed)        # the program has it open (or never will)
-
-        def captured():
-            out = [logs.read_log(self.logs_dir, d.id, d.core, name) if where is LOG else None
-                   for name, where in (("stdout", stdout), ("stderr", stderr))]
-            return [decode(x) if decode and x is not None else x for x in out]
-
+            plan.input_taken()
         try:
             status = self.wait(d, timeout=timeout)
         except TimeoutError:
             self._end(d)
-            raise TimeoutExpired(argv, timeout, *captured(), domain=d) from None
+            raise plan.timed_out(argv, timeout, d) from None
         except BaseException:
             self._end(d)
             raise
-        result = CompletedRun(d, argv, status, *captured())
-        if check:
-            result.check_returncode()
-        return result
+        return plan.completed(d, argv, status, check)
 
     def _end(self, domain: Domain) -> None:
         """Kill a domain run() gives up on; one that ended meanwhile is fine."""
@@ -705,21 +678,6 @@ class Client:
         except ProcMgmtError as e:
             if e.code != Err.DOMAIN_NOT_RUNNING:
                 raise
-
-    def _input_file(self, data, text: bool, encoding: str | None) -> str:
-        """``input`` as a file the program reads as its stdin: in the
-        runtime's directory (owner-only), removed once it is open."""
-        if isinstance(data, str):
-            if not text:
-                raise TypeError("input is str: pass text=True, or give bytes")
-            data = data.encode(encoding or locale.getpreferredencoding(False))
-        if self.logs_dir is None:
-            raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime has no directory "
-                                "for input")
-        fd, name = tempfile.mkstemp(prefix="input-", dir=os.path.dirname(self.logs_dir))
-        with open(fd, "wb") as f:
-            f.write(memoryview(data))
-        return name
 
     def add_spawnd(self, core: int, request_ring: str = "", reply_ring: str = "",
                    timeout=None) -> None:
@@ -747,6 +705,96 @@ class Client:
 
 
 FOLLOW_POLL = 0.05     # seconds between looks at a followed log
+
+
+def _check_log_request(logs_dir: str | None, domain, streams) -> int:
+    """The id of a domain whose log is asked for, once the request is
+    known to make sense (streams named right, a runtime that keeps logs)."""
+    for stream in streams:
+        logs.check_stream(stream)
+    if logs_dir is None:
+        raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime keeps no logs")
+    return _domain_id(domain)
+
+
+def _log_core(ident: int, status, domain, core: int | None) -> tuple[int, int]:
+    """(id, core) of the log asked for, given the domain's status (or the
+    ProcMgmtError its request was answered with, said again in words of
+    logs); a core it did not run on is refused."""
+    if isinstance(status, ProcMgmtError):
+        if status.code == Err.DOMAIN_FORGOTTEN:
+            raise ProcMgmtError(Err.DOMAIN_FORGOTTEN, f"domain {ident} ended long enough "
+                                "ago to be forgotten, with its logs") from None
+        if status.code == Err.DOMAIN_TABLE_FIND:
+            raise ProcMgmtError(Err.DOMAIN_TABLE_FIND, f"domain {ident} was never "
+                                "started in this runtime") from None
+        raise status
+    if core is None:
+        return ident, status.cores[0] if status.cores else getattr(domain, "core", 0)
+    if core not in status.cores:
+        raise ValueError(f"domain {ident} has not run on core {core} (it ran on "
+                         f"{', '.join(map(str, status.cores)) or 'none'})")
+    return ident, core
+
+
+class _RunPlan:
+    """What ``run`` does around its spawn and wait, for the sync client
+    and the async one (procmgr/client/aio.py): where the streams go, the
+    input file, and the result made of the captured logs."""
+
+    def __init__(self, client: Client, capture_output: bool, input, text: bool,
+                 encoding: str | None, errors: str | None, stdin, stdout, stderr):
+        if capture_output:
+            if stdout is not None or stderr is not None:
+                raise ValueError("stdout and stderr arguments may not be used with "
+                                 "capture_output")
+            stdout = stderr = LOG
+        else:
+            stdout = logs.INHERIT if stdout is None else stdout
+            stderr = logs.INHERIT if stderr is None else stderr
+        if input is not None and stdin is not None:
+            raise ValueError("stdin and input arguments may not both be used")
+        self.logs_dir = client.logs_dir
+        self.decode = _decoder(encoding, errors) if text or encoding or errors else None
+        self.feed = None
+        if input is not None:
+            self.feed = _input_file(client.logs_dir, input, self.decode is not None, encoding)
+        self.streams = {"stdin": self.feed or stdin, "stdout": stdout, "stderr": stderr}
+
+    def input_taken(self) -> None:
+        """After the spawn: the program has its input open (or never will)."""
+        if self.feed is not None:
+            os.unlink(self.feed)
+
+    def captured(self, d: Domain) -> list:
+        out = [logs.read_log(self.logs_dir, d.id, d.core, name) if self.streams[name] is LOG
+               else None for name in ("stdout", "stderr")]
+        return [self.decode(x) if self.decode and x is not None else x for x in out]
+
+    def timed_out(self, argv, timeout: float, d: Domain) -> TimeoutExpired:
+        return TimeoutExpired(argv, timeout, *self.captured(d), domain=d)
+
+    def completed(self, d: Domain, argv, status: int, check: bool) -> CompletedRun:
+        result = CompletedRun(d, argv, status, *self.captured(d))
+        if check:
+            result.check_returncode()
+        return result
+
+
+def _input_file(logs_dir: str | None, data, text: bool, encoding: str | None) -> str:
+    """``input`` as a file the program reads as its stdin: in the
+    runtime's directory (owner-only), removed once it is open."""
+    if isinstance(data, str):
+        if not text:
+            raise TypeError("input is str: pass text=True, or give bytes")
+        data = data.encode(encoding or locale.getpreferredencoding(False))
+    if logs_dir is None:
+        raise ProcMgmtError(Err.NOT_FOUND, "this client's runtime has no directory "
+                            "for input")
+    fd, name = tempfile.mkstemp(prefix="input-", dir=os.path.dirname(logs_dir))
+    with open(fd, "wb") as f:
+        f.write(memoryview(data))
+    return name
 
 
 def _all_caps(streams: dict, caps) -> list:

@@ -286,13 +286,13 @@ class LogFollower:
 
 
 def follow_logs(logs_dir: str, dom: int, core: int, streams, ended: Callable[[], bool],
-                pause: Callable[[], None], tail: int | None = None
-                ) -> Iterator[tuple[str, bytes]]:
+                tail: int | None = None) -> Iterator[tuple[str, bytes] | None]:
     """(stream, piece) for each of ``streams`` as they come, until
     ``ended()`` has said True and everything written before was taken -- a
-    dispatcher's output is in its file when its exit is reported.
-    ``pause()`` waits a little between looks (the caller's client polls its
-    answers)."""
+    dispatcher's output is in its file when its exit is reported. None
+    when nothing new was there: the caller waits a little before the next
+    look, as it waits (a sync client polling its answers, an async one
+    awaiting)."""
     followers = [(stream, LogFollower(logs_dir, dom, core, stream, tail)) for stream in streams]
     try:
         while True:
@@ -306,7 +306,7 @@ def follow_logs(logs_dir: str, dom: int, core: int, streams, ended: Callable[[],
             if done:
                 return
             if not moved:
-                pause()
+                yield None
     finally:
         for _, follower in followers:
             follower.close()

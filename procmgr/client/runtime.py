@@ -411,6 +411,14 @@ class Runtime:
         self._clients.append(client)
         return client
 
+    async def aclient(self):
+        """A new asyncio client (procmgr/client/aio.py) of this runtime,
+        bound to the running loop; closed with the runtime if not before."""
+        from procmgr.client.aio import aconnect     # the asyncio side loads when used
+        client = await aconnect(self.name)
+        self._clients.append(client)
+        return client
+
     def restart_core(self, core: int, timeout: float | None = START_TIMEOUT) -> None:
         """Start a new worker for ``core`` (after its worker died)."""
         self.monitor.add_spawnd(core, timeout=timeout)

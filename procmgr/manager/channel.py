@@ -19,21 +19,28 @@ and goes on serving the others.
 
 from __future__ import annotations
 
+import os
+
 from procmgr.protocol import Decoder, Msg, ProtocolError, take
 from ringbuf import Closed, Ring, RingError
 
 
 class Channel:
-    __slots__ = ("inbound", "outbound", "decoder", "name", "peer_gone", "doorbell")
+    __slots__ = ("inbound", "outbound", "decoder", "name", "peer_gone", "doorbell", "waker")
 
-    def __init__(self, inbound: Ring, outbound: Ring, name: str = "", doorbell=None):
+    def __init__(self, inbound: Ring, outbound: Ring, name: str = "", doorbell=None,
+                 waker: int = -1):
         """``doorbell``: the loop's PeerDoorbell this peer rings, its own
         (the channel owns it and closes it), so that the loop looks only at
         peers that rang (procmgr/manager/core/_loop.c); None: the loop's
-        shared one, and the peer is looked at in every pass."""
+        shared one, and the peer is looked at in every pass. ``waker``: a
+        descriptor ``outbound`` rings when the peer armed it for a doorbell
+        (set by the caller; the channel owns it and closes it after the
+        rings, which ring it as they close)."""
         self.inbound = inbound      # we consume
         self.outbound = outbound    # we produce
         self.doorbell = doorbell
+        self.waker = waker
         # The manager answers a pass's worth of messages at a time: the peer
         # is woken once, after the pass (the event loop's RingSet.wake), not
         # by the first answer.
@@ -61,6 +68,9 @@ class Channel:
     def close(self) -> None:
         for ring in (self.inbound, self.outbound):
             ring.close()
+        if self.waker >= 0:
+            os.close(self.waker)
+            self.waker = -1
         if self.doorbell is not None:
             self.doorbell.close()
 

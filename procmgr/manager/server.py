@@ -57,12 +57,13 @@ RING_CAPACITY = 4096
 HANDSHAKE_TIMEOUT = 2.0
 # Connections held at once (clients and handshakes). Each costs the manager
 # a pair of rings, 2 x 272 KiB of shared memory: the bound keeps what a
-# flood of connections makes it create to ~550 MiB. Lower where the descriptor limit is: a client holds four of
-# the manager's (its socket, its doorbell, the two ring mappings), and a manager out
+# flood of connections makes it create to ~550 MiB. Lower where the
+# descriptor limit is: a client holds five of the manager's (its socket and
+# the socket's waker, its doorbell, the two ring files), and a manager out
 # of descriptors cannot take the next client's rings -- the cap says so
 # first, in words (``max_clients``).
 MAX_CLIENTS = 1024
-FDS_PER_CLIENT = 4
+FDS_PER_CLIENT = 5
 # Connections one process may hold in their handshake at once: silent ones
 # count against the cap until their deadline, and one process holding a
 # thousand of them, reopened as they expire, kept everybody else out. (A
@@ -341,15 +342,27 @@ class Server:
         self.loop.unwatch(fd)
         requests, responses = hs.rings
         doorbell, hs.doorbell = hs.doorbell, None   # the channel's now
+        # The client's waker, for a client that sleeps in an event loop
+        # rather than on its ring (procmgr/client/aio.py): it arms its
+        # answers ring for a doorbell, and the answers ring this socket.
+        # Ours is non-blocking, its own open file -- a client cannot make a
+        # write to it wait -- and a full buffer is as good as a wake. A
+        # second descriptor of it, the channel's: closed after its rings
+        # (which ring it as they close), never left to a number reused.
+        what = "doorbell"
         try:
             doorbell.watch()
+            what = "waker"
+            waker = os.dup(fd)
         except OSError as e:
             doorbell.close()
-            self._say("handshake", f"client refused: its doorbell: {e}")
-            _tell(hs.conn, f"the manager cannot watch the client's doorbell: {e}")
+            self._say("handshake", f"client refused: its {what}: {e}")
+            _tell(hs.conn, f"the manager cannot keep the client's {what}: {e}")
             hs.close()
             return
-        client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}", doorbell),
+        responses.set_doorbell(waker)
+        client = self.mgr.add_client(Channel(requests, responses, f"client@{hs.pid}", doorbell,
+                                             waker=waker),
                                      is_monitor=hs.monitor)
         self._clients[fd] = (hs.conn, client)
         self.loop.watch(fd, self._client_readable)
@@ -455,8 +468,8 @@ def _open_reserve() -> int:
 def _client_cap(in_use: int) -> int:
     """MAX_CLIENTS, or fewer where the descriptor limit would run out first:
     what is left of the soft limit beyond the ``in_use`` descriptors the
-    manager and its workers' set-up took, less a spare, a client's three
-    descriptors each. Read at each connection: the limit of a running
+    manager and its workers' set-up took, less a spare, a client's
+    FDS_PER_CLIENT descriptors each. Read at each connection: the limit of a running
     manager may be changed (prlimit)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -545,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM, not SIGKILL, when the process that started us dies (even by
     # SIGKILL): the loop stops and shutdown ends every domain and worker.
     die_with_parent(signal.SIGTERM, None if args.parent_pid < 0 else args.parent_pid)
-    raise_fd_limit()        # three descriptors a client: the cap follows (MAX_CLIENTS)
+    raise_fd_limit()        # FDS_PER_CLIENT descriptors a client: the cap follows
     token = ""
     if args.token_fd >= 0:
         with os.fdopen(args.token_fd, "rb") as f:

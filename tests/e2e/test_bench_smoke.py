@@ -28,6 +28,17 @@ def test_spawn_comparison_runs():
     assert f"{r['ratio1']:.2f}x" in table(r) and "confidence" in table(r)
 
 
+def test_async_comparison_runs():
+    from bench.aio import compare as aio_compare
+    from bench.aio import table
+
+    r = aio_compare(block=3, blocks=3, many=20, rounds=2)
+    assert all(v > 0 for v in r["medians"].values())
+    low, high, _ = r["interval1"]
+    assert 0 < low <= r["ratio1"] <= high and r["ratio_many"] > 0
+    assert "create_subprocess_exec" in table(r) and f"{r['ratio1']:.2f}x" in table(r)
+
+
 def test_scale_runs_every_curve_and_flags_oversubscription():
     import os
 

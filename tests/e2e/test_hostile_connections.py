@@ -496,6 +496,7 @@ print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids])
 @as_root
 def test_clients_killed_mid_request_cost_the_manager_nothing(rt, pm, children):
     manager = psutil.Process(rt.proc.pid)
+    pm.domains(timeout=T)          # served: the manager has finished taking it in
     fds_before = manager.num_fds()
     n = 50
     storm = children.python("-c", KILLED_MID_REQUEST, rt.name, str(n), stdin=subprocess.PIPE)
