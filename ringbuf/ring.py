@@ -375,6 +375,15 @@ class Ring:
         self._unmap()
         self.release_fd()
 
+    def shut(self) -> None:
+        """Close this end for both sides and keep the mapping: the peer and
+        any thread of this process waiting on the ring wake and see Closed,
+        and no call touches the segment again -- for a ring other threads
+        may be inside, which ``close`` (unmapping) then follows once they
+        have left. Idempotent."""
+        if not self._closed:
+            lib.rb_close(self._h)
+
     def _unmap(self) -> None:
         ffi.release(self._mem)
         self._mmap.close()

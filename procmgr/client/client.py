@@ -323,7 +323,9 @@ class Client:
     def _manager_gone(self, cause: Exception) -> None:
         """The manager is gone: every request still waiting is answered with
         RuntimeGone (callbacks run), and every later call raises it."""
-        self._gone_because = cause
+        if self._gone_because is None:          # the first word on it stands
+            self._gone_because = cause
+        cause = self._gone_because
         with self._lock:
             waiting, self._waiting = list(self._waiting.values()), {}
         _answer_all(self, waiting, [_NoAnswer(cause)] * len(waiting))
@@ -688,14 +690,36 @@ class Client:
         return self.wait_for(fut, timeout)
 
     def close(self) -> None:
-        if self.requests.closed:
-            return
-        self.requests.close()
-        self.responses.close()
+        """Leave the runtime. What is still in flight is answered with
+        RuntimeGone (a thread waiting for it wakes with that). Safe while
+        other threads use the client: its rings are unmapped only once no
+        thread is inside them -- the reader, woken by the close, leaves
+        first (bounded: if it does not within 5 s, the answers ring stays
+        mapped rather than be pulled from under it)."""
+        with self._lock:                        # no send is half done
+            if self.requests.closed:
+                return
+            self.requests.close()
+        if self._gone_because is None:
+            self._manager_gone(RuntimeGone("this client was closed"))
+        self.responses.shut()                   # a reader waiting on it wakes, and leaves
+        me = threading.get_ident()
+        deadline = time.monotonic() + 5.0
+        with self._mutex:
+            self._sleepers += 1                 # the reader notifies as it gives way
+            try:
+                while self._reader not in (None, me) and time.monotonic() < deadline:
+                    self._cond.wait(0.05)
+            finally:
+                self._sleepers -= 1
+            reader_left = self._reader in (None, me)
+        if reader_left:
+            self.responses.close()
         if self._connection is not None:
             self._connection.close()
         if self._doorbell >= 0:
             os.close(self._doorbell)
+            self._doorbell = -1
 
     def __enter__(self) -> Client:
         return self

@@ -145,3 +145,39 @@ def test_a_callback_that_waits_stalls_no_other_threads_timeout(pm):
     t.join(T)
     assert took["callback"] == 0 and took["wait"] < 1.5 and took["kill"] < 1.8, took
     assert pm.wait(stuck, timeout=T) == 9
+
+
+def test_closing_a_client_other_threads_wait_on_answers_them_and_faults_nothing(rt):
+    """Threads inside the client's ring (the reader) and on its Condition
+    wake with RuntimeGone; the rings are unmapped only after the reader
+    left (before, this could fault the whole process)."""
+    for _ in range(10):
+        pm = rt.client()
+        sleeper = pm.spawn(["/bin/sleep", "60"], timeout=T)
+        outcomes: list = []
+
+        def waits():
+            try:
+                pm.wait(sleeper, timeout=T)
+                outcomes.append("answered")
+            except BaseException as e:          # said by the test, not lost in a thread
+                outcomes.append(e)
+
+        threads = [threading.Thread(target=waits) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)                        # inside their waits: one reads, three sleep
+        start = time.monotonic()
+        pm.close()
+        for t in threads:
+            t.join(T)
+        assert not any(t.is_alive() for t in threads)
+        assert time.monotonic() - start < 2
+        assert len(outcomes) == 4 and all(isinstance(o, procmgr.RuntimeGone) for o in outcomes), \
+            outcomes
+        assert "closed" in str(outcomes[0])
+        with pytest.raises(procmgr.RuntimeGone):
+            pm.status(sleeper)
+        other = rt.client()
+        other.kill(sleeper, timeout=T)
+        assert other.wait(sleeper, timeout=T) == 9
