@@ -149,16 +149,18 @@ def _domain(token: str) -> Domain:
         raise CliError(str(e)) from None
 
 
-def _env(args) -> dict | None:
-    if not args.env:
-        return None
-    env = dict(os.environ)
-    for item in args.env:
+def _placed(args) -> dict:
+    """--env and --cwd as spawn's options: the variables added to the
+    runtime's environment (not this shell's, copied whole: that one is not
+    the runtime's, and would not fit a spawn), and the directory it starts
+    in -- this shell's, unless --cwd says another, as a command run here."""
+    extra = {}
+    for item in args.env or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"--env {item!r} is not KEY=VALUE")
-        env[key] = value
-    return env
+        extra[key] = value
+    return {"env_extra": extra or None, "cwd": args.cwd or os.getcwd()}
 
 
 _WHERE = {"log": logs.LOG, "null": logs.DEVNULL, "inherit": logs.INHERIT,
@@ -183,7 +185,7 @@ def cmd_spawn(args) -> int:
     try:
         streams = _streams(args)
         with _client(args) as pm:
-            d = pm.spawn(args.program, core=args.core, env=_env(args), **streams)
+            d = pm.spawn(args.program, core=args.core, **_placed(args), **streams)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     _emit(args, {"id": d.id, "token": d.token, "core": d.core, "pid": d.pid},
@@ -197,7 +199,7 @@ def cmd_run(args) -> int:
     if not args.program:
         raise CliError("nothing to run: give the program after --")
     with _client(args) as pm:
-        d = pm.spawn(args.program, core=args.core, env=_env(args), stdout=logs.INHERIT,
+        d = pm.spawn(args.program, core=args.core, **_placed(args), stdout=logs.INHERIT,
                      stderr=logs.INHERIT)
         try:
             status = pm.wait(d)
@@ -540,7 +542,10 @@ def parser() -> argparse.ArgumentParser:
     p = add("spawn", cmd_spawn, "start a program; prints its id and cap token",
             "procmgr spawn --core 1 --env MODE=x -- /bin/sleep 30")
     p.add_argument("--core", type=int, default=0, help="the core to run on (default: 0)")
-    p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
+    p.add_argument("--env", action="append",
+                   help="KEY=VALUE added to the runtime's environment (repeat for more)")
+    p.add_argument("--cwd", metavar="DIR",
+                   help="the directory it starts in (default: this one)")
     p.add_argument("--stdout", metavar="log|null|PATH",
                    help="where its stdout goes (default: log, read with `procmgr logs`)")
     p.add_argument("--stderr", metavar="log|null|stdout|PATH",
@@ -552,7 +557,10 @@ def parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "run a program in the runtime with this terminal's output; "
             "exits with its status", "procmgr run --core 1 -- /bin/echo hi")
     p.add_argument("--core", type=int, default=0, help="the core to run on (default: 0)")
-    p.add_argument("--env", action="append", help="KEY=VALUE added to the environment")
+    p.add_argument("--env", action="append",
+                   help="KEY=VALUE added to the runtime's environment (repeat for more)")
+    p.add_argument("--cwd", metavar="DIR",
+                   help="the directory it starts in (default: this one)")
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     p = add("logs", cmd_logs, "a domain's captured output", "procmgr logs 3 -f --tail 20")
     p.add_argument("token", help="a domain id or token")

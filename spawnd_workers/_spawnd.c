@@ -103,6 +103,7 @@ static PyStructSequence_Desc dispatcher_desc = {
  * is left for the program to open itself. */
 enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
 #define MAX_PER_SPAWN 1024    /* descriptors a spawn may name: 0..1023 */
+#define FAILED_CWD (-2)       /* *failed_fd: the working directory, not a descriptor */
 
 struct action {
     int kind, fd;
@@ -121,6 +122,8 @@ typedef struct {
     PyObject *given;      /* the actions as given: for error messages */
     PyObject *keep;       /* list of the bytes the arrays below point into */
     char *file;
+    PyObject *cwd_given;  /* as given (None: the worker's): for error messages */
+    char *cwd;            /* NULL: the worker's */
     char **argv;          /* NULL-terminated */
     char **envp;          /* nenv entries, IDENT_VARS slots, NULL */
     Py_ssize_t nenv;
@@ -204,8 +207,9 @@ static int child_ops(PreparedObject *p, const int *made, struct child_op *ops)
     return (int)p->nactions;
 }
 
-/* Prepared(path, argv, env, actions): env is the whole environment but for
- * the per-spawn variables; actions say what each descriptor the program
+/* Prepared(path, argv, env, actions, cwd=None): env is the whole environment
+ * but for the per-spawn variables; cwd the directory it starts in (None:
+ * the worker's); actions say what each descriptor the program
  * starts with is, in order: ("open", fd, path, flags, mode), ("log", fd,
  * max_bytes, backups) -- the domain's log file, bounded by the rotator --,
  * ("inherit", fd, pid, src) -- process pid's descriptor src -- or ("dup",
@@ -213,17 +217,20 @@ static int child_ops(PreparedObject *p, const int *made, struct child_op *ops)
  * No other descriptor is passed on. */
 static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "argv", "env", "actions", NULL};
-    PyObject *path, *argv, *env, *actions;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO:Prepared", kwlist,
-                                     &path, &argv, &env, &actions))
+    static char *kwlist[] = {"path", "argv", "env", "actions", "cwd", NULL};
+    PyObject *path, *argv, *env, *actions, *cwd = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O:Prepared", kwlist,
+                                     &path, &argv, &env, &actions, &cwd))
         return NULL;
     PreparedObject *p = (PreparedObject *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;
     p->path = Py_NewRef(path);
+    p->cwd_given = Py_NewRef(cwd);
     p->keep = PyList_New(0);
     if (p->keep == NULL || (p->file = keep_fs_bytes(p->keep, path)) == NULL)
+        goto fail;
+    if (cwd != Py_None && (p->cwd = keep_fs_bytes(p->keep, cwd)) == NULL)
         goto fail;
     p->argv = string_array(p->keep, argv, 0, NULL, "argv must be a sequence");
     if (p->argv == NULL)
@@ -325,6 +332,7 @@ static void prepared_dealloc(PreparedObject *p)
     PyMem_Free(p->argv);
     PyMem_Free(p->envp);
     Py_XDECREF(p->path);
+    Py_XDECREF(p->cwd_given);
     Py_XDECREF(p->given);
     Py_XDECREF(p->keep);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -332,6 +340,8 @@ static void prepared_dealloc(PreparedObject *p)
 
 static PyMemberDef prepared_members[] = {
     {"path", T_OBJECT_EX, offsetof(PreparedObject, path), READONLY, "the program's path"},
+    {"cwd", T_OBJECT_EX, offsetof(PreparedObject, cwd_given), READONLY,
+     "the directory it starts in, as given (None: the worker's)"},
     {"actions", T_OBJECT_EX, offsetof(PreparedObject, given), READONLY,
      "the descriptor actions, as given (a tuple)"},
     {NULL, 0, 0, 0, NULL},
@@ -720,11 +730,13 @@ static int make_per_spawn(HotPathObject *c, PreparedObject *p, uint32_t dom, str
 
 struct child_job {
     const char *file;
+    const char *cwd;           /* NULL: stay in the worker's */
     char **argv, **envp;
     const struct child_op *ops;
     int nops;
     int keep_below;            /* the descriptors it needs are below this */
     int err;                   /* written by the new process if it fails */
+    int in_chdir;              /* ... and whether it was its chdir that failed */
 };
 
 static int child_main(void *arg)
@@ -742,6 +754,10 @@ static int child_main(void *arg)
             sigaction(sig, &dfl, NULL);    /* fails harmlessly for libc's own */
     if (setpgid(0, 0) < 0)
         goto fail;
+    if (j->cwd != NULL && chdir(j->cwd) < 0) {
+        j->in_chdir = 1;
+        goto fail;
+    }
     for (int i = 0; i < j->nops; i++) {
         const struct child_op *o = &j->ops[i];
         if (o->kind == OP_OPEN) {
@@ -771,12 +787,13 @@ fail:
 }
 
 /* Start p's program with `ops` applied: 0 with *pid, or an errno with
- * nothing left running (the failed process reaped). */
+ * nothing left running (the failed process reaped; *failed_fd FAILED_CWD
+ * if it could not enter its working directory). */
 static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child_op *ops,
-                         int nops, pid_t *pid)
+                         int nops, pid_t *pid, int *failed_fd)
 {
-    struct child_job job = {.file = p->file, .argv = p->argv, .envp = p->envp, .ops = ops,
-                            .nops = nops, .keep_below = 3, .err = 0};
+    struct child_job job = {.file = p->file, .cwd = p->cwd, .argv = p->argv, .envp = p->envp,
+                            .ops = ops, .nops = nops, .keep_below = 3, .err = 0};
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == OP_DUP2 && ops[i].src >= job.keep_below)
             job.keep_below = ops[i].src + 1;
@@ -791,6 +808,8 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
         return err;
     if (job.err != 0) {
         waitpid(child, NULL, 0);
+        if (job.in_chdir)
+            *failed_fd = FAILED_CWD;
         return job.err;
     }
     *pid = child;
@@ -808,14 +827,14 @@ static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
     *failed_fd = -1;
     struct child_op ops[p->nactions > 0 ? p->nactions : 1];
     if (p->nper_spawn == 0)
-        return spawn_program(c, p, ops, child_ops(p, NULL, ops), pid);
+        return spawn_program(c, p, ops, child_ops(p, NULL, ops), pid, failed_fd);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
     struct made m;        /* ~8 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
-    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), pid);
+    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), pid, failed_fd);
     let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
@@ -924,12 +943,18 @@ static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize
     int failed_fd;
     int rc = start(c, (PreparedObject *)args[0], (uint32_t)dom, nonce, span, &pid, &failed_fd);
     if (rc != 0) {
-        PyObject *which = failed_fd >= 0 ? PyLong_FromLong(failed_fd) : Py_NewRef(Py_None);
+        /* The descriptor that could not be made, the working directory
+         * that could not be entered (filename2 "cwd"), or (None) the program. */
+        PreparedObject *p = (PreparedObject *)args[0];
+        PyObject *which = failed_fd >= 0 ? PyLong_FromLong(failed_fd)
+                          : Py_NewRef(failed_fd == FAILED_CWD ? p->cwd_given : Py_None);
+        PyObject *what = failed_fd == FAILED_CWD ? PyUnicode_FromString("cwd") : NULL;
         if (which != NULL) {
             errno = rc;
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, which);
+            PyErr_SetFromErrnoWithFilenameObjects(PyExc_OSError, which, what);
             Py_DECREF(which);
         }
+        Py_XDECREF(what);
         return NULL;
     }
     return PyLong_FromLong(pid);

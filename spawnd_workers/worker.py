@@ -212,15 +212,18 @@ class Worker:
         if program is not None:
             return program
         args = SpawnArgs.decode(payload)
-        path = args.path if "/" in args.path else _in_path(args.path, args.env)
-        env = self._env if args.env is None else [
-            os.fsencode(f"{k}={v}") for k, v in args.env.items() if k not in _INTERNAL_ENV]
+        given = args.env
+        if args.env_adds:                       # added to ours
+            given = {k: v for k, v in os.environ.items() if k not in _INTERNAL_ENV} | given
+        path = args.path if "/" in args.path else _in_path(args.path, given)
+        env = self._env if given is None else [
+            os.fsencode(f"{k}={v}") for k, v in given.items() if k not in _INTERNAL_ENV]
         actions = self._descriptor_actions(args.caps)
         argv = args.argv or [args.path]
         try:
             if not argv[0]:
                 raise ValueError("argv[0] is empty")   # as os.posix_spawn has it
-            program = Prepared(path, argv, env, actions)
+            program = Prepared(path, argv, env, actions, args.cwd)
         except ValueError as e:       # that, or a NUL byte
             raise ValueError(f"{args.path}: {e}") from None
         if len(self.hot.prepared) >= PREPARED_CACHE:
@@ -354,6 +357,9 @@ def _start_failure(program: Prepared, e: OSError) -> tuple:
     """The reply's error, status and detail for a start that failed with
     ``e``: a descriptor of the program that could not be made (the start
     names it: a file, a log, an inherited descriptor), or the program."""
+    if e.filename2 == "cwd":                   # its working directory
+        return (Err.EXEC_FAILED, e.errno or errno.EIO,
+                f"cwd {e.filename}: {e.strerror}".encode()[:256])
     if not isinstance(e.filename, int):
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
                 f"{program.path}: {e.strerror}".encode()[:256])

@@ -172,16 +172,18 @@ class AsyncClient:
     # ---- requests ----
 
     async def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-                    timeout=None, **streams) -> Domain:
+                    cwd=None, env_extra=None, timeout=None, **streams) -> Domain:
         """As ``Client.spawn``."""
         return await self._answer(self.client.spawn_async(
-            argv, core=core, env=env, executable=executable, path=path, **streams), timeout)
+            argv, core=core, env=env, executable=executable, path=path, cwd=cwd,
+            env_extra=env_extra, **streams), timeout)
 
     async def spawn_with_caps(self, argv, caps, *, core: int = 0, env=None, executable=None,
-                              path=None, timeout=None, **streams) -> Domain:
+                              path=None, cwd=None, env_extra=None, timeout=None,
+                              **streams) -> Domain:
         return await self._answer(self.client.spawn_async(
-            argv, core=core, env=env, executable=executable, path=path, caps=caps,
-            **streams), timeout)
+            argv, core=core, env=env, executable=executable, path=path, caps=caps, cwd=cwd,
+            env_extra=env_extra, **streams), timeout)
 
     async def span(self, domain: Domain, core: int, timeout=None) -> int:
         return await self._answer(self.client.span_async(domain, core), timeout)
@@ -272,7 +274,7 @@ class AsyncClient:
                 end.cancel()        # its answer comes and is dropped
 
     async def run(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-                  timeout: float | None = None, check: bool = False,
+                  cwd=None, env_extra=None, timeout: float | None = None, check: bool = False,
                   capture_output: bool = True, input: bytes | str | None = None,
                   text: bool = False, encoding: str | None = None, errors: str | None = None,
                   stdin=None, stdout=None, stderr=None, log_max_bytes: int | None = None,
@@ -282,8 +284,8 @@ class AsyncClient:
                         stdout, stderr)
         try:
             d = await self.spawn(argv, core=core, env=env, executable=executable, path=path,
-                                 log_max_bytes=log_max_bytes, log_backups=log_backups,
-                                 **plan.streams)
+                                 cwd=cwd, env_extra=env_extra, log_max_bytes=log_max_bytes,
+                                 log_backups=log_backups, **plan.streams)
         finally:
             plan.input_taken()
         try:
@@ -313,8 +315,6 @@ class AsyncClient:
             self._closed = True
             if not self._loop.is_closed():
                 self._loop.remove_reader(self._fd)
-            if self.client._gone_because is None:
-                self.client._manager_gone(RuntimeGone("this client was closed"))
         self.client.close()
 
     async def __aenter__(self) -> AsyncClient:

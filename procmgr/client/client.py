@@ -477,7 +477,8 @@ class Client:
     # ---- operations ----
 
     def spawn_async(self, argv, *, core: int = 0, env: dict | None = None,
-                    executable=None, path=None, caps=None, **streams) -> Future:
+                    executable=None, path=None, caps=None, cwd=None, env_extra=None,
+                    **streams) -> Future:
         """As ``spawn``, without waiting: the Future of the Domain."""
         caps = _all_caps(streams, caps) if streams or caps else None
         op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
@@ -485,43 +486,51 @@ class Client:
             core = _core_number(core)
         payload = None
         if type(argv) is list and not caps and env is None and executable is None \
-                and path is None:
+                and path is None and cwd is None and env_extra is None:
             # The common case, kept encoded (and so checked) from the last time.
             try:
                 payload = _plain_spawn_payload(argv[0], tuple(argv))
             except (TypeError, ValueError, IndexError, KeyError, ProtocolError):
                 pass    # something to convert, or wrong: the full way says what
         if payload is None:
-            argv, env, program = _program(argv, env, executable, path)
+            args = _program(argv, env, executable, path, env_extra, cwd)
+            args.caps = list(caps or [])
             try:
-                payload = SpawnArgs(program, argv, env, list(caps or [])).encode()
+                payload = args.encode()
             except ProtocolError as e:
                 raise ProcMgmtError(e.code, e.detail) from None
         return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
     def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-              timeout=None, **streams) -> Domain:
+              cwd=None, env_extra=None, timeout=None, **streams) -> Domain:
         """Start ``argv`` on ``core``, as ``subprocess.Popen`` would take
         it: a list of arguments (str, bytes or os.PathLike; a str alone is
         refused, where Popen would run it as one program name), the program
         looked up in the PATH of the environment it gets (``env``'s, or the
         runtime's) when it names no directory, or ``executable`` (``path``
         is its older name). ``env``: the whole environment, str or bytes keys and
-        values (None: the runtime's). ``stdout=``/``stderr=`` (LOG, DEVNULL,
+        values (None: the runtime's); ``env_extra``: variables added to it
+        (to the runtime's, without ``env``). ``cwd``: the directory it
+        starts in (relative: to the caller's; None: the runtime's, where
+        ``procmgr up`` ran). ``stdout=``/``stderr=`` (LOG, DEVNULL,
         INHERIT, STDOUT, a path; ``append=True``), ``stdin=`` (DEVNULL or a
         path) and ``log_max_bytes=``/``log_backups=`` say where its standard
         streams go: procmgr/client/logs.py.
 
         Differs from subprocess: the options after ``argv`` are keyword-only;
-        text must be UTF-8 (the protocol carries text); no ``cwd`` yet (the
-        program starts in the runtime's working directory)."""
+        text must be UTF-8 (the protocol carries text); ``env_extra`` is
+        ours (subprocess has only the whole environment, and the runtime's
+        is not the caller's to copy)."""
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
-                                              path=path, **streams), timeout)
+                                              path=path, cwd=cwd, env_extra=env_extra,
+                                              **streams), timeout)
 
     def spawn_with_caps(self, argv, caps, *, core: int = 0, env=None, executable=None,
-                        path=None, timeout=None, **streams) -> Domain:
+                        path=None, cwd=None, env_extra=None, timeout=None,
+                        **streams) -> Domain:
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
-                                              path=path, caps=caps, **streams), timeout)
+                                              path=path, caps=caps, cwd=cwd,
+                                              env_extra=env_extra, **streams), timeout)
 
     def span_async(self, domain: Domain, core: int) -> Future:
         domain = _capability(domain, "span")
@@ -639,8 +648,8 @@ class Client:
             info = e
         return _log_core(ident, info, domain, core)
 
-    def run(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-            timeout: float | None = None,
+    def run(self, argv, *, core: int = 0, env=None, executable=None, path=None, cwd=None,
+            env_extra=None, timeout: float | None = None,
             check: bool = False, capture_output: bool = True, input: bytes | str | None = None,
             text: bool = False, encoding: str | None = None, errors: str | None = None,
             stdin=None, stdout=None, stderr=None, log_max_bytes: int | None = None,
@@ -660,7 +669,8 @@ class Client:
                         stderr)
         try:
             d = self.spawn(argv, core=core, env=env, executable=executable, path=path,
-                           log_max_bytes=log_max_bytes, log_backups=log_backups, **plan.streams)
+                           cwd=cwd, env_extra=env_extra, log_max_bytes=log_max_bytes,
+                           log_backups=log_backups, **plan.streams)
         finally:
             plan.input_taken()
         try:
@@ -924,10 +934,13 @@ def _text(value, what: str) -> str:
     return value
 
 
-def _program(argv, env, executable, path) -> tuple[list[str], dict | None, str]:
-    """(argv, env, program to execute), checked and converted. A program
-    that names no directory is looked up by the worker, in the PATH the
-    domain will get (spawnd_workers/worker.py)."""
+def _program(argv, env, executable, path, env_extra=None, cwd=None) -> SpawnArgs:
+    """The spawn asked for, checked and converted (TypeError/ValueError
+    saying what is wrong). A program that names no directory is looked up
+    by the worker, in the PATH the domain will get (spawnd_workers/worker.py).
+    ``env_extra`` is added to ``env``, or (without one) to the runtime's
+    environment, which only the worker knows; ``cwd`` is made absolute here,
+    against the caller's working directory, as the paths of its streams."""
     if isinstance(argv, (str, bytes, os.PathLike)):
         raise TypeError(f"argv must be a list of arguments, not a {type(argv).__name__}: "
                         f"[{argv!r}] runs that program, shlex.split({argv!r}) splits a "
@@ -940,21 +953,33 @@ def _program(argv, env, executable, path) -> tuple[list[str], dict | None, str]:
         raise ValueError("argv is empty: it needs at least the program to run")
     if not all(type(a) is str and "\0" not in a for a in argv):
         argv = [_text(a, f"argv[{i}]") for i, a in enumerate(argv)]
-    if env is not None:
-        if not isinstance(env, dict):
-            raise TypeError(f"env must be a dict, not {type(env).__name__}")
-        checked = {}
-        for key, value in env.items():
-            name = _text(key, f"an env key ({key!r})")
-            if not name or "=" in name:
-                raise ValueError(f"env key {name!r} is not a variable name")
-            checked[name] = _text(value, f"env[{key!r}]")
-        env = checked
+    env = _environment(env, "env")
+    extra = _environment(env_extra, "env_extra")
+    adds = extra is not None and env is None
+    if extra is not None:
+        env = extra if adds else env | extra
     if executable is not None and path is not None:
         raise TypeError("give executable or path (its older name), not both")
     given = executable if executable is not None else path
     program = argv[0] if given is None else _text(given, "executable")
-    return argv, env, program
+    if cwd is not None:
+        cwd = os.path.abspath(_text(cwd, "cwd"))
+    return SpawnArgs(program, argv, env, [], cwd, adds)
+
+
+def _environment(env, what: str) -> dict | None:
+    """An environment given as a dict of str, bytes or os.PathLike, as text."""
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        raise TypeError(f"{what} must be a dict, not {type(env).__name__}")
+    checked = {}
+    for key, value in env.items():
+        name = _text(key, f"an {what} key ({key!r})")
+        if not name or "=" in name:
+            raise ValueError(f"{what} key {name!r} is not a variable name")
+        checked[name] = _text(value, f"{what}[{key!r}]")
+    return checked
 
 
 def _wait_result(msg: Msg) -> int | None:

@@ -1,5 +1,5 @@
-"""Payloads of the messages that carry one: a spawn's program, argv, env
-and caps (SpawnArgs), a status answer (StatusInfo), a domain list (ids)."""
+"""Payloads of the messages that carry one: a spawn's program, argv, env,
+caps and working directory (SpawnArgs), a status answer (StatusInfo), a domain list (ids)."""
 
 from __future__ import annotations
 
@@ -44,25 +44,36 @@ class SpawnArgs:
     argv: list[str]
     env: dict[str, str] | None = None
     caps: list[tuple[int, str, str]] = field(default_factory=list)
+    cwd: str | None = None          # None: the worker's working directory
+    env_adds: bool = False          # env is added to the worker's, not the whole
 
     def encode(self) -> bytes:
         # argv == [path], the usual case, travels as nothing (and a bit): a
         # spawn of /bin/true with its streams named still fits one slot.
         argv_is_path = self.argv == [self.path]
+        if self.env_adds and self.env is None:
+            raise ValueError("env_adds without an env to add")
+        if self.cwd is not None and not self.cwd:
+            raise ValueError("the working directory is empty")
+        caps = [_cap_text(c) for c in self.caps]
         parts = [
             _field("path", self.path.encode()),
             _field("argv", b"" if argv_is_path else _join("argv", self.argv)),
             _field("env", b"" if self.env is None else _join(
                 "env", [_env_text(k, v) for k, v in self.env.items()])),
-            _field("caps", _join("caps", [_cap_text(c) for c in self.caps])),
+            # A working directory travels first in the caps field.
+            _field("caps", _join("caps", caps if self.cwd is None else [self.cwd] + caps)),
         ]
         # env None ("inherit the worker's environment") and {} (empty) differ:
-        # the high bit of the env length says "given".
+        # the high bit of the env length says "given", the next "added to
+        # the worker's"; the high bit of the caps length, "a cwd first".
         lens = [len(p) for p in parts]
         if argv_is_path:
             lens[1] |= 0x8000
         if self.env is not None:
-            lens[2] |= 0x8000
+            lens[2] |= 0xC000 if self.env_adds else 0x8000
+        if self.cwd is not None:
+            lens[3] |= 0x8000
         return _SPAWN_LENS.pack(*lens) + b"".join(parts)
 
     @classmethod

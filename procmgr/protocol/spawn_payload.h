@@ -14,9 +14,13 @@
  * differ). The high bit of the argv length says "argv is [path]" (then argv
  * is empty: a spawn of /bin/true with its streams named fits one slot); the
  * high bit of the env length says an environment is given (without it the
- * program inherits the worker's; with it and no entries, an empty one). An
- * env entry is KEY=VALUE with a non-empty key. A cap is FD:MODE:TEXT, as
- * payloads.py describes for each mode.
+ * program inherits the worker's; with it and no entries, an empty one), and
+ * the next bit that its entries are added to the worker's environment
+ * rather than replace it. An env entry is KEY=VALUE with a non-empty key.
+ * The high bit of the caps length says a working directory is given: the
+ * caps field then starts with it, NUL-terminated (a spawn without one pays
+ * nothing for it). A cap is FD:MODE:TEXT, as payloads.py describes for
+ * each mode.
  *
  * Everything in it is a peer's word: every length is checked against the
  * payload and ARG_LIMIT before anything is read, text must be UTF-8, and a
@@ -35,7 +39,8 @@
 #include "protocol.h"
 
 #define SPAWN_LENS 8                /* the four u16 lengths */
-#define SPAWN_FLAG_BIT 0x8000u      /* argv: is [path]; env: given */
+#define SPAWN_FLAG_BIT 0x8000u      /* argv: is [path]; env: given; caps: a cwd first */
+#define SPAWN_ADDS_BIT 0x4000u      /* env: added to the worker's (with SPAWN_FLAG_BIT) */
 
 /* Why a payload was refused: an error code (enum err) and a str. */
 struct spawn_refusal {
@@ -209,9 +214,10 @@ static PyObject *spawn_cap(PyObject *item, struct spawn_refusal *why)
     return Py_BuildValue("(lsN)", (long)fd, mode, text);
 }
 
-/* The payload as (path, argv, env, caps): str, list of str, dict or None,
- * list of (fd, mode, text) -- what SpawnArgs holds. NULL with *why filled
- * in (why->detail NULL: out of memory, with the exception set). */
+/* The payload as (path, argv, env, caps, cwd, env_adds): str, list of str,
+ * dict or None, list of (fd, mode, text), str or None, bool -- what
+ * SpawnArgs holds. NULL with *why filled in (why->detail NULL: out of
+ * memory, with the exception set). */
 static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refusal *why)
 {
     why->code = E_OK;
@@ -220,9 +226,12 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
         return SPAWN_REFUSE(why, "spawn payload shorter than its length fields");
     uint16_t raw[4];
     memcpy(raw, p, sizeof raw);
-    int argv_is_path = (raw[1] & SPAWN_FLAG_BIT) != 0, env_given = (raw[2] & SPAWN_FLAG_BIT) != 0;
-    Py_ssize_t lp = raw[0], la = raw[1] & ~SPAWN_FLAG_BIT, le = raw[2] & ~SPAWN_FLAG_BIT,
-               lc = raw[3];
+    int argv_is_path = (raw[1] & SPAWN_FLAG_BIT) != 0, env_given = (raw[2] & SPAWN_FLAG_BIT) != 0,
+        env_adds = (raw[2] & SPAWN_ADDS_BIT) != 0, cwd_given = (raw[3] & SPAWN_FLAG_BIT) != 0;
+    Py_ssize_t lp = raw[0], la = raw[1] & ~SPAWN_FLAG_BIT,
+               le = raw[2] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT), lc = raw[3] & ~SPAWN_FLAG_BIT;
+    if (env_adds && !env_given)
+        return SPAWN_REFUSE(why, "spawn payload adds to an environment it does not give");
     if (SPAWN_LENS + lp + la + le + lc != n)
         return SPAWN_REFUSE(why, "spawn payload is %zd bytes but its fields add up to %zd", n,
                             SPAWN_LENS + lp + la + le + lc);
@@ -235,12 +244,27 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     const char *path_at = (const char *)p + SPAWN_LENS, *argv_at = path_at + lp,
                *env_at = argv_at + la, *caps_at = env_at + le;
     PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
-             *caps = NULL, *out = NULL;
+             *caps = NULL, *cwd = NULL, *out = NULL;
     if ((path = spawn_text(path_at, lp, why)) == NULL ||
         (argv = spawn_list(argv_at, la, why)) == NULL ||
         (env_items = spawn_list(env_at, le, why)) == NULL ||
         (cap_items = spawn_list(caps_at, lc, why)) == NULL || (caps = PyList_New(0)) == NULL)
         goto done;
+    if (cwd_given) {            /* the caps field's first item */
+        if (PyList_GET_SIZE(cap_items) == 0) {
+            SPAWN_REFUSE(why, "spawn payload says a working directory is given but has none");
+            goto done;
+        }
+        cwd = Py_NewRef(PyList_GET_ITEM(cap_items, 0));
+        if (PyList_SetSlice(cap_items, 0, 1, NULL) < 0)
+            goto done;
+        if (PyUnicode_GET_LENGTH(cwd) == 0) {
+            SPAWN_REFUSE(why, "the working directory is empty");
+            goto done;
+        }
+    } else {
+        cwd = Py_NewRef(Py_None);
+    }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cap_items); i++) {
         PyObject *cap = spawn_cap(PyList_GET_ITEM(cap_items, i), why);
         int rc = cap == NULL ? -1 : PyList_Append(caps, cap);
@@ -291,8 +315,9 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     } else {
         env = Py_NewRef(Py_None);
     }
-    out = PyTuple_Pack(4, path, argv, env, caps);
+    out = Py_BuildValue("(OOOOOO)", path, argv, env, caps, cwd, env_adds ? Py_True : Py_False);
 done:
+    Py_XDECREF(cwd);
     Py_XDECREF(path);
     Py_XDECREF(argv);
     Py_XDECREF(env_items);

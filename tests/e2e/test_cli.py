@@ -265,3 +265,20 @@ def test_up_in_the_foreground_shows_what_the_runtime_logs(children):
 def test_bench_measures_output_from_the_shell():
     proc = run("bench", "output", "--quick")
     assert "100 MiB to stdout" in proc.stdout and "captured, LOG" in proc.stdout
+
+
+def test_env_adds_to_the_runtimes_and_the_program_starts_here(name, tmp_path):
+    """--env adds to the runtime's environment (this shell's is not copied:
+    a large one no longer overflows the spawn), and a program starts in the
+    shell's directory unless --cwd says another."""
+    big = {**os.environ, "BIG": "x" * 4000}            # alone over a spawn's env limit
+    proc = subprocess.run([sys.executable, "-m", "procmgr", "run", "--name", name,
+                           "--env", "A=1", "--env", "B=two words", "--",
+                           "/bin/sh", "-c", 'echo "$A|$B|${BIG:-unset}"; pwd'],
+                          capture_output=True, text=True, timeout=60, env=big, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"1|two words|unset\n{tmp_path}\n"
+    assert run("run", "--name", name, "--cwd", "/", "--", "pwd").stdout == "/\n"
+    bad = run("run", "--name", name, "--cwd", str(tmp_path / "no"), "--", "pwd", check=False)
+    assert bad.returncode == 1 and "No such file or directory" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -99,3 +99,44 @@ def test_a_domain_is_named_by_itself_or_its_token_everywhere(pm):
 def test_spawn_options_are_keyword_only(pm):
     with pytest.raises(TypeError):
         pm.spawn(["/bin/true"], 1)
+
+
+def test_cwd_is_where_it_starts_relative_to_the_caller(pm, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    assert pm.run(["pwd"], cwd=tmp_path, timeout=T).stdout == f"{tmp_path}\n".encode()
+    monkeypatch.chdir(tmp_path)
+    assert pm.run(["pwd"], cwd="sub", timeout=T).stdout == f"{tmp_path}/sub\n".encode()
+    assert pm.run(["pwd"], cwd=b"sub", timeout=T).stdout == f"{tmp_path}/sub\n".encode()
+    (tmp_path / "sub" / "tool").write_text("#!/bin/sh\necho tool ran\n")
+    (tmp_path / "sub" / "tool").chmod(0o755)
+    assert pm.run(["./tool"], cwd="sub", timeout=T).stdout == b"tool ran\n"   # as execve
+
+
+def test_a_cwd_that_cannot_be_entered_says_so_and_starts_nothing(pm, tmp_path):
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/bin/true"], cwd=tmp_path / "missing", timeout=T)
+    assert e.value.code == Err.EXEC_FAILED and e.value.status == errno.ENOENT
+    assert f"cwd {tmp_path / 'missing'}: No such file or directory" in str(e.value)
+    with pytest.raises(ValueError, match="NUL"):
+        pm.spawn(["/bin/true"], cwd="/tm\0p")
+    assert pm.domains(timeout=T) == []
+
+
+def test_env_extra_adds_to_the_runtimes_environment_or_to_env(pm):
+    import os
+
+    script = 'echo "$HOME|$A|$B"'
+    home = os.environ["HOME"]                  # the runtime was started from this one
+    assert pm.run(["sh", "-c", script], env_extra={"A": "1"}, timeout=T).stdout == \
+        f"{home}|1|\n".encode()
+    assert pm.run(["sh", "-c", script], env={"PATH": "/bin:/usr/bin", "B": "2"},
+                  env_extra={"A": "1"}, timeout=T).stdout == b"|1|2\n"
+    assert pm.run(["sh", "-c", script], env_extra={"HOME": "/elsewhere"}, timeout=T).stdout \
+        == b"/elsewhere||\n"
+    with pytest.raises(TypeError, match="env_extra"):
+        pm.spawn(["/bin/true"], env_extra={"A": 1})
+    # PATH lookup uses the environment the program gets, added to.
+    assert exit_of(pm, ["true"], env_extra={"PATH": "/nonexistent:/bin"}) == 0
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["true"], env_extra={"PATH": "/nonexistent"}, timeout=T)
+    assert e.value.code == Err.EXEC_FAILED

@@ -755,3 +755,27 @@ def test_a_field_cut_in_a_character_is_worded_as_python_words_the_field():
     except UnicodeDecodeError as python:
         assert str(e.value) == f"spawn payload is not valid UTF-8: {python}"
     assert SpawnArgs.decode(bytearray(SpawnArgs("/x", ["a", ""]).encode())).argv == ["a", ""]
+
+
+def test_a_working_directory_and_added_env_travel_and_cost_a_plain_spawn_nothing():
+    plain = SpawnArgs("/bin/true", ["/bin/true"])
+    placed = SpawnArgs("/bin/true", ["/bin/true"], {"A": "1"}, [(1, "n", "")], "/tmp",
+                       env_adds=True)
+    assert SpawnArgs.decode(placed.encode()) == placed
+    assert SpawnArgs.decode(plain.encode()).cwd is None
+    assert len(SpawnArgs("/bin/true", ["/bin/true"], cwd="/").encode()) == \
+        len(plain.encode()) + 2                                # "/" and its NUL, no more
+    with pytest.raises(ValueError, match="env_adds"):
+        SpawnArgs("p", ["p"], None, env_adds=True).encode()
+
+
+@pytest.mark.parametrize("lens, body, words", [
+    ((1, 0x8000, 0x4000, 0), b"p", "adds to an environment it does not give"),
+    ((1, 0x8000, 0, 0x8000), b"p", "working directory is given but has none"),
+    ((1, 0x8000, 0, 0x8001), b"p\0", "working directory is empty"),
+])
+def test_a_payload_that_lies_about_its_cwd_or_env_is_refused_saying_so(lens, body, words):
+    import struct
+
+    with pytest.raises(ProtocolError, match=words):
+        SpawnArgs.decode(struct.pack("<HHHH", *lens) + body)
