@@ -31,7 +31,7 @@ from procmgr.client import logs
 from procmgr.client.client import Domain
 from procmgr.protocol import State
 from procmgr.errors import ProcMgmtError
-from procmgr.osutil import runtime_dir
+from procmgr.osutil import runtime_dir, runtime_dir_in_use
 from procmgr.client.runtime import Runtime, RuntimeNotFound, connect
 
 DEFAULT_NAME = "default"
@@ -46,7 +46,7 @@ class CliError(Exception):
 
 
 def cmd_up(args) -> int:
-    if os.path.exists(os.path.join(runtime_dir(args.name), "manager.sock")):
+    if runtime_dir_in_use(runtime_dir(args.name)):
         raise CliError(f"a runtime named {args.name!r} is already running")
     if args.detach:
         return _up_detached(args)
@@ -389,7 +389,8 @@ def _summary_table(s: dict) -> str:
 
 def cmd_cleanup(args) -> int:
     """Remove what crashed runtimes left: segments whose creator is gone,
-    socket directories no manager answers on, stale pid files."""
+    runtime directories no live manager holds (procmgr/osutil.py,
+    claim_runtime_dir), stale pid files."""
     removed = []
     for entry in ringbuf.orphaned_segments("procmgr"):
         _remove(os.path.join("/dev/shm", entry), removed)
@@ -404,27 +405,13 @@ def cmd_cleanup(args) -> int:
                 alive = False
             if not alive:
                 _remove(path, removed)
-        elif os.path.isdir(path) and not _answers(os.path.join(path, "manager.sock")):
+        elif os.path.isdir(path) and not os.path.islink(path) and not runtime_dir_in_use(path):
             for inner in os.listdir(path):
                 _remove(os.path.join(path, inner), removed)
             _remove(path, removed)
     _emit(args, {"removed": removed},
           "\n".join(f"removed {r}" for r in removed) or "nothing to clean up")
     return 0
-
-
-def _answers(sock_path: str) -> bool:
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2)
-    try:
-        s.connect(sock_path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def _remove(path: str, removed: list) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import resource
 import select
+import shutil
 import signal
 import stat
 import time
@@ -166,6 +169,64 @@ def runtime_dir(name: str) -> str:
     else:
         return os.path.join(root, name)
     raise RuntimeDirUnsafe(f"unsafe runtime directory {root}: it {wrong}; {fix}")
+
+
+def runtime_dir_in_use(path: str) -> bool:
+    """Whether a live manager holds runtime directory ``path`` (its lock,
+    claim_runtime_dir). False for a directory a runtime that is gone left,
+    for none, and for what is not a directory (a link is never followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:         # none, a link (ELOOP), a file (ENOTDIR): held by no runtime
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)        # and with it the probe's lock
+
+
+def claim_runtime_dir(path: str) -> int:
+    """Runtime directory ``path`` made ours for as long as we live: created
+    (mode 0700), or taken over from a runtime that is gone -- emptied of
+    what it left. Returns a descriptor of it holding its lock (flock,
+    exclusive), which the kernel lets go when we end however we end: so a
+    directory whose lock can be taken belongs to no live runtime, and two
+    starters never both take one. FileExistsError if a live runtime holds
+    it, or if a link or a file has its name (never followed)."""
+    try:
+        os.mkdir(path, 0o700)
+        fresh = True
+    except FileExistsError:
+        fresh = False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:            # ELOOP: a link; ENOTDIR: a file
+        raise FileExistsError(errno.EEXIST, f"{path} is not a directory of ours "
+                              f"({os.strerror(e.errno)}): remove it", path) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise FileExistsError(errno.EEXIST, f"{path} belongs to uid {st.st_uid} with mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}, not to us alone", path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(errno.EEXIST, f"a runtime holds {path}: it is running",
+                                  path) from None
+        if not fresh:               # what a runtime that is gone left: ours now
+            for entry in os.listdir(fd):
+                inner = os.path.join(path, entry)
+                if os.path.isdir(inner) and not os.path.islink(inner):
+                    shutil.rmtree(inner)
+                else:
+                    os.unlink(entry, dir_fd=fd)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 PR_SET_CHILD_SUBREAPER = 36

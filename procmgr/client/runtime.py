@@ -31,7 +31,7 @@ from procmgr.client.client import Client
 from procmgr.errors import RuntimeRefused
 from procmgr.client.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
 from procmgr.osutil import (
-    become_subreaper, children_of, end_and_reap, runtime_dir, wait_readable,
+    become_subreaper, children_of, end_and_reap, runtime_dir, runtime_dir_in_use, wait_readable,
 )
 from ringbuf import Ring, RingError
 
@@ -214,14 +214,16 @@ def _descriptors_said(e: OSError, name: str) -> OSError:
     return e
 
 
-def _taken(directory: str, name: str) -> str:
-    """Why a runtime cannot be started under ``name``: its path exists."""
+def _taken(directory: str, name: str) -> str | None:
+    """Why a runtime cannot be started under ``name``, whose path exists;
+    None if a runtime that is gone left it (the new one takes it over)."""
     if os.path.islink(directory):
         return f"cannot start runtime {name!r}: a symbolic link has its name; remove it"
-    if os.path.isdir(directory):
-        return (f"cannot start runtime {name!r}: a runtime of that name is running, or one "
-                "that crashed left its directory (`procmgr cleanup` removes that)")
-    return f"cannot start runtime {name!r}: a file has its name; remove it"
+    if not os.path.isdir(directory):
+        return f"cannot start runtime {name!r}: a file has its name; remove it"
+    if runtime_dir_in_use(directory):
+        return f"cannot start runtime {name!r}: a runtime of that name is running"
+    return None
 
 
 class Runtime:
@@ -255,8 +257,9 @@ class Runtime:
         # Said here, in a line, rather than by a manager that "did not
         # start": an unsafe directory of runtimes, or this one's name taken.
         directory = runtime_dir(self.name)
-        if os.path.lexists(directory):
-            raise FileExistsError(errno.EEXIST, _taken(directory, self.name), directory)
+        taken = _taken(directory, self.name) if os.path.lexists(directory) else None
+        if taken is not None:
+            raise FileExistsError(errno.EEXIST, taken, directory)
         token = secrets.token_hex(16)
         # The monitor's token goes to the manager through a pipe: in its
         # environment or argv any process of the user could read it in /proc.

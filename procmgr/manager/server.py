@@ -48,8 +48,8 @@ from procmgr.manager.loop import EventLoop
 from procmgr.manager.manager import Manager
 from procmgr.manager.workers import WorkerProcess, WorkerTemplate
 from procmgr.osutil import (
-    ChildWatch, become_subreaper, children_of, die_with_parent, end_and_reap, kill_group,
-    raise_fd_limit, reap_strays, refuse_ptrace, runtime_dir,
+    ChildWatch, become_subreaper, children_of, claim_runtime_dir, die_with_parent,
+    end_and_reap, kill_group, raise_fd_limit, reap_strays, refuse_ptrace, runtime_dir,
 )
 from ringbuf import Ring, RingError
 
@@ -85,9 +85,10 @@ class Server:
         self.simulate = simulate
         self.name = name
         self.dir = runtime_dir(name)
-        # mkdir never follows a link planted under the runtime's name: it
-        # fails (EEXIST) rather than put our socket and logs where it points.
-        os.mkdir(self.dir, 0o700)
+        # Ours while we live (its lock, held by this descriptor until we
+        # end), taken over if a runtime that is gone left it; a link planted
+        # under the runtime's name is never followed (procmgr/osutil.py).
+        self._dir_lock = claim_runtime_dir(self.dir)
         _diagnostics_to(os.path.join(self.dir, RUNTIME_LOG))
         # Its workers' template (procmgr/manager/workers.py), first: it
         # imports their modules while we set up the rest. Its children are

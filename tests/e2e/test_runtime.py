@@ -319,3 +319,29 @@ def test_a_dead_manager_is_a_procmgr_error_for_every_call():
             with pytest.raises(procmgr.RuntimeGone):
                 call()
         assert pm.in_flight == 0
+
+
+def test_a_directory_a_dead_runtime_left_is_taken_over(tmp_path, monkeypatch):
+    """What a runtime that died with its owner left (its socket, its log,
+    a domain's output) does not keep its name: the next runtime of that
+    name takes the directory over, emptied. A live one's is refused and
+    left untouched."""
+    import socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    left = procmgr.osutil.runtime_dir("stale")
+    os.mkdir(left, 0o700)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(os.path.join(left, "manager.sock"))           # nobody listens any more
+    dead.close()
+    os.makedirs(os.path.join(left, "logs", "0"))
+    with open(os.path.join(left, "logs", "0", "1.stdout"), "w") as f:
+        f.write("the old runtime's\n")
+    with procmgr.Runtime(cores=1, name="stale") as rt:
+        pm = rt.client()
+        assert pm.run(["/bin/echo", "new"], timeout=T).stdout == b"new\n"
+        assert pm.output(1) == b"new\n"                       # its domain 1, not the old one's
+        with pytest.raises(FileExistsError, match="a runtime of that name is running"):
+            procmgr.Runtime(cores=1, name="stale").start()
+        assert pm.run(["/bin/true"], timeout=T).returncode == 0   # untouched
+    assert not os.path.exists(left)
