@@ -31,7 +31,7 @@ from procmgr.client import logs
 from procmgr.client.client import Domain
 from procmgr.protocol import State
 from procmgr.errors import ProcMgmtError
-from procmgr.osutil import runtime_dir, runtime_dir_in_use
+from procmgr.osutil import remove_dead_runtime_dir, runtime_dir, runtime_dir_in_use
 from procmgr.client.runtime import Runtime, RuntimeNotFound, connect
 
 DEFAULT_NAME = "default"
@@ -199,8 +199,11 @@ def cmd_run(args) -> int:
     if not args.program:
         raise CliError("nothing to run: give the program after --")
     with _client(args) as pm:
-        d = pm.spawn(args.program, core=args.core, **_placed(args), stdout=logs.INHERIT,
-                     stderr=logs.INHERIT)
+        try:
+            d = pm.spawn(args.program, core=args.core, **_placed(args), stdout=logs.INHERIT,
+                         stderr=logs.INHERIT)
+        except (ValueError, TypeError) as e:
+            raise CliError(str(e)) from None
         try:
             status = pm.wait(d)
         except BaseException:
@@ -390,7 +393,7 @@ def _summary_table(s: dict) -> str:
 def cmd_cleanup(args) -> int:
     """Remove what crashed runtimes left: segments whose creator is gone,
     runtime directories no live manager holds (procmgr/osutil.py,
-    claim_runtime_dir), stale pid files."""
+    remove_dead_runtime_dir), stale pid files."""
     removed = []
     for entry in ringbuf.orphaned_segments("procmgr"):
         _remove(os.path.join("/dev/shm", entry), removed)
@@ -405,10 +408,8 @@ def cmd_cleanup(args) -> int:
                 alive = False
             if not alive:
                 _remove(path, removed)
-        elif os.path.isdir(path) and not os.path.islink(path) and not runtime_dir_in_use(path):
-            for inner in os.listdir(path):
-                _remove(os.path.join(path, inner), removed)
-            _remove(path, removed)
+        elif remove_dead_runtime_dir(path):      # a live one's is left alone, whole
+            removed.append(path)
     _emit(args, {"removed": removed},
           "\n".join(f"removed {r}" for r in removed) or "nothing to clean up")
     return 0

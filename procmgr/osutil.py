@@ -175,9 +175,8 @@ def runtime_dir_in_use(path: str) -> bool:
     """Whether a live manager holds runtime directory ``path`` (its lock,
     claim_runtime_dir). False for a directory a runtime that is gone left,
     for none, and for what is not a directory (a link is never followed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:         # none, a link (ELOOP), a file (ENOTDIR): held by no runtime
+    fd = _open_dir(path)
+    if fd < 0:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -188,6 +187,12 @@ def runtime_dir_in_use(path: str) -> bool:
         os.close(fd)        # and with it the probe's lock
 
 
+# How long a starting manager tries for a directory's lock: a probe
+# (runtime_dir_in_use) or a sweep of the dead runtime before it holds the
+# lock for a moment; a live manager holds it for good.
+CLAIM_PATIENCE = 1.0
+
+
 def claim_runtime_dir(path: str) -> int:
     """Runtime directory ``path`` made ours for as long as we live: created
     (mode 0700), or taken over from a runtime that is gone -- emptied of
@@ -195,38 +200,87 @@ def claim_runtime_dir(path: str) -> int:
     exclusive), which the kernel lets go when we end however we end: so a
     directory whose lock can be taken belongs to no live runtime, and two
     starters never both take one. FileExistsError if a live runtime holds
-    it, or if a link or a file has its name (never followed)."""
+    it, or if a link or a file has its name (never followed: everything is
+    done through the descriptor)."""
     try:
         os.mkdir(path, 0o700)
-        fresh = True
     except FileExistsError:
-        fresh = False
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:            # ELOOP: a link; ENOTDIR: a file
+        pass
+    fd = _open_dir(path)
+    if fd < 0:
         raise FileExistsError(errno.EEXIST, f"{path} is not a directory of ours "
-                              f"({os.strerror(e.errno)}): remove it", path) from None
+                              f"({os.strerror(-fd)}): remove it", path)
     try:
         st = os.fstat(fd)
         if st.st_uid != os.getuid() or st.st_mode & 0o077:
             raise FileExistsError(errno.EEXIST, f"{path} belongs to uid {st.st_uid} with mode "
                                   f"{stat.S_IMODE(st.st_mode):04o}, not to us alone", path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(errno.EEXIST, f"a runtime holds {path}: it is running",
-                                  path) from None
-        if not fresh:               # what a runtime that is gone left: ours now
-            for entry in os.listdir(fd):
-                inner = os.path.join(path, entry)
-                if os.path.isdir(inner) and not os.path.islink(inner):
-                    shutil.rmtree(inner)
-                else:
-                    os.unlink(entry, dir_fd=fd)
+        deadline = time.monotonic() + CLAIM_PATIENCE
+        while not _locked(fd):
+            if time.monotonic() >= deadline:
+                raise FileExistsError(errno.EEXIST, f"a runtime holds {path}: it is running",
+                                      path)
+            time.sleep(0.01)
+        _empty(fd)                  # what a runtime that is gone left: ours now
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def remove_dead_runtime_dir(path: str, expect: tuple[int, int] | None = None) -> bool:
+    """Remove runtime directory ``path`` if no live manager holds it (and,
+    with ``expect``, only if it is still that (st_dev, st_ino): the one a
+    runtime of ours had, not one taken over since). Holds its lock while
+    it removes, through its descriptor, so a runtime claiming it meanwhile
+    waits and a link swapped in is never followed. Whether it removed it."""
+    fd = _open_dir(path)
+    if fd < 0:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (expect is not None and (st.st_dev, st.st_ino) != expect) or not _locked(fd):
+            return False
+        _empty(fd)
+        try:
+            here = os.lstat(path)
+            if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+                os.rmdir(path)
+        except OSError:
+            return False            # gone, swapped or filled meanwhile: not ours to remove
+        return True
+    finally:
+        os.close(fd)
+
+
+def _open_dir(path: str) -> int:
+    """A descriptor of directory ``path`` (never through a link), or -errno."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:        # none, a link (ELOOP), a file (ENOTDIR)
+        return -(e.errno or errno.EIO)
+
+
+def _locked(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _empty(fd: int) -> None:
+    """Everything in the directory ``fd`` removed, through it: a link in it
+    is removed, never followed (shutil.rmtree with dir_fd walks by
+    descriptors too)."""
+    for entry in os.listdir(fd):
+        try:
+            if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                shutil.rmtree(entry, dir_fd=fd)
+            else:
+                os.unlink(entry, dir_fd=fd)
+        except FileNotFoundError:
+            pass
 
 
 PR_SET_CHILD_SUBREAPER = 36

@@ -931,6 +931,12 @@ def _text(value, what: str) -> str:
                             f"not {type(value).__name__}")
     if "\0" in value:
         raise ValueError(f"{what} contains a NUL character: {value!r}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:          # a name os.fsdecode made of bytes
+            raise ValueError(f"{what} is not UTF-8 ({value!r}): the runtime carries "
+                             "arguments and environments as UTF-8 text") from None
     return value
 
 

@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,8 @@ from procmgr.client.client import Client
 from procmgr.errors import RuntimeRefused
 from procmgr.client.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
 from procmgr.osutil import (
-    become_subreaper, children_of, end_and_reap, runtime_dir, runtime_dir_in_use, wait_readable,
+    become_subreaper, children_of, end_and_reap, remove_dead_runtime_dir, runtime_dir,
+    runtime_dir_in_use, wait_readable,
 )
 from ringbuf import Ring, RingError
 
@@ -252,6 +252,7 @@ class Runtime:
         self.monitor: Client | None = None
         self._clients: list[Client] = []
         self._workers: dict[int, int] = {}    # pid -> pidfd
+        self._dir_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our manager's directory
 
     def start(self) -> Runtime:
         # Said here, in a line, rather than by a manager that "did not
@@ -313,6 +314,8 @@ class Runtime:
             why = ready.decode(errors="replace").strip() or \
                 f"no word from it within {START_TIMEOUT:.0f} s"
             raise RuntimeError(f"the manager of runtime {self.name!r} did not start: {why}")
+        st = os.lstat(runtime_dir(self.name))      # the manager claimed it: ready says so
+        self._dir_id = (st.st_dev, st.st_ino)
         self._note_workers()
         self.monitor = connect(self.name, token)
         return self
@@ -375,8 +378,11 @@ class Runtime:
             except FileNotFoundError:
                 pass
         # Its socket, logs and runtime log (the manager removes them itself
-        # when it is not killed).
-        shutil.rmtree(runtime_dir(self.name), ignore_errors=True)
+        # when it is not killed) -- if the directory is still the one our
+        # manager had and nobody holds it: a start that was refused never
+        # had one, and a runtime that took the name over since holds it.
+        if self._dir_id is not None:
+            remove_dead_runtime_dir(runtime_dir(self.name), self._dir_id)
 
     def _is_ours(self, pid: int, manager_pid: int) -> bool:
         """A domain of this runtime (its environment says so), or the

@@ -89,7 +89,7 @@ class Server:
         # end), taken over if a runtime that is gone left it; a link planted
         # under the runtime's name is never followed (procmgr/osutil.py).
         self._dir_lock = claim_runtime_dir(self.dir)
-        _diagnostics_to(os.path.join(self.dir, RUNTIME_LOG))
+        _diagnostics_to(RUNTIME_LOG, self._dir_lock)
         # Its workers' template (procmgr/manager/workers.py), first: it
         # imports their modules while we set up the rest. Its children are
         # re-parented to us: we must be a subreaper before it forks any.
@@ -97,7 +97,7 @@ class Server:
         self.template = WorkerTemplate(name)
         self.template.start()
         self.logs_dir = os.path.join(self.dir, LOGS)
-        os.mkdir(self.logs_dir, 0o700)
+        os.mkdir(LOGS, 0o700, dir_fd=self._dir_lock)
         self.log_bounds = log_bounds
         self.history = history
         self.mgr = Manager(pending=pending, history=history)
@@ -446,11 +446,13 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _diagnostics_to(path: str) -> None:
+def _diagnostics_to(name: str, dir_fd: int) -> None:
     """Our stdout and stderr -- and so our workers' -- become the runtime's
     log file: never a pipe or terminal of whoever started us, which a
-    chatty program could fill or which may be gone."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    chatty program could fill or which may be gone. Made new in our
+    directory (``dir_fd``, emptied when we claimed it): never through a link."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)

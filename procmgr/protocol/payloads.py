@@ -62,7 +62,8 @@ class SpawnArgs:
             _field("env", b"" if self.env is None else _join(
                 "env", [_env_text(k, v) for k, v in self.env.items()])),
             # A working directory travels first in the caps field.
-            _field("caps", _join("caps", caps if self.cwd is None else [self.cwd] + caps)),
+            _field("caps" if self.cwd is None else "cwd and caps",
+                   _join("caps", caps if self.cwd is None else [self.cwd] + caps)),
         ]
         # env None ("inherit the worker's environment") and {} (empty) differ:
         # the high bit of the env length says "given", the next "added to

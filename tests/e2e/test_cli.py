@@ -113,12 +113,18 @@ def test_cleanup_removes_only_what_dead_runtimes_left(name):
     seg = f"/procmgr-test-{dead.pid}-0123456789ab"
     posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=0o600, size=64).close_fd()
     stale = runtime_dir(f"procmgr-test-stale-{os.getpid()}")
-    os.makedirs(stale)
+    os.makedirs(os.path.join(stale, "logs", "0"))
     open(os.path.join(stale, "manager.sock"), "w").close()
+    open(os.path.join(stale, "logs", "0", "1.stdout"), "w").close()   # a crashed one's logs
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("kept")
+    os.symlink(victim, os.path.join(stale, "logs", "link"))          # removed, not followed
     try:
         out = json.loads(run("cleanup", "--json").stdout)
         assert f"/dev/shm{seg}" in out["removed"]
         assert stale in out["removed"] and not os.path.exists(stale)
+        assert (victim / "precious").read_text() == "kept"
         # the live runtime is untouched and still serves
         assert run("ps", "--name", name).returncode == 0
     finally:

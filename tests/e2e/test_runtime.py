@@ -345,3 +345,27 @@ def test_a_directory_a_dead_runtime_left_is_taken_over(tmp_path, monkeypatch):
             procmgr.Runtime(cores=1, name="stale").start()
         assert pm.run(["/bin/true"], timeout=T).returncode == 0   # untouched
     assert not os.path.exists(left)
+
+
+def test_a_start_refused_or_a_late_sweep_leaves_the_live_runtimes_directory(tmp_path,
+                                                                           monkeypatch):
+    """Two starters of one name at once: the second's manager is refused at
+    the directory's lock, and its owner's sweep then leaves the live one's
+    directory alone -- as does any sweep of a directory someone holds."""
+    from procmgr.client import runtime as runtime_module
+    from procmgr.osutil import remove_dead_runtime_dir, runtime_dir
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with procmgr.Runtime(cores=1, name="twice") as first:
+        pm = first.client()
+        # As if its check had run before the first one's manager took the name.
+        monkeypatch.setattr(runtime_module, "_taken", lambda directory, name: None)
+        second = procmgr.Runtime(cores=1, name="twice")
+        with pytest.raises(RuntimeError, match="it is running"):
+            second.start()
+        second.close()                                    # joins its guard, sweep and all
+        assert remove_dead_runtime_dir(runtime_dir("twice")) is False   # held: kept
+        assert pm.run(["/bin/echo", "still here"], timeout=T).stdout == b"still here\n"
+        with procmgr.connect("twice") as other:           # reachable by its name
+            assert other.wait(pm.spawn(["/bin/true"]), timeout=T) == 0
+    assert not os.path.exists(runtime_dir("twice"))

@@ -140,3 +140,14 @@ def test_env_extra_adds_to_the_runtimes_environment_or_to_env(pm):
     with pytest.raises(ProcMgmtError) as e:
         pm.spawn(["true"], env_extra={"PATH": "/nonexistent"}, timeout=T)
     assert e.value.code == Err.EXEC_FAILED
+
+
+def test_a_cwd_that_is_not_utf8_or_too_long_is_refused_in_words(pm, tmp_path):
+    import os
+
+    odd = os.fsdecode(bytes(tmp_path) + b"/\xff")
+    with pytest.raises(ValueError, match="cwd is not UTF-8"):
+        pm.spawn(["/bin/true"], cwd=odd)
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/bin/true"], cwd="/" + "d" * 3000)
+    assert e.value.code == Err.ARG_TOO_LONG and "cwd and caps" in str(e.value)
