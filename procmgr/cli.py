@@ -245,9 +245,36 @@ def cmd_span(args) -> int:
     return 0
 
 
+def _signal(name: str) -> int:
+    """A signal as the shell names it: TERM, SIGTERM, term or 15."""
+    if name.isdigit():
+        return int(name)
+    key = name.upper()
+    try:
+        return signal.Signals[key if key.startswith("SIG") else "SIG" + key]
+    except KeyError:
+        raise CliError(f"{name!r} is not a signal (TERM, HUP, INT, KILL, USR1, 15, ...)") \
+            from None
+
+
 def cmd_kill(args) -> int:
+    sig = None if args.signal is None else _signal(args.signal)
     with _client(args) as pm:
-        pm.kill(_domain(args.token))
+        try:
+            # Its grace may be long: the wait for the answer is bounded by it.
+            pm.kill(_domain(args.token), signal=sig, grace=args.grace,
+                    timeout=None if args.grace is None else args.grace + 30)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    return 0
+
+
+def cmd_signal(args) -> int:
+    with _client(args) as pm:
+        try:
+            pm.signal(_domain(args.token), _signal(args.signal))
+        except ValueError as e:
+            raise CliError(str(e)) from None
     return 0
 
 
@@ -264,7 +291,8 @@ def cmd_wait(args) -> int:
 def _info(pm, ident: int) -> dict:
     info = pm.status(ident)
     row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
-           "argv": info.argv, "exit_status": info.exit_status, "cpu_s": None, "rss_mb": None}
+           "argv": info.argv, "exit_status": info.exit_status, "signaled": info.signaled,
+           "killed": info.killed, "cpu_s": None, "rss_mb": None}
     if info.state == State.RUNNING:
         cpu, rss = 0.0, 0
         for pid in info.pids:
@@ -314,6 +342,20 @@ def _table(rows: list[dict]) -> str:
     return cap.get().rstrip()
 
 
+def _ended(row: dict) -> str:
+    """How a domain ended, told apart: killed, a signal's name, or its code."""
+    if row["exit_status"] is None:
+        return ""
+    if row["killed"]:
+        return "killed"
+    if row["signaled"]:
+        try:
+            return signal.Signals(row["exit_status"]).name
+        except ValueError:
+            return f"signal {row['exit_status']}"
+    return str(row["exit_status"])
+
+
 def _rich_table(rows: list[dict]):
     from rich.table import Table
 
@@ -326,7 +368,7 @@ def _rich_table(rows: list[dict]):
     for r in rows:
         table.add_row(str(r["id"]), r["state"], ",".join(map(str, r["cores"])),
                       ",".join(map(str, r["pids"])),
-                      "" if r["exit_status"] is None else str(r["exit_status"]),
+                      _ended(r),
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
                       " ".join(r["argv"]), *((r["last"],) if last else ()))
@@ -563,8 +605,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("token", help=TOKEN_HELP)
     p.add_argument("--core", type=int, required=True, help="the core to run it on too")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = add("kill", cmd_kill, "kill a domain on every core", "procmgr kill 3:9f1c...")
+    p = add("kill", cmd_kill, "end a domain on every core: a signal, then SIGKILL after a grace",
+            "procmgr kill 3:9f1c... --signal INT --grace 10")
     p.add_argument("token", help=TOKEN_HELP)
+    p.add_argument("--signal", metavar="SIG",
+                   help="the signal it gets first, by name or number (default: TERM)")
+    p.add_argument("--grace", type=float, metavar="SECONDS",
+                   help="how long it may take to stop before SIGKILL (default: the runtime's, "
+                        "0.2)")
+    p = add("signal", cmd_signal, "send a domain's programs a signal without ending it",
+            "procmgr signal 3:9f1c... HUP")
+    p.add_argument("token", help=TOKEN_HELP)
+    p.add_argument("signal", metavar="SIG", help="the signal, by name or number (HUP, USR1, 10)")
     p = add("wait", cmd_wait, "wait for a domain; exits with its status",
             "procmgr wait 3:9f1c... --nohang")
     p.add_argument("token", help=TOKEN_HELP)

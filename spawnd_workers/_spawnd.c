@@ -961,16 +961,35 @@ static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize
 }
 
 /* forget(dom): the dispatcher (reaped by the caller) out of the table. */
-static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
+/* The Dispatcher of dom (borrowed), or NULL with KeyError. */
+static PyObject *dispatcher_named(HotPathObject *c, PyObject *dom)
 {
     PyObject *d = PyDict_GetItemWithError(c->dispatchers, dom);
-    if (d == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, dom);
+    if (d == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, dom);
+    return d;
+}
+
+static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
+{
+    PyObject *d = dispatcher_named(c, dom);
+    if (d == NULL)
         return NULL;
-    }
     if (forget(c, d) < 0)
         return NULL;
+    Py_RETURN_NONE;
+}
+
+/* hold(dom): its end is the caller's to report (a kill in its grace:
+ * spawnd_workers/worker.py): its pidfd out of the loop's epoll, the rest
+ * as it was, until forget. */
+static PyObject *hotpath_hold(HotPathObject *c, PyObject *dom)
+{
+    PyObject *d = dispatcher_named(c, dom);
+    if (d == NULL)
+        return NULL;
+    int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
+    epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     Py_RETURN_NONE;
 }
 
@@ -1245,6 +1264,8 @@ static PyMethodDef hotpath_methods[] = {
      "start(prepared, dom, nonce, span) -> pid"},
     {"forget", (PyCFunction)hotpath_forget, METH_O,
      "forget(dom): a dispatcher the caller reaped, out of the table"},
+    {"hold", (PyCFunction)hotpath_hold, METH_O,
+     "hold(dom): the caller reports this dispatcher's end, not run_once"},
     {"run_once", (PyCFunction)(void (*)(void))hotpath_run_once, METH_FASTCALL,
      "run_once(timeout, python_first) -> RUN_* bits"},
     {NULL, NULL, 0, NULL},

@@ -46,6 +46,7 @@ import os
 import select
 import shutil
 import signal
+import struct
 import sys
 import time
 
@@ -54,8 +55,8 @@ from procmgr.osutil import (
     reap_strays, refuse_ptrace, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
-    LOG_BACKUPS, LOG_MAX_BYTES, Decoder, Err, Flag, Msg, Op, ProtocolError, SpawnArgs, send,
-    take,
+    KILL_GRACE_DEFAULT, LOG_BACKUPS, LOG_MAX_BYTES, Decoder, Err, Flag, Msg, Op, ProtocolError,
+    SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (
@@ -65,6 +66,12 @@ from spawnd_workers._spawnd import (
 DEFAULT_KILL_GRACE = 0.2
 # How long a kill waits for the last members of a group it SIGKILLed to die.
 GROUP_GONE_TIMEOUT = 1.0
+# How long a kill waits in line for its program to end after the signal --
+# most end within it, and the reply then says so -- before it leaves the
+# rest of the grace to the loop and serves the next request.
+KILL_INLINE_WAIT = 0.005
+# How often the loop looks at the dispatchers in their grace.
+GRACE_LOOK = 0.005
 _CAP_FLAGS = {
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -129,6 +136,10 @@ class Worker:
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
         # table, read here; started by hot.start, removed by hot.forget.
         self.dispatchers = self.hot.dispatchers
+        # dom -> when its grace ends (monotonic; None once SIGKILLed): the
+        # dispatchers a kill signalled that still run. Their ends are ours
+        # to report (hot.hold), once their process groups are gone.
+        self.in_grace: dict[int, float | None] = {}
         self.stopping = False
         # The environment a domain gets when its spawn gives none.
         self._env = [k + b"=" + v for k, v in os.environb.items()
@@ -140,7 +151,10 @@ class Worker:
         while not self.stopping:
             # Serves spawns it knows, sleeps, reports exits, and again (see
             # _spawnd.c), until something is left for us.
-            woke = self.hot.run_once(1.0, self.decoder.partial)
+            woke = self.hot.run_once(GRACE_LOOK if self.in_grace else 1.0,
+                                     self.decoder.partial)
+            if self.in_grace:
+                self.look_at_grace()
             if woke & RUN_DECLINED:
                 self.serve_requests()
                 self.replies.wake_consumer()   # for this batch
@@ -274,21 +288,78 @@ class Worker:
         return ("log", fd, limit, backups)
 
     def kill(self, msg: Msg) -> Msg:
+        """The domain's signal (SIGTERM unless the kill says which) to its
+        process group, then SIGKILL when its grace is over. A program that
+        ends within KILL_INLINE_WAIT is answered as ended (RELEASED); one
+        still running is answered STOPPING and the worker serves on: its
+        end is reported (SD_EXIT) once its group is gone, however long the
+        grace (look_at_grace)."""
         if self.simulated.pop(msg.dom, None) is not None:
             return msg.reply(Err.OK, flags=Flag.RELEASED)
         d = self.dispatchers.get(msg.dom)
         if d is None:
             return msg.reply(Err.NOT_FOUND)
+        if msg.dom in self.in_grace:
+            return msg.reply(Err.OK, flags=Flag.STOPPING)  # under way already
+        sig, grace = signal.SIGTERM, self.kill_grace
+        if len(msg.payload) == 8:                          # what the killer asked for
+            asked, grace_ms = struct.unpack("<II", msg.payload)
+            sig = asked or sig
+            grace = grace if grace_ms == KILL_GRACE_DEFAULT else grace_ms / 1000
         try:
-            self._end(d)
+            kill_group(d.pid, sig)
+            if not wait_readable(d.pidfd, min(grace, KILL_INLINE_WAIT)):
+                if grace > KILL_INLINE_WAIT:
+                    self.hot.hold(d.dom)
+                    self.in_grace[d.dom] = time.monotonic() + grace
+                    return msg.reply(Err.OK, flags=Flag.STOPPING)
+                kill_group(d.pid, signal.SIGKILL)
+                wait_readable(d.pidfd, None)
+            self._ended(d)
         except OSError as e:
             return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
         return msg.reply(Err.OK, flags=Flag.RELEASED)      # reaped and forgotten
+
+    def look_at_grace(self) -> None:
+        """The dispatchers in their grace: SIGKILL those whose grace is
+        over, and report the end of those that ended, their groups gone."""
+        now = time.monotonic()
+        for dom, deadline in list(self.in_grace.items()):
+            d = self.dispatchers.get(dom)
+            if d is None:                          # ended otherwise meanwhile
+                del self.in_grace[dom]
+            elif wait_readable(d.pidfd, 0):
+                del self.in_grace[dom]
+                status = self._ended(d)
+                signaled = os.WIFSIGNALED(status)
+                self.reply(Msg(Op.SD_EXIT, core=self.core, dom=dom, nonce=d.nonce,
+                               flags=Flag.RELEASED | (Flag.SIGNALED if signaled else 0),
+                               status=os.WTERMSIG(status) if signaled else
+                               os.WEXITSTATUS(status)))
+                self.replies.wake_consumer()
+            elif deadline is not None and now >= deadline:
+                kill_group(d.pid, signal.SIGKILL)
+                self.in_grace[dom] = None
+
+    def send_signal(self, msg: Msg) -> Msg:
+        """A signal to the dispatcher's process group (everything the
+        program forked that stayed in it); ending it is kill's."""
+        if msg.dom in self.simulated:
+            return msg.reply(Err.OK)
+        d = self.dispatchers.get(msg.dom)
+        if d is None:
+            return msg.reply(Err.NOT_FOUND)
+        try:
+            kill_group(d.pid, int.from_bytes(msg.payload[:4], "little"))
+        except (OSError, ValueError) as e:
+            return msg.reply(Err.KILL_FAILED, getattr(e, "errno", None) or errno.EINVAL)
+        return msg.reply(Err.OK)
 
     def cleanup(self, msg: Msg) -> Msg:
         """Release the domain here; a dispatcher still running is ended first."""
         d = self.dispatchers.get(msg.dom)
         if d is not None:
+            self.in_grace.pop(msg.dom, None)       # ended here and now instead
             self._end(d)
         return msg.reply(Err.OK)
 
@@ -296,16 +367,23 @@ class Worker:
 
     def _end(self, d) -> None:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
-        period, reap the dispatcher, forget it -- and return only once no
-        process of its group is left (bounded), so a kill's reply means it."""
+        period, and _ended: for a cleanup, which waits (the domain was
+        stopped already; a dispatcher still running here is rare)."""
         kill_group(d.pid, signal.SIGTERM)
         if not wait_readable(d.pidfd, self.kill_grace):
             kill_group(d.pid, signal.SIGKILL)
             wait_readable(d.pidfd, None)
-        # Whatever the program forked dies with it, even if it outlived TERM.
+        self._ended(d)
+
+    def _ended(self, d) -> int:
+        """A dispatcher that has ended: what it forked ended too (even what
+        outlived the signal), it reaped and forgotten -- and returned only
+        once no process of its group is left (bounded), so a reply saying
+        it ended means it. Its wait status."""
         kill_group(d.pid, signal.SIGKILL)
-        self._reap(d)
+        status = self._reap(d)
         self._wait_group_gone(d.pid)
+        return status
 
     def _wait_group_gone(self, pgid: int, timeout: float = GROUP_GONE_TIMEOUT) -> None:
         """Until the group is empty: a SIGKILLed process takes a moment to
@@ -383,6 +461,7 @@ HANDLERS = {
     Op.SD_SPAN: Worker.span,
     Op.SD_KILL: Worker.kill,
     Op.SD_CLEANUP: Worker.cleanup,
+    Op.SD_SIGNAL: Worker.send_signal,
 }
 
 

@@ -188,8 +188,15 @@ class AsyncClient:
     async def span(self, domain: Domain, core: int, timeout=None) -> int:
         return await self._answer(self.client.span_async(domain, core), timeout)
 
-    async def kill(self, domain: Domain, timeout=None) -> None:
-        return await self._answer(self.client.kill_async(domain), timeout)
+    async def kill(self, domain: Domain, timeout=None, *, signal=None,
+                   grace: float | None = None) -> None:
+        """As ``Client.kill``."""
+        return await self._answer(self.client.kill_async(domain, signal=signal, grace=grace),
+                                  timeout)
+
+    async def signal(self, domain: Domain, sig, timeout=None) -> None:
+        """As ``Client.signal``."""
+        return await self._answer(self.client.signal_async(domain, sig), timeout)
 
     async def exit(self, domain: Domain, status: int, timeout=None) -> None:
         return await self._answer(self.client.exit_async(domain, status), timeout)

@@ -22,6 +22,7 @@ import locale
 import logging
 import operator
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -32,8 +33,8 @@ from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
-    MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_ids,
-    send, take,
+    KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError,
+    SpawnArgs, StatusInfo, decode_ids, send, take,
 )
 from procmgr.protocol import State
 from ringbuf import Closed, PeerDied, Ring
@@ -72,6 +73,12 @@ class Domain:
 
 @dataclass(frozen=True, slots=True)
 class DomainInfo:
+    """What the runtime knows of a domain. How it ended: ``killed`` (a
+    kill stopped it: ``exit_status`` is then 9, whatever the signal did),
+    else ``signaled`` (it died of signal ``exit_status``), else it exited
+    with code ``exit_status``. ``wait`` keeps the original's one int: 9
+    for a kill, -N for a signal N, the code otherwise -- so a program's own
+    ``exit 9`` reads as a kill there; ``killed`` tells them apart."""
     id: int
     state: State
     exit_status: int | None
@@ -79,6 +86,7 @@ class DomainInfo:
     cores: list[int]
     pids: list[int]
     argv: list[str]
+    killed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,12 +550,41 @@ class Client:
         """Start another dispatcher of ``domain`` on ``core``; its pid."""
         return self.wait_for(self.span_async(domain, core), timeout)
 
-    def kill_async(self, domain: Domain) -> Future:
+    def kill_async(self, domain: Domain, *, signal=None, grace: float | None = None) -> Future:
+        """As ``kill``, without waiting: the Future of its end (None)."""
         domain = _capability(domain, "kill")
-        return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce), lambda m: None)
+        status, payload = _stop_how(signal, grace)
+        return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce, status=status,
+                              payload=payload), lambda m: None)
 
-    def kill(self, domain: Domain, timeout=None) -> None:
-        return self.wait_for(self.kill_async(domain), timeout)
+    def kill(self, domain: Domain, timeout=None, *, signal=None, grace: float | None = None
+             ) -> None:
+        """End the domain on every core, and answer once it and everything
+        it forked are gone: ``signal`` (default SIGTERM) to each
+        dispatcher's process group, then SIGKILL once ``grace`` seconds
+        have passed (default: the runtime's ``kill_grace``, 0.2 s). A long
+        grace holds nobody else up: the worker serves on meanwhile. The
+        domain's status is then 9, "killed" (``DomainInfo.exit_status``),
+        whatever the signal did. The first kill of a domain says how it
+        ends; a kill while it is ending waits for that end."""
+        return self.wait_for(self.kill_async(domain, signal=signal, grace=grace), timeout)
+
+    def signal_async(self, domain: Domain, sig) -> Future:
+        domain = _capability(domain, "signal")
+        status, _ = _stop_how(sig, None)
+        if status == 0:
+            raise ValueError("signal needs a signal: signal.SIGHUP, say")
+        return self._send(Msg(Op.SIGNAL, dom=domain.id, nonce=domain.nonce, status=status),
+                          lambda m: None)
+
+    def signal(self, domain: Domain, sig, timeout=None) -> None:
+        """Send ``sig`` to the domain's programs (each dispatcher's process
+        group) without ending it -- SIGHUP to reload, SIGUSR1, SIGSTOP and
+        SIGCONT; answered once every core has sent it. The domain must be
+        running (DOMAIN_NOT_RUNNING otherwise). Like ``os.kill``, it ends
+        the domain if the program dies of it: that is then its own exit,
+        -N, not a kill's 9."""
+        return self.wait_for(self.signal_async(domain, sig), timeout)
 
     def exit_async(self, domain: Domain, status: int) -> Future:
         """A domain says it ends with ``status`` (its last call)."""
@@ -988,6 +1025,24 @@ def _environment(env, what: str) -> dict | None:
     return checked
 
 
+def _stop_how(sig, grace) -> tuple[int, bytes]:
+    """A kill's signal and grace as its request carries them (protocol.h,
+    KILL_MAX_SIGNAL): checked here, in words, before anything is sent."""
+    status = 0
+    if sig is not None:
+        if isinstance(sig, bool) or not isinstance(sig, int) or not 0 < sig <= KILL_MAX_SIGNAL:
+            raise ValueError(f"signal must be a signal number (1..{KILL_MAX_SIGNAL}) or a "
+                             f"signal.Signals, not {sig!r}")
+        status = int(sig)
+    if grace is None:
+        return status, b""
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or \
+            not 0 <= grace * 1000 < KILL_GRACE_DEFAULT:
+        raise ValueError(f"grace must be seconds from 0 to {KILL_GRACE_DEFAULT // 1000 - 1}, "
+                         f"not {grace!r}")
+    return status, struct.pack("<I", round(grace * 1000))
+
+
 def _wait_result(msg: Msg) -> int | None:
     """Exit code; 9 after a kill; -N for a death by signal N nobody asked for
     (as subprocess reports it); None when nohang found it still running."""
@@ -999,4 +1054,4 @@ def _wait_result(msg: Msg) -> int | None:
 def _status_result(msg: Msg) -> DomainInfo:
     info = StatusInfo.decode(msg.payload)
     return DomainInfo(msg.dom, State(info.state), info.exit_status, info.signaled,
-                      info.cores, info.pids, info.argv)
+                      info.cores, info.pids, info.argv, info.killed)

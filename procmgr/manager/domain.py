@@ -47,6 +47,7 @@ class DomainView:
     span_pending: set[int]       # spans sent, not yet answered
     exit_status: int | None
     signaled: bool
+    killed: bool                 # its stop was a kill's
     kills_in_flight: int
     kill_error: tuple[int, int] | None
     killers: list[tuple[int, int]]

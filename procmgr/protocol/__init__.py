@@ -29,6 +29,8 @@ from procmgr.protocol.numbers import (
     HEADER,
     HEADER_FIELDS,
     INLINE,
+    KILL_GRACE_DEFAULT,
+    KILL_MAX_SIGNAL,
     LOG_BACKUPS,
     LOG_MAX_BACKUPS,
     LOG_MAX_BYTES,

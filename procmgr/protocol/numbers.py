@@ -7,7 +7,8 @@ cffi, procmgr/protocol/build.py), the one place they are written.
     State   a domain's state (STATE_*)
     HEADER_FIELDS, HEADER   the header slot's fields in order, and its struct
     SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, CLIENT_OPS,
-    EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS
+    EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS,
+    KILL_MAX_SIGNAL, KILL_GRACE_DEFAULT
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ ARG_LIMIT = lib.ARG_LIMIT
 MAX_PAYLOAD = lib.MAX_PAYLOAD
 MAX_FRAGS = lib.MAX_FRAGS
 EXIT_STATUS_KILLED = lib.EXIT_STATUS_KILLED
+KILL_MAX_SIGNAL = lib.KILL_MAX_SIGNAL
+KILL_GRACE_DEFAULT = lib.KILL_GRACE_DEFAULT
 LOG_MAX_BYTES = lib.LOG_MAX_BYTES
 LOG_BACKUPS = lib.LOG_BACKUPS
 LOG_MIN_BYTES = lib.LOG_MIN_BYTES
 LOG_MAX_BACKUPS = lib.LOG_MAX_BACKUPS
 CLIENT_OPS = frozenset(range(lib.FIRST_CLIENT_OP, lib.LAST_CLIENT_OP + 1))
-SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP))
+SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP,
+                             Op.SD_SIGNAL))
 
 # The header slot's fields in order, as (name, struct format, numpy dtype),
 # read off struct wire_header: the struct and numpy forms both derive from it.

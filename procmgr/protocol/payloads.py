@@ -183,11 +183,13 @@ class StatusInfo:
     cores: list[int]
     pids: list[int]
     argv: list[str]
+    killed: bool = False        # stopped by a kill (exit_status is then 9)
 
     def encode(self) -> bytes:
         if len(self.pids) != len(self.cores):
             raise ValueError("status: one pid per core")
-        flags = (1 if self.exit_status is not None else 0) | (2 if self.signaled else 0)
+        flags = (1 if self.exit_status is not None else 0) | (2 if self.signaled else 0) | \
+            (4 if self.killed else 0)
         head = _STATUS_HEAD.pack(self.state, flags, self.exit_status or 0, len(self.cores))
         # An argv over the limit is shown cut at a whole item.
         argv, size = [], 0
@@ -215,4 +217,4 @@ class StatusInfo:
             raise ProtocolError(f"status argv is not valid UTF-8: {e}") from None
         return cls(state, status if flags & 1 else None, bool(flags & 2),
                    _unpacked("H", payload[n0:end_cores]),
-                   _unpacked("i", payload[end_cores:end_pids]), argv)
+                   _unpacked("i", payload[end_cores:end_pids]), argv, bool(flags & 4))

@@ -47,9 +47,16 @@
 #define MAX_FRAGS 128
 /* The client requests are the ops FIRST_CLIENT_OP..LAST_CLIENT_OP. */
 #define FIRST_CLIENT_OP 1
-#define LAST_CLIENT_OP 10
+#define LAST_CLIENT_OP 11
 /* The exit status of a domain the runtime killed. */
 #define EXIT_STATUS_KILLED 9
+/* A kill's signal (KILL's status; 0: the runtime's, SIGTERM) is at most
+ * this; its grace, in ms, is the optional u32 payload (none: the
+ * runtime's). SD_KILL carries both as its payload, u32 signal and u32
+ * grace in ms (KILL_GRACE_DEFAULT: the worker's), or nothing for both
+ * defaults. */
+#define KILL_MAX_SIGNAL 64
+#define KILL_GRACE_DEFAULT 4294967295
 /* A captured stream's bounds (a "log" cap's MAX_BYTES:BACKUPS) unless the
  * runtime or the spawn says otherwise, and what they may be: a rotation
  * cuts whole blocks out of the file, and renames every backup (kept few). */
@@ -70,15 +77,17 @@ enum op {
     OP_GET_DOMAINLIST = 8,
     OP_ADD_SPAWND = 9,
     OP_GET_STATS = 10,        /* the manager's own figures (JSON), for `procmgr top` */
+    OP_SIGNAL = 11,           /* status (1..KILL_MAX_SIGNAL) to every dispatcher's group */
     /* manager -> client only: the answer to a request whose op it could not
      * read (an unknown op byte), so the client can still decode it and
      * match it by seq; err says why */
-    OP_UNREADABLE = 11,
+    OP_UNREADABLE = 12,
     /* manager -> spawnd (each answered by one SD_REPLY, in order) */
     OP_SD_SPAWN = 16,
     OP_SD_SPAN = 17,
     OP_SD_KILL = 18,
     OP_SD_CLEANUP = 19,
+    OP_SD_SIGNAL = 20,        /* payload: u32 signal; answered OK or NOT_FOUND */
     /* spawnd -> manager */
     OP_SD_REPLY = 24,
     OP_SD_EXIT = 25,          /* a dispatcher ended by itself; status = wait status */
@@ -96,6 +105,10 @@ enum flag {
      * that keeps a domain's resources until told -- Barrelfish's -- leaves
      * it clear). */
     FLAG_RELEASED = 8,
+    /* The reply to SD_KILL: the signal is sent and the dispatcher still
+     * runs (its grace is not over); its end comes as an SD_EXIT, once its
+     * process group is gone. */
+    FLAG_STOPPING = 16,
     FLAG_REPLY = 128,         /* every reply carries its request's op with this bit */
 };
 
@@ -164,7 +177,7 @@ _Static_assert(offsetof(struct wire_header, inline_) == SLOT - INLINE, "inline e
 _Static_assert(MAX_PAYLOAD == 4 * ARG_LIMIT + 16, "path, argv, env, caps and their lengths");
 _Static_assert(MAX_FRAGS == (MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT,
                "continuation slots of the largest payload");
-_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_GET_STATS,
+_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_SIGNAL,
                "the client requests are one run of ops");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the wire is little-endian and this code copies fields as they are");
@@ -177,8 +190,8 @@ static inline int op_is_known(uint8_t op)
     switch ((enum op)op) {
     case OP_SPAWN: case OP_SPAWN_WITH_CAPS: case OP_SPAN: case OP_KILL: case OP_EXIT:
     case OP_WAIT: case OP_GET_STATUS: case OP_GET_DOMAINLIST: case OP_ADD_SPAWND:
-    case OP_GET_STATS: case OP_UNREADABLE:
-    case OP_SD_SPAWN: case OP_SD_SPAN: case OP_SD_KILL: case OP_SD_CLEANUP:
+    case OP_GET_STATS: case OP_SIGNAL: case OP_UNREADABLE:
+    case OP_SD_SPAWN: case OP_SD_SPAN: case OP_SD_KILL: case OP_SD_CLEANUP: case OP_SD_SIGNAL:
     case OP_SD_REPLY: case OP_SD_EXIT:
         return 1;
     }

@@ -31,6 +31,7 @@ class SimulatedSpawnd:
         self._decoder = Decoder()
         self.dispatchers: dict[int, tuple[int, int]] = {}   # dom -> (nonce, pid)
         self.cleaned: set[int] = set()
+        self.signalled: list[tuple[int, int]] = []     # (dom, signal) of each SD_SIGNAL
         self.log: list[Msg] = []     # every request, in arrival order
         self.held: deque[Msg] = deque()
         self.hold = False            # keep replies back until release()
@@ -81,6 +82,11 @@ class SimulatedSpawnd:
             return msg.reply(Err.OK, flags=self._released(msg.dom))
         if msg.op == Op.SD_CLEANUP:
             self.cleaned.add(msg.dom)
+            return msg.reply(Err.OK)
+        if msg.op == Op.SD_SIGNAL:      # recorded, as a real one would deliver it
+            if msg.dom not in self.dispatchers:
+                return msg.reply(Err.NOT_FOUND)
+            self.signalled.append((msg.dom, int.from_bytes(msg.payload, "little")))
             return msg.reply(Err.OK)
         return msg.reply(Err.UNKNOWN_OP)
 

@@ -104,7 +104,7 @@ def test_storm_bad_mix():
     assert proc.returncode == 1 and "is not OP=WEIGHT" in proc.stderr
 
 
-def test_cleanup_removes_only_what_dead_runtimes_left(name):
+def test_cleanup_removes_only_what_dead_runtimes_left(name, tmp_path):
     import posix_ipc
 
     # A segment whose creator is dead, and a socket directory nobody serves.
@@ -288,3 +288,24 @@ def test_env_adds_to_the_runtimes_and_the_program_starts_here(name, tmp_path):
     bad = run("run", "--name", name, "--cwd", str(tmp_path / "no"), "--", "pwd", check=False)
     assert bad.returncode == 1 and "No such file or directory" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_kill_with_a_signal_and_grace_and_signal_from_the_shell(name):
+    prog = [sys.executable, "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGHUP, lambda *a: print('hup', flush=True))\n"
+            "signal.signal(signal.SIGINT, lambda *a: (print('int', flush=True), sys.exit(0)))\n"
+            "print('up', flush=True)\n"
+            "while True: time.sleep(1)\n"]
+    token = run("spawn", "--name", name, "--", *prog).stdout.split()[1]
+    dom = token.split(":")[0]
+    deadline = time.monotonic() + 10
+    while "up" not in run("logs", "--name", name, dom).stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run("signal", "--name", name, token, "HUP")
+    while "hup" not in run("logs", "--name", name, dom).stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run("kill", "--name", name, token, "--signal", "INT", "--grace", "5")
+    assert run("logs", "--name", name, dom).stdout == "up\nhup\nint\n"
+    bad = run("kill", "--name", name, token, "--signal", "NOPE", check=False)
+    assert bad.returncode == 1 and "not a signal" in bad.stderr

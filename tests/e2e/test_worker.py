@@ -149,7 +149,15 @@ def test_kill_of_a_program_ignoring_sigterm(worker):
     reply = worker.spawn(4, ["/bin/sh", "-c", "trap '' TERM; sleep 60"])
     wait_until(lambda: ignores(reply.status, signal.SIGTERM), what="sh ignores SIGTERM")
     start = time.monotonic()
-    assert worker.call(Op.SD_KILL, 4).err == Err.OK
+    stopping = worker.call(Op.SD_KILL, 4)
+    # Answered at once -- it still runs, in its grace -- and its end
+    # reported once the grace is over and SIGKILL ended it.
+    assert (stopping.err, stopping.flags & Flag.STOPPING) == (Err.OK, Flag.STOPPING)
+    assert time.monotonic() - start < 0.15
+    ended = worker.receive()
+    assert (ended.op, ended.dom) == (Op.SD_EXIT, 4)
+    assert ended.flags & Flag.SIGNALED and ended.status == signal.SIGKILL
+    assert ended.flags & Flag.RELEASED
     assert time.monotonic() - start >= 0.15   # waited the grace, then SIGKILL
     assert gone(reply.status)
 

@@ -109,6 +109,7 @@ struct domain {
     uint32_t id;
     uint8_t state;
     uint8_t signaled;
+    uint8_t killed;              /* its stop was a kill's (its exit_status is then 9) */
     uint8_t has_exit;            /* exit_status is set */
     uint8_t has_kill_error;
     uint8_t has_spawn_error;
@@ -117,6 +118,11 @@ struct domain {
     int32_t exit_status;
     int32_t kill_status, spawn_status;
     int32_t kills_in_flight;
+    int32_t signals_in_flight;   /* SD_SIGNALs not yet answered */
+    uint16_t signal_err;         /* the first error one was answered with */
+    uint8_t stop_asked;          /* a killer said how (the two below) */
+    uint8_t stop_signal;         /* the signal it asked for; 0: the worker's */
+    uint32_t stop_grace_ms;      /* its grace; KILL_GRACE_DEFAULT: the worker's */
     uint64_t nonce;
     PyObject *argv;              /* list of str, never changed */
     PyObject *payload;           /* bytes: what a span starts again */
@@ -126,6 +132,7 @@ struct domain {
     struct coreset span_pending; /* spans sent, not yet answered */
     struct owedvec killers;      /* answered at STOPPED */
     struct owedvec waiters;      /* answered at STOPPED */
+    struct owedvec signalers;    /* answered when signals_in_flight is back to 0 */
     struct defvec deferred;
     struct domain *prev, *next;  /* the live list, in creation order */
 };

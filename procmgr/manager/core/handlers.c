@@ -57,7 +57,11 @@ static int send_kills(CoreObject *c, struct domain *d)
             continue;
         }
         d->kills_in_flight++;
-        if (sd_send(sd, OP_SD_KILL, d->id, d->nonce, "", 0, 0, 0, 0) < 0)
+        /* The signal and grace a killer asked for; nothing for the defaults. */
+        uint32_t how[2] = {d->stop_signal, d->stop_grace_ms};
+        int asked = d->stop_asked && (d->stop_signal != 0 || how[1] != KILL_GRACE_DEFAULT);
+        if (sd_send(sd, OP_SD_KILL, d->id, d->nonce, asked ? (const char *)how : "",
+                    asked ? sizeof how : 0, 0, 0, 0) < 0)
             goto fail;
     }
     PyMem_Free(cores.v);
@@ -249,7 +253,22 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
     struct domain *d = req_domain(c, client, r, &rc);
     if (d == NULL)
         return rc;
+    /* How: a signal (status) and a grace in ms (an optional u32 payload). */
+    uint32_t plen = len_of(r->payload);
+    if (r->h.status < 0 || r->h.status > KILL_MAX_SIGNAL || (plen != 0 && plen != 4))
+        return answer_detail(c, client, r->h.op, r->h.seq, E_BAD_MESSAGE,
+                             "a kill's status is a signal number (0: the runtime's) and "
+                             "its payload nothing or a 4-byte grace in ms");
     struct owed me = {client, r->h.seq};
+    if (d->state == STATE_NIL || d->state == STATE_RUNNING) {
+        /* The stop this kill may begin goes its way (a later killer's
+         * waits for the first one's). */
+        d->stop_asked = 1;
+        d->stop_signal = (uint8_t)r->h.status;
+        d->stop_grace_ms = KILL_GRACE_DEFAULT;
+        if (plen == 4)
+            memcpy(&d->stop_grace_ms, bytes_of(r->payload), 4);
+    }
     switch (d->state) {
     case STATE_NIL: {
         struct deferred k = {OP_KILL, 0, client, r->h.seq, EXIT_STATUS_KILLED};
@@ -258,6 +277,7 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
     case STATE_RUNNING:
         if (VEC_PUSH(&d->killers, me) < 0)
             return -1;
+        d->killed = 1;
         return begin_stop(c, d, EXIT_STATUS_KILLED, 0);
     case STATE_STOP_PEND:          /* answered when it has stopped (defect 11) */
         return VEC_PUSH(&d->killers, me);
@@ -305,12 +325,53 @@ static int h_wait(CoreObject *c, uint32_t client, const struct req *r)
     return VEC_PUSH(&d->waiters, me);
 }
 
+/* A signal to every core that runs the domain, answered once every one
+ * has answered: OK (or its first error). Ending it is kill's; a domain
+ * that is not RUNNING is not signalled. */
+static int h_signal(CoreObject *c, uint32_t client, const struct req *r)
+{
+    int rc;
+    struct domain *d = req_domain(c, client, r, &rc);
+    if (d == NULL)
+        return rc;
+    if (r->h.status <= 0 || r->h.status > KILL_MAX_SIGNAL || len_of(r->payload) != 0)
+        return answer_detail(c, client, r->h.op, r->h.seq, E_BAD_MESSAGE,
+                             "a signal's status is a signal number and it has no payload");
+    if (d->state != STATE_RUNNING)
+        return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
+    struct coreset cores = {0, 0, NULL};
+    for (uint32_t i = 0; i < d->live.n; i++)
+        if (cs_add(&cores, d->live.v[i]) < 0) {
+            PyMem_Free(cores.v);
+            return -1;
+        }
+    uint32_t sig = (uint32_t)r->h.status;
+    int sent = 0;
+    rc = 0;
+    for (uint32_t i = 0; i < cores.n && rc == 0; i++) {
+        struct spawnd *sd = spawnd_of(c, cores.v[i]);
+        if (sd == NULL)
+            continue;             /* its worker is gone, and its processes with it */
+        rc = sd_send(sd, OP_SD_SIGNAL, d->id, d->nonce, (const char *)&sig, sizeof sig, 0, 0,
+                     0);
+        d->signals_in_flight += rc == 0;
+        sent += rc == 0;
+    }
+    PyMem_Free(cores.v);
+    if (rc < 0)
+        return -1;
+    if (sent == 0)
+        return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
+    struct owed me = {client, r->h.seq};
+    return VEC_PUSH(&d->signalers, me);
+}
+
 typedef int (*client_handler)(CoreObject *, uint32_t, const struct req *);
 
 /* NULL: answered in Python (is_python_op). */
 static const client_handler client_handlers[LAST_CLIENT_OP + 1] = {
     [OP_SPAWN] = h_spawn, [OP_SPAWN_WITH_CAPS] = h_spawn, [OP_SPAN] = h_span,
-    [OP_KILL] = h_kill, [OP_EXIT] = h_exit, [OP_WAIT] = h_wait,
+    [OP_KILL] = h_kill, [OP_EXIT] = h_exit, [OP_WAIT] = h_wait, [OP_SIGNAL] = h_signal,
 };
 
 /* A bug must not take the manager, and everyone else's answers, down:
@@ -454,6 +515,7 @@ static int r_spawn(CoreObject *c, struct spawnd *sd, const struct slotv *s,
                 rc = -1;
                 break;
             }
+            d->killed |= d->state == STATE_RUNNING;
         }
         rc = d->state == STATE_RUNNING ? begin_stop(c, d, e->status, e->signaled)
                                  : maybe_stopped(c, d);
@@ -497,7 +559,9 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
         return -1;
     d->kills_in_flight--;
     uint16_t err = m->h.err;
-    if (err == E_OK || err == E_NOT_FOUND || err == E_SPAWND_DIED) {
+    if (err == E_OK && (m->h.flags & FLAG_STOPPING)) {
+        /* Signalled, still in its grace: its SD_EXIT counts the core. */
+    } else if (err == E_OK || err == E_NOT_FOUND || err == E_SPAWND_DIED) {
         dispatcher_stopped(d, sd->core);
         if (m->h.flags & FLAG_RELEASED)
             cs_discard(&d->held, sd->core);
@@ -525,9 +589,38 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
             d->has_exit = 0;
             d->exit_status = 0;
             d->signaled = 0;
+            d->killed = 0;
         }
     }
     return 0;
+}
+
+/* Every signaller answered once the last core has: a dispatcher that had
+ * ended there meanwhile (NOT_FOUND), or died with its worker, was no
+ * failure to signal it. */
+static int r_signal(CoreObject *c, struct spawnd *sd, const struct slotv *s,
+                    const struct reply *m)
+{
+    (void)sd;
+    struct domain *d = slot_domain(c, s);
+    if (d == NULL)
+        return -1;
+    d->signals_in_flight--;
+    uint16_t err = m->h.err;
+    if (err != E_OK && err != E_NOT_FOUND && err != E_SPAWND_DIED && d->signal_err == E_OK)
+        d->signal_err = err;
+    if (d->signals_in_flight > 0)
+        return 0;
+    struct owedvec signalers = d->signalers;
+    memset(&d->signalers, 0, sizeof d->signalers);
+    err = d->signal_err;
+    d->signal_err = E_OK;
+    int rc = 0;
+    for (uint32_t i = 0; i < signalers.n && rc == 0; i++)
+        rc = answer_err(c, signalers.v[i].client, OP_SIGNAL, signalers.v[i].seq, err, 0, d->id,
+                        d->nonce, 0);
+    PyMem_Free(signalers.v);
+    return rc;
 }
 
 static int r_cleanup(CoreObject *c, struct spawnd *sd, const struct slotv *s,
@@ -550,6 +643,7 @@ static reply_handler reply_handler_of(uint8_t op)
     case OP_SD_SPAN: return r_span;
     case OP_SD_KILL: return r_kill;
     case OP_SD_CLEANUP: return r_cleanup;
+    case OP_SD_SIGNAL: return r_signal;
     default: return NULL;
     }
 }
@@ -562,6 +656,7 @@ uint8_t client_op_of(const struct slotv *s)
     switch (s->op) {
     case OP_SD_SPAWN: return OP_SPAWN;
     case OP_SD_SPAN: return OP_SPAN;
+    case OP_SD_SIGNAL: return OP_SIGNAL;
     default: return OP_KILL;
     }
 }

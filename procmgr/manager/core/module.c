@@ -510,7 +510,7 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
     PyObject *res = NULL;
     if (cores && pids && deferred && argv) {
         res = Py_BuildValue(
-            "{s:k,s:K,s:i,s:O,s:i,s:N,s:N,s:N,s:N,s:N,s:N,s:O,s:i,s:N,s:N,s:N,s:N,s:N}",
+            "{s:k,s:K,s:i,s:O,s:i,s:N,s:N,s:N,s:N,s:N,s:N,s:O,s:O,s:i,s:N,s:N,s:N,s:N,s:N}",
             "id", (unsigned long)d->id, "nonce", (unsigned long long)d->nonce,
             "state", d->state, "argv", argv, "home_core", d->home_core,
             "cores", Py_NewRef(cores), "pids", Py_NewRef(pids),
@@ -518,6 +518,7 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
             "span_pending", cores_list(&d->span_pending),
             "exit_status", d->has_exit ? PyLong_FromLong(d->exit_status) : Py_NewRef(Py_None),
             "signaled", d->signaled ? Py_True : Py_False,
+            "killed", d->killed ? Py_True : Py_False,
             "kills_in_flight", d->kills_in_flight,
             "kill_error", d->has_kill_error ? Py_BuildValue("(ii)", d->kill_err, d->kill_status)
                                             : Py_NewRef(Py_None),

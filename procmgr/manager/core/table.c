@@ -108,6 +108,7 @@ void domain_free(struct domain *d)
     PyMem_Free(d->span_pending.v);
     PyMem_Free(d->killers.v);
     PyMem_Free(d->waiters.v);
+    PyMem_Free(d->signalers.v);
     PyMem_Free(d->deferred.v);
     PyMem_Free(d);
 }
