@@ -140,6 +140,7 @@ class Worker:
         # dispatchers a kill signalled that still run. Their ends are ours
         # to report (hot.hold), once their process groups are gone.
         self.in_grace: dict[int, float | None] = {}
+        self.grace_ends = select.epoll()    # their pidfds: which of them ended
         self.stopping = False
         # The environment a domain gets when its spawn gives none.
         self._env = [k + b"=" + v for k, v in os.environb.items()
@@ -311,6 +312,7 @@ class Worker:
             if not wait_readable(d.pidfd, min(grace, KILL_INLINE_WAIT)):
                 if grace > KILL_INLINE_WAIT:
                     self.hot.hold(d.dom)
+                    self.grace_ends.register(d.pidfd, select.EPOLLIN)
                     self.in_grace[d.dom] = time.monotonic() + grace
                     return msg.reply(Err.OK, flags=Flag.STOPPING)
                 kill_group(d.pid, signal.SIGKILL)
@@ -324,12 +326,14 @@ class Worker:
         """The dispatchers in their grace: SIGKILL those whose grace is
         over, and report the end of those that ended, their groups gone."""
         now = time.monotonic()
+        ended = {fd for fd, _ in self.grace_ends.poll(0)}
         for dom, deadline in list(self.in_grace.items()):
             d = self.dispatchers.get(dom)
             if d is None:                          # ended otherwise meanwhile
                 del self.in_grace[dom]
-            elif wait_readable(d.pidfd, 0):
+            elif d.pidfd in ended:
                 del self.in_grace[dom]
+                self.grace_ends.unregister(d.pidfd)
                 status = self._ended(d)
                 signaled = os.WIFSIGNALED(status)
                 self.reply(Msg(Op.SD_EXIT, core=self.core, dom=dom, nonce=d.nonce,
@@ -359,7 +363,8 @@ class Worker:
         """Release the domain here; a dispatcher still running is ended first."""
         d = self.dispatchers.get(msg.dom)
         if d is not None:
-            self.in_grace.pop(msg.dom, None)       # ended here and now instead
+            if self.in_grace.pop(msg.dom, False) is not False:   # ended here and now instead
+                self.grace_ends.unregister(d.pidfd)
             self._end(d)
         return msg.reply(Err.OK)
 

@@ -179,3 +179,17 @@ def test_how_a_domain_ended_is_told_apart(pm):
     assert [(i.exit_status, i.killed, i.signaled)
             for i in (pm.status(d, timeout=T) for d in (own_nine, killed, died))] == \
         [(9, False, False), (9, True, False), (signal.SIGTERM, False, True)]
+
+
+def test_many_kills_in_their_grace_at_once_take_one_grace_not_one_each(pm):
+    stubborn = [pm.spawn(["/bin/sh", "-c", "trap '' TERM; echo up; sleep 60"], core=i % 2,
+                         timeout=T) for i in range(20)]
+    for d in stubborn:
+        wait_for_output(pm, d, b"up")
+    start = time.monotonic()
+    kills = [pm.kill_async(d, grace=0.5) for d in stubborn]
+    for k in kills:
+        k.result(timeout=T)
+    took = time.monotonic() - start
+    assert 0.5 <= took < 3, f"20 kills with a 0.5 s grace took {took:.2f} s"
+    assert all(process_gone(d.pid) for d in stubborn)
