@@ -172,18 +172,21 @@ class AsyncClient:
     # ---- requests ----
 
     async def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-                    cwd=None, env_extra=None, timeout=None, **streams) -> Domain:
+                    cwd=None, env_extra=None, stop_signal=None, stop_timeout=None,
+                    timeout=None, **streams) -> Domain:
         """As ``Client.spawn``."""
         return await self._answer(self.client.spawn_async(
             argv, core=core, env=env, executable=executable, path=path, cwd=cwd,
-            env_extra=env_extra, **streams), timeout)
+            env_extra=env_extra, stop_signal=stop_signal, stop_timeout=stop_timeout,
+            **streams), timeout)
 
     async def spawn_with_caps(self, argv, caps, *, core: int = 0, env=None, executable=None,
-                              path=None, cwd=None, env_extra=None, timeout=None,
-                              **streams) -> Domain:
+                              path=None, cwd=None, env_extra=None, stop_signal=None,
+                              stop_timeout=None, timeout=None, **streams) -> Domain:
         return await self._answer(self.client.spawn_async(
             argv, core=core, env=env, executable=executable, path=path, caps=caps, cwd=cwd,
-            env_extra=env_extra, **streams), timeout)
+            env_extra=env_extra, stop_signal=stop_signal, stop_timeout=stop_timeout,
+            **streams), timeout)
 
     async def span(self, domain: Domain, core: int, timeout=None) -> int:
         return await self._answer(self.client.span_async(domain, core), timeout)

@@ -22,6 +22,7 @@ import locale
 import logging
 import operator
 import os
+import signal
 import struct
 import tempfile
 import threading
@@ -486,6 +487,7 @@ class Client:
 
     def spawn_async(self, argv, *, core: int = 0, env: dict | None = None,
                     executable=None, path=None, caps=None, cwd=None, env_extra=None,
+                    stop_signal=None, stop_timeout: float | None = None,
                     **streams) -> Future:
         """As ``spawn``, without waiting: the Future of the Domain."""
         caps = _all_caps(streams, caps) if streams or caps else None
@@ -494,7 +496,8 @@ class Client:
             core = _core_number(core)
         payload = None
         if type(argv) is list and not caps and env is None and executable is None \
-                and path is None and cwd is None and env_extra is None:
+                and path is None and cwd is None and env_extra is None \
+                and stop_signal is None and stop_timeout is None:
             # The common case, kept encoded (and so checked) from the last time.
             try:
                 payload = _plain_spawn_payload(argv[0], tuple(argv))
@@ -503,6 +506,10 @@ class Client:
         if payload is None:
             args = _program(argv, env, executable, path, env_extra, cwd)
             args.caps = list(caps or [])
+            if stop_signal is not None or stop_timeout is not None:
+                sig, grace = _stop_how(stop_signal, stop_timeout)
+                args.stop = (sig or signal.SIGTERM,
+                             KILL_GRACE_DEFAULT if not grace else struct.unpack("<I", grace)[0])
             try:
                 payload = args.encode()
             except ProtocolError as e:
@@ -510,7 +517,8 @@ class Client:
         return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
     def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
-              cwd=None, env_extra=None, timeout=None, **streams) -> Domain:
+              cwd=None, env_extra=None, stop_signal=None, stop_timeout=None, timeout=None,
+              **streams) -> Domain:
         """Start ``argv`` on ``core``, as ``subprocess.Popen`` would take
         it: a list of arguments (str, bytes or os.PathLike; a str alone is
         refused, where Popen would run it as one program name), the program
@@ -520,7 +528,9 @@ class Client:
         values (None: the runtime's); ``env_extra``: variables added to it
         (to the runtime's, without ``env``). ``cwd``: the directory it
         starts in (relative: to the caller's; None: the runtime's, where
-        ``procmgr up`` ran). ``stdout=``/``stderr=`` (LOG, DEVNULL,
+        ``procmgr up`` ran). ``stop_signal``/``stop_timeout``: how a kill
+        that does not say otherwise ends it (``kill``'s signal and grace;
+        default SIGTERM and the runtime's grace). ``stdout=``/``stderr=`` (LOG, DEVNULL,
         INHERIT, STDOUT, a path; ``append=True``), ``stdin=`` (DEVNULL or a
         path) and ``log_max_bytes=``/``log_backups=`` say where its standard
         streams go: procmgr/client/logs.py.
@@ -531,14 +541,16 @@ class Client:
         is not the caller's to copy)."""
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
                                               path=path, cwd=cwd, env_extra=env_extra,
-                                              **streams), timeout)
+                                              stop_signal=stop_signal,
+                                              stop_timeout=stop_timeout, **streams), timeout)
 
     def spawn_with_caps(self, argv, caps, *, core: int = 0, env=None, executable=None,
-                        path=None, cwd=None, env_extra=None, timeout=None,
-                        **streams) -> Domain:
+                        path=None, cwd=None, env_extra=None, stop_signal=None,
+                        stop_timeout=None, timeout=None, **streams) -> Domain:
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
                                               path=path, caps=caps, cwd=cwd,
-                                              env_extra=env_extra, **streams), timeout)
+                                              env_extra=env_extra, stop_signal=stop_signal,
+                                              stop_timeout=stop_timeout, **streams), timeout)
 
     def span_async(self, domain: Domain, core: int) -> Future:
         domain = _capability(domain, "span")

@@ -46,6 +46,7 @@ class SpawnArgs:
     caps: list[tuple[int, str, str]] = field(default_factory=list)
     cwd: str | None = None          # None: the worker's working directory
     env_adds: bool = False          # env is added to the worker's, not the whole
+    stop: tuple[int, int] | None = None  # a kill's signal and grace in ms (None: the runtime's)
 
     def encode(self) -> bytes:
         # argv == [path], the usual case, travels as nothing (and a bit): a
@@ -56,6 +57,8 @@ class SpawnArgs:
         if self.cwd is not None and not self.cwd:
             raise ValueError("the working directory is empty")
         caps = [_cap_text(c) for c in self.caps]
+        if self.stop is not None:       # after the cwd, before the caps
+            caps.insert(0, f"{int(self.stop[0])}:{int(self.stop[1])}")
         parts = [
             _field("path", self.path.encode()),
             _field("argv", b"" if argv_is_path else _join("argv", self.argv)),
@@ -75,6 +78,8 @@ class SpawnArgs:
             lens[2] |= 0xC000 if self.env_adds else 0x8000
         if self.cwd is not None:
             lens[3] |= 0x8000
+        if self.stop is not None:
+            lens[3] |= 0x4000
         return _SPAWN_LENS.pack(*lens) + b"".join(parts)
 
     @classmethod

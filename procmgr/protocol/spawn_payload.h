@@ -19,8 +19,10 @@
  * rather than replace it. An env entry is KEY=VALUE with a non-empty key.
  * The high bit of the caps length says a working directory is given: the
  * caps field then starts with it, NUL-terminated (a spawn without one pays
- * nothing for it). A cap is FD:MODE:TEXT, as payloads.py describes for
- * each mode.
+ * nothing for it); the next bit, that how the program is stopped is given:
+ * SIGNAL:GRACE_MS (the signal a kill sends first, 1..KILL_MAX_SIGNAL, and
+ * the ms before SIGKILL, below KILL_GRACE_DEFAULT) comes next. A cap is
+ * FD:MODE:TEXT, as payloads.py describes for each mode.
  *
  * Everything in it is a peer's word: every length is checked against the
  * payload and ARG_LIMIT before anything is read, text must be UTF-8, and a
@@ -214,9 +216,9 @@ static PyObject *spawn_cap(PyObject *item, struct spawn_refusal *why)
     return Py_BuildValue("(lsN)", (long)fd, mode, text);
 }
 
-/* The payload as (path, argv, env, caps, cwd, env_adds): str, list of str,
- * dict or None, list of (fd, mode, text), str or None, bool -- what
- * SpawnArgs holds. NULL with *why filled in (why->detail NULL: out of
+/* The payload as (path, argv, env, caps, cwd, env_adds, stop): str, list
+ * of str, dict or None, list of (fd, mode, text), str or None, bool,
+ * (signal, grace ms) or None -- what SpawnArgs holds. NULL with *why filled in (why->detail NULL: out of
  * memory, with the exception set). */
 static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refusal *why)
 {
@@ -227,9 +229,11 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     uint16_t raw[4];
     memcpy(raw, p, sizeof raw);
     int argv_is_path = (raw[1] & SPAWN_FLAG_BIT) != 0, env_given = (raw[2] & SPAWN_FLAG_BIT) != 0,
-        env_adds = (raw[2] & SPAWN_ADDS_BIT) != 0, cwd_given = (raw[3] & SPAWN_FLAG_BIT) != 0;
+        env_adds = (raw[2] & SPAWN_ADDS_BIT) != 0, cwd_given = (raw[3] & SPAWN_FLAG_BIT) != 0,
+        stop_given = (raw[3] & SPAWN_ADDS_BIT) != 0;
     Py_ssize_t lp = raw[0], la = raw[1] & ~SPAWN_FLAG_BIT,
-               le = raw[2] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT), lc = raw[3] & ~SPAWN_FLAG_BIT;
+               le = raw[2] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT),
+               lc = raw[3] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT);
     if (env_adds && !env_given)
         return SPAWN_REFUSE(why, "spawn payload adds to an environment it does not give");
     if (SPAWN_LENS + lp + la + le + lc != n)
@@ -244,7 +248,7 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     const char *path_at = (const char *)p + SPAWN_LENS, *argv_at = path_at + lp,
                *env_at = argv_at + la, *caps_at = env_at + le;
     PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
-             *caps = NULL, *cwd = NULL, *out = NULL;
+             *caps = NULL, *cwd = NULL, *stop = NULL, *out = NULL;
     if ((path = spawn_text(path_at, lp, why)) == NULL ||
         (argv = spawn_list(argv_at, la, why)) == NULL ||
         (env_items = spawn_list(env_at, le, why)) == NULL ||
@@ -264,6 +268,25 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
         }
     } else {
         cwd = Py_NewRef(Py_None);
+    }
+    if (stop_given) {           /* SIGNAL:GRACE_MS, next */
+        Py_ssize_t n = 0;
+        const char *t = PyList_GET_SIZE(cap_items)
+                        ? PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(cap_items, 0), &n) : NULL;
+        const char *colon = t ? memchr(t, ':', (size_t)n) : NULL;
+        long long sig = colon ? spawn_number(t, colon - t, KILL_MAX_SIGNAL + 1) : -1;
+        long long ms = colon ? spawn_number(colon + 1, n - (colon - t) - 1,
+                                            KILL_GRACE_DEFAULT + 1ULL) : -1;
+        if (sig <= 0 || ms < 0) {
+            if (!PyErr_Occurred())
+                SPAWN_REFUSE(why, "spawn payload says how it stops but has no SIGNAL:GRACE_MS");
+            goto done;
+        }
+        if ((stop = Py_BuildValue("(LL)", sig, ms)) == NULL ||
+            PyList_SetSlice(cap_items, 0, 1, NULL) < 0)
+            goto done;
+    } else {
+        stop = Py_NewRef(Py_None);
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cap_items); i++) {
         PyObject *cap = spawn_cap(PyList_GET_ITEM(cap_items, i), why);
@@ -315,9 +338,11 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     } else {
         env = Py_NewRef(Py_None);
     }
-    out = Py_BuildValue("(OOOOOO)", path, argv, env, caps, cwd, env_adds ? Py_True : Py_False);
+    out = Py_BuildValue("(OOOOOOO)", path, argv, env, caps, cwd, env_adds ? Py_True : Py_False,
+                        stop);
 done:
     Py_XDECREF(cwd);
+    Py_XDECREF(stop);
     Py_XDECREF(path);
     Py_XDECREF(argv);
     Py_XDECREF(env_items);

@@ -193,3 +193,24 @@ def test_many_kills_in_their_grace_at_once_take_one_grace_not_one_each(pm):
     took = time.monotonic() - start
     assert 0.5 <= took < 3, f"20 kills with a 0.5 s grace took {took:.2f} s"
     assert all(process_gone(d.pid) for d in stubborn)
+
+
+def test_a_spawn_says_how_it_stops_and_a_kill_may_say_otherwise(pm):
+    d, _ = started_with(pm, 0.5, stop_signal=signal.SIGINT, stop_timeout=5)
+    pm.kill(d, timeout=T)                                  # the spawn's way: INT, 5 s
+    assert pm.output(d) == b"up\nstopped by SIGINT\n"
+    d, _ = started_with(pm, 30.0, stop_signal=signal.SIGINT, stop_timeout=30)
+    start = time.monotonic()
+    pm.kill(d, grace=0.2, timeout=T)                       # the killer's grace wins
+    assert time.monotonic() - start < 3 and pm.output(d) == b"up\n"
+    d, _ = started_with(pm, 0.0, stop_timeout=5)            # only a grace: SIGTERM
+    pm.kill(d, timeout=T)
+    assert pm.output(d) == b"up\nstopped by SIGTERM\n"
+    with pytest.raises(ValueError, match="signal"):
+        pm.spawn(["/bin/true"], stop_signal=99)
+
+
+def started_with(pm, seconds_to_stop: float, **stop):
+    d = pm.spawn(GRACEFUL + [str(seconds_to_stop)], timeout=T, **stop)
+    wait_for_output(pm, d, b"up")
+    return d, None

@@ -779,3 +779,14 @@ def test_a_payload_that_lies_about_its_cwd_or_env_is_refused_saying_so(lens, bod
 
     with pytest.raises(ProtocolError, match=words):
         SpawnArgs.decode(struct.pack("<HHHH", *lens) + body)
+
+
+def test_how_a_spawn_stops_travels_and_a_lie_about_it_is_refused():
+    import struct
+
+    args = SpawnArgs("/bin/x", ["/bin/x"], None, [(1, "n", "")], "/tmp", stop=(2, 5000))
+    assert SpawnArgs.decode(args.encode()) == args
+    assert SpawnArgs.decode(SpawnArgs("/x", ["/x"], stop=(15, 0)).encode()).stop == (15, 0)
+    for bad in (b"0:10\0", b"65:10\0", b"15\0", b"15:4294967296\0", b"x:1\0"):
+        with pytest.raises(ProtocolError, match="SIGNAL:GRACE_MS"):
+            SpawnArgs.decode(struct.pack("<HHHH", 1, 0x8000, 0, 0x4000 | len(bad)) + b"p" + bad)

@@ -199,6 +199,14 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
     }
     PyObject *argv = Py_NewRef(PyTuple_GET_ITEM(args, 1));
     int rc = 0, has_caps = PyList_GET_SIZE(PyTuple_GET_ITEM(args, 3)) != 0;
+    /* How it is stopped, if the spawn says: (signal, grace ms), checked. */
+    PyObject *stop = PyTuple_GET_ITEM(args, 6);
+    long stop_signal = 0;
+    unsigned long stop_grace = KILL_GRACE_DEFAULT;
+    if (stop != Py_None) {
+        stop_signal = PyLong_AsLong(PyTuple_GET_ITEM(stop, 0));
+        stop_grace = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(stop, 1));
+    }
     Py_DECREF(args);
     if (has_caps && r->h.op == OP_SPAWN) {
         rc = answer_detail(c, client, r->h.op, r->h.seq, E_BAD_MESSAGE,
@@ -211,6 +219,11 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
             rc = answer_req(c, client, r, E_CREATE_DOMAIN_CAP, 0, 0);
         } else {
             struct domain *d = table_create(&c->table, argv, r->h.core, r->payload);
+            if (d != NULL && stop != Py_None) {
+                d->stop_asked = 1;
+                d->stop_signal = (uint8_t)stop_signal;
+                d->stop_grace_ms = (uint32_t)stop_grace;
+            }
             rc = d == NULL ? -1
                  : sd_send(sd, OP_SD_SPAWN, d->id, d->nonce, bytes_of(r->payload),
                            len_of(r->payload), client, r->h.seq, r->h.op);
@@ -261,11 +274,16 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
                              "its payload nothing or a 4-byte grace in ms");
     struct owed me = {client, r->h.seq};
     if (d->state == STATE_NIL || d->state == STATE_RUNNING) {
-        /* The stop this kill may begin goes its way (a later killer's
-         * waits for the first one's). */
-        d->stop_asked = 1;
-        d->stop_signal = (uint8_t)r->h.status;
-        d->stop_grace_ms = KILL_GRACE_DEFAULT;
+        /* The stop this kill may begin goes its way where it says (a later
+         * killer's waits for the first one's); elsewhere the spawn's, or
+         * the worker's. */
+        if (!d->stop_asked) {
+            d->stop_asked = 1;
+            d->stop_signal = 0;
+            d->stop_grace_ms = KILL_GRACE_DEFAULT;
+        }
+        if (r->h.status != 0)
+            d->stop_signal = (uint8_t)r->h.status;
         if (plen == 4)
             memcpy(&d->stop_grace_ms, bytes_of(r->payload), 4);
     }
