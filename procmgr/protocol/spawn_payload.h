@@ -338,8 +338,7 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     } else {
         env = Py_NewRef(Py_None);
     }
-    out = Py_BuildValue("(OOOOOOO)", path, argv, env, caps, cwd, env_adds ? Py_True : Py_False,
-                        stop);
+    out = PyTuple_Pack(7, path, argv, env, caps, cwd, env_adds ? Py_True : Py_False, stop);
 done:
     Py_XDECREF(cwd);
     Py_XDECREF(stop);
