@@ -104,6 +104,7 @@ static PyStructSequence_Desc dispatcher_desc = {
 enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
 #define MAX_PER_SPAWN 1024    /* descriptors a spawn may name: 0..1023 */
 #define FAILED_CWD (-2)       /* *failed_fd: the working directory, not a descriptor */
+#define SERVE_BATCH 32        /* spawns started between two looks at run_once's clock */
 
 struct action {
     int kind, fd;
@@ -366,6 +367,7 @@ typedef struct {
     struct rb_handle *replies;    /* we produce */
     int epfd;                     /* the worker's epoll: doorbell, child watch, pidfds */
     int child_fd;                 /* the child watch (SIGCHLD): child_signals() */
+    int python_fd;                /* in the epoll for Python: run_once gives way when it is ready */
     uint16_t core;
     char *stack;                  /* a new program's stack until its exec */
     PyObject *dispatchers;        /* dom -> Dispatcher */
@@ -494,6 +496,7 @@ static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
                                      &c->epfd, &c->child_fd, &core, &runtime, &logs_dir,
                                      &cpus, &kept))
         return -1;
+    c->python_fd = -1;
     if (init_rotator(c, logs_dir, cpus, kept) < 0)
         return -1;
     if ((c->requests = rb_handle_arg(req)) == NULL || (c->replies = rb_handle_arg(rep)) == NULL)
@@ -1003,11 +1006,12 @@ static int reply_room(HotPathObject *c)
 }
 
 /* Serve requests from the head of the ring while they are spawns of a
- * Prepared payload: 0 once it is empty, RUN_DECLINED / RUN_FULL, -1 with
- * an exception set. *served counts the spawns it started. */
+ * Prepared payload: 0 once it is empty or SERVE_BATCH were started (the
+ * caller looks at its clock between batches), RUN_DECLINED / RUN_FULL, -1
+ * with an exception set. *served counts the spawns it started. */
 static int serve(HotPathObject *c, int *served)
 {
-    for (;;) {
+    for (int started = 0; started < SERVE_BATCH; started++) {
         const uint8_t *slot;
         int len = rb_peek(c->requests, &slot);
         if (len == RB_EEMPTY)
@@ -1049,6 +1053,7 @@ static int serve(HotPathObject *c, int *served)
         rb_push(c->replies, &r, SLOT);     /* (room checked above) */
         (*served)++;
     }
+    return 0;                 /* a batch: the rest after a look at the clock */
 }
 
 /* A pidfd woke us: reap the dispatcher, tell the manager -- and wake it at
@@ -1171,10 +1176,15 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
     if (PyErr_Occurred())
         return NULL;
     int timeout_ms = timeout < 0 ? -1 : (int)(timeout * 1000.0 + 0.999);
+    /* However busy it is, back to Python by its timeout: what Python
+     * waits to do then (a kill's grace running out) is bounded by it. */
+    long long until = timeout < 0 ? -1 : mono_ns() + (long long)(timeout * 1e9);
     int exits = 0;      /* dispatchers the last wake-up was for */
     for (int round = 0;; round++) {
         int served = 0, r;
         for (;;) {
+            if (until >= 0 && (round > 0 || served > 0) && mono_ns() >= until)
+                return PyLong_FromLong(RUN_IDLE);     /* not armed here: nothing to undo */
             if (python_first) {
                 const uint8_t *slot;
                 r = rb_peek(c->requests, &slot) == RB_EEMPTY ? 0 : RUN_DECLINED;
@@ -1214,7 +1224,7 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
         }
         if (n == 0)     /* slept it all: Python looks (at strays too, if any may be) */
             return PyLong_FromLong(stray_exited(c, 1) ? RUN_CHILDREN : RUN_IDLE);
-        int result = RUN_IDLE, children = 0;
+        int result = RUN_IDLE, children = 0, python_wants = 0;
         exits = 0;
         /* SIGCHLDs first, while the dispatchers they name are still ours. */
         for (int i = 0; i < n; i++)
@@ -1226,6 +1236,10 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
             int fd = evs[i].data.fd;
             if (fd == c->child_fd)
                 continue;
+            if (fd == c->python_fd) {
+                python_wants = 1;       /* however busy: Python's turn after this one */
+                continue;
+            }
             PyObject *key = PyLong_FromLong(fd);
             if (key == NULL)
                 return NULL;
@@ -1246,7 +1260,7 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
          * behind a dispatcher's is found within STRAY_LOOK_NS of it. */
         if ((children || c->strays_unlooked) && stray_exited(c, 0))
             result |= RUN_CHILDREN;
-        if (result != RUN_IDLE || python_first)
+        if (result != RUN_IDLE || python_first || python_wants)
             return PyLong_FromLong(result);
     }
 }
@@ -1256,6 +1270,8 @@ static PyMemberDef hotpath_members[] = {
      "dom -> Dispatcher, for every dispatcher running here (read it, do not change it)"},
     {"prepared", T_OBJECT_EX, offsetof(HotPathObject, prepared), READONLY,
      "spawn payload -> Prepared: the spawns run_once serves by itself"},
+    {"python_fd", T_INT, offsetof(HotPathObject, python_fd), 0,
+     "a descriptor in the epoll that is Python's: run_once returns when it is ready"},
     {NULL, 0, 0, 0, NULL},
 };
 

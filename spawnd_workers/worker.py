@@ -68,10 +68,10 @@ DEFAULT_KILL_GRACE = 0.2
 GROUP_GONE_TIMEOUT = 1.0
 # How long a kill waits in line for its program to end after the signal --
 # most end within it, and the reply then says so -- before it leaves the
-# rest of the grace to the loop and serves the next request.
-KILL_INLINE_WAIT = 0.005
-# How often the loop looks at the dispatchers in their grace.
-GRACE_LOOK = 0.005
+# rest of the grace to the loop and serves the next request. Short: a
+# burst of kills of programs that take their time holds the core for this
+# long each.
+KILL_INLINE_WAIT = 0.001
 _CAP_FLAGS = {
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -140,7 +140,11 @@ class Worker:
         # dispatchers a kill signalled that still run. Their ends are ours
         # to report (hot.hold), once their process groups are gone.
         self.in_grace: dict[int, float | None] = {}
-        self.grace_ends = select.epoll()    # their pidfds: which of them ended
+        # Their pidfds, to tell which ended; itself in the loop's epoll, so
+        # an end wakes the loop (run_once gives way for what it does not know).
+        self.grace_ends = select.epoll()
+        self.epoll.register(self.grace_ends.fileno(), select.EPOLLIN)
+        self.hot.python_fd = self.grace_ends.fileno()
         self.stopping = False
         # The environment a domain gets when its spawn gives none.
         self._env = [k + b"=" + v for k, v in os.environb.items()
@@ -152,7 +156,7 @@ class Worker:
         while not self.stopping:
             # Serves spawns it knows, sleeps, reports exits, and again (see
             # _spawnd.c), until something is left for us.
-            woke = self.hot.run_once(GRACE_LOOK if self.in_grace else 1.0,
+            woke = self.hot.run_once(self.grace_timeout(1.0) if self.in_grace else 1.0,
                                      self.decoder.partial)
             if self.in_grace:
                 self.look_at_grace()
@@ -290,33 +294,39 @@ class Worker:
 
     def kill(self, msg: Msg) -> Msg:
         """The domain's signal (SIGTERM unless the kill says which) to its
-        process group, then SIGKILL when its grace is over. A program that
-        ends within KILL_INLINE_WAIT is answered as ended (RELEASED); one
-        still running is answered STOPPING and the worker serves on: its
-        end is reported (SD_EXIT) once its group is gone, however long the
-        grace (look_at_grace)."""
+        dispatcher and process group, then SIGKILL when its grace is over.
+        A program that ends within KILL_INLINE_WAIT is answered as ended
+        (RELEASED); one still running is answered STOPPING and the worker
+        serves on: its end is reported (SD_EXIT) once its group is gone,
+        however long the grace (look_at_grace). A kill of one already in
+        its grace sends its signal too, and ends the grace no later than
+        its own would end: a second kill can make the end sooner, never
+        later."""
         if self.simulated.pop(msg.dom, None) is not None:
             return msg.reply(Err.OK, flags=Flag.RELEASED)
         d = self.dispatchers.get(msg.dom)
         if d is None:
             return msg.reply(Err.NOT_FOUND)
-        if msg.dom in self.in_grace:
-            return msg.reply(Err.OK, flags=Flag.STOPPING)  # under way already
         sig, grace = signal.SIGTERM, self.kill_grace
         if len(msg.payload) == 8:                          # what the killer asked for
             asked, grace_ms = struct.unpack("<II", msg.payload)
             sig = asked or sig
             grace = grace if grace_ms == KILL_GRACE_DEFAULT else grace_ms / 1000
         try:
-            kill_group(d.pid, sig)
+            _signal(d, sig)
+            if msg.dom in self.in_grace:                   # under way: sooner, if asked
+                ends = self.in_grace[msg.dom]
+                if ends is not None and time.monotonic() + grace < ends:
+                    self.in_grace[msg.dom] = time.monotonic() + grace
+                return msg.reply(Err.OK, flags=Flag.STOPPING)
             if not wait_readable(d.pidfd, min(grace, KILL_INLINE_WAIT)):
                 if grace > KILL_INLINE_WAIT:
-                    self.hot.hold(d.dom)
                     self.grace_ends.register(d.pidfd, select.EPOLLIN)
+                    self.hot.hold(d.dom)
                     self.in_grace[d.dom] = time.monotonic() + grace
                     return msg.reply(Err.OK, flags=Flag.STOPPING)
-                kill_group(d.pid, signal.SIGKILL)
-                wait_readable(d.pidfd, None)
+                _signal(d, signal.SIGKILL)
+                wait_readable(d.pidfd, None)    # SIGKILL through its pidfd: it ends
             self._ended(d)
         except OSError as e:
             return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
@@ -342,8 +352,16 @@ class Worker:
                                os.WEXITSTATUS(status)))
                 self.replies.wake_consumer()
             elif deadline is not None and now >= deadline:
-                kill_group(d.pid, signal.SIGKILL)
+                _signal(d, signal.SIGKILL)
                 self.in_grace[dom] = None
+
+    def grace_timeout(self, longest: float) -> float:
+        """How long the loop may sleep: until the first grace is over (an
+        end wakes it anyway: the grace epoll is in its epoll)."""
+        deadlines = [t for t in self.in_grace.values() if t is not None]
+        if not deadlines:
+            return longest
+        return min(longest, max(0.0, min(deadlines) - time.monotonic()))
 
     def send_signal(self, msg: Msg) -> Msg:
         """A signal to the dispatcher's process group (everything the
@@ -354,7 +372,7 @@ class Worker:
         if d is None:
             return msg.reply(Err.NOT_FOUND)
         try:
-            kill_group(d.pid, int.from_bytes(msg.payload[:4], "little"))
+            _signal(d, int.from_bytes(msg.payload[:4], "little"))
         except (OSError, ValueError) as e:
             return msg.reply(Err.KILL_FAILED, getattr(e, "errno", None) or errno.EINVAL)
         return msg.reply(Err.OK)
@@ -374,9 +392,9 @@ class Worker:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
         period, and _ended: for a cleanup, which waits (the domain was
         stopped already; a dispatcher still running here is rare)."""
-        kill_group(d.pid, signal.SIGTERM)
+        _signal(d, signal.SIGTERM)
         if not wait_readable(d.pidfd, self.kill_grace):
-            kill_group(d.pid, signal.SIGKILL)
+            _signal(d, signal.SIGKILL)
             wait_readable(d.pidfd, None)
         self._ended(d)
 
@@ -385,7 +403,7 @@ class Worker:
         outlived the signal), it reaped and forgotten -- and returned only
         once no process of its group is left (bounded), so a reply saying
         it ended means it. Its wait status."""
-        kill_group(d.pid, signal.SIGKILL)
+        _signal(d, signal.SIGKILL)
         status = self._reap(d)
         self._wait_group_gone(d.pid)
         return status
@@ -416,11 +434,22 @@ class Worker:
         every orphan of theirs re-parented to us (we are a subreaper): none
         is handed on up, alive or as a zombie."""
         for d in list(self.dispatchers.values()):
-            kill_group(d.pid, signal.SIGKILL)
+            _signal(d, signal.SIGKILL)
             self._reap(d)
         deadline = time.monotonic() + 5
         while (strays := children_of()) and time.monotonic() < deadline:
             end_and_reap(strays)
+
+
+def _signal(d, sig: int) -> None:
+    """``sig`` to a dispatcher's process group and to the dispatcher itself,
+    through its pidfd: a program that left its group (setpgid) is reached
+    all the same, and a pidfd never names a reused pid."""
+    kill_group(d.pid, sig)
+    try:
+        signal.pidfd_send_signal(d.pidfd, sig)
+    except ProcessLookupError:
+        pass                    # ended: its pidfd is readable, its end reported
 
 
 def _in_path(name: str, env: dict | None) -> str:

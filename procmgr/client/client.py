@@ -584,8 +584,10 @@ class Client:
         have passed (default: the runtime's ``kill_grace``, 0.2 s). A long
         grace holds nobody else up: the worker serves on meanwhile. The
         domain's status is then 9, "killed" (``DomainInfo.exit_status``),
-        whatever the signal did. The first kill of a domain says how it
-        ends; a kill while it is ending waits for that end."""
+        whatever the signal did. A kill while it is stopping waits for that
+        stop; if it says how, its signal is sent too and its grace may end
+        the stop sooner (``kill(d, grace=0)`` cuts a long one short), never
+        later."""
         return self.wait_for(self.kill_async(domain, signal=signal, grace=grace), timeout)
 
     def signal_async(self, domain: Domain, sig) -> Future:
@@ -600,9 +602,9 @@ class Client:
         """Send ``sig`` to the domain's programs (each dispatcher's process
         group) without ending it -- SIGHUP to reload, SIGUSR1, SIGSTOP and
         SIGCONT; answered once every core has sent it. The domain must be
-        running (DOMAIN_NOT_RUNNING otherwise). Like ``os.kill``, it ends
-        the domain if the program dies of it: that is then its own exit,
-        -N, not a kill's 9."""
+        running, or stopping (DOMAIN_NOT_RUNNING otherwise). Like
+        ``os.kill``, it ends the domain if the program dies of it: that is
+        then its own exit, -N, not a kill's 9."""
         return self.wait_for(self.signal_async(domain, sig), timeout)
 
     def exit_async(self, domain: Domain, status: int) -> Future:
@@ -1056,7 +1058,7 @@ def _stop_how(sig, grace) -> tuple[int, bytes]:
     if grace is None:
         return status, b""
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or \
-            not 0 <= grace * 1000 < KILL_GRACE_DEFAULT:
+            not 0 <= round(grace * 1000) < KILL_GRACE_DEFAULT:
         raise ValueError(f"grace must be seconds from 0 to {KILL_GRACE_DEFAULT // 1000 - 1}, "
                          f"not {grace!r}")
     return status, struct.pack("<I", round(grace * 1000))

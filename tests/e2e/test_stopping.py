@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 
+import procmgr
 from e2e_helpers import T, pm, process_gone, rt  # noqa: F401 (fixtures)
 from procmgr import Err, ProcMgmtError
 from procmgr.protocol import Msg, Op
@@ -78,15 +79,29 @@ def test_the_signal_is_the_callers(pm):
     assert pm.wait(sleeper, timeout=T) == 9 and process_gone(sleeper.pid)
 
 
-def test_a_second_killer_waits_for_the_first_ones_end(pm):
+def test_a_second_killer_waits_for_the_first_ones_end_or_cuts_it_short(pm):
     d, _ = started(pm, 0.5)
     first = pm.kill_async(d, grace=5)
     time.sleep(0.05)
     start = time.monotonic()
-    pm.kill(d, grace=0, timeout=T)          # does not cut the first one's grace short
+    pm.kill(d, timeout=T)                   # says nothing: waits for the first one's end
     assert time.monotonic() - start >= 0.3
     first.result(timeout=T)
     assert pm.output(d).endswith(b"stopped by SIGTERM\n")
+    # One that says how: its grace ends the stop sooner (never later).
+    d, helper = started(pm, 30.0)
+    first = pm.kill_async(d, grace=60)
+    time.sleep(0.05)
+    start = time.monotonic()
+    pm.kill(d, grace=0, timeout=T)
+    first.result(timeout=T)
+    assert time.monotonic() - start < 3 and process_gone(d.pid) and process_gone(helper)
+    d, _ = started(pm, 30.0)
+    first = pm.kill_async(d, grace=60)
+    time.sleep(0.05)
+    pm.signal(d, signal.SIGKILL, timeout=T)  # a stopping domain still takes a signal
+    first.result(timeout=T)
+    assert pm.wait(d, timeout=T) == 9
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -214,3 +229,39 @@ def started_with(pm, seconds_to_stop: float, **stop):
     d = pm.spawn(GRACEFUL + [str(seconds_to_stop)], timeout=T, **stop)
     wait_for_output(pm, d, b"up")
     return d, None
+
+
+LEAVES_ITS_GROUP = [sys.executable, "-c", """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGUSR1, lambda *a: print("usr1", flush=True))
+os.setpgid(0, os.getpgid(os.getppid()))      # into its worker's group: its own is empty
+print("up", flush=True)
+time.sleep(60)
+"""]
+
+
+@pytest.mark.parametrize("grace", [0, 0.3])
+def test_a_program_that_left_its_group_is_still_reached(pm, grace):
+    d = pm.spawn(LEAVES_ITS_GROUP, core=0, timeout=T)
+    wait_for_output(pm, d, b"up")
+    pm.signal(d, signal.SIGUSR1, timeout=T)
+    wait_for_output(pm, d, b"usr1")
+    pm.kill(d, grace=grace, timeout=T)
+    assert process_gone(d.pid)
+    assert pm.wait(pm.spawn(["/bin/true"], core=0, timeout=T), timeout=T) == 0   # core serves
+
+
+def test_a_grace_runs_out_on_time_on_a_busy_core(rt, pm):
+    d = pm.spawn(["/bin/sh", "-c", "trap '' TERM; echo up; sleep 60"], core=0, timeout=T)
+    wait_for_output(pm, d, b"up")
+    busy = rt.client()
+    start = time.monotonic()
+    killing = pm.kill_async(d, grace=0.2)
+    spawns = [busy.spawn_async(["/bin/true"], core=0, stdout=procmgr.DEVNULL,
+                               stderr=procmgr.DEVNULL) for _ in range(1500)]
+    killing.result(timeout=T)
+    took = time.monotonic() - start
+    for f in spawns:
+        busy.wait(f.result(timeout=60), timeout=60)
+    assert took < 1.0, f"a 0.2 s grace ended after {took:.2f} s on a busy core"

@@ -273,10 +273,13 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
                              "a kill's status is a signal number (0: the runtime's) and "
                              "its payload nothing or a 4-byte grace in ms");
     struct owed me = {client, r->h.seq};
-    if (d->state == STATE_NIL || d->state == STATE_RUNNING) {
-        /* The stop this kill may begin goes its way where it says (a later
-         * killer's waits for the first one's); elsewhere the spawn's, or
-         * the worker's. */
+    int says_how = r->h.status != 0 || plen == 4;
+    if (d->state == STATE_NIL || d->state == STATE_RUNNING ||
+        (d->state == STATE_STOP_PEND && says_how)) {
+        /* The stop goes the way the kill says, where it says; elsewhere
+         * the spawn's, or the worker's. A kill while it is stopping that
+         * says how is sent on too: its signal, and a grace that may end
+         * the stop sooner (never later: spawnd_workers/worker.py). */
         if (!d->stop_asked) {
             d->stop_asked = 1;
             d->stop_signal = 0;
@@ -298,7 +301,11 @@ static int h_kill(CoreObject *c, uint32_t client, const struct req *r)
         d->killed = 1;
         return begin_stop(c, d, EXIT_STATUS_KILLED, 0);
     case STATE_STOP_PEND:          /* answered when it has stopped (defect 11) */
-        return VEC_PUSH(&d->killers, me);
+        if (VEC_PUSH(&d->killers, me) < 0)
+            return -1;
+        if (!says_how)
+            return 0;
+        return send_kills(c, d) < 0 ? -1 : maybe_stopped(c, d);
     default:                 /* defect 10 */
         return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
     }
@@ -355,7 +362,7 @@ static int h_signal(CoreObject *c, uint32_t client, const struct req *r)
     if (r->h.status <= 0 || r->h.status > KILL_MAX_SIGNAL || len_of(r->payload) != 0)
         return answer_detail(c, client, r->h.op, r->h.seq, E_BAD_MESSAGE,
                              "a signal's status is a signal number and it has no payload");
-    if (d->state != STATE_RUNNING)
+    if (d->state != STATE_RUNNING && d->state != STATE_STOP_PEND)
         return answer_req(c, client, r, E_DOMAIN_NOT_RUNNING, 0, 0);
     struct coreset cores = {0, 0, NULL};
     for (uint32_t i = 0; i < d->live.n; i++)
