@@ -49,6 +49,8 @@ def test_spawn_ps_wait_kill_down(name):
     assert run("wait", "--name", name, dom["token"], check=False).returncode == 9
     info = json.loads(run("status", "--name", name, str(dom["id"]), "--json").stdout)
     assert info["exit_status"] == 9 and info["state"] in ("STOPPED", "CLEANED")
+    assert info["killed"] is True and info["signaled"] is False
+    assert "killed" in run("status", "--name", name, str(dom["id"])).stdout
     text = run("ps", "--name", name).stdout
     assert "no domains" in text
 
@@ -58,6 +60,7 @@ def test_wait_exits_with_the_domain_status(name):
     assert run("wait", "--name", name, token, check=False).returncode == 5
     token = run("spawn", "--name", name, "--", "/bin/sh", "-c", "kill -TERM $$").stdout.split()[1]
     assert run("wait", "--name", name, token, check=False).returncode == 128 + 15
+    assert "SIGTERM" in run("status", "--name", name, token).stdout   # how it ended, named
 
 
 @pytest.mark.parametrize("args, message", [
