@@ -342,6 +342,11 @@ def _table(rows: list[dict]) -> str:
     return cap.get().rstrip()
 
 
+def _shown(word: str) -> str:
+    """An argument for the terminal: bytes that are not UTF-8 escaped."""
+    return os.fsencode(word).decode("utf-8", "backslashreplace")
+
+
 def _ended(row: dict) -> str:
     """How a domain ended, told apart: killed, a signal's name, or its code."""
     if row["exit_status"] is None:
@@ -371,7 +376,7 @@ def _rich_table(rows: list[dict]):
                       _ended(r),
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
-                      " ".join(r["argv"]), *((r["last"],) if last else ()))
+                      " ".join(map(_shown, r["argv"])), *((r["last"],) if last else ()))
     return table
 
 

@@ -208,12 +208,12 @@ class Worker:
         try:
             program = self._prepared(msg.payload)
         except ProtocolError as e:
-            return msg.reply(e.code, payload=e.detail.encode()[:256])
+            return msg.reply(e.code, payload=_words(e.detail))
         except FileNotFoundError as e:          # not in its PATH
             return msg.reply(Err.EXEC_FAILED, errno.ENOENT,
-                             payload=f"{e.filename}: {e.strerror}".encode()[:256])
+                             payload=_words(f"{e.filename}: {e.strerror}"))
         except (ValueError, TypeError) as e:   # refused before any system call
-            return msg.reply(Err.EXEC_FAILED, errno.EINVAL, payload=str(e).encode()[:256])
+            return msg.reply(Err.EXEC_FAILED, errno.EINVAL, payload=_words(str(e)))
         try:
             pid = self.hot.start(program, msg.dom, msg.nonce, span)
         except OSError as e:
@@ -441,6 +441,12 @@ class Worker:
             end_and_reap(strays)
 
 
+def _words(text: str) -> bytes:
+    """An error's detail as a reply carries it: a path that is not UTF-8
+    shown with its bytes escaped, never an error of its own."""
+    return text.encode("utf-8", "backslashreplace")[:256]
+
+
 def _signal(d, sig: int) -> None:
     """``sig`` to a dispatcher's process group and to the dispatcher itself,
     through its pidfd: a program that left its group (setpgid) is reached
@@ -471,10 +477,10 @@ def _start_failure(program: Prepared, e: OSError) -> tuple:
     names it: a file, a log, an inherited descriptor), or the program."""
     if e.filename2 == "cwd":                   # its working directory
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
-                f"cwd {e.filename}: {e.strerror}".encode()[:256])
+                _words(f"cwd {e.filename}: {e.strerror}"))
     if not isinstance(e.filename, int):
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
-                f"{program.path}: {e.strerror}".encode()[:256])
+                _words(f"{program.path}: {e.strerror}"))
     action = next(a for a in program.actions if a[1] == e.filename)
     if action[0] == "open":
         what = action[2]
@@ -483,7 +489,7 @@ def _start_failure(program: Prepared, e: OSError) -> tuple:
     else:
         what = f"(process {action[2]}'s descriptor {action[3]})"
     return (Err.OPEN_FAILED, e.errno or errno.EIO,
-            f"{_stream_name(e.filename)} {what}: {e.strerror}".encode()[:256])
+            _words(f"{_stream_name(e.filename)} {what}: {e.strerror}"))
 
 
 def _stream_name(fd: int) -> str:

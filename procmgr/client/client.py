@@ -541,8 +541,7 @@ class Client:
         streams go: procmgr/client/logs.py.
 
         Differs from subprocess: the options after ``argv`` are keyword-only;
-        text must be UTF-8 (the protocol carries text); ``env_extra`` is
-        ours (subprocess has only the whole environment, and the runtime's
+        ``env_extra`` is ours (subprocess has only the whole environment, and the runtime's
         is not the caller's to copy)."""
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
                                               path=path, cwd=cwd, env_extra=env_extra,
@@ -974,16 +973,14 @@ def _core_number(core) -> int:
 
 def _text(value, what: str) -> str:
     """An argument, path or environment word as the protocol carries it:
-    UTF-8 text without NUL (each is sent NUL-terminated)."""
+    text without NUL (each is sent NUL-terminated). Bytes that are not
+    UTF-8 travel as os.fsdecode gives them and reach the program
+    unchanged, as execve takes them."""
     if type(value) is not str:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
         if isinstance(value, bytes):
-            try:
-                value = value.decode()
-            except UnicodeDecodeError:
-                raise ValueError(f"{what} is not UTF-8 ({value!r}): the runtime carries "
-                                 "arguments and environments as UTF-8 text") from None
+            value = os.fsdecode(value)
         elif not isinstance(value, str):
             raise TypeError(f"{what} must be str, bytes or os.PathLike, "
                             f"not {type(value).__name__}")
@@ -991,10 +988,10 @@ def _text(value, what: str) -> str:
         raise ValueError(f"{what} contains a NUL character: {value!r}")
     if not value.isascii():
         try:
-            value.encode()
-        except UnicodeEncodeError:          # a name os.fsdecode made of bytes
-            raise ValueError(f"{what} is not UTF-8 ({value!r}): the runtime carries "
-                             "arguments and environments as UTF-8 text") from None
+            value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:          # a lone surrogate no bytes decode to
+            raise ValueError(f"{what} ({value!r}) is not text any bytes decode to: give "
+                             "bytes, or str from os.fsdecode") from None
     return value
 
 
@@ -1015,7 +1012,7 @@ def _program(argv, env, executable, path, env_extra=None, cwd=None) -> SpawnArgs
         raise TypeError(f"argv must be a list of arguments, not {type(argv).__name__}") from None
     if not argv:
         raise ValueError("argv is empty: it needs at least the program to run")
-    if not all(type(a) is str and "\0" not in a for a in argv):
+    if not all(type(a) is str and "\0" not in a and a.isascii() for a in argv):
         argv = [_text(a, f"argv[{i}]") for i, a in enumerate(argv)]
     env = _environment(env, "env")
     extra = _environment(env_extra, "env_extra")

@@ -469,7 +469,12 @@ static PyObject *wire_cap_problem(PyObject *mod, PyObject *args)
     PyObject *text;
     if (!PyArg_ParseTuple(args, "lsU:cap_problem", &fd, &mode, &text))
         return NULL;
-    PyObject *problem = spawn_cap_problem(fd, mode, text);
+    PyObject *raw = spawn_bytes(text);
+    if (raw == NULL)
+        return NULL;
+    PyObject *problem = spawn_cap_problem(fd, mode, PyBytes_AS_STRING(raw),
+                                          PyBytes_GET_SIZE(raw), text);
+    Py_DECREF(raw);
     if (problem == NULL && !PyErr_Occurred())
         Py_RETURN_NONE;
     return problem;
@@ -483,7 +488,7 @@ static PyMethodDef wire_methods[] = {
     {"cap_problem", wire_cap_problem, METH_VARARGS,
      "cap_problem(fd, mode, text) -> what is wrong with that cap, or None"},
     {"decode_spawn", wire_decode_spawn, METH_O,
-     "decode_spawn(payload) -> (path, argv, env, caps), or (code, detail) if refused"},
+     "decode_spawn(payload) -> SpawnArgs' fields, or (code, detail) if refused"},
     {NULL, NULL, 0, NULL},
 };
 

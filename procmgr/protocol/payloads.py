@@ -60,7 +60,7 @@ class SpawnArgs:
         if self.stop is not None:       # after the cwd, before the caps
             caps.insert(0, f"{int(self.stop[0])}:{int(self.stop[1])}")
         parts = [
-            _field("path", self.path.encode()),
+            _field("path", self.path.encode("utf-8", "surrogateescape")),
             _field("argv", b"" if argv_is_path else _join("argv", self.argv)),
             _field("env", b"" if self.env is None else _join(
                 "env", [_env_text(k, v) for k, v in self.env.items()])),
@@ -126,14 +126,14 @@ def _join(name: str, items: list[str]) -> bytes:
             raise TypeError(f"{name} entry {item!r} is not a string")
         if "\0" in item:
             raise ValueError(f"{name} entry {item!r} contains a NUL byte")
-        out.append(item.encode() + b"\0")
+        out.append(item.encode("utf-8", "surrogateescape") + b"\0")
     return b"".join(out)
 
 
 def _split(blob: bytes) -> list[str]:
     if blob and not blob.endswith(b"\0"):
         raise ProtocolError("a list field does not end with its NUL terminator")
-    return blob.decode().split("\0")[:-1] if blob else []
+    return blob.decode("utf-8", "surrogateescape").split("\0")[:-1] if blob else []
 
 
 def _env_text(key: str, value: str) -> str:
@@ -199,7 +199,7 @@ class StatusInfo:
         # An argv over the limit is shown cut at a whole item.
         argv, size = [], 0
         for item in self.argv:
-            size += len(item.encode()) + 1
+            size += len(item.encode("utf-8", "surrogateescape")) + 1
             if size > ARG_LIMIT:
                 break
             argv.append(item)

@@ -25,9 +25,10 @@
  * FD:MODE:TEXT, as payloads.py describes for each mode.
  *
  * Everything in it is a peer's word: every length is checked against the
- * payload and ARG_LIMIT before anything is read, text must be UTF-8, and a
- * payload that breaks a rule gets an error saying which (BAD_MESSAGE or
- * ARG_TOO_LONG, with a line of text), never a crash.
+ * payload and ARG_LIMIT before anything is read, and a payload that breaks
+ * a rule gets an error saying which (BAD_MESSAGE or ARG_TOO_LONG, with a
+ * line of text), never a crash. Text is UTF-8; bytes that are not pass
+ * through as os.fsdecode keeps them (spawn_text).
  *
  * Header-only (static functions): compiled into each module that includes
  * it. Needs Python.h first and protocol.h.
@@ -88,20 +89,20 @@ static long long spawn_number(const char *s, Py_ssize_t n, unsigned long long li
     return (long long)v;
 }
 
-/* The text of a field as str; NULL with a refusal (not UTF-8) or an exception. */
+/* The text of a field as str: UTF-8, and a byte that is not, kept as
+ * os.fsdecode keeps it (surrogateescape) -- arguments, environments and
+ * paths that are not UTF-8 pass through unchanged, as execve takes them.
+ * NULL with an exception (out of memory). */
 static PyObject *spawn_text(const char *s, Py_ssize_t n, struct spawn_refusal *why)
 {
-    PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
-    if (text != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-        return text;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *detail = PyUnicode_FromFormat("spawn payload is not valid UTF-8: %S", value);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    return spawn_refuse(why, E_BAD_MESSAGE, detail);
+    (void)why;
+    return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
+}
+
+/* An item's bytes as they came (a new bytes object; NULL, out of memory). */
+static PyObject *spawn_bytes(PyObject *item)
+{
+    return PyUnicode_AsEncodedString(item, "utf-8", "surrogateescape");
 }
 
 /* A list field's items as a list of str: the field decoded whole, its
@@ -126,14 +127,12 @@ static PyObject *spawn_list(const char *s, Py_ssize_t n, struct spawn_refusal *w
     return items;
 }
 
-/* What is wrong with a cap's text for its mode: a new str, or NULL when
- * nothing is (or, with an exception set, out of memory). */
-static PyObject *spawn_cap_problem(long fd, const char *mode, PyObject *text)
+/* What is wrong with a cap's text (t, n bytes; `text` as str, for the
+ * words) for its mode: a new str, or NULL when nothing is (or, with an
+ * exception set, out of memory). */
+static PyObject *spawn_cap_problem(long fd, const char *mode, const char *t, Py_ssize_t n,
+                                   PyObject *text)
 {
-    Py_ssize_t n;
-    const char *t = PyUnicode_AsUTF8AndSize(text, &n);
-    if (t == NULL)
-        return NULL;
     if (strcmp(mode, "log") == 0) {
         if (fd != 1 && fd != 2)
             return PyUnicode_FromFormat(
@@ -178,13 +177,24 @@ static PyObject *spawn_cap_problem(long fd, const char *mode, PyObject *text)
 /* The modes a cap may have (payloads.py says what each means). */
 static const char *const spawn_cap_modes[] = {"r", "w", "a", "rw", "n", "log", "dup", "inherit"};
 
+static PyObject *spawn_cap_of(PyObject *item, const char *s, Py_ssize_t n,
+                              struct spawn_refusal *why);
+
 /* One cap, FD:MODE:TEXT, as a tuple (fd, mode, text). */
 static PyObject *spawn_cap(PyObject *item, struct spawn_refusal *why)
 {
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(item, &n);
-    if (s == NULL)
+    PyObject *raw = spawn_bytes(item);
+    if (raw == NULL)
         return NULL;
+    PyObject *cap = spawn_cap_of(item, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), why);
+    Py_DECREF(raw);
+    return cap;
+}
+
+/* spawn_cap, given the item's bytes (s, n). */
+static PyObject *spawn_cap_of(PyObject *item, const char *s, Py_ssize_t n,
+                              struct spawn_refusal *why)
+{
     const char *c1 = memchr(s, ':', (size_t)n);
     Py_ssize_t nfd = c1 ? c1 - s : n;
     const char *m = c1 ? c1 + 1 : s + n;
@@ -199,10 +209,10 @@ static PyObject *spawn_cap(PyObject *item, struct spawn_refusal *why)
     if (fd < 0 || mode == NULL)
         return SPAWN_REFUSE(why, "cap %R is not FD:MODE:PATH", item);
     const char *t = c2 ? c2 + 1 : s + n;
-    PyObject *text = PyUnicode_FromStringAndSize(t, s + n - t);
+    PyObject *text = PyUnicode_DecodeUTF8(t, s + n - t, "surrogateescape");
     if (text == NULL)
         return NULL;
-    PyObject *problem = spawn_cap_problem((long)fd, mode, text);
+    PyObject *problem = spawn_cap_problem((long)fd, mode, t, s + n - t, text);
     if (problem != NULL) {
         Py_DECREF(text);
         PyObject *detail = PyUnicode_FromFormat("cap %R is not FD:MODE:PATH (%U)", item, problem);
@@ -270,16 +280,19 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
         cwd = Py_NewRef(Py_None);
     }
     if (stop_given) {           /* SIGNAL:GRACE_MS, next */
-        Py_ssize_t n = 0;
-        const char *t = PyList_GET_SIZE(cap_items)
-                        ? PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(cap_items, 0), &n) : NULL;
-        const char *colon = t ? memchr(t, ':', (size_t)n) : NULL;
+        PyObject *raw = PyList_GET_SIZE(cap_items) ? spawn_bytes(PyList_GET_ITEM(cap_items, 0))
+                                                   : PyBytes_FromString("");
+        if (raw == NULL)
+            goto done;
+        const char *t = PyBytes_AS_STRING(raw);
+        Py_ssize_t n = PyBytes_GET_SIZE(raw);
+        const char *colon = memchr(t, ':', (size_t)n);
         long long sig = colon ? spawn_number(t, colon - t, KILL_MAX_SIGNAL + 1) : -1;
         long long ms = colon ? spawn_number(colon + 1, n - (colon - t) - 1,
                                             KILL_GRACE_DEFAULT + 1ULL) : -1;
+        Py_DECREF(raw);
         if (sig <= 0 || ms < 0) {
-            if (!PyErr_Occurred())
-                SPAWN_REFUSE(why, "spawn payload says how it stops but has no SIGNAL:GRACE_MS");
+            SPAWN_REFUSE(why, "spawn payload says how it stops but has no SIGNAL:GRACE_MS");
             goto done;
         }
         if ((stop = Py_BuildValue("(LL)", sig, ms)) == NULL ||

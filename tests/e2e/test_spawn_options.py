@@ -42,7 +42,6 @@ def test_a_bare_program_name_is_looked_up_in_the_path_it_gets(pm):
     (b"/bin/true", TypeError, "list of arguments"),
     ([], ValueError, "argv is empty"),
     (["/bin/echo", 3], TypeError, r"argv\[1\] must be str, bytes or os.PathLike, not int"),
-    (["/bin/echo", b"\xff"], ValueError, r"argv\[1\] is not UTF-8"),
     (["/bin/echo", "a\0b"], ValueError, "NUL"),
     (None, TypeError, "list of arguments, not NoneType"),
 ])
@@ -142,12 +141,23 @@ def test_env_extra_adds_to_the_runtimes_environment_or_to_env(pm):
     assert e.value.code == Err.EXEC_FAILED
 
 
-def test_a_cwd_that_is_not_utf8_or_too_long_is_refused_in_words(pm, tmp_path):
+def test_bytes_that_are_not_utf8_reach_the_program_unchanged(pm, tmp_path):
     import os
 
-    odd = os.fsdecode(bytes(tmp_path) + b"/\xff")
-    with pytest.raises(ValueError, match="cwd is not UTF-8"):
-        pm.spawn(["/bin/true"], cwd=odd)
+    odd = bytes(tmp_path) + b"/\xff\xfe dir"
+    os.mkdir(odd)
+    out = pm.run(["/bin/sh", "-c", 'printf "%s|%s|" "$1" "$ODD"; pwd', "sh", b"\xe9t\xe9"],
+                 cwd=odd, env_extra={"ODD": b"\x80\x81"}, timeout=T).stdout
+    assert out == b"\xe9t\xe9|\x80\x81|" + odd + b"\n"
+    d = pm.spawn(["/bin/echo", b"\xff"], timeout=T)
+    assert [os.fsencode(a) for a in pm.status(d, timeout=T).argv] == [b"/bin/echo", b"\xff"]
+    assert os.fsencode(pm.run(["/bin/pwd"], cwd=os.fsdecode(odd), timeout=T).stdout.strip()) \
+        == odd
+    with pytest.raises(ValueError, match="not text any bytes decode to"):
+        pm.spawn(["/bin/echo", "\ud800"])
+
+
+def test_a_cwd_too_long_is_refused_in_words(pm):
     with pytest.raises(ProcMgmtError) as e:
         pm.spawn(["/bin/true"], cwd="/" + "d" * 3000)
     assert e.value.code == Err.ARG_TOO_LONG and "cwd and caps" in str(e.value)

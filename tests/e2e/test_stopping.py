@@ -260,8 +260,14 @@ def test_a_grace_runs_out_on_time_on_a_busy_core(rt, pm):
     killing = pm.kill_async(d, grace=0.2)
     spawns = [busy.spawn_async(["/bin/true"], core=0, stdout=procmgr.DEVNULL,
                                stderr=procmgr.DEVNULL) for _ in range(1500)]
+    # The SIGKILL comes when the grace is over, however busy the core: the
+    # program is gone well before the burst is (its answer may queue behind
+    # the burst's).
+    while not process_gone(d.pid) and time.monotonic() - start < 10:
+        time.sleep(0.005)
+    died = time.monotonic() - start
     killing.result(timeout=T)
-    took = time.monotonic() - start
     for f in spawns:
         busy.wait(f.result(timeout=60), timeout=60)
-    assert took < 1.0, f"a 0.2 s grace ended after {took:.2f} s on a busy core"
+    # (Before run_once gave way by its timeout: 2.2-3.7 s under 2,000-4,000.)
+    assert died < 1.0, f"a 0.2 s grace ended after {died:.2f} s on a busy core"

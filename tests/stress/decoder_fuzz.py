@@ -6,6 +6,8 @@ accept survives a re-encode unchanged."""
 
 from __future__ import annotations
 
+import os
+
 from procmgr.errors import Err
 from procmgr.protocol import (
     ARG_LIMIT, MAX_PAYLOAD, Decoder, Msg, Op, ProtocolError, SpawnArgs, StatusInfo,
@@ -44,7 +46,7 @@ def check_payload(payload: bytes) -> None:
     except ProtocolError as e:
         assert e.code == Err.BAD_MESSAGE and str(e)
     else:
-        if sum(len(a.encode()) + 1 for a in info.argv) <= ARG_LIMIT:   # else shown cut
+        if sum(len(os.fsencode(a)) + 1 for a in info.argv) <= ARG_LIMIT:   # else shown cut
             assert StatusInfo.decode(info.encode()) == info
     try:
         ids = decode_ids(payload)
