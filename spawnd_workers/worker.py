@@ -140,8 +140,9 @@ class Worker:
         # dispatchers a kill signalled that still run. Their ends are ours
         # to report (hot.hold), once their process groups are gone.
         self.in_grace: dict[int, float | None] = {}
-        # Their pidfds, to tell which ended; itself in the loop's epoll, so
-        # an end wakes the loop (run_once gives way for what it does not know).
+        # Their pidfds, to tell which ended; itself in the loop's epoll as
+        # the hot path's python_fd, so an end wakes the loop and run_once
+        # gives way to us for it, however busy.
         self.grace_ends = select.epoll()
         self.epoll.register(self.grace_ends.fileno(), select.EPOLLIN)
         self.hot.python_fd = self.grace_ends.fileno()

@@ -512,9 +512,9 @@ class Client:
             args = _program(argv, env, executable, path, env_extra, cwd)
             args.caps = list(caps or [])
             if stop_signal is not None or stop_timeout is not None:
-                sig, grace = _stop_how(stop_signal, stop_timeout)
+                sig, grace_ms = _stop_how(stop_signal, stop_timeout)
                 args.stop = (sig or signal.SIGTERM,
-                             KILL_GRACE_DEFAULT if not grace else struct.unpack("<I", grace)[0])
+                             KILL_GRACE_DEFAULT if grace_ms is None else grace_ms)
             try:
                 payload = args.encode()
             except ProtocolError as e:
@@ -535,14 +535,14 @@ class Client:
         starts in (relative: to the caller's; None: the runtime's, where
         ``procmgr up`` ran). ``stop_signal``/``stop_timeout``: how a kill
         that does not say otherwise ends it (``kill``'s signal and grace;
-        default SIGTERM and the runtime's grace). ``stdout=``/``stderr=`` (LOG, DEVNULL,
-        INHERIT, STDOUT, a path; ``append=True``), ``stdin=`` (DEVNULL or a
-        path) and ``log_max_bytes=``/``log_backups=`` say where its standard
-        streams go: procmgr/client/logs.py.
+        default SIGTERM and the runtime's grace). ``stdout=``/``stderr=``
+        (LOG, DEVNULL, INHERIT, STDOUT, a path; ``append=True``), ``stdin=``
+        (DEVNULL or a path) and ``log_max_bytes=``/``log_backups=`` say
+        where its standard streams go: procmgr/client/logs.py.
 
         Differs from subprocess: the options after ``argv`` are keyword-only;
-        ``env_extra`` is ours (subprocess has only the whole environment, and the runtime's
-        is not the caller's to copy)."""
+        ``env_extra`` is ours (subprocess has only the whole environment, and
+        the runtime's is not the caller's to copy)."""
         return self.wait_for(self.spawn_async(argv, core=core, env=env, executable=executable,
                                               path=path, cwd=cwd, env_extra=env_extra,
                                               stop_signal=stop_signal,
@@ -571,7 +571,8 @@ class Client:
         domain = _capability(domain, "kill")
         if signal is None and grace is None:        # the common kill, as cheap as before
             return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce), _nothing)
-        status, payload = _stop_how(signal, grace)
+        status, grace_ms = _stop_how(signal, grace)
+        payload = b"" if grace_ms is None else struct.pack("<I", grace_ms)
         return self._send(Msg(Op.KILL, dom=domain.id, nonce=domain.nonce, status=status,
                               payload=payload), _nothing)
 
@@ -1043,9 +1044,10 @@ def _environment(env, what: str) -> dict | None:
     return checked
 
 
-def _stop_how(sig, grace) -> tuple[int, bytes]:
-    """A kill's signal and grace as its request carries them (protocol.h,
-    KILL_MAX_SIGNAL): checked here, in words, before anything is sent."""
+def _stop_how(sig, grace) -> tuple[int, int | None]:
+    """A kill's signal and grace as the protocol carries them: the signal's
+    number (0: none given) and the grace in ms (None: none given), checked
+    here, in words, before anything is sent (protocol.h, KILL_MAX_SIGNAL)."""
     status = 0
     if sig is not None:
         if isinstance(sig, bool) or not isinstance(sig, int) or not 0 < sig <= KILL_MAX_SIGNAL:
@@ -1053,12 +1055,12 @@ def _stop_how(sig, grace) -> tuple[int, bytes]:
                              f"signal.Signals, not {sig!r}")
         status = int(sig)
     if grace is None:
-        return status, b""
+        return status, None
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or \
             not 0 <= round(grace * 1000) < KILL_GRACE_DEFAULT:
         raise ValueError(f"grace must be seconds from 0 to {KILL_GRACE_DEFAULT // 1000 - 1}, "
                          f"not {grace!r}")
-    return status, struct.pack("<I", round(grace * 1000))
+    return status, round(grace * 1000)
 
 
 def _wait_result(msg: Msg) -> int | None:
