@@ -449,14 +449,20 @@ def _words(text: str) -> bytes:
 
 
 def _signal(d, sig: int) -> None:
-    """``sig`` to a dispatcher's process group and to the dispatcher itself,
-    through its pidfd: a program that left its group (setpgid) is reached
-    all the same, and a pidfd never names a reused pid."""
-    kill_group(d.pid, sig)
+    """``sig`` to a dispatcher's process group -- and, if it left that
+    group (setpgid), to the dispatcher itself through its pidfd, so it is
+    reached all the same, once (a pidfd never names a reused pid; its pid
+    is our unreaped child's, so asking its group is safe)."""
     try:
-        signal.pidfd_send_signal(d.pidfd, sig)
+        left = os.getpgid(d.pid) != d.pid
     except ProcessLookupError:
-        pass                    # ended: its pidfd is readable, its end reported
+        left = False            # reaped already: its group may live on
+    kill_group(d.pid, sig)
+    if left:
+        try:
+            signal.pidfd_send_signal(d.pidfd, sig)
+        except ProcessLookupError:
+            pass                # ended: its pidfd is readable, its end reported
 
 
 def _in_path(name: str, env: dict | None) -> str:

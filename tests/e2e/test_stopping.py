@@ -156,6 +156,8 @@ def test_signal_reaches_every_dispatcher_and_ends_nothing(pm):
     pm.signal(d, signal.SIGHUP, timeout=T)
     for core in (0, 1):
         wait_for_output(pm, d, b"reloaded", core)
+    time.sleep(0.2)                                         # a second one would be in by now
+    assert [pm.output(d, core=c).count(b"reloaded") for c in (0, 1)] == [1, 1]   # once each
     assert pm.wait(d, nohang=True, timeout=T) is None       # still running
     pm.signal(d, signal.SIGSTOP, timeout=T)
     assert psutil.Process(d.pid).status() == psutil.STATUS_STOPPED
