@@ -149,32 +149,23 @@ def test_errors_are_the_sync_clients(rt):
     run(main())
 
 
-def test_a_dead_manager_fails_every_awaiter_with_runtime_gone(rt, loop_factory):
+@pytest.mark.parametrize("end", [signal.SIGKILL, signal.SIGTERM])
+def test_a_manager_that_dies_or_stops_fails_every_awaiter_with_runtime_gone(rt, loop_factory,
+                                                                            end):
+    """Killed (its socket's end of file) or stopping in order (its rings
+    closed, which rings the socket): every await ends with RuntimeGone."""
     async def main():
         pm = await rt.aclient()
         d = await pm.spawn(["/bin/sleep", "60"])
         waiters = [asyncio.create_task(pm.wait(d)) for _ in range(3)]
         await asyncio.sleep(0.1)
-        os.kill(rt.proc.pid, signal.SIGKILL)
+        os.kill(rt.proc.pid, end)
         for task in waiters:
             with pytest.raises(procmgr.RuntimeGone):
                 await asyncio.wait_for(task, T)
         with pytest.raises(procmgr.RuntimeGone):
             await pm.spawn(["/bin/true"])
     run(main(), loop_factory)
-    rt.proc.wait(timeout=T)
-
-
-def test_a_stopping_runtime_answers_awaiters_with_runtime_gone(rt):
-    async def main():
-        pm = await rt.aclient()
-        d = await pm.spawn(["/bin/sleep", "60"])
-        waiter = asyncio.create_task(pm.wait(d))
-        await asyncio.sleep(0.1)
-        rt.proc.send_signal(signal.SIGTERM)                   # the manager stops in order
-        with pytest.raises(procmgr.RuntimeGone):
-            await asyncio.wait_for(waiter, T)
-    run(main())
     rt.proc.wait(timeout=T)
 
 
