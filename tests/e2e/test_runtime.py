@@ -15,6 +15,7 @@ import pytest
 import procmgr
 from procmgr import Domain, Err, ProcMgmtError, State
 from e2e_helpers import T, pm, process_gone, rt, wait_until, workers_of  # noqa: F401 (fixtures)
+from procmgr.manager.server import RING_CAPACITY
 
 
 def test_exit_statuses(pm):
@@ -369,3 +370,20 @@ def test_a_start_refused_or_a_late_sweep_leaves_the_live_runtimes_directory(tmp_
         with procmgr.connect("twice") as other:           # reachable by its name
             assert other.wait(pm.spawn(["/bin/true"]), timeout=T) == 0
     assert not os.path.exists(runtime_dir("twice"))
+
+
+def test_answers_that_backed_up_flow_once_the_client_reads(pm):
+    """Three rings' worth of requests sent before any answer is read: the
+    answers back up in the manager (it stops reading this client until
+    they fit), and flow as soon as the client reads. The manager used to
+    arm such a client's ring for the wrong thing (docs/reliability.md):
+    the room made woke nobody, and the last answers came a second late,
+    at the loop's timeout."""
+    d = pm.spawn(["/bin/sleep", "30"], timeout=T)
+    try:
+        t = time.perf_counter()
+        futures = [pm.wait_async(d, nohang=True) for _ in range(3 * RING_CAPACITY)]
+        assert all(f.result(T) is None for f in futures)
+        assert time.perf_counter() - t < 0.8
+    finally:
+        pm.kill(d, timeout=T)

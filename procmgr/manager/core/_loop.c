@@ -273,12 +273,21 @@ fail:
     return NULL;
 }
 
-/* Which ring of peer i the manager waits on, and for what. */
+/* Which ring of peer i the manager waits on, and for what. Two functions
+ * of no side effect, not one with an out-parameter: as
+ * f(waited(..., &what), what), the order C evaluates arguments in is
+ * unspecified, and the build read `what` first -- a peer waiting for room
+ * was armed for data on its answers' ring, the room it made woke nobody,
+ * and a long spawn's next piece waited for the loop's 1 s timeout. */
 static inline struct rb_handle *waited(RingSetObject *self, Py_ssize_t i,
-                                       const uint8_t *space, int32_t *what)
+                                       const uint8_t *space)
 {
-    *what = space[i] & WAITS_ROOM ? RB_WAIT_SPACE : RB_WAIT_DATA;
     return space[i] & WAITS_ROOM ? self->out[i] : self->in[i];
+}
+
+static inline int32_t waited_for(const uint8_t *space, Py_ssize_t i)
+{
+    return space[i] & WAITS_ROOM ? RB_WAIT_SPACE : RB_WAIT_DATA;
 }
 
 /* Peer i has something for the loop: what it waits on is ready, or either
@@ -288,9 +297,8 @@ static inline struct rb_handle *waited(RingSetObject *self, Py_ssize_t i,
  * (Closed). */
 static int peer_ready(RingSetObject *self, Py_ssize_t i, const uint8_t *space)
 {
-    int32_t what;
-    struct rb_handle *h = waited(self, i, space, &what);
-    return rb_ready(h, what) != 0 || self->in[i]->corrupt || self->out[i]->corrupt;
+    return rb_ready(waited(self, i, space), waited_for(space, i)) != 0 ||
+           self->in[i]->corrupt || self->out[i]->corrupt;
 }
 
 /* The indexes of the ready peers, for Python. Data found stays until the
@@ -471,18 +479,16 @@ again:
      * own stays armed after the pass: it rings when it has something, and
      * is looked at again only then. */
     for (Py_ssize_t k = 0; k < self->nvisit; k++) {
-        int32_t what;
         Py_ssize_t i = self->visit[k];
-        rb_arm_mark(waited(self, i, space, &what), what);
+        rb_arm_mark(waited(self, i, space), waited_for(space, i));
     }
     rb_arm_fence();
     Py_ssize_t armed = self->nvisit;
     int any_ready = 0;
     for (Py_ssize_t k = 0; k < armed; k++) {
-        int32_t what;
         Py_ssize_t i = self->visit[k];
-        struct rb_handle *h = waited(self, i, space, &what);
-        int ready = rb_arm_check(h, what) != 0 || self->in[i]->corrupt || self->out[i]->corrupt;
+        int ready = rb_arm_check(waited(self, i, space), waited_for(space, i)) != 0 ||
+                    self->in[i]->corrupt || self->out[i]->corrupt;
         self->armed_empty[k] = !ready;
         any_ready |= ready;
     }
@@ -510,8 +516,7 @@ again:
     for (Py_ssize_t k = 0; k < armed; k++) {
         Py_ssize_t i = self->visit[k];
         if (self->bell[i] < 0) {
-            int32_t what;
-            rb_disarm(waited(self, i, space, &what), what);
+            rb_disarm(waited(self, i, space), waited_for(space, i));
         }
     }
     if (nev < 0) {
