@@ -460,16 +460,14 @@ static int try_pop(struct rb_handle *h, void *out, uint32_t out_size)
     return len;
 }
 
-int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
-                    uint32_t itemsize)
+/* How many of at most max_n messages a batch pop may take now (> 0), or
+ * what it returns instead: 0 (empty) or an error. */
+static int64_t pop_avail(struct rb_handle *h, uint64_t max_n)
 {
     if (h->closed)
         return RB_ECLOSED;
     if (h->corrupt)
         return RB_ECORRUPT;
-    if (itemsize > h->slot_size || itemsize == 0)
-        return RB_EINVAL;
-    uint64_t head = h->head;
     uint64_t n = consumer_avail(h, max_n);
     if (h->corrupt)
         return RB_ECORRUPT;
@@ -477,6 +475,18 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
         n = max_n;
     if (n == 0)
         return (max_n > 0 && peer_closed(h)) ? RB_ECLOSED : 0;
+    return (int64_t)n;
+}
+
+int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
+                    uint32_t itemsize)
+{
+    if (!h->closed && !h->corrupt && (itemsize > h->slot_size || itemsize == 0))
+        return RB_EINVAL;
+    int64_t avail = pop_avail(h, max_n);
+    if (avail <= 0)
+        return avail;
+    uint64_t head = h->head, n = (uint64_t)avail;
     uint8_t *outp = dst;
     uint64_t first = head & h->mask;
     if (itemsize == h->slot_size) {
@@ -492,6 +502,31 @@ int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
     }
     publish_head(h, head + n);
     return (int64_t)n;
+}
+
+int64_t rb_pop_whole(struct rb_handle *h, void *dst, uint64_t max_n)
+{
+    int64_t avail = pop_avail(h, max_n);
+    if (avail <= 0)
+        return avail;
+    uint64_t head = h->head, n = (uint64_t)avail;
+    uint8_t *outp = dst;
+    uint64_t k = 0;
+    for (; k < n; k++) {
+        uint64_t i = (head + k) & h->mask;
+        /* Read once: the peer may change it between a check and a use. */
+        uint32_t len = __atomic_load_n(&h->lens[i], __ATOMIC_RELAXED);
+        if (len > h->slot_size) {
+            h->corrupt = 1;
+            return RB_ECORRUPT;
+        }
+        if (len != h->slot_size)
+            break;              /* a short message: rb_pop's to give, as it is */
+        memcpy(outp + k * h->slot_size, h->slots + i * h->slot_size, h->slot_size);
+    }
+    if (k)
+        publish_head(h, head + k);
+    return (int64_t)k;
 }
 
 /* ---- waiting ---- */

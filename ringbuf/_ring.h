@@ -210,6 +210,11 @@ int64_t rb_push_many(struct rb_handle *h, const void *src, uint64_t n,
                      uint32_t itemsize);
 int64_t rb_pop_many(struct rb_handle *h, void *dst, uint64_t max_n,
                     uint32_t itemsize);
+/* Up to max_n messages that fill their slots, whole, into dst; stops in
+ * front of a shorter one (left for rb_pop, which gives it as it is). For a
+ * message spread over many slots, taken in bulk without losing the word
+ * a short slot says. */
+int64_t rb_pop_whole(struct rb_handle *h, void *dst, uint64_t max_n);
 int rb_peek(struct rb_handle *h, const uint8_t **slot);
 int rb_consume(struct rb_handle *h, uint64_t n);
 int rb_wait(struct rb_handle *h, int32_t what, int64_t timeout_ns, int32_t spin);

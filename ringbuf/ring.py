@@ -519,6 +519,43 @@ class Ring:
         assert pushed in (0, n), "all or none; a second producer would break this"
         return pushed == n
 
+    def push_slots(self, data) -> int:
+        """Push as many of ``data``'s whole slots as there is room for now,
+        published together; return how many. Never waits. For a message
+        longer than the ring, sent in pieces (its one producer sends
+        nothing else in between); without numpy, which push_many needs."""
+        n, rest = divmod(len(data), self.slot_size)
+        if rest:
+            raise ValueError(f"push_slots takes whole {self.slot_size}-byte slots, "
+                             f"got {len(data)} bytes")
+        if n == 0:
+            return 0
+        pushed = lib.rb_push_many(self._h, ffi.from_buffer(data), n, self.slot_size)
+        if pushed < 0:
+            if pushed == _EFULL:
+                return 0
+            _raise_for(pushed, self, "push_slots")
+        return pushed
+
+    @property
+    def produced(self) -> int:
+        """Producer: slots pushed through this handle so far (its own
+        index, in this process's memory: how far a message sent in
+        pieces got, even across an exception between two pieces)."""
+        return self._h.tail
+
+    def pop_slots(self, max_n: int) -> bytes:
+        """Up to ``max_n`` messages that fill their slots, as one bytes
+        object (b"": none, or the next is shorter -- try_pop gives that one
+        as it is). Never waits. Raises Closed only once the ring is empty,
+        as try_pop does."""
+        buf = bytearray(max_n * self.slot_size)
+        got = lib.rb_pop_whole(self._h, ffi.from_buffer(buf), max_n)
+        if got < 0:
+            _raise_for(got, self, "pop_slots")
+        del buf[got * self.slot_size:]
+        return bytes(buf)
+
     def pop_many(self, max_n: int, timeout: float | None = 0) -> np.ndarray:
         """Remove up to ``max_n`` messages as an array of ``slot_dtype(slot_size)``."""
         import numpy as np

@@ -55,8 +55,8 @@ from procmgr.osutil import (
     reap_strays, refuse_ptrace, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
-    KILL_GRACE_DEFAULT, LOG_BACKUPS, LOG_MAX_BYTES, Decoder, Err, Flag, Msg, Op, ProtocolError,
-    SpawnArgs, send, take,
+    KILL_GRACE_DEFAULT, LOG_BACKUPS, LOG_MAX_BYTES, MAX_PAYLOAD, Decoder, Err, Flag, Msg, Op,
+    ProtocolError, SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (
@@ -246,9 +246,10 @@ class Worker:
             program = Prepared(path, argv, env, actions, args.cwd)
         except ValueError as e:       # that, or a NUL byte
             raise ValueError(f"{args.path}: {e}") from None
-        if len(self.hot.prepared) >= PREPARED_CACHE:
-            self.hot.prepared.clear()
-        self.hot.prepared[payload] = program
+        if len(payload) <= MAX_PAYLOAD:     # a long spawn's megabytes are not kept
+            if len(self.hot.prepared) >= PREPARED_CACHE:
+                self.hot.prepared.clear()
+            self.hot.prepared[payload] = program
         return program
 
     def _descriptor_actions(self, caps) -> list[tuple]:

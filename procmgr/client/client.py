@@ -35,10 +35,14 @@ from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, 
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
     KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError,
-    SpawnArgs, StatusInfo, decode_ids, send, take,
+    SpawnArgs, StatusInfo, decode_ids, encode, payload_limit, send, send_long, take,
 )
 from procmgr.protocol import State
-from ringbuf import Closed, PeerDied, Ring
+from ringbuf import Closed, PeerDied, Ring, RingException
+
+# How long a long request cut into by an exception (a Ctrl-C) is still
+# finished, while the manager takes nothing of it (Client._send_long).
+LONG_SEND_PATIENCE = 10.0
 
 # concurrent.futures' states (its module's names, not exported), and the
 # logger it reports a failed callback to.
@@ -349,9 +353,10 @@ class Client:
     def _send(self, msg: Msg, convert) -> Future:
         if not 0 <= msg.core <= 0xFFFF:
             raise ProcMgmtError(Err.INVALID_SPAWND, f"core {msg.core} is out of range")
-        if len(msg.payload) > MAX_PAYLOAD:   # said before anything is waited on
+        long = len(msg.payload) > MAX_PAYLOAD
+        if long and len(msg.payload) > payload_limit(msg.op):   # said before anything waits
             raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes is "
-                                f"over the {MAX_PAYLOAD}-byte limit")
+                                f"over the {payload_limit(msg.op)}-byte limit")
         if self._gone_because is not None:
             raise _gone(self._gone_because)
         seq = None
@@ -360,7 +365,7 @@ class Client:
                 msg.seq = seq = self._next_seq
                 self._next_seq = (seq % 0xFFFFFFFF) + 1  # 0 is never a seq
                 fut = self._waiting[seq] = Future(self, seq, msg.op, convert)
-                sent = send(self.requests, msg)
+                sent = self._send_long(msg) if long else send(self.requests, msg)
             while not sent:
                 # The manager is behind: answers taken in free it; then again.
                 self._turn(1.0, _never)
@@ -373,7 +378,40 @@ class Client:
             raise _gone(e) from e
         except BaseException:
             self._forget(seq)               # never sent: nothing will answer it
+            if self._gone_because is not None:     # a long one cut off: no more
+                self._manager_gone(self._gone_because)
             raise
+
+    def _send_long(self, msg: Msg) -> bool:
+        """Send a message past MAX_PAYLOAD (a long spawn) in pieces, as the
+        manager makes room (procmgr/protocol/messages.py, "Long spawns"),
+        holding the send lock: no other message may come between its
+        pieces. Once begun it is finished, even through a Ctrl-C (raised
+        after the last piece, the request sent, as one that came after a
+        short send); only a manager that takes nothing for
+        LONG_SEND_PATIENCE s leaves it cut off -- then this client is done
+        for. Blocks an asyncio client's loop for as long (~1 ms a MiB while
+        the manager keeps up)."""
+        ring = self.requests
+        data, start = encode(msg), ring.produced
+        interrupted, give_up = None, None
+        while True:
+            try:
+                send_long(ring, data, start, functools.partial(ring.wait_space, 0.05))
+                break
+            except RingException:
+                raise
+            except BaseException as e:
+                interrupted = interrupted or e
+                give_up = give_up or time.monotonic() + LONG_SEND_PATIENCE
+                if time.monotonic() > give_up:
+                    self._gone_because = RuntimeGone(
+                        f"a {len(msg.payload)}-byte request was cut off half-sent: the manager "
+                        f"took nothing for {LONG_SEND_PATIENCE} s")
+                    raise
+        if interrupted is not None:
+            raise interrupted
+        return True
 
     def _forget(self, seq: int) -> None:
         with self._lock:

@@ -49,8 +49,10 @@ def poll(mgr, spawnds=None, clients=None) -> int:
         if not client.alive:
             continue               # gone earlier in this pass
         channel = client.channel
-        # Answers that did not fit go first; until they have, read no more.
-        if core.flush(PEER_CLIENT, client.id):
+        # Answers that did not fit go first; until they have, read no more
+        # -- but a message begun is read to its end: its sender is sending
+        # a long one in pieces, and reads no answers until it is done.
+        if core.flush(PEER_CLIENT, client.id) or channel.decoder.partial:
             for msg in channel.receive(BATCH):
                 mgr.dispatch_client(client.id, msg)
                 handled += 1

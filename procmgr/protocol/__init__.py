@@ -19,7 +19,9 @@ from procmgr.protocol.messages import (
     encode,
     encode_rows,
     frags_for,
+    payload_limit,
     send,
+    send_long,
     take,
 )
 from procmgr.protocol.numbers import (
@@ -35,9 +37,12 @@ from procmgr.protocol.numbers import (
     LOG_MAX_BACKUPS,
     LOG_MAX_BYTES,
     LOG_MIN_BYTES,
+    LONG_ARG_LIMIT,
+    LONG_OPS,
     MAX_FRAGS,
     MAX_PAYLOAD,
     SLOT,
+    SPAWN_MAX_PAYLOAD,
     SPAWND_REQUESTS,
     Err,
     Flag,

@@ -8,6 +8,17 @@ pushes them in one all-or-nothing batch, so a consumer never sees fragments
 of two messages interleaved. One-slot messages are read and written in C
 (_wire.c, and the manager's and the worker's loops, all through
 protocol.h's wire_read_one); everything else is read here, by ``Decoder``.
+
+Long spawns. A spawn whose payload is past MAX_PAYLOAD (an argv or env
+past the original's 2 KiB, up to SPAWN_MAX_PAYLOAD) may be longer than
+the ring it goes through, so it cannot go in one batch: ``send_long``
+pushes its slots in pieces as the reader makes room. Each ring has one
+producer, which sends nothing else until the last piece is in, so the
+message's slots still follow each other; the reader (``Decoder``) holds
+what has come of it -- never more than the header announced, checked
+against that op's limit first -- and takes the rest in bulk as it comes,
+a ring's worth at most per call, so the reader's other peers wait for a
+copy of at most one ring, not for the whole message.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ from procmgr.protocol.numbers import (
     HEADER,
     HEADER_FIELDS,
     INLINE,
+    LONG_OPS,
     MAX_PAYLOAD,
     SLOT,
+    SPAWN_MAX_PAYLOAD,
     Err,
     Op,
 )
@@ -69,12 +82,18 @@ def frags_for(plen: int) -> int:
     return 0 if plen <= INLINE else -(-(plen - INLINE) // SLOT)
 
 
+def payload_limit(op: int) -> int:
+    """The longest payload a message of ``op`` may carry."""
+    return SPAWN_MAX_PAYLOAD if op in LONG_OPS else MAX_PAYLOAD
+
+
 def encode(msg: Msg) -> bytes:
-    """The message as 64 * (1 + nfrag) bytes, ready for one batch push."""
+    """The message as 64 * (1 + nfrag) bytes, ready to push (in one batch
+    when it is at most MAX_PAYLOAD; see "Long spawns" above)."""
     plen = len(msg.payload)
-    if plen > MAX_PAYLOAD:
-        raise ProtocolError(f"payload of {plen} bytes is over the {MAX_PAYLOAD}-byte limit",
-                            msg.op, msg.seq)
+    if plen > payload_limit(msg.op):
+        raise ProtocolError(f"payload of {plen} bytes is over the "
+                            f"{payload_limit(msg.op)}-byte limit", msg.op, msg.seq)
     nfrag = frags_for(plen)
     head = HEADER.pack(msg.op, msg.flags, msg.core, msg.seq, msg.dom, msg.err, nfrag,
                        msg.nonce, msg.status, plen, msg.payload[:INLINE])
@@ -120,9 +139,9 @@ class Decoder:
          inline) = HEADER.unpack(slot)
         if op not in Op._value2member_map_:
             return ProtocolError(f"unknown op {op}", op, seq)
-        if plen > MAX_PAYLOAD:
+        if plen > MAX_PAYLOAD and plen > payload_limit(op):
             return ProtocolError(
-                f"payload length {plen} is over the {MAX_PAYLOAD}-byte limit", op, seq)
+                f"payload length {plen} is over the {payload_limit(op)}-byte limit", op, seq)
         if nfrag != frags_for(plen):
             return ProtocolError(
                 f"payload length {plen} needs {frags_for(plen)} continuation slots, "
@@ -134,18 +153,25 @@ class Decoder:
         self.partial = True
         return None
 
-    def _continue(self, slot: bytes) -> Msg | ProtocolError | None:
+    @property
+    def missing(self) -> int:
+        """Continuation slots still to come of the message begun."""
+        return self._need
+
+    def _continue(self, slots: bytes) -> Msg | ProtocolError | None:
+        """Continuation slots, one or (``take``, for a long message) many
+        at once, never more than are missing."""
         msg = self._pending
-        if len(slot) != SLOT:
-            self._pending, self._parts, self.partial = None, [], False
+        if len(slots) % SLOT or not slots:
+            self._pending, self._parts, self.partial, self._need = None, [], False, 0
             return ProtocolError(
-                f"truncated continuation slot: {len(slot)} of {SLOT} bytes", msg.op, msg.seq)
-        self._parts.append(slot)
-        self._need -= 1
+                f"truncated continuation slot: {len(slots)} of {SLOT} bytes", msg.op, msg.seq)
+        self._parts.append(slots)
+        self._need -= len(slots) // SLOT
         if self._need:
             return None
         msg.payload = b"".join(self._parts)[: self._plen]
-        self._pending, self._parts, self.partial = None, [], False
+        self._pending, self._parts, self.partial = None, [], False   # _need is 0
         return msg
 
 
@@ -161,6 +187,22 @@ def send(ring, msg: Msg) -> bool:
     if rc == _wire.SEND_NOT_INLINE:
         return ring.try_push_all(encode(msg))
     ring.raise_code(rc, "send")
+
+
+def send_long(ring, data: bytes, start: int, wait) -> None:
+    """Put an encoded message in ``ring`` in pieces, as its reader makes
+    room (see "Long spawns" above): for one too long for one batch.
+    ``start`` is ``ring.produced`` before its first piece: how far it got
+    is read off the ring's own index, so a call cut short by an exception
+    (a Ctrl-C) is finished by calling again with the same ``start``. The
+    caller is the ring's one producer and sends nothing else until then.
+    ``wait()`` is called while the ring is full."""
+    view = memoryview(data)
+    while (at := (ring.produced - start) * SLOT) < len(data):
+        pushed = ring.push_slots(view[at:])
+        ring.wake_consumer()
+        if not pushed:
+            wait()
 
 
 def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolError]:
@@ -179,7 +221,10 @@ def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolErr
             break
         # Declined by _wire (or the ring reported an error): the Python way.
         try:
-            slot = ring.try_pop()
+            # Continuation slots in bulk -- up to a slot that is short,
+            # which try_pop gives as it is, for the Decoder to refuse.
+            slot = decoder.missing > 1 and ring.pop_slots(
+                min(decoder.missing, ring.capacity)) or ring.try_pop()
         except Closed:
             if out:
                 return out      # the next call raises again: Closed is sticky

@@ -6,7 +6,8 @@ cffi, procmgr/protocol/build.py), the one place they are written.
     Err     error codes (E_*); procmgr/errors.py words them
     State   a domain's state (STATE_*)
     HEADER_FIELDS, HEADER   the header slot's fields in order, and its struct
-    SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, CLIENT_OPS,
+    SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, LONG_ARG_LIMIT, SPAWN_MAX_PAYLOAD,
+    LONG_OPS, CLIENT_OPS,
     EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS,
     KILL_MAX_SIGNAL, KILL_GRACE_DEFAULT
 """
@@ -47,6 +48,8 @@ INLINE = lib.INLINE
 ARG_LIMIT = lib.ARG_LIMIT
 MAX_PAYLOAD = lib.MAX_PAYLOAD
 MAX_FRAGS = lib.MAX_FRAGS
+LONG_ARG_LIMIT = lib.LONG_ARG_LIMIT
+SPAWN_MAX_PAYLOAD = lib.SPAWN_MAX_PAYLOAD
 EXIT_STATUS_KILLED = lib.EXIT_STATUS_KILLED
 KILL_MAX_SIGNAL = lib.KILL_MAX_SIGNAL
 KILL_GRACE_DEFAULT = lib.KILL_GRACE_DEFAULT
@@ -55,6 +58,8 @@ LOG_BACKUPS = lib.LOG_BACKUPS
 LOG_MIN_BYTES = lib.LOG_MIN_BYTES
 LOG_MAX_BACKUPS = lib.LOG_MAX_BACKUPS
 CLIENT_OPS = frozenset(range(lib.FIRST_CLIENT_OP, lib.LAST_CLIENT_OP + 1))
+# The ops whose payload may be longer than MAX_PAYLOAD (protocol.h, op_is_long).
+LONG_OPS = frozenset((Op.SPAWN, Op.SPAWN_WITH_CAPS, Op.SD_SPAWN, Op.SD_SPAN))
 SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP,
                              Op.SD_SIGNAL))
 

@@ -8,9 +8,15 @@ from dataclasses import dataclass, field
 
 from procmgr.protocol import _wire
 from procmgr.protocol.messages import ProtocolError
-from procmgr.protocol.numbers import ARG_LIMIT, Err
+from procmgr.protocol.numbers import ARG_LIMIT, LONG_ARG_LIMIT, Err
 
+# The two layouts of the lengths (spawn_payload.h): narrow, and wide for an
+# argv or env past the original's limit -- its mark, a pad, four u32.
 _SPAWN_LENS = struct.Struct("<HHHH")
+_SPAWN_WIDE_LENS = struct.Struct("<HHIIII")
+_WIDE_MARK = 0xFFFF
+_LIMITS = {"path": ARG_LIMIT, "argv": LONG_ARG_LIMIT, "env": LONG_ARG_LIMIT,
+           "caps": ARG_LIMIT, "cwd and caps": ARG_LIMIT}
 # The modes a cap may have (the reader's list, spawn_payload.h):
 # "r", "w", "a", "rw": a file opened so.
 # "n": /dev/null, for reading at 0 and writing elsewhere; its text is "". Short
@@ -72,15 +78,20 @@ class SpawnArgs:
         # the high bit of the env length says "given", the next "added to
         # the worker's"; the high bit of the caps length, "a cwd first".
         lens = [len(p) for p in parts]
+        wide = lens[1] > ARG_LIMIT or lens[2] > ARG_LIMIT
+        flag = 1 << (31 if wide else 15)
+        adds = flag >> 1
         if argv_is_path:
-            lens[1] |= 0x8000
+            lens[1] |= flag
         if self.env is not None:
-            lens[2] |= 0xC000 if self.env_adds else 0x8000
+            lens[2] |= flag | (adds if self.env_adds else 0)
         if self.cwd is not None:
-            lens[3] |= 0x8000
+            lens[3] |= flag
         if self.stop is not None:
-            lens[3] |= 0x4000
-        return _SPAWN_LENS.pack(*lens) + b"".join(parts)
+            lens[3] |= adds
+        head = (_SPAWN_WIDE_LENS.pack(_WIDE_MARK, 0, *lens) if wide
+                else _SPAWN_LENS.pack(*lens))
+        return head + b"".join(parts)
 
     @classmethod
     def decode(cls, payload: bytes) -> SpawnArgs:
@@ -98,7 +109,7 @@ class SpawnArgs:
 
 class ArgTooLong(ProtocolError):
     def __init__(self, name: str, n: int):
-        self._set(f"{name} is {n} bytes, over the {ARG_LIMIT}-byte limit")
+        self._set(f"{name} is {n} bytes, over the {_LIMITS[name]}-byte limit")
 
     def _set(self, detail: str) -> None:
         ProtocolError.__init__(self, detail)
@@ -113,7 +124,7 @@ class ArgTooLong(ProtocolError):
 
 
 def _field(name: str, data: bytes) -> bytes:
-    if len(data) > ARG_LIMIT:
+    if len(data) > _LIMITS[name]:
         raise ArgTooLong(name, len(data))
     return data
 

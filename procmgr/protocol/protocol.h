@@ -12,7 +12,12 @@
  * Every message is one 64-byte header slot, followed by `nfrag` raw
  * continuation slots when its payload is longer than the 32 bytes that fit
  * inline. A sender pushes all of a message's slots in one batch, so a
- * reader never sees two messages' fragments interleaved. Little-endian.
+ * reader never sees two messages' fragments interleaved -- but for a spawn
+ * longer than MAX_PAYLOAD (a long argv or env, up to SPAWN_MAX_PAYLOAD),
+ * which may be longer than the ring: that one goes in pieces as the reader
+ * makes room, and since each ring has one producer, which sends nothing
+ * else until the last piece is in, its slots still follow each other
+ * (procmgr/protocol/messages.py, "Long spawns"). Little-endian.
  *
  *   offset  field   type  meaning
  *        0  op      u8    operation (enum op)
@@ -40,11 +45,21 @@
 
 #define SLOT 64
 #define INLINE 32
-/* The original interface limits each of path, argv and env to 2048 bytes. */
+/* The original interface limits each of path, argv and env to 2048 bytes;
+ * a path and the caps (with the working directory) still are. */
 #define ARG_LIMIT 2048
-/* Largest payload: a spawn with every field at its limit plus framing. */
+/* Largest payload of every message but a spawn's (and of any spawn whose
+ * fields fit the original's limits), and its continuation slots. */
 #define MAX_PAYLOAD 8208
 #define MAX_FRAGS 128
+/* argv and env may each be up to 1 MiB: eight times what one argument of
+ * execve may be (MAX_ARG_STRLEN, 128 KiB), and together what it takes by
+ * default (a quarter of the 8 MiB stack). What the OS refuses of that is
+ * its EXEC_FAILED (E2BIG). A spawn that long travels as a long message:
+ * SPAWN, SPAWN_WITH_CAPS, SD_SPAWN and SD_SPAN may carry up to
+ * SPAWN_MAX_PAYLOAD bytes (spawn_payload.h's wide layout). */
+#define LONG_ARG_LIMIT 1048576
+#define SPAWN_MAX_PAYLOAD 2101268
 /* The client requests are the ops FIRST_CLIENT_OP..LAST_CLIENT_OP. */
 #define FIRST_CLIENT_OP 1
 #define LAST_CLIENT_OP 11
@@ -177,6 +192,10 @@ _Static_assert(offsetof(struct wire_header, inline_) == SLOT - INLINE, "inline e
 _Static_assert(MAX_PAYLOAD == 4 * ARG_LIMIT + 16, "path, argv, env, caps and their lengths");
 _Static_assert(MAX_FRAGS == (MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT,
                "continuation slots of the largest payload");
+_Static_assert(SPAWN_MAX_PAYLOAD == 20 + 2 * ARG_LIMIT + 2 * LONG_ARG_LIMIT,
+               "a wide spawn's lengths, path, argv, env and caps");
+_Static_assert((SPAWN_MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT <= 0xFFFF,
+               "a long spawn's continuation slots fit nfrag");
 _Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_SIGNAL,
                "the client requests are one run of ops");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -196,6 +215,13 @@ static inline int op_is_known(uint8_t op)
         return 1;
     }
     return 0;
+}
+
+/* 1 if a message of this op may carry a payload longer than MAX_PAYLOAD
+ * (a spawn's, up to SPAWN_MAX_PAYLOAD). */
+static inline int op_is_long(uint8_t op)
+{
+    return op == OP_SPAWN || op == OP_SPAWN_WITH_CAPS || op == OP_SD_SPAWN || op == OP_SD_SPAN;
 }
 
 /* Continuation slots a payload of plen bytes takes. */

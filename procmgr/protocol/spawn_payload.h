@@ -5,10 +5,17 @@
  * the same function through procmgr.protocol._wire, and so does the worker.
  * SpawnArgs.encode (payloads.py) is the writer.
  *
- * Layout (little-endian):
+ * Layout (little-endian), narrow -- every spawn whose argv and env are at
+ * most ARG_LIMIT bytes each, the original's limit:
  *
  *   u16 path length | u16 argv length | u16 env length | u16 caps length
  *   path | argv | env | caps
+ *
+ * or wide, for a longer argv or env (up to LONG_ARG_LIMIT each; a spawn
+ * that long is a long message, protocol.h): u16 0xFFFF (never a narrow
+ * path's length) and u16 0, then the four lengths as u32, their flag bits
+ * the top two of each u32 rather than of each u16. Path and caps are at
+ * most ARG_LIMIT bytes in either.
  *
  * argv, env and caps are lists of NUL-terminated items (so [] and [""]
  * differ). The high bit of the argv length says "argv is [path]" (then argv
@@ -42,8 +49,12 @@
 #include "protocol.h"
 
 #define SPAWN_LENS 8                /* the four u16 lengths */
+#define SPAWN_WIDE_LENS 20          /* the wide mark, its pad and the four u32 lengths */
+#define SPAWN_WIDE_MARK 0xFFFFu
 #define SPAWN_FLAG_BIT 0x8000u      /* argv: is [path]; env: given; caps: a cwd first */
 #define SPAWN_ADDS_BIT 0x4000u      /* env: added to the worker's (with SPAWN_FLAG_BIT) */
+#define SPAWN_WIDE_FLAG_BIT 0x80000000u    /* the same two bits of a wide length */
+#define SPAWN_WIDE_ADDS_BIT 0x40000000u
 
 /* Why a payload was refused: an error code (enum err) and a str. */
 struct spawn_refusal {
@@ -236,26 +247,40 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     why->detail = NULL;
     if (n < SPAWN_LENS)
         return SPAWN_REFUSE(why, "spawn payload shorter than its length fields");
-    uint16_t raw[4];
-    memcpy(raw, p, sizeof raw);
-    int argv_is_path = (raw[1] & SPAWN_FLAG_BIT) != 0, env_given = (raw[2] & SPAWN_FLAG_BIT) != 0,
-        env_adds = (raw[2] & SPAWN_ADDS_BIT) != 0, cwd_given = (raw[3] & SPAWN_FLAG_BIT) != 0,
-        stop_given = (raw[3] & SPAWN_ADDS_BIT) != 0;
-    Py_ssize_t lp = raw[0], la = raw[1] & ~SPAWN_FLAG_BIT,
-               le = raw[2] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT),
-               lc = raw[3] & ~(SPAWN_FLAG_BIT | SPAWN_ADDS_BIT);
+    /* The four lengths, as u32 whichever the form, and their flag bits. */
+    uint32_t raw[4], flag_bit = SPAWN_FLAG_BIT, adds_bit = SPAWN_ADDS_BIT;
+    Py_ssize_t head = SPAWN_LENS;
+    uint16_t narrow[4];
+    memcpy(narrow, p, sizeof narrow);
+    if (narrow[0] == SPAWN_WIDE_MARK) {
+        if (n < SPAWN_WIDE_LENS || narrow[1] != 0)
+            return SPAWN_REFUSE(why, "wide spawn payload shorter than its length fields");
+        memcpy(raw, p + 4, sizeof raw);
+        flag_bit = SPAWN_WIDE_FLAG_BIT;
+        adds_bit = SPAWN_WIDE_ADDS_BIT;
+        head = SPAWN_WIDE_LENS;
+    } else {
+        for (int i = 0; i < 4; i++)
+            raw[i] = narrow[i];
+    }
+    int argv_is_path = (raw[1] & flag_bit) != 0, env_given = (raw[2] & flag_bit) != 0,
+        env_adds = (raw[2] & adds_bit) != 0, cwd_given = (raw[3] & flag_bit) != 0,
+        stop_given = (raw[3] & adds_bit) != 0;
+    Py_ssize_t lp = raw[0], la = raw[1] & ~flag_bit, le = raw[2] & ~(flag_bit | adds_bit),
+               lc = raw[3] & ~(flag_bit | adds_bit);
     if (env_adds && !env_given)
         return SPAWN_REFUSE(why, "spawn payload adds to an environment it does not give");
-    if (SPAWN_LENS + lp + la + le + lc != n)
+    if (head + lp + la + le + lc != n)     /* each below 2^31: the sum cannot wrap */
         return SPAWN_REFUSE(why, "spawn payload is %zd bytes but its fields add up to %zd", n,
-                            SPAWN_LENS + lp + la + le + lc);
+                            head + lp + la + le + lc);
     static const char *const names[] = {"path", "argv", "env", "caps"};
     Py_ssize_t lens[] = {lp, la, le, lc};
+    static const Py_ssize_t limits[] = {ARG_LIMIT, LONG_ARG_LIMIT, LONG_ARG_LIMIT, ARG_LIMIT};
     for (int i = 0; i < 4; i++)
-        if (lens[i] > ARG_LIMIT)
+        if (lens[i] > limits[i])
             return spawn_refuse(why, E_ARG_TOO_LONG, PyUnicode_FromFormat(
-                "%s is %zd bytes, over the %d-byte limit", names[i], lens[i], ARG_LIMIT));
-    const char *path_at = (const char *)p + SPAWN_LENS, *argv_at = path_at + lp,
+                "%s is %zd bytes, over the %zd-byte limit", names[i], lens[i], limits[i]));
+    const char *path_at = (const char *)p + head, *argv_at = path_at + lp,
                *env_at = argv_at + la, *caps_at = env_at + le;
     PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
              *caps = NULL, *cwd = NULL, *stop = NULL, *out = NULL;

@@ -25,7 +25,9 @@ from e2e_helpers import (  # noqa: F401 (pm, rt: fixtures)
 from procmgr import Domain, Err, ProcMgmtError, State
 from procmgr.client.client import Future
 from procmgr.osutil import runtime_dir
-from procmgr.protocol import ARG_LIMIT, HEADER, MAX_FRAGS, SLOT, Flag, Msg, Op, encode
+from procmgr.protocol import (
+    ARG_LIMIT, HEADER, LONG_ARG_LIMIT, MAX_FRAGS, SLOT, Flag, Msg, Op, encode, send_long,
+)
 from ringbuf import RingError
 
 # Sequence numbers for hand-made requests: far from the client's own counter.
@@ -132,17 +134,23 @@ def test_an_unknown_op_gets_an_answer_the_client_can_read(pm):
     assert error_code(pm, fut) in (Err.UNKNOWN_OP, Err.BAD_MESSAGE)
 
 
-def test_a_client_that_dies_mid_message_is_dropped(rt, children):
-    """Header and a few of its 100 continuation slots, then SIGKILL: the
-    manager forgets the half message with its client; nobody else notices."""
+@pytest.mark.parametrize("nfrag, sent", [(100, 3), (32_000, 5000)], ids=["short", "long"])
+def test_a_client_that_dies_mid_message_is_dropped(rt, children, nfrag, sent):
+    """Header and some of its continuation slots, then SIGKILL: the
+    manager forgets the half message with its client; nobody else notices.
+    Long: a spawn of 2 MiB announced, more than a ring's worth of it in."""
     good = rt.client()
     workers = worker_pids(rt)
-    code = ("import os, signal, sys, procmgr\n"
+    code = ("import os, signal, sys, time, procmgr\n"
             "from procmgr.protocol import HEADER, Op\n"
             "pm = procmgr.connect(sys.argv[1])\n"
-            "plen = 32 + 100 * 64\n"
-            "pm.requests.try_push(HEADER.pack(Op.SPAWN, 0, 0, 9, 0, 0, 100, 0, 0, plen, bytes(32)))\n"
-            "for _ in range(3): pm.requests.try_push(b'A' * 64)\n"
+            f"plen = 32 + {nfrag} * 64\n"
+            f"pm.requests.try_push(HEADER.pack(Op.SPAWN, 0, 0, 9, 0, 0, {nfrag}, 0, 0, plen, "
+            "bytes(32)))\n"
+            f"left = {sent}\n"
+            "while left:\n"
+            "    left -= pm.requests.push_slots(b'A' * 64 * min(left, 512))\n"
+            "    time.sleep(0.001)\n"
             "print('sent', flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
     waiter_dom = good.spawn(["/bin/sleep", "30"], timeout=T)
@@ -205,35 +213,48 @@ def test_every_field_exactly_at_its_limit_reaches_the_program(pm, tmp_path):
     assert {k: v for k, v in seen.items() if not k.startswith("PROCMGR_")} == env
 
 
+# Each field's limit: path and caps as the original's, argv and env 1 MiB.
+LIMIT = {"path": ARG_LIMIT, "argv": LONG_ARG_LIMIT, "env": LONG_ARG_LIMIT, "caps": ARG_LIMIT}
+
+
 def _raw_spawn_over_the_limit(field: str) -> Msg:
-    """A spawn whose ``field`` is one byte over the limit, built by hand (the
-    client library would refuse to send it)."""
-    over = {"path": b"p" * (ARG_LIMIT + 1), "argv": b"a" * ARG_LIMIT + b"\0",
-            "env": b"K=" + b"v" * (ARG_LIMIT - 2) + b"\0",
-            "caps": b"1:w:/" + b"f" * (ARG_LIMIT - 5) + b"\0"}[field]
+    """A spawn whose ``field`` is one byte over its limit, built by hand (the
+    client library would refuse to send it); argv and env in the wide
+    layout, the only one that can say that much."""
+    n = LIMIT[field]
+    over = {"path": b"p" * (n + 1), "argv": b"a" * n + b"\0",
+            "env": b"K=" + b"v" * (n - 2) + b"\0",
+            "caps": b"1:w:/" + b"f" * (n - 5) + b"\0"}[field]
     fields = {"path": b"/bin/true", "argv": b"", "env": b"", "caps": b""} | {field: over}
     lens = [len(v) for v in fields.values()]
-    lens[2] |= 0x8000 if fields["env"] else 0
-    payload = struct.pack("<HHHH", *lens) + b"".join(fields.values())
+    if n > ARG_LIMIT:
+        lens[2] |= 0x80000000 if fields["env"] else 0
+        head = struct.pack("<HHIIII", 0xFFFF, 0, *lens)
+    else:
+        head = struct.pack("<HHHH", *lens)
+    payload = head + b"".join(fields.values())
     return Msg(Op.SPAWN_WITH_CAPS if field == "caps" else Op.SPAWN, SEQ0, payload=payload)
 
 
 def test_one_byte_over_the_limit_is_arg_too_long(pm):
     """Refused by the client library before sending, and -- from a client
-    that sends it anyway -- by the manager, naming the field. Nothing starts."""
+    that sends it anyway -- by the manager, naming the field and both
+    sizes. Nothing starts."""
     too_long = {"path": dict(argv=["/bin/true"], path="p" * (ARG_LIMIT + 1)),
-                "argv": dict(argv=["/bin/true", "a" * ARG_LIMIT]),
-                "env": dict(argv=["/bin/true"], env={"K": "v" * (ARG_LIMIT - 2)}),
+                "argv": dict(argv=["/bin/true", "a" * LONG_ARG_LIMIT]),
+                "env": dict(argv=["/bin/true"], env={"K": "v" * (LONG_ARG_LIMIT - 2)}),
                 "caps": dict(argv=["/bin/true"], caps=[(1, "w", "/" + "f" * (ARG_LIMIT - 5))])}
     for seq, (field, kw) in enumerate(too_long.items(), SEQ0):
         msg = _raw_spawn_over_the_limit(field)
         msg.seq = seq
         fut = expect(pm, seq, msg.op)
-        assert pm.requests.try_push_all(encode(msg))
+        send_long(pm.requests, encode(msg), pm.requests.produced,
+                  lambda: pm.requests.wait_space(T))
         with pytest.raises(ProcMgmtError) as info:
             pm.wait_for(fut, timeout=T)
         assert info.value.code == Err.ARG_TOO_LONG, field
-        assert f"{field} is {ARG_LIMIT + 1} bytes" in str(info.value)
+        assert f"{field} is {LIMIT[field] + 1} bytes, over the {LIMIT[field]}-byte limit" \
+            in str(info.value)
         with pytest.raises(ProcMgmtError) as info:
             pm.spawn_async(**kw)
         assert info.value.code == Err.ARG_TOO_LONG, field

@@ -21,7 +21,7 @@ import pytest
 
 from procmgr.protocol import State
 from procmgr.errors import Err, ProcMgmtError
-from procmgr.protocol import Op, SpawnArgs
+from procmgr.protocol import LONG_ARG_LIMIT, Op, SpawnArgs
 from regress_helpers import (
     SHM_PREFIX, TIMEOUT, assert_healthy, error_of, outcome, settle, spawn_log, state_of,
 )
@@ -116,7 +116,7 @@ def test_long_arguments_survive_fragmentation(rt, client):
     span = [m for m in rt.spawnds[1].log if m.op == Op.SD_SPAN][0]
     assert SpawnArgs.decode(span.payload).argv == argv
     with pytest.raises(ProcMgmtError) as info:
-        client.spawn(["p", "x" * 2100], core=0, timeout=TIMEOUT)
+        client.spawn(["p", "x" * LONG_ARG_LIMIT], core=0, timeout=TIMEOUT)
     assert info.value.code == Err.ARG_TOO_LONG
     assert_healthy(rt, client)
 

@@ -26,6 +26,8 @@ from procmgr.protocol import (
     INLINE,
     MAX_FRAGS,
     MAX_PAYLOAD,
+    LONG_ARG_LIMIT,
+    SPAWN_MAX_PAYLOAD,
     MSG_DTYPE,
     SLOT,
     ArgTooLong,
@@ -246,14 +248,46 @@ def test_reply_flag_is_not_part_of_the_op():
     assert isinstance(Decoder().feed(header(op=Op.WAIT | Flag.REPLY)), ProtocolError)
 
 
-@pytest.mark.parametrize("plen", [MAX_PAYLOAD + 1, 2**16, 2**32 - 1])
-def test_plen_over_max_payload(plen):
+@pytest.mark.parametrize("op,plen", [
+    (Op.KILL, MAX_PAYLOAD + 1), (Op.WAIT, 2**16), (Op.SD_KILL, 2**32 - 1),
+    (Op.SPAWN, SPAWN_MAX_PAYLOAD + 1), (Op.SD_SPAWN, 2**32 - 1),
+])
+def test_plen_over_its_ops_limit(op, plen):
+    """Only a spawn may be longer than MAX_PAYLOAD, and only up to
+    SPAWN_MAX_PAYLOAD: a header announcing more is refused at once, before
+    anything is held for it."""
     dec = Decoder()
-    err = dec.feed(header(op=Op.SPAWN, seq=7, plen=plen, nfrag=frags_for(plen) & 0xFFFF))
+    err = dec.feed(header(op=op, seq=7, plen=plen, nfrag=frags_for(plen) & 0xFFFF))
     assert isinstance(err, ProtocolError)
     assert str(plen) in str(err) and "limit" in str(err)
-    assert (err.op, err.seq) == (Op.SPAWN, 7)
+    assert (err.op, err.seq) == (op, 7)
     assert not dec.partial
+
+
+def test_after_a_truncated_continuation_nothing_is_missing():
+    """A message cut short by a short slot is refused, and the decoder
+    waits for nothing more of it: the next slot is a header again (a
+    count left behind made take() swallow the next messages whole)."""
+    dec = Decoder()
+    data = encode(Msg(Op.SPAWN, seq=4, payload=b"x" * 300))
+    assert dec.feed(data[:SLOT]) is None and dec.missing == 5
+    assert isinstance(dec.feed(b"short"), ProtocolError)
+    assert dec.missing == 0 and not dec.partial
+    assert dec.feed(encode(Msg(Op.WAIT, seq=5))) == Msg(Op.WAIT, seq=5)
+
+
+def test_a_long_spawn_is_put_together_from_bulk_pieces():
+    """A spawn past MAX_PAYLOAD: the Decoder takes its continuation slots
+    many at a time (take's bulk pops) and gives the whole payload back."""
+    payload = bytes(range(256)) * 1000
+    msg = Msg(Op.SPAWN, seq=9, payload=payload)
+    data = encode(msg)
+    dec = Decoder()
+    assert dec.feed(data[:SLOT]) is None and dec.missing == len(data) // SLOT - 1
+    for at in range(SLOT, len(data) - 64 * SLOT, 64 * SLOT):
+        assert dec.feed(data[at:at + 64 * SLOT]) is None
+    got = dec.feed(data[len(data) - SLOT * (dec.missing):])
+    assert got == msg and not dec.partial
 
 
 def test_plen_at_max_payload_is_accepted():
@@ -303,11 +337,12 @@ def test_truncated_continuation(n):
     assert feed_all(dec, encode(again))[-1] == again
 
 
-def test_encode_payload_over_max_raises():
-    with pytest.raises(ProtocolError, match="over the") as exc:
-        encode(Msg(Op.SPAWN, seq=17, payload=bytes(MAX_PAYLOAD + 1)))
-    assert (exc.value.op, exc.value.seq, exc.value.code) == (Op.SPAWN, 17, Err.BAD_MESSAGE)
-    assert len(encode(Msg(Op.SPAWN, payload=bytes(MAX_PAYLOAD)))) == SLOT * (1 + MAX_FRAGS)
+@pytest.mark.parametrize("op,limit", [(Op.KILL, MAX_PAYLOAD), (Op.SPAWN, SPAWN_MAX_PAYLOAD)])
+def test_encode_payload_over_max_raises(op, limit):
+    with pytest.raises(ProtocolError, match=f"over the {limit}-byte limit") as exc:
+        encode(Msg(op, seq=17, payload=bytes(limit + 1)))
+    assert (exc.value.op, exc.value.seq, exc.value.code) == (op, 17, Err.BAD_MESSAGE)
+    assert len(encode(Msg(op, payload=bytes(limit)))) == SLOT * (1 + frags_for(limit))
 
 
 # ---- Msg.reply ------------------------------------------------------------------
@@ -394,13 +429,39 @@ def test_field_at_limit_is_accepted(name):
     assert len(payload) == 8 + ARG_LIMIT + (1 if name != "path" else 0)
 
 
+_LIMIT = {"path": ARG_LIMIT, "argv": LONG_ARG_LIMIT, "env": LONG_ARG_LIMIT, "caps": ARG_LIMIT}
+
+
 @pytest.mark.parametrize("name", ["path", "argv", "env", "caps"])
 def test_field_over_limit_raises_arg_too_long(name):
+    """Refused before anything is sent, both sizes in the words."""
+    limit = _LIMIT[name]
     with pytest.raises(ArgTooLong) as exc:
-        _at(ARG_LIMIT + 1)[name].encode()
+        _at(limit + 1)[name].encode()
     assert exc.value.code == Err.ARG_TOO_LONG
     assert isinstance(exc.value, ProtocolError)
-    assert str(exc.value).startswith(f"{name} is {ARG_LIMIT + 1} bytes")
+    assert str(exc.value) == f"{name} is {limit + 1} bytes, over the {limit}-byte limit"
+
+
+@pytest.mark.parametrize("name", ["argv", "env"])
+@pytest.mark.parametrize("size", [ARG_LIMIT + 1, 128 * 1024, LONG_ARG_LIMIT])
+def test_long_argv_and_env_travel_wide(name, size):
+    """Past the original's 2 KiB an argv or env goes in the wide layout
+    (u32 lengths), up to LONG_ARG_LIMIT, with every flag bit kept."""
+    args = _at(size)[name]
+    args.cwd, args.stop = "/tmp", (15, 500)
+    if name == "env":
+        args.env_adds = True
+    payload = args.encode()
+    assert payload[:4] == b"\xff\xff\0\0"
+    assert len(payload) == 20 + 1 + size + len("/tmp\0" "15:500\0")
+    assert SpawnArgs.decode(payload) == args
+
+
+def test_short_spawns_keep_the_narrow_layout():
+    """A spawn within the original's limits pays nothing for the wide one."""
+    payload = _at(ARG_LIMIT)["argv"].encode()
+    assert payload[:2] != b"\xff\xff" and len(payload) == 8 + 1 + ARG_LIMIT
 
 
 def test_multibyte_characters_count_as_bytes():
@@ -446,8 +507,21 @@ def test_decode_shorter_than_length_fields(n):
 
 
 def test_decode_length_field_over_limit():
-    with pytest.raises(ArgTooLong, match="argv is 2049 bytes"):
-        SpawnArgs.decode(_spawn_payload(argv=b"a" * (ARG_LIMIT + 1)))
+    with pytest.raises(ArgTooLong, match="path is 2049 bytes, over the 2048-byte limit"):
+        SpawnArgs.decode(_spawn_payload(path=b"a" * (ARG_LIMIT + 1)))
+    wide = struct.pack("<HHIIII", 0xFFFF, 0, 1, LONG_ARG_LIMIT + 1, 0, 0)
+    with pytest.raises(ArgTooLong, match=f"argv is {LONG_ARG_LIMIT + 1} bytes"):
+        SpawnArgs.decode(wide + b"p" + b"a" * (LONG_ARG_LIMIT + 1))
+
+
+@pytest.mark.parametrize("payload", [
+    struct.pack("<HHII", 0xFFFF, 0, 1, 0),                       # lengths cut short
+    struct.pack("<HHIIII", 0xFFFF, 1, 1, 0, 0, 0) + b"p",        # the pad is not 0
+    struct.pack("<HHIIII", 0xFFFF, 0, 1, 0xFFFFFFFF, 0, 0) + b"p",   # a length that lies
+], ids=["short", "pad", "lying-length"])
+def test_decode_bad_wide_payload(payload):
+    with pytest.raises(ProtocolError, match="wide spawn payload shorter|add up to"):
+        SpawnArgs.decode(payload)
 
 
 @pytest.mark.parametrize("where", ["path", "argv", "env", "caps"])

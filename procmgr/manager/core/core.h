@@ -171,6 +171,7 @@ static inline struct domain *table_by_id(struct table *t, uint32_t id)
 struct outmsg {
     struct outmsg *next;
     uint32_t nslots;
+    uint32_t done;           /* slots of it in the ring already: a long one goes in pieces */
     uint8_t data[];          /* nslots * SLOT bytes: header, then continuation */
 };
 

@@ -7,7 +7,10 @@
  * Invariants kept here:
  * - Sending never blocks the single-threaded manager. A message goes into
  *   the peer's ring whole, or waits whole in its outbox behind what came
- *   before it; nothing overtakes the outbox.
+ *   before it; nothing overtakes the outbox. A long one (a spawn past
+ *   MAX_PAYLOAD, which may be longer than the ring) goes in pieces as the
+ *   peer makes room, the rest waiting at the outbox's head: nothing else
+ *   goes to that peer until its last piece is in (protocol.h).
  * - A peer whose ring was closed, or whose process died, is sent nothing
  *   more, and is marked gone; the loop asks (Core.lost) and releases what
  *   the peer held.
@@ -74,13 +77,36 @@ static int push_whole(struct peer *p, const uint8_t *data, uint32_t nslots)
     return 1;             /* nothing will ever go out: as good as sent */
 }
 
+/* Push what fits of a long message, from slot *done on; 1 once all of it
+ * is in (or the peer is lost), 0 while some waits for room. */
+static int push_piece(struct peer *p, const uint8_t *data, uint32_t nslots, uint32_t *done)
+{
+    int64_t rc = rb_push_many(p->out, data + (size_t)*done * SLOT, nslots - *done, SLOT);
+    if (rc == RB_EFULL)
+        return 0;
+    if (rc < 0) {
+        peer_lost(p);     /* closed, or its process died */
+        return 1;
+    }
+    *done += (uint32_t)rc;
+    return *done == nslots;
+}
+
+/* Push a message now: whole, or (a long one) what fits of it. */
+static int push_now(struct peer *p, const uint8_t *data, uint32_t nslots, uint32_t *done)
+{
+    return nslots <= 1 + MAX_FRAGS ? push_whole(p, data, nslots)
+                                   : push_piece(p, data, nslots, done);
+}
+
 /* Send to a peer in order: into its ring if nothing waits before it and it
  * fits, else into the outbox. 0, or -1 with MemoryError. */
 static int peer_send(struct peer *p, const uint8_t *data, uint32_t nslots)
 {
     if (p->gone)
         return 0;
-    if (p->outbox.n == 0 && push_whole(p, data, nslots))
+    uint32_t done = 0;
+    if (p->outbox.n == 0 && push_now(p, data, nslots, &done))
         return 0;
     struct outmsg *m = PyMem_Malloc(sizeof *m + (size_t)nslots * SLOT);
     if (m == NULL) {
@@ -89,6 +115,7 @@ static int peer_send(struct peer *p, const uint8_t *data, uint32_t nslots)
     }
     m->next = NULL;
     m->nslots = nslots;
+    m->done = done;
     memcpy(m->data, data, (size_t)nslots * SLOT);
     if (p->outbox.tail)
         p->outbox.tail->next = m;
@@ -105,7 +132,7 @@ int peer_flush(struct peer *p)
 {
     struct outbox *b = &p->outbox;
     while (b->head != NULL) {
-        if (!push_whole(p, b->head->data, b->head->nslots))
+        if (!push_now(p, b->head->data, b->head->nslots, &b->head->done))
             return 0;
         if (p->gone)          /* push_whole emptied the outbox */
             return 1;
@@ -121,8 +148,11 @@ int peer_flush(struct peer *p)
 }
 
 /* A message's slots: header, then the payload past INLINE in continuation
- * slots. buf holds at least 1 + MAX_FRAGS slots. The number of slots. */
-#define MSG_BUF ((1 + MAX_FRAGS) * SLOT)
+ * slots. buf holds at least msg_bytes(plen). The number of slots. */
+static size_t msg_bytes(uint32_t plen)
+{
+    return (1 + (size_t)frags_for(plen)) * SLOT;
+}
 
 static uint32_t encode(uint8_t *buf, const struct wire_header *h, const char *payload,
                        uint32_t plen)
@@ -220,7 +250,7 @@ int answer(CoreObject *c, uint32_t client_id, const struct answer *a)
         encode(one, &h, a->payload, a->plen);
         return peer_send(&cl->p, one, 1);
     }
-    uint8_t *buf = PyMem_Malloc(MSG_BUF);
+    uint8_t *buf = PyMem_Malloc(msg_bytes(a->plen));
     if (buf == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -310,7 +340,7 @@ int sd_send(struct spawnd *sd, uint8_t op, uint32_t dom, uint64_t nonce,
     h.nonce = nonce;
     sd->next_seq++;          /* u32: wraps as the serial order expects */
     uint8_t one[SLOT], *buf = one;
-    if (plen > INLINE && (buf = PyMem_Malloc(MSG_BUF)) == NULL) {
+    if (plen > INLINE && (buf = PyMem_Malloc(msg_bytes(plen))) == NULL) {
         PyErr_NoMemory();
         return -1;
     }
