@@ -22,7 +22,7 @@ import importlib
 _EXPORTS = {
     "Client": "procmgr.client.client", "CompletedRun": "procmgr.client.client",
     "Domain": "procmgr.client.client", "DomainInfo": "procmgr.client.client",
-    "Future": "procmgr.client.client",
+    "Future": "procmgr.client.client", "ProgramInfo": "procmgr.client.client",
     "State": "procmgr.protocol",
     "CalledProcessError": "procmgr.errors", "Err": "procmgr.errors",
     "ProcMgmtError": "procmgr.errors", "RuntimeDirUnsafe": "procmgr.errors",

@@ -6,6 +6,7 @@
     procmgr ps                           # domains, states, cores, pids, CPU, memory
     procmgr logs ID -f                   # a domain's captured output, as it comes
     procmgr kill TOKEN; procmgr wait TOKEN
+    procmgr supervise --program web -- ./server   # kept running; procmgr stop web
     procmgr down
 
 Every query takes --json. Errors are one line on stderr and a non-zero exit
@@ -288,6 +289,55 @@ def cmd_wait(args) -> int:
     return 128 - status if status < 0 else status & 0xFF
 
 
+def cmd_supervise(args) -> int:
+    if not args.program:
+        raise CliError("nothing to supervise: give the program after --")
+    try:
+        with _client(args) as pm:
+            info = pm.supervise(args.program, name=args.program_name, core=args.core,
+                                restart=args.restart, backoff=args.backoff,
+                                backoff_max=args.backoff_max,
+                                max_restarts=None if args.max_restarts < 0 else
+                                args.max_restarts, period=args.period, **_placed(args))
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from None
+    _emit(args, _program_row(info), f"{info.name} {info.state}")
+    return 0
+
+
+def _program_action(action: str):
+    """`procmgr start|stop|restart NAME`, as supervisorctl's."""
+    def run(args) -> int:
+        with _client(args) as pm:
+            call = {"start": pm.start_program, "stop": pm.stop_program,
+                    "restart": pm.restart_program}[action]
+            info = call(args.program_name)
+        _emit(args, _program_row(info), f"{info.name} {info.state}")
+        return 0
+    return run
+
+
+def _program_row(info) -> dict:
+    return {"name": info.name, "state": info.state, "core": info.core, "pid": info.pid,
+            "restarts": info.restarts, "uptime": info.uptime, "last_exit": info.last_exit,
+            "error": info.error,
+            "domain": None if info.domain is None else info.domain.token}
+
+
+def _programs_table(rows: list[dict]) -> str:
+    lines = [f"{'PROGRAM':<20} {'STATE':<9} {'CORE':>4} {'PID':>7} {'RESTARTS':>8} "
+             f"{'UPTIME':>9}  LAST EXIT"]
+    for r in rows:
+        last = r.get("last_exit")
+        how = "" if not last else ("killed" if last["killed"] else
+                                   f"signal {last['status']}" if last["signaled"] else
+                                   f"exit {last['status']}")
+        up = "" if r.get("uptime") is None else f"{r['uptime']:.1f}s"
+        lines.append(f"{r['name']:<20} {r['state']:<9} {r['core']:>4} {r['pid'] or '':>7} "
+                     f"{r['restarts']:>8} {up:>9}  {how}")
+    return "\n".join(lines)
+
+
 def _info(pm, ident: int) -> dict:
     info = pm.status(ident)
     row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
@@ -316,12 +366,18 @@ def cmd_status(args) -> int:
 
 
 def cmd_ps(args) -> int:
+    """Domains; and supervised programs, if any (`--json`: both, as
+    {"domains": [...], "programs": [...]} when there are programs)."""
     with _client(args) as pm:
         rows = [_info(pm, i) for i in pm.domains()]
         if args.last:
             for row in rows:
                 row["last"] = _last_line(pm, row)
-    _emit(args, rows, _table(rows) if rows else "no domains")
+        programs = pm.programs()
+    text = _table(rows) if rows else "no domains"
+    if programs:
+        text += "\n\n" + _programs_table(programs)
+    _emit(args, {"domains": rows, "programs": programs} if programs else rows, text)
     return 0
 
 
@@ -634,6 +690,34 @@ def parser() -> argparse.ArgumentParser:
     p = add("ps", cmd_ps, "list the domains", "procmgr ps --last")
     p.add_argument("--last", action="store_true", help="with the last line each printed")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = add("supervise", cmd_supervise, "start a program the runtime keeps running, as its "
+            "restart policy says", "procmgr supervise --program web --restart always -- ./server")
+    p.add_argument("--program", dest="program_name", required=True, metavar="NAME",
+                   help="the program's name, for start/stop/restart and ps")
+    p.add_argument("--restart", choices=["on-failure", "always", "no"], default="on-failure",
+                   help="which ends it is started again after (default: on-failure)")
+    p.add_argument("--backoff", type=float, default=0.1, metavar="SECONDS",
+                   help="the first delay before a restart; doubled for each quick end in a "
+                        "row (default: 0.1)")
+    p.add_argument("--backoff-max", type=float, default=30.0, metavar="SECONDS",
+                   help="the longest delay (default: 30)")
+    p.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                   help="more restarts than this within --period and it is given up (FATAL); "
+                        "-1: never (default: 5)")
+    p.add_argument("--period", type=float, default=60.0, metavar="SECONDS",
+                   help="the window --max-restarts counts in (default: 60)")
+    p.add_argument("--core", type=int, default=0, help="the core to run on (default: 0)")
+    p.add_argument("--env", action="append",
+                   help="KEY=VALUE added to the runtime's environment (repeat for more)")
+    p.add_argument("--cwd", metavar="DIR", help="the directory it starts in (default: this one)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
+    for action, help in (("start", "start a supervised program that has stopped or given up"),
+                         ("stop", "stop a supervised program: no restart, its process ended"),
+                         ("restart", "stop a supervised program, then start it")):
+        p = add(action, _program_action(action), help, f"procmgr {action} web")
+        p.add_argument("program_name", metavar="PROGRAM", help="the program's name")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("storm", cmd_storm, "hammer a runtime of its own with real programs, checking "
             "every answer", "procmgr storm --cores 4 --clients 3 --ops 200 --mix spawn=4,kill=2")
     p.add_argument("--cores", type=int, default=4, help="cores of the storm's runtime")

@@ -42,6 +42,8 @@ _MESSAGES = {
     Err.OPEN_FAILED: "a file for the program's descriptors could not be opened",
     Err.DOMAIN_FORGOTTEN: "the domain ended long ago and is forgotten (out of the "
                           "runtime's history of ended domains)",
+    Err.PROGRAM_EXISTS: "a program of that name is supervised already",
+    Err.NO_SUCH_PROGRAM: "no supervised program of that name",
 }
 
 

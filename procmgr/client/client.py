@@ -16,6 +16,7 @@ whether the domain exists; the bytes are read from the log files directly.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import locale
@@ -34,10 +35,12 @@ from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
-    KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError,
+    KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, SPAWN_MAX_PAYLOAD, Decoder, Flag, Msg, Op,
+    ProtocolError,
     SpawnArgs, StatusInfo, decode_ids, encode, payload_limit, send, send_long, take,
 )
 from procmgr.protocol import State
+from procmgr.protocol.programs import Policy, check_name, encode_request
 from ringbuf import Closed, PeerDied, Ring, RingException
 
 # How long a long request cut into by an exception (a Ctrl-C) is still
@@ -92,6 +95,38 @@ class DomainInfo:
     pids: list[int]
     argv: list[str]
     killed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramInfo:
+    """A supervised program (``Client.supervise``): its ``state``
+    (STARTING, RUNNING, BACKOFF, STOPPED, EXITED, FATAL), the ``domain``
+    and ``pid`` of its incarnation now (None and 0 between two), how often
+    it was started again, since when the incarnation runs (``started``,
+    epoch seconds; ``uptime``, s), how the last one ended (``last_exit``:
+    status, signaled, killed, at), why it could not start (``error``), its
+    ``policy`` and its last incarnations, newest last (``history``)."""
+
+    name: str
+    state: str
+    core: int
+    argv: list[str]
+    domain: Domain | None
+    pid: int
+    restarts: int
+    started: float | None
+    uptime: float | None
+    last_exit: dict | None
+    error: str | None
+    policy: dict
+    history: list[dict]
+
+    @classmethod
+    def of(cls, view: dict) -> ProgramInfo:
+        view = dict(view)
+        if view.get("domain") is not None:
+            view["domain"] = Domain.from_token(view["domain"])
+        return cls(**view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +261,8 @@ def _answer_all(client: Client, futures: list, answers: list) -> None:
         fut, msg = futures[0], answers[0]
         result, error = fut._outcome(msg)
         with client._mutex:
+            if fut._state == _FINISHED:     # answered already (the manager gone meanwhile)
+                return
             fut.reply = msg
             fut._result, fut._exception, fut._state = result, error, _FINISHED
             if client._sleepers or fut._waiters_:
@@ -247,6 +284,8 @@ def _answer_all(client: Client, futures: list, answers: list) -> None:
     with client._mutex:
         notify = client._sleepers
         for fut, msg, (result, error) in zip(futures, answers, outcomes):
+            if fut._state == _FINISHED:     # answered already (the manager gone meanwhile)
+                continue
             fut.reply = msg
             fut._result, fut._exception, fut._state = result, error, _FINISHED
             waiters = fut._waiters_
@@ -313,7 +352,8 @@ class _NoAnswer:
 
 class Client:
     def __init__(self, requests: Ring, responses: Ring, pump=None, connection=None,
-                 doorbell: int = -1, logs_dir: str | None = None):
+                 doorbell: int = -1, logs_dir: str | None = None,
+                 long_limit: int = SPAWN_MAX_PAYLOAD):
         """``logs_dir``: the runtime's directory of captured output (None:
         this client cannot read any; in-process runtimes keep none)."""
         self.logs_dir = logs_dir
@@ -323,6 +363,14 @@ class Client:
         self._connection = connection  # the socket whose EOF tells the manager we left
         self._doorbell = doorbell
         self._decoder = Decoder()
+        self._cut_off: list = []      # answers taken, not yet given (_receive)
+        # A long message cut short: (its slots, ring.produced before it, when
+        # the manager last took some of it) -- finished before anything else.
+        self._unfinished: tuple | None = None
+        self._long_progress = 0
+        # The longest payload the manager takes (its handshake says; one
+        # before long spawns says nothing, and takes MAX_PAYLOAD).
+        self.long_limit = long_limit
         self._waiting: dict[int, Future] = {}
         self._next_seq = 1
         self.unmatched_answers = 0     # answers to no request in flight: duplicates
@@ -332,7 +380,9 @@ class Client:
         # ring (_reader: one thread at a time, the ring has one consumer).
         # A thread that waits while another reads sleeps on _cond, woken by
         # each answer and when the reader gives way (then one of them reads).
-        self._lock = threading.Lock()
+        # Reentrant: a long send holds it while it takes answers in, and
+        # what it finds there (the manager gone) may need it again.
+        self._lock = threading.RLock()
         self._mutex = threading.RLock()      # taken directly where it is hot
         self._cond = threading.Condition(self._mutex)
         self._reader: int | None = None
@@ -346,6 +396,7 @@ class Client:
         cause = self._gone_because
         with self._lock:
             waiting, self._waiting = list(self._waiting.values()), {}
+        waiting = [f for f in waiting if f._state != _FINISHED]   # answered, not yet let go
         _answer_all(self, waiting, [_NoAnswer(cause)] * len(waiting))
 
     # ---- the request/answer machinery ----
@@ -354,14 +405,20 @@ class Client:
         if not 0 <= msg.core <= 0xFFFF:
             raise ProcMgmtError(Err.INVALID_SPAWND, f"core {msg.core} is out of range")
         long = len(msg.payload) > MAX_PAYLOAD
-        if long and len(msg.payload) > payload_limit(msg.op):   # said before anything waits
-            raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes is "
-                                f"over the {payload_limit(msg.op)}-byte limit")
+        if long:                             # said before anything waits
+            limit = min(payload_limit(msg.op), self.long_limit)
+            if len(msg.payload) > limit:
+                raise ProcMgmtError(Err.ARG_TOO_LONG, f"payload of {len(msg.payload)} bytes "
+                                    f"is over the {limit}-byte limit" + (
+                                        "" if limit == payload_limit(msg.op) else
+                                        " of this runtime (it predates long spawns)"))
         if self._gone_because is not None:
             raise _gone(self._gone_because)
         seq = None
         try:
             with self._lock:
+                if self._unfinished is not None:    # a long one cut short: its rest first
+                    self._finish_long()
                 msg.seq = seq = self._next_seq
                 self._next_seq = (seq % 0xFFFFFFFF) + 1  # 0 is never a seq
                 fut = self._waiting[seq] = Future(self, seq, msg.op, convert)
@@ -386,32 +443,41 @@ class Client:
         """Send a message past MAX_PAYLOAD (a long spawn) in pieces, as the
         manager makes room (procmgr/protocol/messages.py, "Long spawns"),
         holding the send lock: no other message may come between its
-        pieces. Once begun it is finished, even through a Ctrl-C (raised
-        after the last piece, the request sent, as one that came after a
-        short send); only a manager that takes nothing for
-        LONG_SEND_PATIENCE s leaves it cut off -- then this client is done
-        for. Blocks an asyncio client's loop for as long (~1 ms a MiB while
-        the manager keeps up)."""
-        ring = self.requests
-        data, start = encode(msg), ring.produced
-        interrupted, give_up = None, None
-        while True:
-            try:
-                send_long(ring, data, start, functools.partial(ring.wait_space, 0.05))
-                break
-            except RingException:
-                raise
-            except BaseException as e:
-                interrupted = interrupted or e
-                give_up = give_up or time.monotonic() + LONG_SEND_PATIENCE
-                if time.monotonic() > give_up:
-                    self._gone_because = RuntimeGone(
-                        f"a {len(msg.payload)}-byte request was cut off half-sent: the manager "
-                        f"took nothing for {LONG_SEND_PATIENCE} s")
-                    raise
-        if interrupted is not None:
-            raise interrupted
+        pieces. While it waits for room it takes answers in, as a short
+        send does: the manager reads no more of a client whose answers
+        wait for room. Cut short by an exception (a Ctrl-C), the message
+        is remembered, and its rest goes before anything else this client
+        sends (the request itself was sent: its answer is counted in
+        ``unmatched_answers``). Blocks an asyncio client's loop for as
+        long (~1 ms a MiB while the manager keeps up)."""
+        self._unfinished = (encode(msg), self.requests.produced, time.monotonic())
+        self._finish_long()
         return True
+
+    def _finish_long(self) -> None:
+        """Push the rest of the long message under way (_send_long); the
+        send lock held. A manager that takes nothing of it for
+        LONG_SEND_PATIENCE s leaves this client unable to send more."""
+        ring = self.requests
+        data, start, _ = self._unfinished
+
+        def wait() -> None:
+            data_, start_, since = self._unfinished
+            if ring.produced != self._long_progress:
+                self._long_progress, since = ring.produced, time.monotonic()
+                self._unfinished = (data_, start_, since)
+            if time.monotonic() - since > LONG_SEND_PATIENCE:
+                self._unfinished = None
+                self._gone_because = RuntimeGone(
+                    f"a {len(data_)}-byte request was cut off half-sent: the manager took "
+                    f"nothing of it for {LONG_SEND_PATIENCE} s")
+                raise self._gone_because
+            self._turn(0, _never, block=False)     # answers in: the manager waits on them
+            ring.wait_space(0.01)
+
+        self._long_progress = ring.produced
+        send_long(ring, data, start, wait)
+        self._unfinished = None
 
     def _forget(self, seq: int) -> None:
         with self._lock:
@@ -468,28 +534,60 @@ class Client:
             block = False
         if self._gone_because is not None:
             raise _gone(self._gone_because)
+        # Answers an exception (a Ctrl-C) cut off from their futures in an
+        # earlier round come first; taken ones go straight into `answers`.
+        answers, self._cut_off = self._cut_off, []
         try:
-            answers = take(self.responses, self._decoder)
-            if not answers and block and self.responses.wait_data(timeout):
-                answers = take(self.responses, self._decoder)
+            if not answers:
+                take(self.responses, self._decoder, out=answers)
+                if not answers and block and self.responses.wait_data(timeout):
+                    take(self.responses, self._decoder, out=answers)
+            if answers:
+                self._deliver(answers)
         except Closed as e:
             self._manager_gone(e)
             raise _gone(e) from e
-        if not answers:
-            return
+        except BaseException:
+            self._keep_undelivered(answers)
+            raise
+
+    def _deliver(self, answers: list) -> None:
+        """Each answer to its future. A future leaves ``_waiting`` only
+        once it is answered, so an exception anywhere in between leaves
+        every answer either given or findable (_keep_undelivered)."""
         bad = next((m for m in answers if type(m) is not Msg), None)
         if bad is not None:                  # the good ones are answered first
             answers = [m for m in answers if type(m) is Msg]
-        with self._lock:
-            pop = self._waiting.pop
-            futures = [pop(msg.seq, None) for msg in answers]
+        # Without the send lock: a long send holds it while it takes
+        # answers in. Each dict operation is one step under the GIL; the
+        # one compound change of _waiting (_manager_gone) leaves alone a
+        # future answered here meanwhile (_answer_all sets each once).
+        get = self._waiting.get
+        futures = [get(msg.seq) for msg in answers]
         if None in futures:
             self.unmatched_answers += futures.count(None)
             answers = [m for f, m in zip(futures, answers) if f is not None]
             futures = [f for f in futures if f is not None]
         _answer_all(self, futures, answers)
+        pop = self._waiting.pop
+        for msg in answers:
+            pop(msg.seq, None)
         if bad is not None:
             raise ProcMgmtError(Err.BAD_MESSAGE, f"answer from the manager: {bad.detail}")
+
+    def _keep_undelivered(self, answers: list) -> None:
+        """After an exception in a round: the answers taken whose futures
+        still wait are kept for the next round; those answered are done."""
+        left = []
+        for msg in answers:
+            fut = self._waiting.get(msg.seq) if type(msg) is Msg else None
+            if fut is None:
+                continue
+            if fut._state == _FINISHED:
+                self._waiting.pop(msg.seq, None)
+            else:
+                left.append(msg)
+        self._cut_off = left + self._cut_off
 
     def request(self, msg: Msg) -> Future:
         """Send ``msg`` as it is (its seq is this client's next), and get
@@ -533,30 +631,8 @@ class Client:
                     stop_signal=None, stop_timeout: float | None = None,
                     **streams) -> Future:
         """As ``spawn``, without waiting: the Future of the Domain."""
-        caps = _all_caps(streams, caps) if streams or caps else None
-        op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
-        if type(core) is not int or not 0 <= core <= 0xFFFF:
-            core = _core_number(core)
-        payload = None
-        if type(argv) is list and not caps and env is None and executable is None \
-                and path is None and cwd is None and env_extra is None \
-                and stop_signal is None and stop_timeout is None:
-            # The common case, kept encoded (and so checked) from the last time.
-            try:
-                payload = _plain_spawn_payload(argv[0], tuple(argv))
-            except (TypeError, ValueError, IndexError, KeyError, ProtocolError):
-                pass    # something to convert, or wrong: the full way says what
-        if payload is None:
-            args = _program(argv, env, executable, path, env_extra, cwd)
-            args.caps = list(caps or [])
-            if stop_signal is not None or stop_timeout is not None:
-                sig, grace_ms = _stop_how(stop_signal, stop_timeout)
-                args.stop = (sig or signal.SIGTERM,
-                             KILL_GRACE_DEFAULT if grace_ms is None else grace_ms)
-            try:
-                payload = args.encode()
-            except ProtocolError as e:
-                raise ProcMgmtError(e.code, e.detail) from None
+        op, core, payload = _spawn_request(argv, core, env, executable, path, caps, cwd,
+                                           env_extra, stop_signal, stop_timeout, streams)
         return self._send(Msg(op, core=core, payload=payload), _domain_result)
 
     def spawn(self, argv, *, core: int = 0, env=None, executable=None, path=None,
@@ -644,6 +720,94 @@ class Client:
         ``os.kill``, it ends the domain if the program dies of it: that is
         then its own exit, -N, not a kill's 9."""
         return self.wait_for(self.signal_async(domain, sig), timeout)
+
+    # ---- supervised programs (procmgr/manager/supervisor.py) ----
+
+    def supervise_async(self, argv, *, name: str, restart: str = "on-failure",
+                        backoff: float = 0.1, backoff_factor: float = 2.0,
+                        backoff_max: float = 30.0, jitter: float = 0.1,
+                        reset_after: float = 10.0, max_restarts: int | None = 5,
+                        period: float = 60.0, core: int = 0, env=None, executable=None,
+                        path=None, caps=None, cwd=None, env_extra=None, stop_signal=None,
+                        stop_timeout=None, **streams) -> Future:
+        """As ``supervise``, without waiting: the Future of its ProgramInfo."""
+        _, core, spawn = _spawn_request(argv, core, env, executable, path, caps, cwd,
+                                        env_extra, stop_signal, stop_timeout, streams)
+        policy = Policy(restart, backoff, backoff_factor, backoff_max, jitter, reset_after,
+                        max_restarts, period)          # a bad one said now: ValueError
+        return self._program_request({"do": "supervise", "name": check_name(name),
+                                      "core": core, "policy": dataclasses.asdict(policy)},
+                                     spawn)
+
+    def supervise(self, argv, *, name: str, timeout=None, **options) -> ProgramInfo:
+        """Start ``argv`` as the program ``name``, and keep it as its policy
+        says: ``restart`` "on-failure" (default: an exit code other than 0,
+        or a death by a signal nobody asked for), "always" or "no"; the
+        delay before a restart ``backoff`` s, times ``backoff_factor`` for
+        each quick end in a row, at most ``backoff_max``, spread by
+        +-``jitter``; an incarnation up ``reset_after`` s starts the delay
+        over; more than ``max_restarts`` restarts within ``period`` s and
+        it is given up (FATAL; None: never). Every other option is
+        ``spawn``'s; the restart goes to the same core.
+
+        Each incarnation is a domain of its own (id, cap, pid): the
+        program is its name. A kill of the incarnation, or
+        ``stop_program``, stops it for good (what the runtime ends never
+        restarts); ``wait_program`` answers once it has stopped, exited
+        for good or been given up. Like supervisord's ``[program:x]``
+        and systemd's ``Restart=``, with the backoff and intensity both
+        bounded by the user; the runtime keeps it, not the client: it
+        goes on when the client that asked has gone."""
+        return self.wait_for(self.supervise_async(argv, name=name, **options), timeout)
+
+    def _program_request(self, request: dict, spawn: bytes = b"") -> Future:
+        return self._send(Msg(Op.PROGRAM, payload=encode_request(request, spawn)),
+                          _program_result)
+
+    def program(self, name: str, timeout=None) -> ProgramInfo:
+        """The program ``name``'s state now (NO_SUCH_PROGRAM if none)."""
+        return self.wait_for(self._program_request({"do": "status", "name": name}), timeout)
+
+    def programs(self, timeout=None) -> list[dict]:
+        """Every supervised program, in name order, in short: name, state,
+        restarts, pid, core, uptime, last_exit."""
+        out, after = [], ""
+        while True:
+            page = self.wait_for(self._send(Msg(Op.PROGRAM, payload=encode_request(
+                {"do": "list", "after": after})), lambda m: json.loads(m.payload)), timeout)
+            out += page["programs"]
+            if not page["more"] or not page["programs"]:
+                return out
+            after = out[-1]["name"]
+
+    def start_program(self, name: str, timeout=None) -> ProgramInfo:
+        """Start a program that has stopped, exited or been given up (its
+        restart count and intensity start over); one running is left be."""
+        return self.wait_for(self._program_request({"do": "start", "name": name}), timeout)
+
+    def stop_program_async(self, name: str) -> Future:
+        return self._program_request({"do": "stop", "name": name})
+
+    def stop_program(self, name: str, timeout=None) -> ProgramInfo:
+        """Stop restarting ``name`` and end its incarnation (as a kill, with
+        its ``stop_signal`` and ``stop_timeout``); answered once it has
+        ended (STOPPED)."""
+        return self.wait_for(self.stop_program_async(name), timeout)
+
+    def restart_program(self, name: str, timeout=None) -> ProgramInfo:
+        """Stop ``name`` as ``stop_program`` does, then start it again."""
+        return self.wait_for(self._program_request({"do": "restart", "name": name}), timeout)
+
+    def wait_program_async(self, name: str) -> Future:
+        return self._program_request({"do": "wait", "name": name})
+
+    def wait_program(self, name: str, timeout=None) -> ProgramInfo:
+        """Until ``name`` is STOPPED, EXITED or FATAL: its ProgramInfo then."""
+        return self.wait_for(self.wait_program_async(name), timeout)
+
+    def remove_program(self, name: str, timeout=None) -> ProgramInfo:
+        """Stop ``name`` and forget it; its last ProgramInfo."""
+        return self.wait_for(self._program_request({"do": "remove", "name": name}), timeout)
 
     def exit_async(self, domain: Domain, status: int) -> Future:
         """A domain says it ends with ``status`` (its last call)."""
@@ -986,6 +1150,32 @@ def _domain_result(msg: Msg) -> Domain:
     return Domain(msg.dom, msg.nonce, msg.core, msg.status)
 
 
+def _spawn_request(argv, core, env, executable, path, caps, cwd, env_extra, stop_signal,
+                   stop_timeout, streams) -> tuple[int, int, bytes]:
+    """A spawn's op, core and payload, from spawn's arguments, checked."""
+    caps = _all_caps(streams, caps) if streams or caps else None
+    op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
+    if type(core) is not int or not 0 <= core <= 0xFFFF:
+        core = _core_number(core)
+    if type(argv) is list and not caps and env is None and executable is None \
+            and path is None and cwd is None and env_extra is None \
+            and stop_signal is None and stop_timeout is None:
+        # The common case, kept encoded (and so checked) from the last time.
+        try:
+            return op, core, _plain_spawn_payload(argv[0], tuple(argv))
+        except (TypeError, ValueError, IndexError, KeyError, ProtocolError):
+            pass    # something to convert, or wrong: the full way says what
+    args = _program(argv, env, executable, path, env_extra, cwd)
+    args.caps = list(caps or [])
+    if stop_signal is not None or stop_timeout is not None:
+        sig, grace_ms = _stop_how(stop_signal, stop_timeout)
+        args.stop = (sig or signal.SIGTERM, KILL_GRACE_DEFAULT if grace_ms is None else grace_ms)
+    try:
+        return op, core, args.encode()
+    except ProtocolError as e:
+        raise ProcMgmtError(e.code, e.detail) from None
+
+
 @functools.lru_cache(maxsize=256)
 def _plain_spawn_payload(path: str, argv: tuple[str, ...]) -> bytes:
     """The payload of a spawn of ``argv`` and nothing else. Only text
@@ -1107,6 +1297,10 @@ def _wait_result(msg: Msg) -> int | None:
     if msg.flags & Flag.STILL_RUNNING:
         return None
     return -msg.status if msg.flags & Flag.SIGNALED else msg.status
+
+
+def _program_result(msg: Msg) -> ProgramInfo:
+    return ProgramInfo.of(json.loads(msg.payload))
 
 
 def _status_result(msg: Msg) -> DomainInfo:

@@ -29,6 +29,7 @@ import time
 from procmgr.client.client import Client
 from procmgr.errors import RuntimeRefused
 from procmgr.client.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
+from procmgr.protocol import MAX_PAYLOAD
 from procmgr.osutil import (
     become_subreaper, children_of, end_and_reap, remove_dead_runtime_dir, runtime_dir,
     runtime_dir_in_use, wait_readable,
@@ -140,6 +141,7 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
                 raise RuntimeRefused(f"runtime {name!r} refused the connection: "
                                      f"{answer['error']}")
             names = (answer["requests"], answer["responses"])
+            long_limit = int(answer.get("long_payload", MAX_PAYLOAD))
         except (ValueError, KeyError, TypeError):
             raise RuntimeRefused(f"runtime {name!r} answered the handshake with something "
                                  f"other than a procmgr manager's answer: {msg[:200]!r}") from None
@@ -167,7 +169,7 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
         raise
     sock.settimeout(None)
     return Client(requests, responses, connection=sock, doorbell=doorbell,
-                  logs_dir=os.path.join(directory, "logs"))
+                  logs_dir=os.path.join(directory, "logs"), long_limit=long_limit)
 
 
 def _connected(path: str, name: str, deadline: float) -> socket.socket:

@@ -66,6 +66,7 @@ class Channel:
         return self.inbound.corrupt or self.outbound.corrupt
 
     def close(self) -> None:
+        self.decoder.release()      # a message it had begun holds nothing now
         for ring in (self.inbound, self.outbound):
             ring.close()
         if self.waker >= 0:

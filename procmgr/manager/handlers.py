@@ -96,7 +96,13 @@ def add_spawnd(mgr, client, msg) -> None:
     mgr.answer(client, msg, err)
 
 
+def program(mgr, client, msg) -> None:
+    """A supervised program's request: procmgr/manager/supervisor.py."""
+    mgr.supervisor.handle(client, msg)
+
+
 PYTHON_HANDLERS = {
+    Op.PROGRAM: program,
     Op.GET_STATUS: get_status,
     Op.GET_DOMAINLIST: get_domainlist,
     Op.ADD_SPAWND: add_spawnd,

@@ -10,9 +10,12 @@ and answer clients.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import select
 import sys
+import time
 from collections import deque
 
 from procmgr.manager._core import PEER_CLIENT, PEER_SPAWND, SERVE_BUDGET, RingSet
@@ -49,10 +52,8 @@ def poll(mgr, spawnds=None, clients=None) -> int:
         if not client.alive:
             continue               # gone earlier in this pass
         channel = client.channel
-        # Answers that did not fit go first; until they have, read no more
-        # -- but a message begun is read to its end: its sender is sending
-        # a long one in pieces, and reads no answers until it is done.
-        if core.flush(PEER_CLIENT, client.id) or channel.decoder.partial:
+        # Answers that did not fit go first; until they have, read no more.
+        if core.flush(PEER_CLIENT, client.id):
             for msg in channel.receive(BATCH):
                 mgr.dispatch_client(client.id, msg)
                 handled += 1
@@ -136,6 +137,10 @@ class EventLoop:
         # left alone, it is still readable when the RingSet knows it.
         self._bells: set[int] = set()
         self._calls: deque = deque()
+        # call_later's timers: (when, order, fn), the soonest first.
+        self._timers: list = []
+        self._timer_order = itertools.count()
+        mgr.loop = self
 
     @property
     def wakeups(self) -> int:
@@ -156,6 +161,22 @@ class EventLoop:
         """Run ``fn(*args)`` on the loop's thread, at its next pass."""
         self._calls.append((fn, args))   # deque.append is atomic
         self._rings.interrupt()
+
+    def call_later(self, delay: float, fn) -> None:
+        """Run ``fn()`` on the loop's thread once ``delay`` s have passed
+        (at the end of the first pass after; the loop sleeps no longer
+        than until then). From the loop's thread only."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_order), fn))
+
+    def _run_due(self) -> None:
+        """The timers whose time has come, and the supervisor's answers."""
+        timers = self._timers
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                heapq.heappop(timers)[2]()
+        if self.mgr.supervisor_started:
+            self.mgr.supervisor.pump()
 
     def peer_doorbell(self, watch: bool = True) -> PeerDoorbell:
         """A new doorbell for one peer to ring, in the loop's epoll set (or,
@@ -200,13 +221,18 @@ class EventLoop:
         if self._peers_seen != self.mgr.peers_changed:
             self._refresh_peers()
         peers = self._peers
-        ready, fired = self._rings.wait(0 if self._calls else idle_timeout)
+        timeout = 0 if self._calls else idle_timeout
+        if self._timers:
+            timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+        ready, fired = self._rings.wait(timeout)
         for fd, events in fired:
             if fd not in self._bells:
                 self._watchers[fd](fd, events)
         nsd = len(self._spawnds)
         handled = poll(self.mgr, [peers[i] for i in ready if i < nsd],
                        [peers[i] for i in ready if i >= nsd])
+        if self._timers or self.mgr.supervisor_started:
+            self._run_due()
         # Every peer answered in this pass (or by a watcher) is woken once.
         self._rings.wake()
         return handled

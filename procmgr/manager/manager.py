@@ -21,7 +21,7 @@ from procmgr.errors import Err
 from procmgr.manager._core import PEER_CLIENT, PEER_SPAWND, AnswerTwice, Core
 from procmgr.manager.channel import Channel
 from procmgr.manager.domain import TableView
-from procmgr.protocol import Msg, ProtocolError
+from procmgr.protocol import Decoder, HeldBytes, Msg, ProtocolError
 
 
 class ClientBinding:
@@ -120,11 +120,21 @@ class SpawndBinding:
         return f"<spawnd {self.core}>"
 
 
+# The bytes of long spawns the manager holds half received, over all its
+# clients (messages.py, HeldBytes): some thirty at their largest at once; a
+# long spawn past it is answered BUSY.
+LONG_HELD_LIMIT = 64 << 20
+
+
 class Manager:
     def __init__(self, pending: str = "replyq", reply_queue: int = 1024,
-                 max_cores: int = 1024, table_capacity: int = 1 << 20, history: int = 4096):
+                 max_cores: int = 1024, table_capacity: int = 1 << 20, history: int = 4096,
+                 long_held_limit: int = LONG_HELD_LIMIT):
         """``history``: how many ended domains are remembered, for a late
         wait or status."""
+        self.long_held = HeldBytes(long_held_limit)
+        self.loop = None                 # the EventLoop serving it (it says so)
+        self._supervisor = None          # made at the first program request
         self.pending_kind = pending
         self.reply_queue = reply_queue
         self.max_cores = max_cores
@@ -164,7 +174,22 @@ class Manager:
 
     # ---- bindings ----
 
+    @property
+    def supervisor_started(self) -> bool:
+        return self._supervisor is not None
+
+    @property
+    def supervisor(self):
+        """The supervised programs (supervisor.py), made when first asked
+        for: a runtime that supervises nothing pays nothing for it."""
+        if self._supervisor is None:
+            from procmgr.manager.supervisor import start_supervisor
+            self._supervisor = start_supervisor(self, self.loop)
+        return self._supervisor
+
     def add_client(self, channel: Channel, is_monitor: bool = False) -> ClientBinding:
+        # Before anything is read from it: its long messages share the bound.
+        channel.decoder = Decoder(self.long_held)
         client = ClientBinding(self._next_client, channel, is_monitor, self.core)
         self._next_client += 1
         self.core.add_client(client.id, channel.outbound, is_monitor)

@@ -43,7 +43,7 @@ import sys
 import time
 
 from procmgr.manager.channel import Channel
-from procmgr.protocol import LOG_BACKUPS, LOG_MAX_BYTES
+from procmgr.protocol import LOG_BACKUPS, LOG_MAX_BYTES, SPAWN_MAX_PAYLOAD
 from procmgr.manager.loop import EventLoop
 from procmgr.manager.manager import Manager
 from procmgr.manager.workers import WorkerProcess, WorkerTemplate
@@ -325,7 +325,10 @@ class Server:
                     self._drop_handshake(fd, f"client refused: its doorbell: {e}",
                                          tell=f"the manager cannot make the client's doorbell: {e}")
                     return
-                names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name}
+                # long_payload: the longest payload taken (a client of an
+                # older runtime, which says nothing, sends none past MAX_PAYLOAD).
+                names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name,
+                         "long_payload": SPAWN_MAX_PAYLOAD}
                 # A few dozen bytes into an empty socket buffer: never EAGAIN.
                 try:
                     socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],

@@ -14,6 +14,7 @@ Everything is re-exported here: ``from procmgr.protocol import Msg, Op``.
 
 from procmgr.protocol.messages import (
     Decoder,
+    HeldBytes,
     Msg,
     ProtocolError,
     encode,

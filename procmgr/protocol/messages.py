@@ -32,6 +32,7 @@ from procmgr.protocol.numbers import (
     INLINE,
     LONG_OPS,
     MAX_PAYLOAD,
+    PROGRAM_WORDS_MAX,
     SLOT,
     SPAWN_MAX_PAYLOAD,
     Err,
@@ -84,6 +85,8 @@ def frags_for(plen: int) -> int:
 
 def payload_limit(op: int) -> int:
     """The longest payload a message of ``op`` may carry."""
+    if op == Op.PROGRAM:
+        return SPAWN_MAX_PAYLOAD + 4 + PROGRAM_WORDS_MAX
     return SPAWN_MAX_PAYLOAD if op in LONG_OPS else MAX_PAYLOAD
 
 
@@ -109,6 +112,31 @@ def encode_rows(msg: Msg):
     return np.frombuffer(encode(msg), dtype=_msg_dtype())
 
 
+class HeldBytes:
+    """A bound on the bytes of long messages that a reader holds half
+    received, over all its peers. Without one, each of the manager's
+    clients could make it hold 2 MiB by sending the start of a long spawn
+    and no more -- a thousand clients, 2 GiB. A Decoder given it takes a
+    long message's length at its header and gives it back at its end (or
+    its peer's: ``Decoder.release``); a message that does not fit is read
+    on and dropped, and answered BUSY."""
+
+    __slots__ = ("limit", "held")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 class Decoder:
     """Turns a stream of slots from one ring back into messages.
 
@@ -116,12 +144,14 @@ class Decoder:
     message, a ProtocolError per bad one, or None while continuation slots
     are still to come (they may arrive in a later batch). A bad header is
     answered with an error and only that slot is dropped: the next slot is
-    read as a header again.
+    read as a header again. ``budget``: a HeldBytes that bounds what long
+    messages may hold (None: no bound, for a reader whose peer is its own).
     """
 
-    __slots__ = ("_pending", "_plen", "_need", "_parts", "partial")
+    __slots__ = ("_pending", "_plen", "_need", "_parts", "partial", "_budget", "_held",
+                 "_refused")
 
-    def __init__(self):
+    def __init__(self, budget: HeldBytes | None = None):
         # True while a message's continuation slots are still missing (a
         # plain attribute: take() reads it once per batch).
         self.partial = False
@@ -129,6 +159,9 @@ class Decoder:
         self._plen = 0
         self._need = 0
         self._parts: list[bytes] = []
+        self._budget = budget
+        self._held = 0                  # what the message begun took from the budget
+        self._refused: ProtocolError | None = None   # its answer, if it did not fit
 
     def feed(self, slot: bytes) -> Msg | ProtocolError | None:
         if self._pending is not None:
@@ -149,6 +182,15 @@ class Decoder:
         msg = Msg(op, seq, core, dom, nonce, err, status, flags, inline[:plen])
         if not nfrag:
             return msg
+        if plen > MAX_PAYLOAD and self._budget is not None:
+            if self._budget.take(plen):
+                self._held = plen
+            else:
+                self._refused = ProtocolError(
+                    f"the manager holds {self._budget.held} bytes of long requests half "
+                    f"received, and {plen} more would pass its bound of "
+                    f"{self._budget.limit}: this one was dropped; send it again", op, seq)
+                self._refused.code = Err.BUSY
         self._pending, self._plen, self._need, self._parts = msg, plen, nfrag, [inline]
         self.partial = True
         return None
@@ -158,21 +200,31 @@ class Decoder:
         """Continuation slots still to come of the message begun."""
         return self._need
 
+    def release(self) -> None:
+        """Forget the message begun (its peer is gone), and give back what
+        it held of the budget."""
+        if self._budget is not None:
+            self._budget.give(self._held)
+        self._pending, self._parts, self.partial, self._need = None, [], False, 0
+        self._held, self._refused = 0, None
+
     def _continue(self, slots: bytes) -> Msg | ProtocolError | None:
         """Continuation slots, one or (``take``, for a long message) many
         at once, never more than are missing."""
-        msg = self._pending
+        msg, refused = self._pending, self._refused
         if len(slots) % SLOT or not slots:
-            self._pending, self._parts, self.partial, self._need = None, [], False, 0
+            self.release()
             return ProtocolError(
                 f"truncated continuation slot: {len(slots)} of {SLOT} bytes", msg.op, msg.seq)
-        self._parts.append(slots)
+        if refused is None:
+            self._parts.append(slots)
         self._need -= len(slots) // SLOT
         if self._need:
             return None
-        msg.payload = b"".join(self._parts)[: self._plen]
-        self._pending, self._parts, self.partial = None, [], False   # _need is 0
-        return msg
+        if refused is None:
+            msg.payload = b"".join(self._parts)[: self._plen]
+        self.release()
+        return msg if refused is None else refused
 
 
 def send(ring, msg: Msg) -> bool:
@@ -205,16 +257,19 @@ def send_long(ring, data: bytes, start: int, wait) -> None:
             wait()
 
 
-def take(ring, decoder: Decoder, limit: int = 1 << 30) -> list[Msg | ProtocolError]:
+def take(ring, decoder: Decoder, limit: int = 1 << 30,
+         out: list | None = None) -> list[Msg | ProtocolError]:
     """Up to ``limit`` decoded messages (or decode errors) now in ``ring``;
     never waits. A message whose fragments are not all in yet stays in
     ``decoder`` for the next call. A closed or dead peer raises ringbuf's
     Closed -- but only once what it sent before has been returned.
+    ``out``: an empty list to put them in as they come (what a call cut
+    short by an exception had taken is there), returned.
 
     One-slot messages are read in C (_wire.take), which stops in front of
     anything else: a message with continuation slots, or a slot that is not
     a valid header, is fed to ``decoder`` here, one slot at a time."""
-    out = []
+    out = [] if out is None else out
     addr = ring.handle_addr
     while len(out) < limit:
         if not decoder.partial and _wire_take(addr, limit - len(out), out) in _TAKE_DONE:

@@ -7,6 +7,7 @@ cffi, procmgr/protocol/build.py), the one place they are written.
     State   a domain's state (STATE_*)
     HEADER_FIELDS, HEADER   the header slot's fields in order, and its struct
     SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, LONG_ARG_LIMIT, SPAWN_MAX_PAYLOAD,
+    PROGRAM_WORDS_MAX,
     LONG_OPS, CLIENT_OPS,
     EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS,
     KILL_MAX_SIGNAL, KILL_GRACE_DEFAULT
@@ -50,6 +51,7 @@ MAX_PAYLOAD = lib.MAX_PAYLOAD
 MAX_FRAGS = lib.MAX_FRAGS
 LONG_ARG_LIMIT = lib.LONG_ARG_LIMIT
 SPAWN_MAX_PAYLOAD = lib.SPAWN_MAX_PAYLOAD
+PROGRAM_WORDS_MAX = lib.PROGRAM_WORDS_MAX
 EXIT_STATUS_KILLED = lib.EXIT_STATUS_KILLED
 KILL_MAX_SIGNAL = lib.KILL_MAX_SIGNAL
 KILL_GRACE_DEFAULT = lib.KILL_GRACE_DEFAULT
@@ -58,8 +60,9 @@ LOG_BACKUPS = lib.LOG_BACKUPS
 LOG_MIN_BYTES = lib.LOG_MIN_BYTES
 LOG_MAX_BACKUPS = lib.LOG_MAX_BACKUPS
 CLIENT_OPS = frozenset(range(lib.FIRST_CLIENT_OP, lib.LAST_CLIENT_OP + 1))
-# The ops whose payload may be longer than MAX_PAYLOAD (protocol.h, op_is_long).
-LONG_OPS = frozenset((Op.SPAWN, Op.SPAWN_WITH_CAPS, Op.SD_SPAWN, Op.SD_SPAN))
+# The ops whose payload may be longer than MAX_PAYLOAD (protocol.h, at
+# SPAWN_MAX_PAYLOAD; messages.py's payload_limit says how much).
+LONG_OPS = frozenset((Op.SPAWN, Op.SPAWN_WITH_CAPS, Op.SD_SPAWN, Op.SD_SPAN, Op.PROGRAM))
 SPAWND_REQUESTS = frozenset((Op.SD_SPAWN, Op.SD_SPAN, Op.SD_KILL, Op.SD_CLEANUP,
                              Op.SD_SIGNAL))
 

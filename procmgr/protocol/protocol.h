@@ -60,9 +60,12 @@
  * SPAWN_MAX_PAYLOAD bytes (spawn_payload.h's wide layout). */
 #define LONG_ARG_LIMIT 1048576
 #define SPAWN_MAX_PAYLOAD 2101268
+/* A program request (OP_PROGRAM) carries a spawn's payload after its own
+ * words (JSON, at most this many bytes, and their u32 length). */
+#define PROGRAM_WORDS_MAX 4096
 /* The client requests are the ops FIRST_CLIENT_OP..LAST_CLIENT_OP. */
 #define FIRST_CLIENT_OP 1
-#define LAST_CLIENT_OP 11
+#define LAST_CLIENT_OP 12
 /* The exit status of a domain the runtime killed. */
 #define EXIT_STATUS_KILLED 9
 /* A kill's signal (KILL's status; 0: the runtime's, SIGTERM) is at most
@@ -93,10 +96,11 @@ enum op {
     OP_ADD_SPAWND = 9,
     OP_GET_STATS = 10,        /* the manager's own figures (JSON), for `procmgr top` */
     OP_SIGNAL = 11,           /* status (1..KILL_MAX_SIGNAL) to every dispatcher's group */
+    OP_PROGRAM = 12,          /* a supervised program's request (procmgr/manager/supervisor.py) */
     /* manager -> client only: the answer to a request whose op it could not
      * read (an unknown op byte), so the client can still decode it and
      * match it by seq; err says why */
-    OP_UNREADABLE = 12,
+    OP_UNREADABLE = 13,
     /* manager -> spawnd (each answered by one SD_REPLY, in order) */
     OP_SD_SPAWN = 16,
     OP_SD_SPAN = 17,
@@ -159,6 +163,8 @@ enum err {
     E_INTERNAL = 32,          /* a bug in the manager; the manager carries on */
     E_OPEN_FAILED = 33,       /* a file the domain was to get (stdout=, caps) would not open */
     E_DOMAIN_FORGOTTEN = 34,  /* the domain ended long enough ago to be out of the history */
+    E_PROGRAM_EXISTS = 35,    /* supervise: a program of that name is supervised already */
+    E_NO_SUCH_PROGRAM = 36,   /* no supervised program of that name */
 };
 
 /* A domain's state (procmgr/manager/domain.py draws the machine). */
@@ -194,9 +200,9 @@ _Static_assert(MAX_FRAGS == (MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT,
                "continuation slots of the largest payload");
 _Static_assert(SPAWN_MAX_PAYLOAD == 20 + 2 * ARG_LIMIT + 2 * LONG_ARG_LIMIT,
                "a wide spawn's lengths, path, argv, env and caps");
-_Static_assert((SPAWN_MAX_PAYLOAD - INLINE + SLOT - 1) / SLOT <= 0xFFFF,
-               "a long spawn's continuation slots fit nfrag");
-_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_SIGNAL,
+_Static_assert((SPAWN_MAX_PAYLOAD + 4 + PROGRAM_WORDS_MAX - INLINE + SLOT - 1) / SLOT <= 0xFFFF,
+               "a long spawn's continuation slots fit nfrag, in a program request too");
+_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_PROGRAM,
                "the client requests are one run of ops");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the wire is little-endian and this code copies fields as they are");
@@ -209,19 +215,12 @@ static inline int op_is_known(uint8_t op)
     switch ((enum op)op) {
     case OP_SPAWN: case OP_SPAWN_WITH_CAPS: case OP_SPAN: case OP_KILL: case OP_EXIT:
     case OP_WAIT: case OP_GET_STATUS: case OP_GET_DOMAINLIST: case OP_ADD_SPAWND:
-    case OP_GET_STATS: case OP_SIGNAL: case OP_UNREADABLE:
+    case OP_GET_STATS: case OP_SIGNAL: case OP_PROGRAM: case OP_UNREADABLE:
     case OP_SD_SPAWN: case OP_SD_SPAN: case OP_SD_KILL: case OP_SD_CLEANUP: case OP_SD_SIGNAL:
     case OP_SD_REPLY: case OP_SD_EXIT:
         return 1;
     }
     return 0;
-}
-
-/* 1 if a message of this op may carry a payload longer than MAX_PAYLOAD
- * (a spawn's, up to SPAWN_MAX_PAYLOAD). */
-static inline int op_is_long(uint8_t op)
-{
-    return op == OP_SPAWN || op == OP_SPAWN_WITH_CAPS || op == OP_SD_SPAWN || op == OP_SD_SPAN;
 }
 
 /* Continuation slots a payload of plen bytes takes. */

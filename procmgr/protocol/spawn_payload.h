@@ -53,6 +53,9 @@
 #define SPAWN_WIDE_MARK 0xFFFFu
 #define SPAWN_FLAG_BIT 0x8000u      /* argv: is [path]; env: given; caps: a cwd first */
 #define SPAWN_ADDS_BIT 0x4000u      /* env: added to the worker's (with SPAWN_FLAG_BIT) */
+/* Items in argv, or in env, at most: what execve takes in 2 MiB of
+ * pointers and strings is ~130,000 of the shortest. */
+#define SPAWN_ITEMS_MAX 131072
 #define SPAWN_WIDE_FLAG_BIT 0x80000000u    /* the same two bits of a wide length */
 #define SPAWN_WIDE_ADDS_BIT 0x40000000u
 
@@ -125,6 +128,14 @@ static PyObject *spawn_list(const char *s, Py_ssize_t n, struct spawn_refusal *w
         return PyList_New(0);
     if (s[n - 1] != '\0')
         return SPAWN_REFUSE(why, "a list field does not end with its NUL terminator");
+    /* Counted before anything is made: a MiB of one-byte items is half a
+     * million str objects, ~35 ms of the manager's one thread. */
+    Py_ssize_t count = 0;
+    for (const char *at = s; (at = memchr(at, '\0', (size_t)(s + n - at))) != NULL; at++)
+        count++;
+    if (count > SPAWN_ITEMS_MAX)
+        return spawn_refuse(why, E_ARG_TOO_LONG, PyUnicode_FromFormat(
+            "a list of %zd items, over the %d-item limit", count, SPAWN_ITEMS_MAX));
     PyObject *text = spawn_text(s, n, why);
     if (text == NULL)
         return NULL;
@@ -254,7 +265,9 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     memcpy(narrow, p, sizeof narrow);
     if (narrow[0] == SPAWN_WIDE_MARK) {
         if (n < SPAWN_WIDE_LENS || narrow[1] != 0)
-            return SPAWN_REFUSE(why, "wide spawn payload shorter than its length fields");
+            return SPAWN_REFUSE(why, n < SPAWN_WIDE_LENS
+                                ? "wide spawn payload shorter than its length fields"
+                                : "wide spawn payload's pad after its mark is not 0");
         memcpy(raw, p + 4, sizeof raw);
         flag_bit = SPAWN_WIDE_FLAG_BIT;
         adds_bit = SPAWN_WIDE_ADDS_BIT;
@@ -282,6 +295,13 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
                 "%s is %zd bytes, over the %zd-byte limit", names[i], lens[i], limits[i]));
     const char *path_at = (const char *)p + head, *argv_at = path_at + lp,
                *env_at = argv_at + la, *caps_at = env_at + le;
+    /* What the lengths and the path say, before any list is decoded. */
+    if (lp == 0)
+        return SPAWN_REFUSE(why, "spawn without a program path");
+    if (memchr(path_at, '\0', (size_t)lp) != NULL)
+        return SPAWN_REFUSE(why, "the program path contains a NUL byte");
+    if (le != 0 && !env_given)
+        return SPAWN_REFUSE(why, "spawn payload has env entries but says env is not given");
     PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
              *caps = NULL, *cwd = NULL, *stop = NULL, *out = NULL;
     if ((path = spawn_text(path_at, lp, why)) == NULL ||
@@ -332,18 +352,6 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
         Py_XDECREF(cap);
         if (rc < 0)
             goto done;
-    }
-    if (lp == 0) {
-        SPAWN_REFUSE(why, "spawn without a program path");
-        goto done;
-    }
-    if (memchr(path_at, '\0', (size_t)lp) != NULL) {
-        SPAWN_REFUSE(why, "the program path contains a NUL byte");
-        goto done;
-    }
-    if (PyList_GET_SIZE(env_items) && !env_given) {
-        SPAWN_REFUSE(why, "spawn payload has env entries but says env is not given");
-        goto done;
     }
     if (argv_is_path) {
         if (PyList_GET_SIZE(argv)) {

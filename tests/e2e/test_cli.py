@@ -312,3 +312,31 @@ def test_kill_with_a_signal_and_grace_and_signal_from_the_shell(name):
     assert run("logs", "--name", name, dom).stdout == "up\nhup\nint\n"
     bad = run("kill", "--name", name, token, "--signal", "NOPE", check=False)
     assert bad.returncode == 1 and "not a signal" in bad.stderr
+
+
+def test_supervised_programs_from_the_shell(name):
+    """supervise, ps with its programs, stop, restart, start -- as
+    supervisorctl's -- and a bad name or an unknown program in one line."""
+    info = json.loads(run("supervise", "--name", name, "--program", "web", "--restart",
+                          "always", "--json", "--", "/bin/sleep", "30").stdout)
+    assert info["name"] == "web" and info["state"] in ("STARTING", "RUNNING")
+    deadline = time.monotonic() + 10
+    while True:
+        listing = json.loads(run("ps", "--name", name, "--json").stdout)
+        programs = listing["programs"] if isinstance(listing, dict) else []
+        if programs and programs[0]["state"] == "RUNNING":
+            break
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.05)
+    assert [d["argv"] for d in listing["domains"]] == [["/bin/sleep", "30"]]
+    assert "web" in run("ps", "--name", name).stdout
+    pid = programs[0]["pid"]
+    assert run("stop", "--name", name, "web").stdout.split() == ["web", "STOPPED"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert run("start", "--name", name, "web").stdout.split()[1] in ("STARTING", "RUNNING")
+    assert run("restart", "--name", name, "web").stdout.split()[0] == "web"
+    run("stop", "--name", name, "web")
+    bad = run("stop", "--name", name, "nope", check=False)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "NO_SUCH_PROGRAM" in bad.stderr
+    bad = run("supervise", "--name", name, "--program", "a/b", "--", "/bin/true", check=False)
+    assert bad.returncode == 1 and "a program's name is" in bad.stderr

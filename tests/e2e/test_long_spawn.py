@@ -16,7 +16,7 @@ import pytest
 from e2e_helpers import T, pm, rt  # noqa: F401 (fixtures)
 from procmgr import Err, ProcMgmtError
 from procmgr.client import client as client_module
-from procmgr.protocol import LONG_ARG_LIMIT
+from procmgr.protocol import LONG_ARG_LIMIT, MAX_PAYLOAD
 
 # The program: the sha256 of its arguments and of $BIG*, one per line.
 DIGESTS = ("import hashlib, os, sys\n"
@@ -117,27 +117,81 @@ def test_a_long_spawn_does_not_hold_up_another_clients_short_ones(rt):
     assert busy < alone + 0.02, (alone, busy)
 
 
-def test_a_long_send_cut_into_by_ctrl_c_is_finished_first(pm, monkeypatch):
-    """A Ctrl-C between two pieces of a long spawn: the client finishes the
-    message -- nothing half-sent is left in its ring to garble the next
-    request -- then raises the KeyboardInterrupt. The spawn was sent; the
-    next request is answered as usual."""
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_a_long_send_cut_into_by_ctrl_c_is_finished_before_the_next(pm, monkeypatch,
+                                                                     interrupts):
+    """A Ctrl-C between two pieces of a long spawn reaches the caller at
+    once; the rest of the message goes before the next request, which is
+    answered as usual -- nothing half-sent garbles it. Twice (a Ctrl-C
+    again while the rest goes): the request after that finishes it."""
     real, calls = client_module.send_long, []
 
-    def interrupted_after_one_piece(ring, data, start, wait):
+    def interrupted(ring, data, start, wait):
         calls.append(ring.produced - start)
         if len(calls) == 1:
             ring.push_slots(memoryview(data)[:100 * 64])    # one piece, then Ctrl-C
+        if len(calls) <= interrupts:
             raise KeyboardInterrupt
         real(ring, data, start, wait)
 
-    monkeypatch.setattr(client_module, "send_long", interrupted_after_one_piece)
+    monkeypatch.setattr(client_module, "send_long", interrupted)
     args = ["/bin/true"] + ["c" * (120 * 1024)] * 4
     with pytest.raises(KeyboardInterrupt):
         pm.spawn(args, timeout=T)
-    assert calls == [0, 100], "the send was not resumed where it was cut"
-    monkeypatch.undo()
+    for _ in range(interrupts - 1):
+        with pytest.raises(KeyboardInterrupt):
+            pm.run(["/bin/true"], timeout=T)
     assert pm.run(["/bin/sh", "-c", "exit 7"], timeout=T).returncode == 7
+    assert calls == [0] + [100] * interrupts, "the send was not resumed where it was cut"
+    monkeypatch.undo()
     assert pm.run(args, timeout=T).returncode == 0
     assert pm.unmatched_answers == 1          # the interrupted spawn's answer
 
+
+def test_a_long_spawn_behind_answers_that_backed_up(rt):
+    """A client whose answers wait in the manager (it sent three rings'
+    worth of requests before reading) sends a long spawn: the manager reads
+    none of its ring until the answers fit, so the sender takes them in
+    while it waits for room. Another thread of the client meanwhile gets
+    its answers, within its own timeouts."""
+    pm = rt.client()
+    d = pm.spawn(["/bin/sleep", "30"], timeout=T)
+    try:
+        backlog = [pm.wait_async(d, nohang=True) for _ in range(3 * 4096)]
+        other = []
+
+        def statuses():
+            for _ in range(20):
+                other.append(pm.status(d, timeout=T).state)
+
+        thread = threading.Thread(target=statuses)
+        thread.start()
+        t = time.perf_counter()
+        assert pm.run(["/bin/true"] + ["d" * (100 * 1024)] * 4, timeout=T).returncode == 0
+        assert time.perf_counter() - t < 5
+        thread.join(T)
+        assert not thread.is_alive() and len(other) == 20
+        assert all(f.result(T) is None for f in backlog)
+    finally:
+        pm.kill(d, timeout=T)
+
+
+def test_a_runtime_that_predates_long_spawns_is_sent_none(pm):
+    """Its handshake says nothing of them: past MAX_PAYLOAD, refused here,
+    in words, rather than sent to a reader that would take its pieces for
+    requests."""
+    pm.long_limit = MAX_PAYLOAD
+    with pytest.raises(ProcMgmtError) as e:
+        pm.spawn(["/bin/true", "e" * 10_000], timeout=T)
+    assert e.value.code == Err.ARG_TOO_LONG and "predates long spawns" in str(e.value)
+    assert pm.run(["/bin/true", "e" * 1000], timeout=T).returncode == 0
+
+
+def test_a_supervised_program_with_a_long_argv_restarts(pm):
+    """The supervisor hands its spawns to the core without a ring: a long
+    one goes as well as a short."""
+    args = ["/bin/sh", "-c", "exit 2", "sh"] + ["f" * (100 * 1024)] * 4
+    pm.supervise(args, name="long", backoff=0, max_restarts=2, timeout=T)
+    final = pm.wait_program("long", timeout=T)
+    assert final.state == "FATAL" and final.restarts == 2
+    assert [h["status"] for h in final.history] == [2, 2, 2]

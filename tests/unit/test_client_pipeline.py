@@ -125,3 +125,49 @@ def test_pipeline_driver_leaves_nothing_behind(rt):
     assert len(rt.manager.table) == 0
     assert all(not c.outstanding for c in rt.manager.clients.values())
     assert client.in_flight == 0
+
+
+@pytest.mark.parametrize("where", ["taking", "answering", "calling back"])
+def test_a_ctrl_c_in_the_readers_round_loses_no_answer(rt, monkeypatch, where):
+    """A KeyboardInterrupt while the reader has answers in hand -- just
+    taken from the ring, about to be given, or in a callback once given:
+    it reaches the caller, and every answer still reaches its future, at
+    the next round; nothing is left owed (in_flight 0)."""
+    import procmgr.client.client as client_module
+
+    client = rt.client()
+    futures = [client.spawn_async(["prog"], core=i % 2) for i in range(8)]
+    rt.pump()                                   # all eight answers wait in the ring
+    real_take, real_answer_all = client_module.take, client_module._answer_all
+    fired = []
+
+    def take_then_interrupt(*args, **kw):
+        got = real_take(*args, **kw)
+        if got and not fired:
+            fired.append(where)
+            raise KeyboardInterrupt
+        return got
+
+    def interrupt_before(client_, futs, answers):
+        if not fired:
+            fired.append(where)
+            raise KeyboardInterrupt
+        real_answer_all(client_, futs, answers)
+
+    if where == "taking":
+        monkeypatch.setattr(client_module, "take", take_then_interrupt)
+    elif where == "answering":
+        monkeypatch.setattr(client_module, "_answer_all", interrupt_before)
+    else:
+        def interrupting_callback(fut):
+            if not fired:
+                fired.append(where)
+                raise KeyboardInterrupt
+        futures[3].add_done_callback(interrupting_callback)
+    with pytest.raises(KeyboardInterrupt):
+        client.poll()
+    assert fired == [where]
+    monkeypatch.undo()
+    doms = [f.result(timeout=5) for f in futures]
+    assert len({d.id for d in doms}) == 8
+    assert client.in_flight == 0 and client.unmatched_answers == 0

@@ -281,7 +281,7 @@ struct req {
 static inline int is_python_op(uint8_t op)
 {
     return op == OP_GET_STATUS || op == OP_GET_DOMAINLIST || op == OP_ADD_SPAWND ||
-           op == OP_GET_STATS;
+           op == OP_GET_STATS || op == OP_PROGRAM;
 }
 
 struct slotv {               /* a pending slot's fields, read once */

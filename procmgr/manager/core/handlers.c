@@ -197,7 +197,20 @@ static int h_spawn(CoreObject *c, uint32_t client, const struct req *r)
         Py_DECREF(why.detail);
         return rc;
     }
-    PyObject *argv = Py_NewRef(PyTuple_GET_ITEM(args, 1));
+    /* The argv kept with the domain -- for status and ps, for as long as
+     * the table remembers it, ended too -- is what status shows: cut at
+     * ARG_LIMIT, whole items. Kept whole, a MiB of two-byte arguments
+     * held 24 MiB of str objects per ended domain. */
+    PyObject *full = PyTuple_GET_ITEM(args, 1);
+    Py_ssize_t keep = 0, size = 0;
+    while (keep < PyList_GET_SIZE(full) &&
+           (size += PyUnicode_GET_LENGTH(PyList_GET_ITEM(full, keep)) + 1) <= ARG_LIMIT)
+        keep++;
+    PyObject *argv = PyList_GetSlice(full, 0, keep);
+    if (argv == NULL) {
+        Py_DECREF(args);
+        return -1;
+    }
     int rc = 0, has_caps = PyList_GET_SIZE(PyTuple_GET_ITEM(args, 3)) != 0;
     /* How it is stopped, if the spawn says: (signal, grace ms), checked. */
     PyObject *stop = PyTuple_GET_ITEM(args, 6);

@@ -1,0 +1,133 @@
+"""Restart latency: from a supervised program's end to its next
+incarnation running, procmgr against supervisord in the same run
+(`python -m bench.supervise`).
+
+The program is bash with builtins only: it appends its clock
+($EPOCHREALTIME) as it starts and again just before it exits 1, so the
+latency of a restart is the next start's stamp less the last end's --
+the exit, its reaping, the decision, the spawn and bash's own start, all
+of it, measured by the programs themselves on one clock. procmgr runs it
+with restart="always" and no delay; supervisord with autorestart=true
+and startsecs=0 (the least it can be told to wait). Each side is also
+shown as the runtime sees it: for procmgr, the gap between an
+incarnation's end and the next one's start in its history."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import procmgr
+
+SCRIPT = 'echo "s $EPOCHREALTIME" >> "$1"; echo "e $EPOCHREALTIME" >> "$1"; exit 1'
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def latencies(path: str) -> list[float]:
+    """Each start's stamp less the end before it, in seconds."""
+    stamps = [line.split() for line in open(path).read().splitlines()]
+    out, last_end = [], None
+    for kind, value in stamps:
+        t = float(value)
+        if kind == "s" and last_end is not None:
+            out.append(t - last_end)
+        if kind == "e":
+            last_end = t
+    return out
+
+
+def wait_for_lines(path: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and open(path).read().count("s ") >= n:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"fewer than {n} incarnations within {timeout} s")
+
+
+def procmgr_run(n: int, tmp: str) -> tuple[list[float], list[float]]:
+    out = os.path.join(tmp, "procmgr.txt")
+    with procmgr.Runtime(cores=1) as rt:
+        pm = rt.client()
+        pm.supervise([BASH, "-c", SCRIPT, "bash", out], name="bench", restart="always",
+                     backoff=0, max_restarts=None, stdout=procmgr.DEVNULL,
+                     stderr=procmgr.DEVNULL, timeout=30)
+        wait_for_lines(out, n + 1, 60)
+        info = pm.stop_program("bench", timeout=30)
+    h = info.history
+    seen = [b["started"] - a["ended"] for a, b in zip(h, h[1:])]
+    return latencies(out)[:n], seen
+
+
+def supervisord_run(n: int, tmp: str) -> list[float] | None:
+    try:
+        import supervisor  # noqa: F401
+    except ImportError:
+        return None
+    out = os.path.join(tmp, "supervisord.txt")
+    conf = os.path.join(tmp, "supervisord.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[supervisord]
+nodaemon=true
+logfile={tmp}/supervisord.log
+pidfile={tmp}/supervisord.pid
+[unix_http_server]
+file={tmp}/supervisor.sock
+[program:bench]
+command={BASH} -c '{SCRIPT}' bash {out}
+autorestart=true
+startsecs=0
+startretries=1000000
+stdout_logfile=/dev/null
+stderr_logfile=/dev/null
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", conf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_lines(out, n + 1, 60 + 2 * n)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return latencies(out)[:n]
+
+
+def figures(xs: list[float]) -> str:
+    xs = sorted(xs)
+    p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return f"median {statistics.median(xs) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms ({len(xs)})"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--restarts", type=int, default=200, help="restarts measured per side")
+    ap.add_argument("--supervisord-restarts", type=int, default=30,
+                    help="restarts measured under supervisord (slower: it waits out ticks)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, seen = procmgr_run(args.restarts, tmp)
+        theirs = supervisord_run(args.supervisord_restarts, tmp)
+    print("| restart latency, end to next incarnation running | figures |")
+    print("|---|---|")
+    print(f"| procmgr, stamped by the program | {figures(ours)} |")
+    print(f"| procmgr, as its history has it | {figures(seen)} |")
+    if theirs is None:
+        print("| supervisord | not installed (pip install supervisor) |")
+    else:
+        print(f"| supervisord, stamped by the program | {figures(theirs)} |")
+        print(f"\nsupervisord/procmgr, medians: "
+              f"{statistics.median(theirs) / statistics.median(ours):.0f}x")
+
+
+if __name__ == "__main__":
+    main()

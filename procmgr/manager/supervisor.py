@@ -1,0 +1,397 @@
+"""Supervised programs: restart policies kept in the manager, which alone
+sees every exit.
+
+A program is a name, a spawn (its payload and core) and a policy. Each
+incarnation is an ordinary domain with its own id, cap and pid -- listed,
+waited, signalled like any other; the program is what stays: its name,
+its state, its restart count and the history of its last incarnations.
+
+The supervisor is a client of the manager like any other, living in the
+manager's process: it spawns each incarnation and waits on it through a
+ring pair of its own, so the core needs to know nothing of programs --
+a restart is a spawn, an end is a wait's answer, both served as every
+client's are. It runs in the manager's thread: the loop takes its
+answers in after each pass (``pump``) and runs its backoff timers
+(``EventLoop.call_later``). With no delay a restart is sent in the pass
+that saw the end.
+
+States, as supervisord names them:
+
+    STARTING  the spawn is sent, not yet answered
+    RUNNING   the incarnation runs
+    BACKOFF   it ended and will be started again once its delay is over
+    STOPPED   stopped by a user (``stop``, or a kill of the incarnation:
+              what the runtime ends never restarts)
+    EXITED    it ended and the policy says not to start it again
+    FATAL     given up: it ended more often than the policy's intensity
+              allows (``max_restarts`` within ``period`` seconds, as an
+              Erlang/OTP supervisor's), or could not be started
+
+A request that waits on a program (``wait``, ``stop``) is answered when
+the program settles in one of the last three.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from dataclasses import asdict
+
+from procmgr.errors import Err, describe
+from procmgr.protocol import MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, take
+from procmgr.protocol.programs import SETTLED, Policy, check_name, decode_request
+
+HISTORY = 10                    # incarnations kept per program
+
+class _NoProgram(LookupError):
+    """A request names a program that is not supervised."""
+
+
+class Program:
+    __slots__ = ("name", "payload", "core", "argv", "policy", "state", "domain", "pid",
+                 "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
+                 "history", "settled_waiters", "timer", "stopping", "spawn_error")
+
+    def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy):
+        self.name, self.payload, self.core, self.argv = name, payload, core, argv
+        self.policy = policy
+        self.state = "STARTING"
+        self.domain: tuple[int, int] | None = None      # (id, nonce) of the incarnation
+        self.pid = 0
+        self.started = 0.0              # wall clock, of the incarnation
+        self.up_since = 0.0             # monotonic, of the incarnation
+        self.restarts = 0
+        self.quick_ends = 0             # ends in a row sooner than reset_after
+        self.recent: collections.deque[float] = collections.deque()  # restart times
+        self.last_exit: dict | None = None
+        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
+        self.settled_waiters: list = []  # (client, msg): answered once settled
+        self.timer = None
+        self.stopping = False           # a stop is under way: no restart
+        self.spawn_error = ""
+
+    def view(self) -> dict:
+        """What status and ps show."""
+        now = time.monotonic()
+        return {
+            "name": self.name, "state": self.state, "core": self.core, "argv": _shown(self.argv),
+            "domain": None if self.domain is None else
+            f"{self.domain[0]}:{self.domain[1]:016x}",
+            "pid": self.pid, "restarts": self.restarts,
+            "started": self.started or None,
+            "uptime": round(now - self.up_since, 3) if self.state == "RUNNING" else None,
+            "last_exit": self.last_exit, "error": self.spawn_error or None,
+            "policy": asdict(self.policy), "history": list(self.history),
+        }
+
+
+def start_supervisor(mgr, loop) -> Supervisor:
+    """The manager's supervisor: a client binding of its own, whose
+    requests go straight into the core (Core.dispatch_client, as Python
+    decoded them) -- a ring could not take a long spawn from the
+    manager's own thread -- and whose answers come back in a sealed ring,
+    as any client's, which rings ``woken``: answered in C, the loop would
+    not come back to Python for them before its idle timeout."""
+    from procmgr.manager.channel import Channel
+    from procmgr.manager.server import RING_CAPACITY
+    from ringbuf import Ring
+
+    requests = Ring.create_sealed(2, label="supervisor.requests")     # never written
+    responses = Ring.create_sealed(RING_CAPACITY, label="supervisor.responses")
+    try:
+        answers = Ring.attach_fd(os.dup(responses.fileno()), "supervisor.responses")
+    except BaseException:
+        requests.close()
+        responses.close()
+        raise
+    requests.release_fd()
+    responses.release_fd()
+    woken = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    responses.set_doorbell(woken)           # rung by the producer's end: the manager's
+    binding = mgr.add_client(Channel(requests, responses, "supervisor"))
+    supervisor = Supervisor(mgr, binding.id, answers, loop.call_later, woken)
+    loop.watch(woken, supervisor.woken)
+    return supervisor
+
+
+class Supervisor:
+    def __init__(self, mgr, client_id: int, answers, call_later, woken: int = -1):
+        """``client_id``: the supervisor's binding in the manager, whose
+        requests it hands the core; ``answers``: its end of the ring the
+        core answers into. ``call_later(delay, fn)``: the loop's timer.
+        ``woken``: what the core's answers ring (-1: none)."""
+        self.mgr = mgr
+        self.client_id = client_id
+        self.answers = answers
+        self.decoder = Decoder()
+        self.call_later = call_later
+        self.woken_fd = woken
+        self.programs: dict[str, Program] = {}
+        self._next_seq = 1
+        self._waiting: dict[int, object] = {}      # seq -> what its answer is for
+
+    def pump(self) -> None:
+        """Take in the answers to the supervisor's own requests (each moves
+        its program on), then arm the ring for the manager to ring
+        ``woken``. Never waits."""
+        while True:
+            for msg in take(self.answers, self.decoder):
+                then = self._waiting.pop(msg.seq, None) if type(msg) is Msg else None
+                if then is not None:
+                    then(msg)
+            if self.woken_fd < 0 or not self._waiting or not self.answers.arm():
+                return              # nothing to wait for, or armed and empty
+
+    def woken(self, fd: int, events: int) -> None:
+        """The loop's watcher of ``woken``: the manager answered us."""
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+        self.pump()
+
+    def _request(self, msg: Msg, then=None) -> None:
+        """One of the supervisor's own requests, into the core; ``then(answer)``
+        once it is answered."""
+        msg.seq = seq = self._next_seq
+        self._next_seq = seq % 0xFFFFFFFF + 1
+        if then is not None:
+            self._waiting[seq] = then
+        self.mgr.core.dispatch_client(self.client_id, msg)
+
+    # ---- requests from clients (OP_PROGRAM) ----
+
+    def handle(self, client, msg: Msg) -> None:
+        try:
+            request, spawn = decode_request(msg.payload)
+            what = request.get("do")
+            handler = _ACTIONS.get(what)
+            if handler is None:
+                raise ValueError(f"unknown program action {what!r} "
+                                 f"(one of {', '.join(sorted(_ACTIONS))})")
+            handler(self, client, msg, request, spawn)
+        except _NoProgram as e:
+            self._answer(client, msg, Err.NO_SUCH_PROGRAM,
+                         repr(e.args[0]))
+        except ProtocolError as e:
+            self._answer(client, msg, e.code, e.detail)
+        except (ValueError, TypeError) as e:
+            self._answer(client, msg, Err.BAD_MESSAGE, str(e))
+
+    def _answer(self, client, msg: Msg, err: Err = Err.OK, body=None) -> None:
+        """OK with the program's view as JSON, or an error in words."""
+        if err != Err.OK:
+            payload = str(body).encode()[:256]
+        else:
+            payload = json.dumps(body, separators=(",", ":")).encode()[:MAX_PAYLOAD]
+        self.mgr.answer(client, msg, err, payload=payload)
+
+    def _program(self, request: dict) -> Program:
+        name = request.get("name")
+        program = self.programs.get(name) if isinstance(name, str) else None
+        if program is None:
+            raise _NoProgram(name)
+        return program
+
+    def supervise(self, client, msg, request, spawn) -> None:
+        name = check_name(request.get("name"))
+        if name in self.programs:
+            return self._answer(client, msg, Err.PROGRAM_EXISTS,
+                                repr(name))
+        policy = request.get("policy") or {}
+        if not isinstance(policy, dict):
+            raise ValueError("a program's policy is a JSON object")
+        policy = Policy.of(policy)
+        args = SpawnArgs.decode(spawn)          # checked now, said now (ProtocolError)
+        core = request.get("core", 0)
+        if isinstance(core, bool) or not isinstance(core, int) or core not in self.mgr.spawnds:
+            return self._answer(client, msg, Err.INVALID_SPAWND,
+                                f"core {core!r} is not served: cores "
+                                f"{sorted(self.mgr.spawnds)}")
+        program = Program(name, spawn, core, args.argv, policy)
+        self.programs[name] = program
+        self._start(program)
+        self._answer(client, msg, body=program.view())
+
+    def status(self, client, msg, request, spawn) -> None:
+        self._answer(client, msg, body=self._program(request).view())
+
+    def list(self, client, msg, request, spawn) -> None:
+        """A page of programs, in name order, from ``after``; "more" if the
+        page was cut (an answer is at most 8 KiB)."""
+        after = request.get("after") or ""
+        names = sorted(n for n in self.programs if n > after)
+        page, size = [], 2
+        for name in names:
+            p = self.programs[name]
+            item = {"name": name, "state": p.state, "restarts": p.restarts, "pid": p.pid,
+                    "core": p.core, "uptime": p.view()["uptime"], "last_exit": p.last_exit}
+            size += len(json.dumps(item)) + 1
+            if size > 7000:
+                break
+            page.append(item)
+        self._answer(client, msg, body={"programs": page, "more": len(page) < len(names)})
+
+    def wait(self, client, msg, request, spawn) -> None:
+        program = self._program(request)
+        if program.state in SETTLED:
+            return self._answer(client, msg, body=program.view())
+        program.settled_waiters.append((client, msg))
+
+    def stop(self, client, msg, request, spawn) -> None:
+        program = self._program(request)
+        program.settled_waiters.append((client, msg))
+        if program.state not in SETTLED:
+            program.stopping = True     # over a restart or remove under way
+        self._stop(program)
+
+    def start(self, client, msg, request, spawn) -> None:
+        program = self._program(request)
+        if program.state not in SETTLED:
+            return self._answer(client, msg, body=program.view())      # running already
+        program.recent.clear()
+        program.quick_ends = 0
+        self._start(program)
+        self._answer(client, msg, body=program.view())
+
+    def restart(self, client, msg, request, spawn) -> None:
+        """Stop the program, then start it (answered once it is started)."""
+        program = self._program(request)
+        program.settled_waiters.append((client, msg))
+        if program.state in SETTLED:
+            return self._settle(program, "STOPPED", then_start=True)
+        program.stopping = "restart"
+        self._stop(program)
+
+    def remove(self, client, msg, request, spawn) -> None:
+        """Stop the program, then forget it (answered once it is gone)."""
+        program = self._program(request)
+        program.settled_waiters.append((client, msg))
+        program.stopping = "remove"
+        self._stop(program)
+
+    # ---- the programs' lives ----
+
+    def _start(self, program: Program) -> None:
+        program.state, program.stopping, program.spawn_error = "STARTING", False, ""
+        program.timer = None
+        self._request(Msg(_SPAWN_OP, core=program.core, payload=program.payload),
+                      lambda m, p=program: self._guarded(self._spawned, p, m))
+
+    def _spawned(self, program: Program, msg: Msg) -> None:
+        if msg.err != Err.OK:           # EXEC_FAILED, INVALID_SPAWND (its worker gone) ...
+            program.spawn_error = describe(msg.err, msg.status,
+                                           msg.payload.decode("utf-8", "replace"))
+            now = time.time()
+            program.history.append({"domain": None, "pid": 0, "started": now, "ended": now,
+                                    "error": program.spawn_error})
+            return self._ended(program, failed=True, killed=False)
+        program.domain, program.pid = (msg.dom, msg.nonce), msg.status
+        program.started, program.up_since = time.time(), time.monotonic()
+        if program.state == "STARTING":
+            program.state = "RUNNING"
+        if program.stopping:            # stopped while it was starting
+            self._request(Msg(_KILL_OP, dom=msg.dom, nonce=msg.nonce))
+        self._request(Msg(_WAIT_OP, dom=msg.dom, nonce=msg.nonce),
+                      lambda m, p=program: self._guarded(self._exited, p, m))
+
+    def _exited(self, program: Program, msg: Msg) -> None:
+        dom = self.mgr.core.domain(program.domain[0]) or {}
+        killed = bool(dom.get("killed"))
+        if msg.err == Err.OK:
+            signaled, status = bool(msg.flags & _SIGNALED), msg.status
+        else:                           # not to be had: a failure all the same
+            signaled, status = False, -1
+            program.spawn_error = "its end could not be learned: " + describe(msg.err)
+        program.last_exit = {"status": status, "signaled": signaled, "killed": killed,
+                             "at": time.time()}
+        program.history.append({"domain": program.domain[0], "pid": program.pid,
+                                "started": program.started, "ended": time.time(),
+                                "status": status, "signaled": signaled, "killed": killed})
+        program.pid = 0
+        if time.monotonic() - program.up_since >= program.policy.reset_after:
+            program.quick_ends = 0
+        failed = signaled or status != 0
+        self._ended(program, failed=failed, killed=killed)
+
+    def _guarded(self, step, program: Program, msg: Msg) -> None:
+        """A step of a program's life, from its answer's callback. A bug in
+        it must not leave the program stuck with nobody told: it is
+        printed, and the program given up (FATAL) in words."""
+        try:
+            step(program, msg)
+        except Exception as e:          # noqa: BLE001 -- said, and the program settled
+            import traceback
+            traceback.print_exc()
+            program.spawn_error = f"internal error in the supervisor: {e!r}"
+            self._settle(program, "FATAL")
+
+    def _ended(self, program: Program, failed: bool, killed: bool) -> None:
+        """An incarnation ended (or never started): again, or settled."""
+        policy = program.policy
+        if program.stopping or killed:
+            return self._settle(program, "STOPPED")
+        if policy.restart == "no" or (policy.restart == "on-failure" and not failed):
+            return self._settle(program, "EXITED")
+        now = time.monotonic()
+        while program.recent and now - program.recent[0] > policy.period:
+            program.recent.popleft()
+        if policy.max_restarts is not None and len(program.recent) >= policy.max_restarts:
+            return self._settle(program, "FATAL")
+        program.recent.append(now)
+        program.restarts += 1
+        program.quick_ends += 1
+        delay = policy.delay(program.quick_ends)
+        if delay <= 0:
+            return self._start(program)
+        program.state = "BACKOFF"
+        program.timer = token = object()        # a stop or a start since voids it
+        self.call_later(delay, lambda: self._backoff_over(program, token))
+
+    def _backoff_over(self, program: Program, token) -> None:
+        if program.state == "BACKOFF" and program.timer is token:
+            self._start(program)
+
+    def _stop(self, program: Program) -> None:
+        if program.state in SETTLED:
+            return self._settle(program, program.state)
+        if not program.stopping:
+            program.stopping = True
+        if program.state == "BACKOFF":
+            program.timer = None        # its callback finds it no longer due
+            return self._settle(program, "STOPPED")
+        if program.state == "RUNNING" and program.domain is not None:
+            self._request(Msg(_KILL_OP, dom=program.domain[0], nonce=program.domain[1]))
+        # STARTING: _spawned kills it once it has its cap; either way its
+        # end settles it (_exited, _ended).
+
+    def _settle(self, program: Program, state: str, then_start: bool = False) -> None:
+        """The program stays ``state``; those waiting for that are answered
+        -- after it is forgotten (remove), or started again (restart)."""
+        how = program.stopping
+        program.state, program.timer = state, None
+        waiters, program.settled_waiters = program.settled_waiters, []
+        if how == "remove":
+            self.programs.pop(program.name, None)
+        elif how == "restart" or then_start:
+            program.recent.clear()
+            program.quick_ends = 0
+            self._start(program)
+        body = program.view()
+        for client, msg in waiters:
+            self._answer(client, msg, body=body)
+
+
+_ACTIONS = {"supervise": Supervisor.supervise, "status": Supervisor.status,
+            "list": Supervisor.list, "wait": Supervisor.wait, "stop": Supervisor.stop,
+            "start": Supervisor.start, "restart": Supervisor.restart,
+            "remove": Supervisor.remove}
+_SPAWN_OP, _KILL_OP, _WAIT_OP, _SIGNALED = Op.SPAWN_WITH_CAPS, Op.KILL, Op.WAIT, Flag.SIGNALED
+
+
+def _shown(argv: list[str]) -> list[str]:
+    """An argv as status shows it: 16 items of at most 200 characters (an
+    answer is at most MAX_PAYLOAD bytes; a program's argv may be a MiB)."""
+    return [a if len(a) <= 200 else a[:197] + "..." for a in argv[:16]]
