@@ -7,9 +7,9 @@ import os
 import platform
 import sys
 
-from bench import aio, output, peers, pending_report, ring_report, scale, spawn
+from bench import aio, output, peers, pending_report, ring_report, scale, spawn, supervise
 
-KINDS = ("ring", "spawn", "aio", "output", "pending", "scale")
+KINDS = ("ring", "spawn", "aio", "output", "pending", "scale", "supervise")
 
 
 def run(kinds, quick: bool = False) -> dict:
@@ -30,6 +30,8 @@ def run(kinds, quick: bool = False) -> dict:
         results["pending"] = pending_report.compare(rounds=rounds, scale=size)
     if "scale" in kinds:
         results["scale"] = scale.measure(quick)
+    if "supervise" in kinds:
+        results["supervise"] = (supervise.measure(20, 2) if quick else supervise.measure())
     return results
 
 
@@ -83,6 +85,8 @@ def write(results: dict, directory: str) -> str:
     if "scale" in results:
         parts += ["## Scale", "", scale.table(results["scale"]), "", "![scale](scale.png)", ""]
         scale.plot(results["scale"], os.path.join(directory, "scale.png"))
+    if "supervise" in results:
+        parts += ["## Restart latency", "", supervise.table(results["supervise"]), ""]
     path = os.path.join(directory, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))

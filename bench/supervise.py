@@ -30,9 +30,14 @@ SCRIPT = 'echo "s $EPOCHREALTIME" >> "$1"; echo "e $EPOCHREALTIME" >> "$1"; exit
 BASH = shutil.which("bash") or "/bin/bash"
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def latencies(path: str) -> list[float]:
     """Each start's stamp less the end before it, in seconds."""
-    stamps = [line.split() for line in open(path).read().splitlines()]
+    stamps = [line.split() for line in _read(path).splitlines()]
     out, last_end = [], None
     for kind, value in stamps:
         t = float(value)
@@ -46,7 +51,7 @@ def latencies(path: str) -> list[float]:
 def wait_for_lines(path: str, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.exists(path) and open(path).read().count("s ") >= n:
+        if os.path.exists(path) and _read(path).count("s ") >= n:
             return
         time.sleep(0.01)
     raise TimeoutError(f"fewer than {n} incarnations within {timeout} s")
@@ -102,31 +107,47 @@ stderr_logfile=/dev/null
     return latencies(out)[:n]
 
 
-def figures(xs: list[float]) -> str:
+def _figures(xs: list[float]) -> dict:
     xs = sorted(xs)
-    p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
-    return f"median {statistics.median(xs) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms ({len(xs)})"
+    return {"median_ms": statistics.median(xs) * 1e3,
+            "p99_ms": xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1e3, "n": len(xs)}
+
+
+def measure(restarts: int = 200, supervisord_restarts: int = 20) -> dict:
+    """Both sides, one run: medians and p99s in ms, and their ratio."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, seen = procmgr_run(restarts, tmp)
+        theirs = supervisord_run(supervisord_restarts, tmp) if supervisord_restarts else None
+    out = {"procmgr": _figures(ours), "procmgr_seen": _figures(seen),
+           "supervisord": None if theirs is None else _figures(theirs)}
+    if theirs is not None:
+        out["ratio"] = out["supervisord"]["median_ms"] / out["procmgr"]["median_ms"]
+    return out
+
+
+def table(r: dict) -> str:
+    def row(label, f):
+        return f"| {label} | {f['median_ms']:.2f} | {f['p99_ms']:.2f} | {f['n']} |"
+
+    lines = ["| restart latency, end to next incarnation running | median ms | p99 ms | n |",
+             "|---|---:|---:|---:|",
+             row("procmgr, stamped by the program", r["procmgr"]),
+             row("procmgr, as its history has it", r["procmgr_seen"])]
+    if r["supervisord"] is None:
+        lines.append("| supervisord | not installed (pip install supervisor) | | |")
+    else:
+        lines.append(row("supervisord, stamped by the program", r["supervisord"]))
+        lines.append(f"\nsupervisord/procmgr, medians: {r['ratio']:.0f}x")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--restarts", type=int, default=200, help="restarts measured per side")
-    ap.add_argument("--supervisord-restarts", type=int, default=30,
-                    help="restarts measured under supervisord (slower: it waits out ticks)")
+    ap.add_argument("--restarts", type=int, default=200, help="restarts measured under procmgr")
+    ap.add_argument("--supervisord-restarts", type=int, default=20,
+                    help="restarts measured under supervisord (each waits out its 1 s tick)")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours, seen = procmgr_run(args.restarts, tmp)
-        theirs = supervisord_run(args.supervisord_restarts, tmp)
-    print("| restart latency, end to next incarnation running | figures |")
-    print("|---|---|")
-    print(f"| procmgr, stamped by the program | {figures(ours)} |")
-    print(f"| procmgr, as its history has it | {figures(seen)} |")
-    if theirs is None:
-        print("| supervisord | not installed (pip install supervisor) |")
-    else:
-        print(f"| supervisord, stamped by the program | {figures(theirs)} |")
-        print(f"\nsupervisord/procmgr, medians: "
-              f"{statistics.median(theirs) / statistics.median(ours):.0f}x")
+    print(table(measure(args.restarts, args.supervisord_restarts)))
 
 
 if __name__ == "__main__":

@@ -594,11 +594,11 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(results))
     elif not args.report:
-        from bench import aio, output, pending_report, ring_report, scale, spawn
+        from bench import aio, output, pending_report, ring_report, scale, spawn, supervise
 
         tables = {"ring": ring_report.table, "spawn": spawn.table, "aio": aio.table,
-                  "output": output.table,
-                  "pending": pending_report.table, "scale": scale.table}
+                  "output": output.table, "pending": pending_report.table,
+                  "scale": scale.table, "supervise": supervise.table}
         print("\n\n".join(tables[k](results[k]) for k in kinds))
     return 0
 
@@ -734,7 +734,8 @@ def parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "measure the project against its peers in one run",
             "procmgr bench ring --report out/")
     p.add_argument("what", nargs="?", default="all",
-                   choices=["ring", "spawn", "aio", "output", "pending", "scale", "all"],
+                   choices=["ring", "spawn", "aio", "output", "pending", "scale", "supervise",
+                            "all"],
                    help="which measurement (default: all)")
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots there")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")

@@ -133,3 +133,12 @@ def test_many_clients_comparison_runs():
     assert r["client_cpu_us"] > 0 and r["manager_cpu_us"] > 0
     from bench.clients import table
     assert "all running" in table([r])
+
+
+def test_restart_latency_comparison_runs():
+    from bench.supervise import measure, table
+
+    r = measure(restarts=10, supervisord_restarts=2)
+    assert r["procmgr"]["n"] == 10 and r["procmgr"]["median_ms"] > 0
+    assert r["supervisord"]["n"] == 2 and r["ratio"] > 0
+    assert "supervisord/procmgr" in table(r)
