@@ -28,7 +28,7 @@ import time
 import psutil
 
 import ringbuf
-from procmgr.client import logs
+from procmgr.client import config, logs
 from procmgr.client.client import Domain
 from procmgr.protocol import State
 from procmgr.errors import ProcMgmtError
@@ -49,8 +49,14 @@ class CliError(Exception):
 def cmd_up(args) -> int:
     if runtime_dir_in_use(runtime_dir(args.name)):
         raise CliError(f"a runtime named {args.name!r} is already running")
+    # The file is read and checked first: a bad one starts nothing.
+    declared = _declared(args.config, args.cores) if args.config else None
     if args.detach:
-        return _up_detached(args)
+        _up_detached(args)
+        if declared is not None:
+            with _client(args) as pm:
+                _say_applied(args.config, config.apply(pm, declared))
+        return 0
     rt = Runtime(cores=args.cores, pending=args.pending, name=args.name)
     rt.start()
     with open(_pidfile(args.name), "w") as f:
@@ -58,6 +64,9 @@ def cmd_up(args) -> int:
     print(f"runtime {args.name!r} up: {args.cores} cores, pending={args.pending} "
           f"(Ctrl-C stops it)", flush=True)
     try:
+        if declared is not None:
+            with rt.client() as pm:
+                _say_applied(args.config, config.apply(pm, declared))
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         stop = threading.Event()
         shown = threading.Thread(target=_show_runtime_log, args=(args.name, stop), daemon=True)
@@ -72,6 +81,31 @@ def cmd_up(args) -> int:
         except FileNotFoundError:
             pass
         print(f"runtime {args.name!r} down", flush=True)
+    return 0
+
+
+def _declared(path: str, cores: int) -> list:
+    try:
+        return config.load(path, cores)
+    except config.ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def _say_applied(path: str, done: dict) -> None:
+    said = ", ".join(f"{what} {', '.join(names)}" for what, names in done.items() if names)
+    print(f"{path}: {said or 'nothing to do'}", flush=True)
+
+
+def cmd_reload(args) -> int:
+    """Apply a changed file to a running runtime: the new started, the
+    removed stopped and forgotten, the changed started again."""
+    with _client(args) as pm:
+        cores = len(pm.stats()["cores"])
+        done = config.apply(pm, _declared(args.config, cores))
+    if args.json:
+        print(json.dumps(done))
+    else:
+        _say_applied(args.config, done)
     return 0
 
 
@@ -306,13 +340,21 @@ def cmd_supervise(args) -> int:
 
 
 def _program_action(action: str):
-    """`procmgr start|stop|restart NAME`, as supervisorctl's."""
+    """`procmgr start|stop|restart NAME`, as supervisorctl's; NAME:* is
+    every copy of a file's numprocs group (NAME:0, NAME:1, ...)."""
     def run(args) -> int:
         with _client(args) as pm:
             call = {"start": pm.start_program, "stop": pm.stop_program,
                     "restart": pm.restart_program}[action]
-            info = call(args.program_name)
-        _emit(args, _program_row(info), f"{info.name} {info.state}")
+            names = [args.program_name]
+            if args.program_name.endswith(":*"):
+                group = args.program_name[:-1]
+                names = [p["name"] for p in pm.programs() if p["name"].startswith(group)]
+                if not names:
+                    raise CliError(f"no supervised program in group {args.program_name!r}")
+            rows = [_program_row(call(name)) for name in names]
+        _emit(args, rows if len(rows) > 1 else rows[0],
+              "\n".join(f"{r['name']} {r['state']}" for r in rows))
         return 0
     return run
 
@@ -629,6 +671,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", choices=["replyq", "hashtable"], default="replyq",
                    help="how pending clients are matched to replies (default: replyq)")
     p.add_argument("--detach", action="store_true", help="run in the background")
+    p.add_argument("--config", metavar="FILE",
+                   help="a procmgr.toml whose programs are started (checked first: a bad "
+                        "file starts nothing)")
+    p = add("reload", cmd_reload, "apply a changed procmgr.toml: start the new, stop the "
+            "removed, restart the changed", "procmgr reload --config procmgr.toml")
+    p.add_argument("--config", metavar="FILE", required=True, help="the procmgr.toml")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     add("down", cmd_down, "stop a runtime: every domain killed, nothing left", "procmgr down")
     p = add("spawn", cmd_spawn, "start a program; prints its id and cap token",
             "procmgr spawn --core 1 --env MODE=x -- /bin/sleep 30")
@@ -716,7 +765,8 @@ def parser() -> argparse.ArgumentParser:
                          ("stop", "stop a supervised program: no restart, its process ended"),
                          ("restart", "stop a supervised program, then start it")):
         p = add(action, _program_action(action), help, f"procmgr {action} web")
-        p.add_argument("program_name", metavar="PROGRAM", help="the program's name")
+        p.add_argument("program_name", metavar="PROGRAM",
+                       help="the program's name, or NAME:* for a file's numprocs group")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("storm", cmd_storm, "hammer a runtime of its own with real programs, checking "
             "every answer", "procmgr storm --cores 4 --clients 3 --ops 200 --mix spawn=4,kill=2")

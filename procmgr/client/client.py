@@ -120,6 +120,7 @@ class ProgramInfo:
     error: str | None
     policy: dict
     history: list[dict]
+    tag: str = ""
 
     @classmethod
     def of(cls, view: dict) -> ProgramInfo:
@@ -729,15 +730,16 @@ class Client:
                         reset_after: float = 10.0, max_restarts: int | None = 5,
                         period: float = 60.0, core: int = 0, env=None, executable=None,
                         path=None, caps=None, cwd=None, env_extra=None, stop_signal=None,
-                        stop_timeout=None, **streams) -> Future:
+                        stop_timeout=None, autostart: bool = True, tag: str = "",
+                        **streams) -> Future:
         """As ``supervise``, without waiting: the Future of its ProgramInfo."""
         _, core, spawn = _spawn_request(argv, core, env, executable, path, caps, cwd,
                                         env_extra, stop_signal, stop_timeout, streams)
         policy = Policy(restart, backoff, backoff_factor, backoff_max, jitter, reset_after,
                         max_restarts, period)          # a bad one said now: ValueError
         return self._program_request({"do": "supervise", "name": check_name(name),
-                                      "core": core, "policy": dataclasses.asdict(policy)},
-                                     spawn)
+                                      "core": core, "policy": dataclasses.asdict(policy),
+                                      "autostart": bool(autostart), "tag": str(tag)}, spawn)
 
     def supervise(self, argv, *, name: str, timeout=None, **options) -> ProgramInfo:
         """Start ``argv`` as the program ``name``, and keep it as its policy
@@ -747,8 +749,10 @@ class Client:
         each quick end in a row, at most ``backoff_max``, spread by
         +-``jitter``; an incarnation up ``reset_after`` s starts the delay
         over; more than ``max_restarts`` restarts within ``period`` s and
-        it is given up (FATAL; None: never). Every other option is
-        ``spawn``'s; the restart goes to the same core.
+        it is given up (FATAL; None: never). ``autostart=False`` declares
+        it STOPPED, for ``start_program``; ``tag`` is kept and shown as
+        given (a config file's digest of the program's table). Every other
+        option is ``spawn``'s; the restart goes to the same core.
 
         Each incarnation is a domain of its own (id, cap, pid): the
         program is its name. A kill of the incarnation, or

@@ -50,13 +50,15 @@ class _NoProgram(LookupError):
 
 
 class Program:
-    __slots__ = ("name", "payload", "core", "argv", "policy", "state", "domain", "pid",
+    __slots__ = ("name", "payload", "core", "argv", "policy", "tag", "state", "domain", "pid",
                  "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
                  "history", "settled_waiters", "timer", "stopping", "spawn_error")
 
-    def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy):
+    def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy,
+                 tag: str = ""):
         self.name, self.payload, self.core, self.argv = name, payload, core, argv
         self.policy = policy
+        self.tag = tag                  # the requester's, returned as given (a file's digest)
         self.state = "STARTING"
         self.domain: tuple[int, int] | None = None      # (id, nonce) of the incarnation
         self.pid = 0
@@ -83,7 +85,7 @@ class Program:
             "started": self.started or None,
             "uptime": round(now - self.up_since, 3) if self.state == "RUNNING" else None,
             "last_exit": self.last_exit, "error": self.spawn_error or None,
-            "policy": asdict(self.policy), "history": list(self.history),
+            "policy": asdict(self.policy), "history": list(self.history), "tag": self.tag,
         }
 
 
@@ -210,9 +212,15 @@ class Supervisor:
             return self._answer(client, msg, Err.INVALID_SPAWND,
                                 f"core {core!r} is not served: cores "
                                 f"{sorted(self.mgr.spawnds)}")
-        program = Program(name, spawn, core, args.argv, policy)
+        tag = request.get("tag", "")
+        if not isinstance(tag, str) or len(tag) > 64:
+            raise ValueError("a program's tag is a string of at most 64 characters")
+        program = Program(name, spawn, core, args.argv, policy, tag)
         self.programs[name] = program
-        self._start(program)
+        if request.get("autostart", True) is False:
+            program.state = "STOPPED"       # declared; `start` starts it
+        else:
+            self._start(program)
         self._answer(client, msg, body=program.view())
 
     def status(self, client, msg, request, spawn) -> None:
@@ -227,7 +235,8 @@ class Supervisor:
         for name in names:
             p = self.programs[name]
             item = {"name": name, "state": p.state, "restarts": p.restarts, "pid": p.pid,
-                    "core": p.core, "uptime": p.view()["uptime"], "last_exit": p.last_exit}
+                    "core": p.core, "uptime": p.view()["uptime"], "last_exit": p.last_exit,
+                    "tag": p.tag}
             size += len(json.dumps(item)) + 1
             if size > 7000:
                 break

@@ -84,11 +84,12 @@ class Policy:
 
 def check_name(name) -> str:
     """A program's name, checked: what ``procmgr start NAME`` and a
-    ``NAME:*`` group can say without quoting."""
+    ``NAME:*`` group can say without quoting (a file's ``numprocs`` names
+    its copies NAME:0, NAME:1, ...)."""
     if not isinstance(name, str) or not name or len(name) > NAME_MAX or \
-            any(c in name for c in "\0\n/:*") or name.strip() != name:
+            any(c in name for c in "\0\n/*") or name.strip() != name:
         raise ValueError(f"a program's name is 1..{NAME_MAX} characters without NUL, newline, "
-                         f"'/', ':' or '*', and no spaces around it: {name!r}")
+                         f"'/' or '*', and no spaces around it: {name!r}")
     return name
 
 

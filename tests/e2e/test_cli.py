@@ -340,3 +340,59 @@ def test_supervised_programs_from_the_shell(name):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "NO_SUCH_PROGRAM" in bad.stderr
     bad = run("supervise", "--name", name, "--program", "a/b", "--", "/bin/true", check=False)
     assert bad.returncode == 1 and "a program's name is" in bad.stderr
+
+
+CONFIG = """
+[programs.web]
+argv = ["/bin/sleep", "30"]
+numprocs = 2
+restart = "always"
+depends_on = ["db"]
+
+[programs.db]
+argv = ["/bin/sleep", "31"]
+core = 1
+
+[programs.batch]
+argv = ["/bin/sh", "-c", "exit 0"]
+autostart = false
+"""
+
+
+def _programs(name) -> dict:
+    listing = json.loads(run("ps", "--name", name, "--json").stdout)
+    return {p["name"]: p for p in (listing["programs"] if isinstance(listing, dict) else [])}
+
+
+def test_a_config_file_up_reload_and_groups(tmp_path):
+    """up --config starts what the file declares, reload applies a changed
+    file touching only what changed, NAME:* reaches a numprocs group, and
+    a bad file starts nothing."""
+    name = f"procmgr-test-cfg-{os.getpid()}-{time.monotonic_ns()}"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[programs.a]\nargv = ["/bin/true"]\n\n[programs.b]\nargv = ["x"]\nrestrat = 1\n')
+    out = run("up", "--name", name, "--cores", "2", "--detach", "--config", str(bad), check=False)
+    assert out.returncode == 1 and f"{bad}:4: [programs.b]: unknown key 'restrat'" in out.stderr
+    assert not os.path.exists(runtime_dir(name))                # nothing started
+    path = tmp_path / "procmgr.toml"
+    path.write_text(CONFIG)
+    out = run("up", "--name", name, "--cores", "2", "--detach", "--config", str(path))
+    try:
+        assert "started db, web:0, web:1, batch" in out.stdout
+        programs = _programs(name)
+        assert programs["batch"]["state"] == "STOPPED"          # declared, not started
+        assert programs["db"]["core"] == 1
+        web_pid = programs["web:0"]["pid"]
+        path.write_text(CONFIG.replace('"31"', '"32"').split("[programs.batch]")[0])
+        done = json.loads(run("reload", "--name", name, "--config", str(path), "--json").stdout)
+        assert done == {"started": [], "removed": ["batch"], "changed": ["db"],
+                        "kept": ["web:0", "web:1"]}
+        programs = _programs(name)
+        assert set(programs) == {"db", "web:0", "web:1"}
+        assert programs["web:0"]["pid"] == web_pid               # untouched
+        stopped = json.loads(run("stop", "--name", name, "web:*", "--json").stdout)
+        assert [(p["name"], p["state"]) for p in stopped] == [("web:0", "STOPPED"),
+                                                               ("web:1", "STOPPED")]
+    finally:
+        run("down", "--name", name, check=False)
+    assert not os.path.exists(runtime_dir(name))

@@ -130,6 +130,7 @@ def test_restart_without_delay_is_quick(pm):
 @pytest.mark.parametrize("options, words", [
     (dict(name=""), "a program's name is"),
     (dict(name="a/b"), "a program's name is"),
+    (dict(name="a*"), "a program's name is"),
     (dict(name="x", restart="sometimes"), "restart must be one of"),
     (dict(name="x", backoff=-1), "backoff must be a number"),
     (dict(name="x", backoff_factor=0.5), "backoff_factor must be"),
