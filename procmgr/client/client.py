@@ -1304,7 +1304,11 @@ def _wait_result(msg: Msg) -> int | None:
 
 
 def _program_result(msg: Msg) -> ProgramInfo:
-    return ProgramInfo.of(json.loads(msg.payload))
+    try:
+        return ProgramInfo.of(json.loads(msg.payload))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ProcMgmtError(Err.BAD_MESSAGE, f"a program's answer that cannot be read: {e}") \
+            from None
 
 
 def _status_result(msg: Msg) -> DomainInfo:

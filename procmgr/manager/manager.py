@@ -258,6 +258,8 @@ class Manager:
         self.clients.pop(client.id, None)
         self.peers_changed += 1
         self.core.client_gone(client.id)
+        if self._supervisor is not None:
+            self._supervisor.client_gone(client)    # what it waited on, forgotten
 
     def spawnd_died(self, core: int) -> None:
         """The worker of ``core`` is gone: fail what waited on it, its domains

@@ -33,7 +33,9 @@ the program settles in one of the last three.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import json
 import os
 import time
@@ -44,6 +46,19 @@ from procmgr.protocol import MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError,
 from procmgr.protocol.programs import SETTLED, Policy, check_name, decode_request
 
 HISTORY = 10                    # incarnations kept per program
+# Bounds on what clients can make the supervisor hold: programs (each has
+# at most a spawn, a wait and a kill in flight -- the supervisor is one
+# client binding, within the core's 65,536 unanswered), their spawn
+# payloads, and the requests waiting on one program.
+PROGRAMS_MAX = 10_000
+PAYLOAD_BYTES_MAX = 256 << 20
+WAITERS_MAX = 1024
+# A spawn the core refused at once (no worker on the core, the table full,
+# BUSY) is not tried again sooner: a zero backoff would spin on it.
+REFUSED_DELAY = 0.5
+# Answers taken in per pump: the rest at the next pass, others served between.
+PUMP_ROUNDS = 64
+_REFUSED = (Err.INVALID_SPAWND, Err.CREATE_DOMAIN_CAP, Err.BUSY)
 
 class _NoProgram(LookupError):
     """A request names a program that is not supervised."""
@@ -52,7 +67,8 @@ class _NoProgram(LookupError):
 class Program:
     __slots__ = ("name", "payload", "core", "argv", "policy", "tag", "state", "domain", "pid",
                  "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
-                 "history", "settled_waiters", "timer", "stopping", "spawn_error")
+                 "history", "settled_waiters", "timer", "stopping", "spawn_error",
+                 "kill_sent", "refused")
 
     def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy,
                  tag: str = ""):
@@ -71,21 +87,28 @@ class Program:
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
         self.settled_waiters: list = []  # (client, msg): answered once settled
         self.timer = None
-        self.stopping = False           # a stop is under way: no restart
+        # A stop under way, and what follows it: False, "stop", "restart" or
+        # "remove" -- a later request raises it, never lowers it (_intend).
+        self.stopping: str | bool = False
         self.spawn_error = ""
+        self.kill_sent = False          # the incarnation's one kill is sent
+        self.refused = False            # the last spawn was refused by the core
 
-    def view(self) -> dict:
-        """What status and ps show."""
+    def view(self, history: int = HISTORY, argv_items: int = 16) -> dict:
+        """What status and ps show (``history``, ``argv_items``: how much
+        of those; _fitted asks for less when an answer would not fit)."""
         now = time.monotonic()
         return {
-            "name": self.name, "state": self.state, "core": self.core, "argv": _shown(self.argv),
+            "name": self.name, "state": self.state, "core": self.core,
+            "argv": _shown(self.argv)[:argv_items],
             "domain": None if self.domain is None else
             f"{self.domain[0]}:{self.domain[1]:016x}",
             "pid": self.pid, "restarts": self.restarts,
             "started": self.started or None,
             "uptime": round(now - self.up_since, 3) if self.state == "RUNNING" else None,
             "last_exit": self.last_exit, "error": self.spawn_error or None,
-            "policy": asdict(self.policy), "history": list(self.history), "tag": self.tag,
+            "policy": asdict(self.policy),
+            "history": list(self.history)[-history:] if history else [], "tag": self.tag,
         }
 
 
@@ -131,6 +154,8 @@ class Supervisor:
         self.call_later = call_later
         self.woken_fd = woken
         self.programs: dict[str, Program] = {}
+        self.names: list[str] = []              # the programs' names, sorted (list)
+        self.payload_bytes = 0                  # their spawns' payloads, together
         self._next_seq = 1
         self._waiting: dict[int, object] = {}      # seq -> what its answer is for
 
@@ -138,7 +163,7 @@ class Supervisor:
         """Take in the answers to the supervisor's own requests (each moves
         its program on), then arm the ring for the manager to ring
         ``woken``. Never waits."""
-        while True:
+        for _ in range(PUMP_ROUNDS):
             for msg in take(self.answers, self.decoder):
                 then = self._waiting.pop(msg.seq, None) if type(msg) is Msg else None
                 if then is not None:
@@ -185,9 +210,9 @@ class Supervisor:
     def _answer(self, client, msg: Msg, err: Err = Err.OK, body=None) -> None:
         """OK with the program's view as JSON, or an error in words."""
         if err != Err.OK:
-            payload = str(body).encode()[:256]
+            payload = str(body).encode("utf-8", "backslashreplace")[:256]
         else:
-            payload = json.dumps(body, separators=(",", ":")).encode()[:MAX_PAYLOAD]
+            payload = body if isinstance(body, bytes) else _encoded(body)
         self.mgr.answer(client, msg, err, payload=payload)
 
     def _program(self, request: dict) -> Program:
@@ -215,77 +240,119 @@ class Supervisor:
         tag = request.get("tag", "")
         if not isinstance(tag, str) or len(tag) > 64:
             raise ValueError("a program's tag is a string of at most 64 characters")
-        program = Program(name, spawn, core, args.argv, policy, tag)
+        if len(self.programs) >= PROGRAMS_MAX:
+            return self._answer(client, msg, Err.BUSY,
+                                f"{PROGRAMS_MAX} programs are supervised, the most there may be")
+        if self.payload_bytes + len(spawn) > PAYLOAD_BYTES_MAX:
+            return self._answer(client, msg, Err.BUSY,
+                                f"the programs' spawns hold {self.payload_bytes} bytes; "
+                                f"{len(spawn)} more would pass the {PAYLOAD_BYTES_MAX}-byte bound")
+        program = Program(name, spawn, core, _shown(args.argv), policy, tag)
         self.programs[name] = program
+        bisect.insort(self.names, name)
+        self.payload_bytes += len(spawn)
         if request.get("autostart", True) is False:
             program.state = "STOPPED"       # declared; `start` starts it
         else:
             self._start(program)
-        self._answer(client, msg, body=program.view())
+        self._answer(client, msg, body=_fitted(program))
 
     def status(self, client, msg, request, spawn) -> None:
-        self._answer(client, msg, body=self._program(request).view())
+        self._answer(client, msg, body=_fitted(self._program(request)))
 
     def list(self, client, msg, request, spawn) -> None:
         """A page of programs, in name order, from ``after``; "more" if the
         page was cut (an answer is at most 8 KiB)."""
         after = request.get("after") or ""
-        names = sorted(n for n in self.programs if n > after)
-        page, size = [], 2
-        for name in names:
+        if not isinstance(after, str):
+            raise ValueError("a list's 'after' is a program name")
+        start = bisect.bisect_right(self.names, after)
+        page, size, now = [], 2, time.monotonic()
+        for name in itertools.islice(self.names, start, None):
             p = self.programs[name]
             item = {"name": name, "state": p.state, "restarts": p.restarts, "pid": p.pid,
-                    "core": p.core, "uptime": p.view()["uptime"], "last_exit": p.last_exit,
-                    "tag": p.tag}
+                    "core": p.core, "last_exit": p.last_exit, "tag": p.tag,
+                    "uptime": round(now - p.up_since, 3) if p.state == "RUNNING" else None}
             size += len(json.dumps(item)) + 1
             if size > 7000:
                 break
             page.append(item)
-        self._answer(client, msg, body={"programs": page, "more": len(page) < len(names)})
+        self._answer(client, msg, body={"programs": page,
+                                        "more": start + len(page) < len(self.names)})
+
+    def _wait_on(self, program: Program, client, msg) -> bool:
+        """``msg`` is answered once ``program`` settles; False (answered
+        BUSY now) past WAITERS_MAX."""
+        if len(program.settled_waiters) >= WAITERS_MAX:
+            self._answer(client, msg, Err.BUSY,
+                         f"{WAITERS_MAX} requests wait on {program.name!r} already")
+            return False
+        program.settled_waiters.append((client, msg))
+        return True
+
+    def client_gone(self, client) -> None:
+        """What a client that left waited on is forgotten."""
+        for program in self.programs.values():
+            if program.settled_waiters:
+                program.settled_waiters = [w for w in program.settled_waiters
+                                           if w[0] is not client]
 
     def wait(self, client, msg, request, spawn) -> None:
         program = self._program(request)
         if program.state in SETTLED:
-            return self._answer(client, msg, body=program.view())
-        program.settled_waiters.append((client, msg))
+            return self._answer(client, msg, body=_fitted(program))
+        self._wait_on(program, client, msg)
 
     def stop(self, client, msg, request, spawn) -> None:
         program = self._program(request)
-        program.settled_waiters.append((client, msg))
-        if program.state not in SETTLED:
-            program.stopping = True     # over a restart or remove under way
-        self._stop(program)
+        if self._wait_on(program, client, msg):
+            self._intend(program, "stop")
+            self._stop(program)
 
     def start(self, client, msg, request, spawn) -> None:
         program = self._program(request)
+        if program.stopping:                # a stop under way: started once it is over
+            if self._wait_on(program, client, msg):
+                self._intend(program, "restart")
+            return
         if program.state not in SETTLED:
-            return self._answer(client, msg, body=program.view())      # running already
+            return self._answer(client, msg, body=_fitted(program))      # running already
         program.recent.clear()
         program.quick_ends = 0
         self._start(program)
-        self._answer(client, msg, body=program.view())
+        self._answer(client, msg, body=_fitted(program))
 
     def restart(self, client, msg, request, spawn) -> None:
         """Stop the program, then start it (answered once it is started)."""
         program = self._program(request)
-        program.settled_waiters.append((client, msg))
-        if program.state in SETTLED:
+        if not self._wait_on(program, client, msg):
+            return
+        if program.state in SETTLED and not program.stopping:
             return self._settle(program, "STOPPED", then_start=True)
-        program.stopping = "restart"
+        self._intend(program, "restart")
         self._stop(program)
 
     def remove(self, client, msg, request, spawn) -> None:
         """Stop the program, then forget it (answered once it is gone)."""
         program = self._program(request)
-        program.settled_waiters.append((client, msg))
-        program.stopping = "remove"
-        self._stop(program)
+        if self._wait_on(program, client, msg):
+            self._intend(program, "remove")
+            self._stop(program)
+
+    @staticmethod
+    def _intend(program: Program, what: str) -> None:
+        """What follows the stop under way: a later request raises it
+        (remove over restart over stop), never lowers it -- a start asked
+        during a stop is not lost, nor a remove to a later stop."""
+        rank = {False: 0, True: 1, "stop": 1, "restart": 2, "remove": 3}
+        if rank[what] > rank[program.stopping]:
+            program.stopping = what
 
     # ---- the programs' lives ----
 
     def _start(self, program: Program) -> None:
         program.state, program.stopping, program.spawn_error = "STARTING", False, ""
-        program.timer = None
+        program.timer, program.kill_sent, program.refused = None, False, False
         self._request(Msg(_SPAWN_OP, core=program.core, payload=program.payload),
                       lambda m, p=program: self._guarded(self._spawned, p, m))
 
@@ -293,6 +360,7 @@ class Supervisor:
         if msg.err != Err.OK:           # EXEC_FAILED, INVALID_SPAWND (its worker gone) ...
             program.spawn_error = describe(msg.err, msg.status,
                                            msg.payload.decode("utf-8", "replace"))
+            program.refused = msg.err in _REFUSED
             now = time.time()
             program.history.append({"domain": None, "pid": 0, "started": now, "ended": now,
                                     "error": program.spawn_error})
@@ -302,11 +370,16 @@ class Supervisor:
         if program.state == "STARTING":
             program.state = "RUNNING"
         if program.stopping:            # stopped while it was starting
-            self._request(Msg(_KILL_OP, dom=msg.dom, nonce=msg.nonce))
+            self._kill(program)
         self._request(Msg(_WAIT_OP, dom=msg.dom, nonce=msg.nonce),
                       lambda m, p=program: self._guarded(self._exited, p, m))
 
     def _exited(self, program: Program, msg: Msg) -> None:
+        if msg.err == Err.BUSY:         # not an end: asked again, a little later
+            dom_id, nonce = program.domain
+            return self.call_later(0.1, lambda: self._request(
+                Msg(_WAIT_OP, dom=dom_id, nonce=nonce),
+                lambda m, p=program: self._guarded(self._exited, p, m)))
         dom = self.mgr.core.domain(program.domain[0]) or {}
         killed = bool(dom.get("killed"))
         if msg.err == Err.OK:
@@ -353,14 +426,19 @@ class Supervisor:
         program.restarts += 1
         program.quick_ends += 1
         delay = policy.delay(program.quick_ends)
-        if delay <= 0:
-            return self._start(program)
+        if program.refused:             # the core said no at once: not again at once
+            delay = max(delay, REFUSED_DELAY)
+        # Through the timer even with no delay: at most one restart per
+        # program per pass of the loop, everyone else served between
+        # (a restart sent from here, refused at once, spun the loop).
         program.state = "BACKOFF"
         program.timer = token = object()        # a stop or a start since voids it
-        self.call_later(delay, lambda: self._backoff_over(program, token))
+        name = program.name
+        self.call_later(delay, lambda: self._backoff_over(name, token))
 
-    def _backoff_over(self, program: Program, token) -> None:
-        if program.state == "BACKOFF" and program.timer is token:
+    def _backoff_over(self, name: str, token) -> None:
+        program = self.programs.get(name)       # by name: a removed one is let go
+        if program is not None and program.state == "BACKOFF" and program.timer is token:
             self._start(program)
 
     def _stop(self, program: Program) -> None:
@@ -372,6 +450,12 @@ class Supervisor:
             program.timer = None        # its callback finds it no longer due
             return self._settle(program, "STOPPED")
         if program.state == "RUNNING" and program.domain is not None:
+            self._kill(program)
+
+    def _kill(self, program: Program) -> None:
+        """The incarnation's kill: one, however many stops ask for it."""
+        if not program.kill_sent:
+            program.kill_sent = True
             self._request(Msg(_KILL_OP, dom=program.domain[0], nonce=program.domain[1]))
         # STARTING: _spawned kills it once it has its cap; either way its
         # end settles it (_exited, _ended).
@@ -380,15 +464,16 @@ class Supervisor:
         """The program stays ``state``; those waiting for that are answered
         -- after it is forgotten (remove), or started again (restart)."""
         how = program.stopping
-        program.state, program.timer = state, None
+        program.state, program.timer, program.stopping = state, None, False
         waiters, program.settled_waiters = program.settled_waiters, []
-        if how == "remove":
-            self.programs.pop(program.name, None)
+        if how == "remove" and self.programs.pop(program.name, None) is not None:
+            del self.names[bisect.bisect_left(self.names, program.name)]
+            self.payload_bytes -= len(program.payload)
         elif how == "restart" or then_start:
             program.recent.clear()
             program.quick_ends = 0
             self._start(program)
-        body = program.view()
+        body = _fitted(program)                 # encoded once for them all
         for client, msg in waiters:
             self._answer(client, msg, body=body)
 
@@ -398,6 +483,20 @@ _ACTIONS = {"supervise": Supervisor.supervise, "status": Supervisor.status,
             "start": Supervisor.start, "restart": Supervisor.restart,
             "remove": Supervisor.remove}
 _SPAWN_OP, _KILL_OP, _WAIT_OP, _SIGNALED = Op.SPAWN_WITH_CAPS, Op.KILL, Op.WAIT, Flag.SIGNALED
+
+
+def _encoded(body) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _fitted(program: Program) -> bytes:
+    """The program's view as JSON within one answer (MAX_PAYLOAD): less
+    history and fewer argv items until it fits -- never cut JSON."""
+    for history, argv_items in ((HISTORY, 16), (3, 8), (1, 4), (0, 1), (0, 0)):
+        data = _encoded(program.view(history, argv_items))
+        if len(data) <= MAX_PAYLOAD:
+            return data
+    return _encoded({**program.view(0, 0), "last_exit": None, "error": "(too long to show)"})
 
 
 def _shown(argv: list[str]) -> list[str]:

@@ -78,7 +78,15 @@ class Policy:
     def delay(self, quick_ends: int) -> float:
         """The delay before the restart after ``quick_ends`` ends in a row
         that came sooner than ``reset_after``."""
-        d = min(self.backoff_max, self.backoff * self.backoff_factor ** max(quick_ends - 1, 0))
+        k = max(quick_ends - 1, 0)
+        if self.backoff <= 0:
+            return 0.0
+        # The power only up to where the cap is reached: 2.0 ** 1025 overflows.
+        if self.backoff_factor > 1 and k > 0 and \
+                k >= math.log(max(self.backoff_max / self.backoff, 1)) / math.log(self.backoff_factor):
+            d = self.backoff_max
+        else:
+            d = min(self.backoff_max, self.backoff * self.backoff_factor ** k)
         return d * (1 + random.uniform(-self.jitter, self.jitter)) if d else 0.0
 
 
@@ -87,8 +95,8 @@ def check_name(name) -> str:
     ``NAME:*`` group can say without quoting (a file's ``numprocs`` names
     its copies NAME:0, NAME:1, ...)."""
     if not isinstance(name, str) or not name or len(name) > NAME_MAX or \
-            any(c in name for c in "\0\n/*") or name.strip() != name:
-        raise ValueError(f"a program's name is 1..{NAME_MAX} characters without NUL, newline, "
+            any(c in name for c in "/*") or not name.isprintable() or name.strip() != name:
+        raise ValueError(f"a program's name is 1..{NAME_MAX} printable characters without "
                          f"'/' or '*', and no spaces around it: {name!r}")
     return name
 

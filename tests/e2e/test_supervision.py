@@ -155,3 +155,28 @@ def test_what_the_manager_refuses(pm):
         pm.supervise(["/bin/true"], name="far", core=7, timeout=T)
     assert e.value.code == Err.INVALID_SPAWND and "cores [0, 1]" in str(e.value)
     pm.stop_program("one", timeout=T)
+
+
+def test_a_program_whose_worker_died_neither_spins_nor_holds_up_others(rt):
+    """No delay, no intensity: its worker SIGKILLed, every restart is
+    refused at once (no worker on its core). Those are tried again only
+    every half second, and another client is served meanwhile; with a
+    new worker the program runs again."""
+    from e2e_helpers import workers_of
+
+    pm = rt.client()
+    pm.supervise(["/bin/sleep", "30"], name="orphan", backoff=0, backoff_factor=1,
+                 max_restarts=None, timeout=T)
+    wait_until(lambda: pm.program("orphan", timeout=T).state == "RUNNING")
+    worker = next(p for p in workers_of(rt.proc.pid).values() if "--core 0" in
+                  " ".join(p.cmdline()))
+    worker.kill()
+    time.sleep(1.2)
+    t = time.perf_counter()
+    assert pm.wait(pm.spawn(["/bin/true"], core=1, timeout=T), timeout=T) == 0
+    assert time.perf_counter() - t < 0.5
+    info = pm.program("orphan", timeout=T)
+    assert info.restarts <= 5 and "INVALID_SPAWND" in (info.error or ""), info
+    rt.restart_core(0)
+    wait_until(lambda: pm.program("orphan", timeout=T).state == "RUNNING")
+    pm.stop_program("orphan", timeout=T)
