@@ -384,7 +384,8 @@ def _info(pm, ident: int) -> dict:
     info = pm.status(ident)
     row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
            "argv": info.argv, "exit_status": info.exit_status, "signaled": info.signaled,
-           "killed": info.killed, "cpu_s": None, "rss_mb": None}
+           "killed": info.killed, "started": info.started, "ended": info.ended,
+           "cpu_s": None, "rss_mb": None}
     if info.state == State.RUNNING:
         cpu, rss = 0.0, 0
         for pid in info.pids:
@@ -411,7 +412,15 @@ def cmd_ps(args) -> int:
     """Domains; and supervised programs, if any (`--json`: both, as
     {"domains": [...], "programs": [...]} when there are programs)."""
     with _client(args) as pm:
-        rows = [_info(pm, i) for i in pm.domains()]
+        ids = pm.domains()
+        if args.all:                        # the ended ones it remembers, too
+            ids = sorted(set(ids) | set(pm.domains(ended=True)))
+        rows = []
+        for i in ids:
+            try:
+                rows.append(_info(pm, i))
+            except ProcMgmtError:           # forgotten between the listing and now
+                pass
         if args.last:
             for row in rows:
                 row["last"] = _last_line(pm, row)
@@ -459,19 +468,31 @@ def _ended(row: dict) -> str:
     return str(row["exit_status"])
 
 
+def _ago(when: float | None) -> str:
+    """How long ago, as ps would say it: 42s, 7m, 3h, 2d ago."""
+    if not when:
+        return ""
+    s = max(0.0, time.time() - when)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
 def _rich_table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(box=None)
     last = bool(rows) and "last" in rows[0]
-    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT", "CPU s", "RSS MB", "ARGV") + \
-            (("LAST OUTPUT",) if last else ()):
+    ended = any(r.get("ended") for r in rows)
+    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT") + (("ENDED",) if ended else ()) + \
+            ("CPU s", "RSS MB", "ARGV") + (("LAST OUTPUT",) if last else ()):
         table.add_column(col, justify="right" if col in ("ID", "EXIT", "CPU s", "RSS MB")
                          else "left")
     for r in rows:
         table.add_row(str(r["id"]), r["state"], ",".join(map(str, r["cores"])),
                       ",".join(map(str, r["pids"])),
-                      _ended(r),
+                      _ended(r), *((_ago(r.get("ended")),) if ended else ()),
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
                       " ".join(map(_shown, r["argv"])), *((r["last"],) if last else ()))
@@ -736,8 +757,10 @@ def parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
     p.add_argument("token", help="a domain id or token")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = add("ps", cmd_ps, "list the domains", "procmgr ps --last")
+    p = add("ps", cmd_ps, "list the domains, and the supervised programs", "procmgr ps --all")
     p.add_argument("--last", action="store_true", help="with the last line each printed")
+    p.add_argument("--all", action="store_true",
+                   help="the ended domains the runtime remembers too: how and when each ended")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("supervise", cmd_supervise, "start a program the runtime keeps running, as its "
             "restart policy says", "procmgr supervise --program web --restart always -- ./server")

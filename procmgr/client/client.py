@@ -95,6 +95,8 @@ class DomainInfo:
     pids: list[int]
     argv: list[str]
     killed: bool = False
+    started: float | None = None     # wall clock (epoch seconds)
+    ended: float | None = None       # wall clock; None while it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -839,18 +841,21 @@ class Client:
         """What the runtime knows of a domain (given as a Domain, token or id)."""
         return self.wait_for(self.status_async(domain), timeout)
 
-    def domains_page_async(self, start: int = 0) -> Future:
+    def domains_page_async(self, start: int = 0, ended: bool = False) -> Future:
         """One page of ``domains``: the Future of (ids from ``start`` on,
         whether more follow)."""
-        return self._send(Msg(Op.GET_DOMAINLIST, dom=start),
+        return self._send(Msg(Op.GET_DOMAINLIST, dom=start,
+                              flags=Flag.ENDED if ended else 0),
                           lambda m: (decode_ids(m.payload), m.status))
 
-    def domains(self, timeout=None) -> list[int]:
-        """Ids of all domains not yet cleaned up."""
+    def domains(self, timeout=None, *, ended: bool = False) -> list[int]:
+        """Ids of all domains not yet cleaned up; with ``ended``, of the
+        ended ones the runtime still remembers (its ``history``, 4,096 by
+        default), for ``status``: how each ended, and when."""
         ids: list[int] = []
         start = 0
         while start is not None:
-            page, more = self.wait_for(self.domains_page_async(start), timeout)
+            page, more = self.wait_for(self.domains_page_async(start, ended), timeout)
             ids += page
             start = page[-1] + 1 if more and page else None
         return ids
@@ -1314,4 +1319,5 @@ def _program_result(msg: Msg) -> ProgramInfo:
 def _status_result(msg: Msg) -> DomainInfo:
     info = StatusInfo.decode(msg.payload)
     return DomainInfo(msg.dom, State(info.state), info.exit_status, info.signaled,
-                      info.cores, info.pids, info.argv, info.killed)
+                      info.cores, info.pids, info.argv, info.killed, info.started or None,
+                      info.ended)

@@ -48,6 +48,8 @@ class DomainView:
     exit_status: int | None
     signaled: bool
     killed: bool                 # its stop was a kill's
+    started_at: float            # wall clock, s
+    ended_at: float | None       # wall clock, s; None while it has not ended
     kills_in_flight: int
     kill_error: tuple[int, int] | None
     killers: list[tuple[int, int]]

@@ -3,6 +3,7 @@ caps and working directory (SpawnArgs), a status answer (StatusInfo), a domain l
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -187,6 +188,7 @@ def decode_ids(payload: bytes) -> list[int]:
 
 
 _STATUS_HEAD = struct.Struct("<BBiH")
+_TIMES = struct.Struct("<dd")           # started, ended (0: not yet), wall clock
 
 
 @dataclass(slots=True)
@@ -200,6 +202,8 @@ class StatusInfo:
     pids: list[int]
     argv: list[str]
     killed: bool = False        # stopped by a kill (exit_status is then 9)
+    started: float = 0.0        # wall clock, s
+    ended: float | None = None  # wall clock, s; None while it runs
 
     def encode(self) -> bytes:
         if len(self.pids) != len(self.cores):
@@ -215,7 +219,8 @@ class StatusInfo:
                 break
             argv.append(item)
         argv = _join("argv", argv)
-        return head + _packed("H", self.cores) + _packed("i", self.pids) + argv
+        return head + _packed("H", self.cores) + _packed("i", self.pids) + \
+            _TIMES.pack(self.started, self.ended or 0.0) + argv
 
     @classmethod
     def decode(cls, payload: bytes) -> StatusInfo:
@@ -225,12 +230,18 @@ class StatusInfo:
         state, flags, status, ncores = _STATUS_HEAD.unpack_from(payload)
         end_cores = n0 + 2 * ncores
         end_pids = end_cores + 4 * ncores
-        if len(payload) < end_pids:
+        end_times = end_pids + _TIMES.size
+        if len(payload) < end_times:
             raise ProtocolError(f"status payload too short for {ncores} cores")
+        started, ended = _TIMES.unpack_from(payload, end_pids)
+        # A peer's words: a time that is no time (NaN, infinite, negative) is none.
+        started = started if math.isfinite(started) and started > 0 else 0.0
+        ended = ended if math.isfinite(ended) and ended > 0 else 0.0
         try:
-            argv = _split(payload[end_pids:])
+            argv = _split(payload[end_times:])
         except UnicodeDecodeError as e:
             raise ProtocolError(f"status argv is not valid UTF-8: {e}") from None
         return cls(state, status if flags & 1 else None, bool(flags & 2),
                    _unpacked("H", payload[n0:end_cores]),
-                   _unpacked("i", payload[end_cores:end_pids]), argv, bool(flags & 4))
+                   _unpacked("i", payload[end_cores:end_pids]), argv, bool(flags & 4),
+                   started, ended or None)

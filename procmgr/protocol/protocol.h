@@ -128,6 +128,8 @@ enum flag {
      * runs (its grace is not over); its end comes as an SD_EXIT, once its
      * process group is gone. */
     FLAG_STOPPING = 16,
+    /* GET_DOMAINLIST: list the ended domains the history keeps, not the live */
+    FLAG_ENDED = 32,
     FLAG_REPLY = 128,         /* every reply carries its request's op with this bit */
 };
 

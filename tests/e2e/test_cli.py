@@ -396,3 +396,16 @@ def test_a_config_file_up_reload_and_groups(tmp_path):
     finally:
         run("down", "--name", name, check=False)
     assert not os.path.exists(runtime_dir(name))
+
+
+def test_ps_all_shows_how_and_when_ended_domains_ended(name):
+    run("run", "--name", name, "--", "/bin/sh", "-c", "exit 3", check=False)
+    token = run("spawn", "--name", name, "--", "/bin/sleep", "30").stdout.split()[1]
+    assert len(json.loads(run("ps", "--name", name, "--json").stdout)) == 1
+    rows = json.loads(run("ps", "--name", name, "--all", "--json").stdout)
+    ended, running = rows
+    assert ended["exit_status"] == 3 and ended["state"] == "CLEANED"
+    assert ended["started"] <= ended["ended"] <= time.time()
+    assert running["ended"] is None and running["state"] == "RUNNING"
+    assert "s ago" in run("ps", "--name", name, "--all").stdout
+    run("kill", "--name", name, token)

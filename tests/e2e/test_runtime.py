@@ -387,3 +387,18 @@ def test_answers_that_backed_up_flow_once_the_client_reads(pm):
         assert time.perf_counter() - t < 0.8
     finally:
         pm.kill(d, timeout=T)
+
+
+def test_ended_domains_are_listed_with_when_they_started_and_ended(pm):
+    t = time.time()
+    done = pm.spawn(["/bin/sh", "-c", "exit 4"], timeout=T)
+    assert pm.wait(done, timeout=T) == 4
+    live = pm.spawn(["/bin/sleep", "30"], timeout=T)
+    try:
+        assert pm.domains(timeout=T) == [live.id]
+        assert pm.domains(ended=True, timeout=T) == [done.id]
+        info = pm.status(done.id, timeout=T)
+        assert t - 1 < info.started <= info.ended <= time.time()
+        assert pm.status(live, timeout=T).ended is None
+    finally:
+        pm.kill(live, timeout=T)

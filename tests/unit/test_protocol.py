@@ -684,8 +684,16 @@ def test_status_decode_short():
 
 
 def test_status_argv_that_is_not_utf8_comes_back_as_it_went():
-    info = StatusInfo.decode(struct.pack("<BBiH", 1, 0, 0, 0) + b"\xff\0")
+    info = StatusInfo.decode(struct.pack("<BBiHdd", 1, 0, 0, 0, 1.5, 0.0) + b"\xff\0")
+    assert (info.started, info.ended) == (1.5, None)
     assert [os.fsencode(a) for a in info.argv] == [b"\xff"]
+    assert StatusInfo.decode(info.encode()) == info
+
+
+@pytest.mark.parametrize("started, ended", [(float("nan"), float("inf")), (-1.0, -5.0)])
+def test_status_times_that_are_no_times_are_none(started, ended):
+    info = StatusInfo.decode(struct.pack("<BBiHdd", 1, 0, 0, 0, started, ended))
+    assert (info.started, info.ended) == (0.0, None)
     assert StatusInfo.decode(info.encode()) == info
 
 

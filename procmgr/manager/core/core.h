@@ -124,6 +124,7 @@ struct domain {
     uint8_t stop_signal;         /* the signal it asked for; 0: the worker's */
     uint32_t stop_grace_ms;      /* its grace; KILL_GRACE_DEFAULT: the worker's */
     uint64_t nonce;
+    double started_at, ended_at; /* wall clock, s; ended_at 0 until it has ended */
     PyObject *argv;              /* list of str, never changed */
     PyObject *payload;           /* bytes: what a span starts again */
     struct dispvec cores;        /* every core it ran on, in order */
@@ -156,6 +157,7 @@ void domain_free(struct domain *d);
 int transition(struct domain *d, uint8_t to);
 struct domain *table_create(struct table *t, PyObject *argv, uint16_t core, PyObject *payload);
 int table_retire(struct table *t, struct domain *d);
+PyObject *table_ended_ids_from(struct table *t, uint32_t start, Py_ssize_t limit);
 int dispatcher_started(struct domain *d, uint16_t core, int32_t pid);
 int dispatcher_stopped(struct domain *d, uint16_t core);
 int dispatcher_cleaned(struct table *t, struct domain *d, uint16_t core);

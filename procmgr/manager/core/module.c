@@ -510,7 +510,8 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
     PyObject *res = NULL;
     if (cores && pids && deferred && argv) {
         res = Py_BuildValue(
-            "{s:k,s:K,s:i,s:O,s:i,s:N,s:N,s:N,s:N,s:N,s:N,s:O,s:O,s:i,s:N,s:N,s:N,s:N,s:N}",
+            "{s:k,s:K,s:i,s:O,s:i,s:N,s:N,s:N,s:N,s:N,s:N,s:O,s:O,s:N,s:N,s:i,s:N,s:N,s:N,s:N,"
+            "s:N}",
             "id", (unsigned long)d->id, "nonce", (unsigned long long)d->nonce,
             "state", d->state, "argv", argv, "home_core", d->home_core,
             "cores", Py_NewRef(cores), "pids", Py_NewRef(pids),
@@ -519,6 +520,8 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
             "exit_status", d->has_exit ? PyLong_FromLong(d->exit_status) : Py_NewRef(Py_None),
             "signaled", d->signaled ? Py_True : Py_False,
             "killed", d->killed ? Py_True : Py_False,
+            "started_at", PyFloat_FromDouble(d->started_at),
+            "ended_at", d->ended_at ? PyFloat_FromDouble(d->ended_at) : Py_NewRef(Py_None),
             "kills_in_flight", d->kills_in_flight,
             "kill_error", d->has_kill_error ? Py_BuildValue("(ii)", d->kill_err, d->kill_status)
                                             : Py_NewRef(Py_None),
@@ -592,6 +595,21 @@ static PyObject *core_domain_ids_from(CoreObject *self, PyObject *args)
         Py_XDECREF(x);
     }
     return l == NULL ? NULL : Py_BuildValue("(NO)", l, d != NULL ? Py_True : Py_False);
+}
+
+/* ended_ids_from(start, limit) -> (up to limit ids >= start of the ended
+ * domains the history keeps, in id order, more?) */
+static PyObject *core_ended_ids_from(CoreObject *self, PyObject *args)
+{
+    unsigned long start;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "kn", &start, &limit))
+        return NULL;
+    if (start > UINT32_MAX || limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "ended_ids_from(start <= 2**32 - 1, limit >= 1)");
+        return NULL;
+    }
+    return table_ended_ids_from(&self->table, (uint32_t)start, limit);
 }
 
 /* client(id) -> (received, answered, outstanding seqs as a set, answers in
@@ -719,6 +737,8 @@ static PyMethodDef core_methods[] = {
      "missing(id) -> DOMAIN_FORGOTTEN (issued, then forgotten) or DOMAIN_TABLE_FIND"},
     {"domain_ids_from", (PyCFunction)core_domain_ids_from, METH_VARARGS,
      "domain_ids_from(start, limit) -> (up to limit ids >= start not yet cleaned, more?)"},
+    {"ended_ids_from", (PyCFunction)core_ended_ids_from, METH_VARARGS,
+     "ended_ids_from(start, limit) -> (up to limit ids >= start of ended domains kept, more?)"},
     {"domain_ids", (PyCFunction)core_domain_ids, METH_NOARGS,
      "ids of the domains not yet cleaned, in creation order"},
     {"client", (PyCFunction)core_client, METH_O,

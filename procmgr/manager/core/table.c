@@ -25,7 +25,9 @@
 #include "core.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/random.h>
+#include <time.h>
 
 static const char *const state_names[] = {"NIL", "RUNNING", "STOP_PEND", "STOPPED", "CLEANED"};
 
@@ -144,6 +146,20 @@ static const uint8_t edges[5] = {
     [STATE_CLEANED] = 0,
 };
 
+/* Seconds since the epoch: when a domain started and ended, for ps. */
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
 int transition(struct domain *d, uint8_t to)
 {
     if (!(edges[d->state] & (1 << to))) {
@@ -152,6 +168,9 @@ int transition(struct domain *d, uint8_t to)
         return -1;
     }
     d->state = to;
+    /* Its end: stopped, or cleaned without having run (a spawn that failed). */
+    if ((to == STATE_STOPPED || to == STATE_CLEANED) && d->ended_at == 0)
+        d->ended_at = wall_now();
     return 0;
 }
 
@@ -169,6 +188,7 @@ struct domain *table_create(struct table *t, PyObject *argv, uint16_t core,
         return NULL;
     }
     d->id = t->next_id;
+    d->started_at = wall_now();
     d->home_core = core;
     d->argv = Py_NewRef(argv);
     d->payload = Py_NewRef(payload);
@@ -204,6 +224,33 @@ int table_retire(struct table *t, struct domain *d)
         t->ncleaned++;
     }
     return 0;
+}
+
+/* Up to `limit` ids >= start of the cleaned domains the history keeps, in
+ * id order, and whether more follow: O(history) a page -- bounded by the
+ * history (4,096 by default), not by the table. NULL with MemoryError. */
+PyObject *table_ended_ids_from(struct table *t, uint32_t start, Py_ssize_t limit)
+{
+    uint32_t *ids = PyMem_Malloc((t->ncleaned ? t->ncleaned : 1) * sizeof *ids);
+    if (ids == NULL)
+        return PyErr_NoMemory();
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < t->ncleaned; k++) {
+        uint32_t id = t->cleaned[(t->cleaned_head + k) % t->history];
+        if (id >= start)
+            ids[n++] = id;
+    }
+    qsort(ids, n, sizeof *ids, cmp_u32);
+    PyObject *l = PyList_New(0);
+    for (uint32_t k = 0; l != NULL && k < n && PyList_GET_SIZE(l) < limit; k++) {
+        PyObject *x = PyLong_FromUnsignedLong(ids[k]);
+        if (x == NULL || PyList_Append(l, x) < 0)
+            Py_CLEAR(l);
+        Py_XDECREF(x);
+    }
+    int more = l != NULL && (uint32_t)PyList_GET_SIZE(l) < n;
+    PyMem_Free(ids);
+    return l == NULL ? NULL : Py_BuildValue("(NO)", l, more ? Py_True : Py_False);
 }
 
 /* A spawn or span reply: a dispatcher of d runs on core. */
