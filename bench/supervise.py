@@ -15,6 +15,7 @@ incarnation's end and the next one's start in its history."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -107,6 +108,57 @@ stderr_logfile=/dev/null
     return latencies(out)[:n]
 
 
+def crash_loops(programs: int = 100, seconds: float = 30.0, cores: int = 2,
+                max_restarts: int | None = None) -> dict:
+    """``programs`` supervised /bin/false crash-looping with no backoff for
+    ``seconds``, beside another client's spawn + wait of /bin/true: that
+    client's p50/p99 against the same with nothing looping, in one run;
+    the manager's CPU while it lasts; and whether the restart counts add
+    up to the domains the loops made (ids are issued one per domain, in
+    order: a probe spawned before and after counts them)."""
+    def probe_latencies(pm, duration: float) -> list[float]:
+        out, deadline = [], time.monotonic() + duration
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            pm.wait(pm.spawn(["/bin/true"], core=len(out) % cores, stdout=procmgr.DEVNULL,
+                             stderr=procmgr.DEVNULL, timeout=60), timeout=60)
+            out.append(time.perf_counter() - t)
+        return out
+
+    import psutil
+
+    with procmgr.Runtime(cores=cores) as rt:
+        pm, other = rt.client(), rt.client()
+        quiet = probe_latencies(other, min(5.0, seconds))
+        manager = psutil.Process(rt.proc.pid)
+        first = other.spawn(["/bin/true"], timeout=60)
+        other.wait(first, timeout=60)
+        cpu0, t0 = sum(manager.cpu_times()[:2]), time.monotonic()
+        for i in range(programs):
+            pm.supervise_async(["/bin/false"], name=f"loop{i}", core=i % cores, backoff=0,
+                               max_restarts=max_restarts, period=seconds,
+                               stdout=procmgr.DEVNULL, stderr=procmgr.DEVNULL)
+        busy = probe_latencies(other, seconds)
+        for i in range(programs):
+            pm.stop_program_async(f"loop{i}")
+        infos = [pm.wait_program(f"loop{i}", timeout=60) for i in range(programs)]
+        cpu = (sum(manager.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
+        last = other.spawn(["/bin/true"], timeout=60)
+        other.wait(last, timeout=60)
+        made = last.id - first.id - 1 - len(busy)        # the loops' domains
+        restarts = sum(i.restarts for i in infos)
+        left = sum(len(w.children()) for w in manager.children()
+                   if "--core" in " ".join(w.cmdline()))
+    q, b = sorted(quiet), sorted(busy)
+    return {"programs": programs, "seconds": seconds, "restarts": restarts,
+            "domains_made": made, "adds_up": made == restarts + programs,
+            "manager_cpu": cpu, "states": sorted({i.state for i in infos}),
+            "quiet_p50_ms": statistics.median(q) * 1e3,
+            "quiet_p99_ms": q[int(len(q) * 0.99)] * 1e3,
+            "busy_p50_ms": statistics.median(b) * 1e3,
+            "busy_p99_ms": b[int(len(b) * 0.99)] * 1e3, "children_left": left}
+
+
 def _figures(xs: list[float]) -> dict:
     xs = sorted(xs)
     return {"median_ms": statistics.median(xs) * 1e3,
@@ -146,7 +198,13 @@ def main(argv=None) -> None:
     ap.add_argument("--restarts", type=int, default=200, help="restarts measured under procmgr")
     ap.add_argument("--supervisord-restarts", type=int, default=20,
                     help="restarts measured under supervisord (each waits out its 1 s tick)")
+    ap.add_argument("--crash-loops", type=int, metavar="N",
+                    help="instead: N programs crash-looping beside another client")
+    ap.add_argument("--seconds", type=float, default=30.0, help="how long they loop")
     args = ap.parse_args(argv)
+    if args.crash_loops:
+        print(json.dumps(crash_loops(args.crash_loops, args.seconds), indent=1))
+        return
     print(table(measure(args.restarts, args.supervisord_restarts)))
 
 

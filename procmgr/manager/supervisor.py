@@ -56,6 +56,9 @@ WAITERS_MAX = 1024
 # A spawn the core refused at once (no worker on the core, the table full,
 # BUSY) is not tried again sooner: a zero backoff would spin on it.
 REFUSED_DELAY = 0.5
+# The supervisor's spawns in one worker's queue at once: restarts beyond
+# wait their turn in the supervisor, not in front of other clients' spawns.
+SPAWNS_PER_CORE = 2
 # Answers taken in per pump: the rest at the next pass, others served between.
 PUMP_ROUNDS = 64
 _REFUSED = (Err.INVALID_SPAWND, Err.CREATE_DOMAIN_CAP, Err.BUSY)
@@ -68,7 +71,7 @@ class Program:
     __slots__ = ("name", "payload", "core", "argv", "policy", "tag", "state", "domain", "pid",
                  "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
                  "history", "settled_waiters", "timer", "stopping", "spawn_error",
-                 "kill_sent", "refused")
+                 "kill_sent", "refused", "queued", "restarting")
 
     def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy,
                  tag: str = ""):
@@ -93,6 +96,8 @@ class Program:
         self.spawn_error = ""
         self.kill_sent = False          # the incarnation's one kill is sent
         self.refused = False            # the last spawn was refused by the core
+        self.queued = False             # waiting for its core (Supervisor._start)
+        self.restarting = False         # the start under way is a restart
 
     def view(self, history: int = HISTORY, argv_items: int = 16) -> dict:
         """What status and ps show (``history``, ``argv_items``: how much
@@ -156,6 +161,8 @@ class Supervisor:
         self.programs: dict[str, Program] = {}
         self.names: list[str] = []              # the programs' names, sorted (list)
         self.payload_bytes = 0                  # their spawns' payloads, together
+        self._spawning: dict[int, int] = {}     # core -> our spawns in flight there
+        self._queued: dict[int, collections.deque] = {}   # core -> programs waiting for it
         self._next_seq = 1
         self._waiting: dict[int, object] = {}      # seq -> what its answer is for
 
@@ -353,8 +360,34 @@ class Supervisor:
     def _start(self, program: Program) -> None:
         program.state, program.stopping, program.spawn_error = "STARTING", False, ""
         program.timer, program.kill_sent, program.refused = None, False, False
+        if self._spawning.get(program.core, 0) >= SPAWNS_PER_CORE:
+            program.queued = True       # its core's worker has enough of ours already
+            self._queued.setdefault(program.core, collections.deque()).append(program)
+            return
+        self._send_spawn(program)
+
+    def _send_spawn(self, program: Program) -> None:
+        # A restart counts as its spawn goes: one stopped in BACKOFF, or
+        # while it waited for its core, made no domain and counts none.
+        program.restarts += program.restarting
+        program.queued = program.restarting = False
+        self._spawning[program.core] = self._spawning.get(program.core, 0) + 1
         self._request(Msg(_SPAWN_OP, core=program.core, payload=program.payload),
-                      lambda m, p=program: self._guarded(self._spawned, p, m))
+                      lambda m, p=program: self._spawn_answered(p, m))
+
+    def _spawn_answered(self, program: Program, msg: Msg) -> None:
+        """One of our spawns on its core is answered: the next waiting for
+        that core goes. At most SPAWNS_PER_CORE of ours are in a worker's
+        queue at once: crash loops do not queue other clients' spawns
+        behind a hundred restarts."""
+        core = program.core
+        self._spawning[core] -= 1
+        queue = self._queued.get(core)
+        while queue and self._spawning[core] < SPAWNS_PER_CORE:
+            waiting = queue.popleft()
+            if waiting.queued and self.programs.get(waiting.name) is waiting:
+                self._send_spawn(waiting)
+        self._guarded(self._spawned, program, msg)
 
     def _spawned(self, program: Program, msg: Msg) -> None:
         if msg.err != Err.OK:           # EXEC_FAILED, INVALID_SPAWND (its worker gone) ...
@@ -423,7 +456,6 @@ class Supervisor:
         if policy.max_restarts is not None and len(program.recent) >= policy.max_restarts:
             return self._settle(program, "FATAL")
         program.recent.append(now)
-        program.restarts += 1
         program.quick_ends += 1
         delay = policy.delay(program.quick_ends)
         if program.refused:             # the core said no at once: not again at once
@@ -439,6 +471,7 @@ class Supervisor:
     def _backoff_over(self, name: str, token) -> None:
         program = self.programs.get(name)       # by name: a removed one is let go
         if program is not None and program.state == "BACKOFF" and program.timer is token:
+            program.restarting = True       # counted as its spawn goes (_send_spawn)
             self._start(program)
 
     def _stop(self, program: Program) -> None:
@@ -446,8 +479,9 @@ class Supervisor:
             return self._settle(program, program.state)
         if not program.stopping:
             program.stopping = True
-        if program.state == "BACKOFF":
+        if program.state == "BACKOFF" or program.queued:
             program.timer = None        # its callback finds it no longer due
+            program.queued = False      # nor its core's queue
             return self._settle(program, "STOPPED")
         if program.state == "RUNNING" and program.domain is not None:
             self._kill(program)
@@ -465,6 +499,7 @@ class Supervisor:
         -- after it is forgotten (remove), or started again (restart)."""
         how = program.stopping
         program.state, program.timer, program.stopping = state, None, False
+        program.restarting = False
         waiters, program.settled_waiters = program.settled_waiters, []
         if how == "remove" and self.programs.pop(program.name, None) is not None:
             del self.names[bisect.bisect_left(self.names, program.name)]

@@ -180,3 +180,22 @@ def test_a_program_whose_worker_died_neither_spins_nor_holds_up_others(rt):
     rt.restart_core(0)
     wait_until(lambda: pm.program("orphan", timeout=T).state == "RUNNING")
     pm.stop_program("orphan", timeout=T)
+
+
+@pytest.mark.parametrize("max_restarts", [None, 20])
+def test_crash_loops_beside_another_client_add_up_and_leave_nothing(max_restarts):
+    """Ten programs crash-looping with no backoff for two seconds, beside
+    another client spawning: it is served all along; every domain the
+    loops made is one restart counted (or the first start); nothing is
+    left running once they are stopped. (bench/supervise.py runs this at
+    100 programs for 30 s, for figures.)"""
+    from bench.supervise import crash_loops
+
+    r = crash_loops(programs=10, seconds=2.0, max_restarts=max_restarts)
+    assert r["adds_up"], r
+    assert r["children_left"] == 0
+    assert r["busy_p50_ms"] < 1000
+    if max_restarts is None:
+        assert r["states"] == ["STOPPED"] and r["restarts"] > 100
+    else:
+        assert r["states"] == ["FATAL"] and r["restarts"] == 10 * max_restarts
