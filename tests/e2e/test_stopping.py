@@ -24,13 +24,17 @@ def stop(sig, frame):
     time.sleep(float(sys.argv[1]))
     print("stopped by", signal.Signals(sig).name, flush=True)
     sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
+# The child ignores both from its first instruction (it outlives its
+# group's signal): set in the child after the fork, a signal sent as soon
+# as "up" was printed could find it still with the handler -- the test
+# then saw "stopped by" twice, on a loaded machine.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 if os.fork() == 0:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)      # outlives its group's signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     time.sleep(60)
     os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 print("up", flush=True)
 time.sleep(60)
 """]
