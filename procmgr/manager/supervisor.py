@@ -162,6 +162,9 @@ class Supervisor:
         self.names: list[str] = []              # the programs' names, sorted (list)
         self.payload_bytes = 0                  # their spawns' payloads, together
         self._spawning: dict[int, int] = {}     # core -> our spawns in flight there
+        # client id -> names of the programs it has requests waiting on (a
+        # superset: answered ones are not taken out; client_gone filters).
+        self._waited_by: dict[int, set[str]] = {}
         self._queued: dict[int, collections.deque] = {}   # core -> programs waiting for it
         self._next_seq = 1
         self._waiting: dict[int, object] = {}      # seq -> what its answer is for
@@ -295,12 +298,15 @@ class Supervisor:
                          f"{WAITERS_MAX} requests wait on {program.name!r} already")
             return False
         program.settled_waiters.append((client, msg))
+        self._waited_by.setdefault(client.id, set()).add(program.name)
         return True
 
     def client_gone(self, client) -> None:
-        """What a client that left waited on is forgotten."""
-        for program in self.programs.values():
-            if program.settled_waiters:
+        """What a client that left waited on is forgotten: the programs it
+        waited on, not every program (a client leaving costs what it owed)."""
+        for name in self._waited_by.pop(client.id, ()):
+            program = self.programs.get(name)
+            if program is not None and program.settled_waiters:
                 program.settled_waiters = [w for w in program.settled_waiters
                                            if w[0] is not client]
 
