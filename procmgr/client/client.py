@@ -367,10 +367,9 @@ class Client:
         self._doorbell = doorbell
         self._decoder = Decoder()
         self._cut_off: list = []      # answers taken, not yet given (_receive)
-        # A long message cut short: (its slots, ring.produced before it, when
-        # the manager last took some of it) -- finished before anything else.
+        # A long message cut short: (its slots, ring.produced before it) --
+        # finished before anything else.
         self._unfinished: tuple | None = None
-        self._long_progress = 0
         # The longest payload the manager takes (its handshake says; one
         # before long spawns says nothing, and takes MAX_PAYLOAD).
         self.long_limit = long_limit
@@ -453,7 +452,7 @@ class Client:
         sends (the request itself was sent: its answer is counted in
         ``unmatched_answers``). Blocks an asyncio client's loop for as
         long (~1 ms a MiB while the manager keeps up)."""
-        self._unfinished = (encode(msg), self.requests.produced, time.monotonic())
+        self._unfinished = (encode(msg), self.requests.produced)
         self._finish_long()
         return True
 
@@ -462,23 +461,22 @@ class Client:
         send lock held. A manager that takes nothing of it for
         LONG_SEND_PATIENCE s leaves this client unable to send more."""
         ring = self.requests
-        data, start, _ = self._unfinished
+        data, start = self._unfinished
+        progress, since = ring.produced, time.monotonic()
 
         def wait() -> None:
-            data_, start_, since = self._unfinished
-            if ring.produced != self._long_progress:
-                self._long_progress, since = ring.produced, time.monotonic()
-                self._unfinished = (data_, start_, since)
+            nonlocal progress, since
+            if ring.produced != progress:           # the manager took some: patience anew
+                progress, since = ring.produced, time.monotonic()
             if time.monotonic() - since > LONG_SEND_PATIENCE:
                 self._unfinished = None
                 self._gone_because = RuntimeGone(
-                    f"a {len(data_)}-byte request was cut off half-sent: the manager took "
+                    f"a {len(data)}-byte request was cut off half-sent: the manager took "
                     f"nothing of it for {LONG_SEND_PATIENCE} s")
                 raise self._gone_because
             self._turn(0, _never, block=False)     # answers in: the manager waits on them
             ring.wait_space(0.01)
 
-        self._long_progress = ring.produced
         send_long(ring, data, start, wait)
         self._unfinished = None
 

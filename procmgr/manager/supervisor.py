@@ -7,13 +7,14 @@ waited, signalled like any other; the program is what stays: its name,
 its state, its restart count and the history of its last incarnations.
 
 The supervisor is a client of the manager like any other, living in the
-manager's process: it spawns each incarnation and waits on it through a
-ring pair of its own, so the core needs to know nothing of programs --
-a restart is a spawn, an end is a wait's answer, both served as every
-client's are. It runs in the manager's thread: the loop takes its
-answers in after each pass (``pump``) and runs its backoff timers
-(``EventLoop.call_later``). With no delay a restart is sent in the pass
-that saw the end.
+manager's process: it hands the core each incarnation's spawn and wait
+as Python-decoded requests, and takes the answers from a ring of its
+own, so the core needs to know nothing of programs -- a restart is a
+spawn, an end is a wait's answer, both served as every client's are. It
+runs in the manager's thread: the loop takes its answers in (``pump``,
+when they ring ``woken``) and runs its backoff timers
+(``EventLoop.call_later``); with no delay a restart goes in the pass
+after the one that saw the end.
 
 States, as supervisord names them:
 
