@@ -23,7 +23,7 @@ _EXPORTS = {
     "Client": "procmgr.client.client", "CompletedRun": "procmgr.client.client",
     "Domain": "procmgr.client.client", "DomainInfo": "procmgr.client.client",
     "Future": "procmgr.client.client", "ProgramInfo": "procmgr.client.client",
-    "State": "procmgr.protocol",
+    "State": "procmgr.protocol", "Event": "procmgr.client.events",
     "CalledProcessError": "procmgr.errors", "Err": "procmgr.errors",
     "ProcMgmtError": "procmgr.errors", "RuntimeDirUnsafe": "procmgr.errors",
     "RuntimeGone": "procmgr.errors",

@@ -5,6 +5,7 @@
     procmgr run -- /bin/echo hi          # run it here: its output, its status
     procmgr ps                           # domains, states, cores, pids, CPU, memory
     procmgr logs ID -f                   # a domain's captured output, as it comes
+    procmgr events --json                # what happens to domains and programs
     procmgr kill TOKEN; procmgr wait TOKEN
     procmgr supervise --program web -- ./server   # kept running; procmgr stop web
     procmgr down
@@ -400,6 +401,46 @@ def _info(pm, ident: int) -> dict:
     return row
 
 
+def cmd_events(args) -> int:
+    """Events as they happen, one line (or JSON object) each, until
+    --count were printed, --timeout passed without one, or Ctrl-C."""
+    from procmgr.client.events import KINDS
+
+    kinds = None
+    if args.kind:
+        kinds = {k.strip() for word in args.kind for k in word.split(",") if k.strip()}
+        unknown = sorted(kinds - set(KINDS))
+        if unknown:
+            raise CliError(f"unknown event kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+    if args.count is not None and args.count < 1:
+        raise CliError("--count is at least 1")
+    printed = 0
+    with _client(args) as pm:
+        for event in pm.events(after=args.after, kinds=kinds, timeout=args.timeout):
+            print(json.dumps(event.as_dict()) if args.json else _event_line(event), flush=True)
+            printed += 1
+            if args.count is not None and printed >= args.count:
+                return 0
+    return 0
+
+
+def _event_line(event) -> str:
+    """One event for the terminal: when, its seq, what, and about what."""
+    when = time.strftime("%H:%M:%S", time.localtime(event.time)) + f"{event.time % 1:.3f}"[1:]
+    words = [when, f"#{event.seq}", f"{event.kind:<12}"]
+    if event.kind == "lost":
+        return " ".join(words + [f"{event.lost} events before this one are gone"])
+    if event.program is not None:
+        words.append(event.program)
+    for name, value in (("domain", event.domain), ("core", event.core), ("pid", event.pid),
+                        ("status", event.returncode), ("restarts", event.restarts)):
+        if value is not None:
+            words.append(f"{name}={value}")
+    if event.error:
+        words.append(f"({event.error})")
+    return " ".join(words)
+
+
 def cmd_status(args) -> int:
     ident = int(args.token) if args.token.isdigit() else _domain(args.token).id
     with _client(args) as pm:
@@ -508,6 +549,8 @@ def cmd_storm(args) -> int:
 
     from procmgr import storm
 
+    if args.programs is not None:
+        return _program_storm(args)
     try:
         mix = storm.parse_mix(args.mix)
     except ValueError as e:
@@ -526,6 +569,26 @@ def cmd_storm(args) -> int:
                                   simulate=args.simulate)
     _emit(args, summary, _summary_table(summary))
     return 0 if storm.healthy(summary) else 1
+
+
+def _program_storm(args) -> int:
+    """--programs: supervised programs crashed, killed, stopped, started,
+    restarted and reloaded, checked from the events (procmgr/program_storm.py)."""
+    from procmgr.program_storm import program_storm
+
+    if args.programs < 1 or args.cores < 1 or not args.seconds > 0:
+        raise CliError("--programs and --cores must be at least 1, --seconds more than 0")
+    summary = program_storm(args.cores, args.programs, args.seconds, args.seed)
+    lines = [f"program storm: {args.programs} programs on {args.cores} cores for "
+             f"{summary['seconds']} s (seed {summary['seed']})",
+             "actions: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["actions"].items())),
+             f"events: {summary['events']:,} (" +
+             ", ".join(f"{k}={v}" for k, v in sorted(summary["kinds"].items())) + ")",
+             f"manager CPU: {summary['manager_cpu_s']} s",
+             "wrong: " + ("nothing" if not summary["wrong"] else
+                          "\n  " + "\n  ".join(summary["wrong"][:20]))]
+    _emit(args, summary, "\n".join(lines))
+    return 0 if not summary["wrong"] else 1
 
 
 def _summary_table(s: dict) -> str:
@@ -754,6 +817,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nohang", action="store_true",
                    help="say whether it still runs instead of waiting for its end")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = add("events", cmd_events, "follow what happens to domains and programs, as it "
+            "happens", "procmgr events --kind exited,restarted --json")
+    p.add_argument("--after", type=int, metavar="SEQ",
+                   help="go on after this event (0: every event the runtime keeps; "
+                        "default: from now on)")
+    p.add_argument("--kind", action="append", metavar="KIND[,KIND]",
+                   help="only these kinds (spawned, exited, killed, spawn_failed, started, "
+                        "restarted, backoff, stopped, finished, given_up, removed)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="stop (exit 1) once this long has passed without an event")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
     p.add_argument("token", help="a domain id or token")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -799,6 +874,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", help="weights, e.g. spawn=4,kill=2,wait=3,span=1,exit=1")
     p.add_argument("--simulate", action="store_true",
                    help="simulated dispatchers: the control plane alone, no process started")
+    p.add_argument("--programs", type=int, metavar="N",
+                   help="instead: N supervised programs crashed, killed, stopped, started, "
+                        "restarted and reloaded at random, checked from the runtime's events")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="with --programs: how long (default: 10)")
+    p.add_argument("--seed", type=int, help="with --programs: the random seed, to replay one")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("top", cmd_top, "live view of cores, queues, requests/s and domains",
             "procmgr top --interval 1")

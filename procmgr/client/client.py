@@ -33,11 +33,12 @@ from typing import Iterator
 
 from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
+from procmgr.client.events import Event, EventCursor, check_kinds
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
-    KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, SPAWN_MAX_PAYLOAD, Decoder, Flag, Msg, Op,
-    ProtocolError,
-    SpawnArgs, StatusInfo, decode_ids, encode, payload_limit, send, send_long, take,
+    EVENTS_FROM_NOW, KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, SPAWN_MAX_PAYLOAD, Decoder,
+    Flag, Msg, Op, ProtocolError, SpawnArgs, StatusInfo, decode_events, decode_ids, encode,
+    payload_limit, send, send_long, take,
 )
 from procmgr.protocol import State
 from procmgr.protocol.programs import Policy, check_name, encode_request
@@ -46,6 +47,9 @@ from ringbuf import Closed, PeerDied, Ring, RingException
 # How long a long request cut into by an exception (a Ctrl-C) is still
 # finished, while the manager takes nothing of it (Client._send_long).
 LONG_SEND_PATIENCE = 10.0
+# An events request is answered within its own wait (the manager's timer);
+# past it by this much, the manager is taken to be stuck (TimeoutError).
+EVENTS_SLACK = 30.0
 
 # concurrent.futures' states (its module's names, not exported), and the
 # logger it reports a failed callback to.
@@ -865,6 +869,33 @@ class Client:
         """The manager's counters: per core queue depths, totals (for `top`)."""
         return self.wait_for(self.stats_async(), timeout)
 
+    # ---- events ----
+
+    def events_async(self, after: int = EVENTS_FROM_NOW, wait: float = 0.0) -> Future:
+        """One request of ``events``: the Future of (seq of the first event
+        in the answer, events lost before it, the EventRecords), answered
+        when there is an event after ``after`` or ``wait`` s have passed."""
+        return self._send(Msg(Op.EVENTS, nonce=after, status=round(wait * 1000)),
+                          _events_result)
+
+    def events(self, *, after: int | None = None, kinds=None,
+               timeout: float | None = None) -> Iterator[Event]:
+        """What happens to domains and programs, as it happens: Events, in
+        order, each at least once (procmgr/client/events.py lists the
+        kinds and what each carries). ``after``: the ``seq`` of the last
+        event already handled, to go on from there (0: every event the
+        runtime still keeps; None: from now on). ``kinds``: only those
+        (a "lost" event, saying how many were missed, always comes).
+        ``timeout``: TimeoutError once that long has passed without an
+        event; None waits for ever (Ctrl-C ends it)."""
+        cursor, kinds = EventCursor(after, timeout), check_kinds(kinds)
+        while True:
+            wait = cursor.wait_ms() / 1000
+            batch = self.wait_for(self.events_async(cursor.after, wait), wait + EVENTS_SLACK)
+            for event in cursor.take(batch):
+                if kinds is None or event.kind in kinds:
+                    yield event
+
     # ---- output ----
 
     def output(self, domain: Domain | int, stream: str = "stdout", *, tail: int | None = None,
@@ -1312,6 +1343,10 @@ def _program_result(msg: Msg) -> ProgramInfo:
     except (ValueError, TypeError, KeyError) as e:
         raise ProcMgmtError(Err.BAD_MESSAGE, f"a program's answer that cannot be read: {e}") \
             from None
+
+
+def _events_result(msg: Msg) -> tuple:
+    return decode_events(msg.payload)
 
 
 def _status_result(msg: Msg) -> DomainInfo:

@@ -12,7 +12,7 @@ again, the rest untouched.
     stderr = "stdout"         # ... or stdout
     restart = "always"        # no, on-failure (default), always
     backoff = 0.5
-    max_restarts = 10
+    max_restarts = 10         # within period s, then given up; -1: retry without end
     period = 60
     stop_signal = "INT"
     stop_timeout = 10
@@ -166,6 +166,8 @@ def _program(name: str, t: dict, cores: int | None) -> list[Declared]:
             raise ValueError(f"stop_timeout: seconds, at least 0, not {v!r}")
         options["stop_timeout"] = v
     policy = {k: t[k] for k in _POLICY_KEYS if k in t}
+    if policy.get("max_restarts") == -1:        # TOML has no null: -1, as the CLI's
+        policy["max_restarts"] = None
     Policy.of(policy)                           # checked now, said with its key
     autostart = t.get("autostart", True)
     if not isinstance(autostart, bool):

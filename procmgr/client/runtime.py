@@ -232,16 +232,21 @@ class Runtime:
     def __init__(self, cores: int = 4, pending: str = "replyq", name: str | None = None,
                  kill_grace: float = 0.2, pin: bool = True, simulate: bool = False,
                  log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
-                 history: int = 4096):
+                 history: int = 4096, events: int = 8192):
         """``simulate``: workers record dispatchers without starting
         processes -- for measuring the control plane alone.
         ``log_max_bytes``, ``log_backups``: a captured stream's file is
         rotated at that size and that many rotated files kept, unless a
         spawn says otherwise (procmgr/client/logs.py). ``history``: how many ended
-        domains are remembered, for a late wait or status and their logs."""
+        domains are remembered, for a late wait or status and their logs.
+        ``events``: how many of the newest events are kept for
+        ``Client.events`` (a consumer further behind is told it lost some)."""
         if type(history) is not int or history < 1:
             raise ValueError(f"history must be an int >= 1, not {history!r}")
+        if type(events) is not int or not 1 <= events <= 1 << 24:
+            raise ValueError(f"events must be an int from 1 to {1 << 24}, not {events!r}")
         self.history = history
+        self.events = events
         stream_caps(log_max_bytes=log_max_bytes, log_backups=log_backups)  # checked now
         self.log_bounds = (log_max_bytes, log_backups)
         self.simulate = simulate
@@ -277,7 +282,8 @@ class Runtime:
                "--cores", str(self.cores), "--pending", self.pending,
                "--kill-grace", str(self.kill_grace), "--token-fd", str(token_r),
                "--ready-fd", str(ready_w), "--log-max-bytes", str(self.log_bounds[0]),
-               "--log-backups", str(self.log_bounds[1]), "--history", str(self.history)]
+               "--log-backups", str(self.log_bounds[1]), "--history", str(self.history),
+               "--events", str(self.events)]
         if not self.pin:
             cmd.append("--no-pin")
         if self.simulate:

@@ -1,11 +1,13 @@
-"""The requests the manager answers in Python: queries and add_spawnd.
+"""The requests the manager answers in Python: queries, add_spawnd, and
+the programs' and events' requests (supervisor.py, events.py).
 
 Every other request, and every spawnd reply, is handled in C
 (procmgr/manager/core/, mapped in its README.md: one function per message,
 the domain state machine, and the defined behaviour for the cases
-Barrelfish got wrong, docs/defects.md). These four need what Python has -- attaching rings, starting a
-worker, JSON -- and touch no domain: they read the table's views and
-answer through the core, exactly once like every other request.
+Barrelfish got wrong, docs/defects.md). These need what Python has --
+attaching rings, starting a worker, JSON, timers -- and touch no domain
+directly: they read the table's views and answer through the core,
+exactly once like every other request.
 
 ``handler(mgr, client, msg)``; the core has recorded the request as
 outstanding, and answers INTERNAL if a handler raises.
@@ -106,8 +108,14 @@ def program(mgr, client, msg) -> None:
     mgr.supervisor.handle(client, msg)
 
 
+def events(mgr, client, msg) -> None:
+    """The events after a seq: procmgr/manager/events.py."""
+    mgr.events.handle(client, msg)
+
+
 PYTHON_HANDLERS = {
     Op.PROGRAM: program,
+    Op.EVENTS: events,
     Op.GET_STATUS: get_status,
     Op.GET_DOMAINLIST: get_domainlist,
     Op.ADD_SPAWND: add_spawnd,

@@ -169,7 +169,8 @@ class EventLoop:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_order), fn))
 
     def _run_due(self) -> None:
-        """The timers whose time has come, and the supervisor's answers."""
+        """The timers whose time has come, the supervisor's answers, and
+        the events requests waiting (each has a timer while it waits)."""
         timers = self._timers
         if timers:
             now = time.monotonic()
@@ -177,6 +178,8 @@ class EventLoop:
                 heapq.heappop(timers)[2]()
         if self.mgr.supervisor_started:
             self.mgr.supervisor.pump()
+        if self.mgr.event_feed is not None:
+            self.mgr.event_feed.deliver()
 
     def peer_doorbell(self, watch: bool = True) -> PeerDoorbell:
         """A new doorbell for one peer to ring, in the loop's epoll set (or,

@@ -129,18 +129,20 @@ LONG_HELD_LIMIT = 64 << 20
 class Manager:
     def __init__(self, pending: str = "replyq", reply_queue: int = 1024,
                  max_cores: int = 1024, table_capacity: int = 1 << 20, history: int = 4096,
-                 long_held_limit: int = LONG_HELD_LIMIT):
+                 long_held_limit: int = LONG_HELD_LIMIT, events: int = 8192):
         """``history``: how many ended domains are remembered, for a late
-        wait or status."""
+        wait or status; ``events``: how many of the newest events are kept
+        for clients to ask for (events.py)."""
         self.long_held = HeldBytes(long_held_limit)
         self.loop = None                 # the EventLoop serving it (it says so)
         self._supervisor = None          # made at the first program request
+        self.event_feed = None           # made at the first events request
         self.pending_kind = pending
         self.reply_queue = reply_queue
         self.max_cores = max_cores
         # A bad kind or size is said now.
         self.core = Core(pending=pending, reply_queue=reply_queue, max_cores=max_cores,
-                         table_capacity=table_capacity, history=history)
+                         table_capacity=table_capacity, history=history, events=events)
         self.table = TableView(self.core)
         self.spawnds: dict[int, SpawndBinding] = {}
         self.clients: dict[int, ClientBinding] = {}
@@ -186,6 +188,15 @@ class Manager:
             from procmgr.manager.supervisor import start_supervisor
             self._supervisor = start_supervisor(self, self.loop)
         return self._supervisor
+
+    @property
+    def events(self):
+        """The clients' events requests (events.py), made when first asked
+        for; the core records the events themselves from the start."""
+        if self.event_feed is None:
+            from procmgr.manager.events import EventFeed
+            self.event_feed = EventFeed(self, self.loop.call_later)
+        return self.event_feed
 
     def add_client(self, channel: Channel, is_monitor: bool = False) -> ClientBinding:
         # Before anything is read from it: its long messages share the bound.
@@ -260,6 +271,8 @@ class Manager:
         self.core.client_gone(client.id)
         if self._supervisor is not None:
             self._supervisor.client_gone(client)    # what it waited on, forgotten
+        if self.event_feed is not None:
+            self.event_feed.client_gone(client)
 
     def spawnd_died(self, core: int) -> None:
         """The worker of ``core`` is gone: fail what waited on it, its domains

@@ -81,7 +81,8 @@ LOGS = "logs"                   # the domains' captured output
 class Server:
     def __init__(self, name: str, cores: int, pending: str, token: str,
                  kill_grace: float, pin: bool = True, simulate: bool = False,
-                 log_bounds: tuple[int, int] | None = None, history: int = 4096):
+                 log_bounds: tuple[int, int] | None = None, history: int = 4096,
+                 events: int = 8192):
         self.simulate = simulate
         self.name = name
         self.dir = runtime_dir(name)
@@ -100,7 +101,7 @@ class Server:
         os.mkdir(LOGS, 0o700, dir_fd=self._dir_lock)
         self.log_bounds = log_bounds
         self.history = history
-        self.mgr = Manager(pending=pending, history=history)
+        self.mgr = Manager(pending=pending, history=history, events=events)
         self.loop = EventLoop(self.mgr)
         self.token = token
         self.kill_grace = kill_grace
@@ -549,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a pipe to write 'ready' to, then close")
     ap.add_argument("--history", type=int, default=4096,
                     help="ended domains remembered, with their logs")
+    ap.add_argument("--events", type=int, default=8192,
+                    help="the newest events kept for clients to ask for")
     ap.add_argument("--log-max-bytes", type=int, help="a captured stream's file size bound")
     ap.add_argument("--log-backups", type=int, help="rotated files kept per stream")
     args = ap.parse_args(argv)
@@ -578,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
                         pin=not args.no_pin, simulate=args.simulate, log_bounds=bounds,
-                        history=args.history)
+                        history=args.history, events=args.events)
     except Exception as e:
         # Said to whoever waits for us (the traceback is in the runtime log).
         if args.ready_fd >= 0:

@@ -43,7 +43,9 @@ import time
 from dataclasses import asdict
 
 from procmgr.errors import Err, describe
-from procmgr.protocol import MAX_PAYLOAD, Decoder, Flag, Msg, Op, ProtocolError, SpawnArgs, take
+from procmgr.protocol import (
+    MAX_PAYLOAD, Decoder, EventKind, Flag, Msg, Op, ProtocolError, SpawnArgs, take,
+)
 from procmgr.protocol.programs import SETTLED, Policy, check_name, decode_request
 
 HISTORY = 10                    # incarnations kept per program
@@ -72,7 +74,7 @@ class Program:
     __slots__ = ("name", "payload", "core", "argv", "policy", "tag", "state", "domain", "pid",
                  "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
                  "history", "settled_waiters", "timer", "stopping", "spawn_error",
-                 "kill_sent", "refused", "queued", "restarting")
+                 "kill_sent", "refused", "queued", "restarting", "restart_sent", "spawn_err")
 
     def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy,
                  tag: str = ""):
@@ -99,6 +101,8 @@ class Program:
         self.refused = False            # the last spawn was refused by the core
         self.queued = False             # waiting for its core (Supervisor._start)
         self.restarting = False         # the start under way is a restart
+        self.restart_sent = False       # the spawn in flight is a restart's
+        self.spawn_err = 0              # the last spawn's error code (0: it ran)
 
     def view(self, history: int = HISTORY, argv_items: int = 16) -> dict:
         """What status and ps show (``history``, ``argv_items``: how much
@@ -377,6 +381,7 @@ class Supervisor:
         # A restart counts as its spawn goes: one stopped in BACKOFF, or
         # while it waited for its core, made no domain and counts none.
         program.restarts += program.restarting
+        program.restart_sent = program.restarting
         program.queued = program.restarting = False
         self._spawning[program.core] = self._spawning.get(program.core, 0) + 1
         self._request(Msg(_SPAWN_OP, core=program.core, payload=program.payload),
@@ -397,6 +402,7 @@ class Supervisor:
         self._guarded(self._spawned, program, msg)
 
     def _spawned(self, program: Program, msg: Msg) -> None:
+        program.spawn_err = msg.err
         if msg.err != Err.OK:           # EXEC_FAILED, INVALID_SPAWND (its worker gone) ...
             program.spawn_error = describe(msg.err, msg.status,
                                            msg.payload.decode("utf-8", "replace"))
@@ -409,6 +415,7 @@ class Supervisor:
         program.started, program.up_since = time.time(), time.monotonic()
         if program.state == "STARTING":
             program.state = "RUNNING"
+        self._event(EventKind.RESTARTED if program.restart_sent else EventKind.STARTED, program)
         if program.stopping:            # stopped while it was starting
             self._kill(program)
         self._request(Msg(_WAIT_OP, dom=msg.dom, nonce=msg.nonce),
@@ -437,6 +444,14 @@ class Supervisor:
             program.quick_ends = 0
         failed = signaled or status != 0
         self._ended(program, failed=failed, killed=killed)
+
+    def _event(self, kind: EventKind, program: Program, err: int = 0) -> None:
+        """A program's event, into the core's log beside the domains'
+        (events.py): its last incarnation's domain id, its pid while it
+        runs, and its restarts."""
+        dom = program.domain[0] if program.domain is not None else 0
+        self.mgr.core.record_event(kind, dom, program.core, program.pid, program.restarts,
+                                   err, 0, program.name.encode("utf-8", "replace"))
 
     def _guarded(self, step, program: Program, msg: Msg) -> None:
         """A step of a program's life, from its answer's callback. A bug in
@@ -471,6 +486,7 @@ class Supervisor:
         # program per pass of the loop, everyone else served between
         # (a restart sent from here, refused at once, spun the loop).
         program.state = "BACKOFF"
+        self._event(EventKind.BACKOFF, program)
         program.timer = token = object()        # a stop or a start since voids it
         name = program.name
         self.call_later(delay, lambda: self._backoff_over(name, token))
@@ -505,12 +521,16 @@ class Supervisor:
         """The program stays ``state``; those waiting for that are answered
         -- after it is forgotten (remove), or started again (restart)."""
         how = program.stopping
+        if program.state != state:
+            self._event(_SETTLED_EVENTS[state], program,
+                        program.spawn_err if state == "FATAL" else 0)
         program.state, program.timer, program.stopping = state, None, False
         program.restarting = False
         waiters, program.settled_waiters = program.settled_waiters, []
         if how == "remove" and self.programs.pop(program.name, None) is not None:
             del self.names[bisect.bisect_left(self.names, program.name)]
             self.payload_bytes -= len(program.payload)
+            self._event(EventKind.REMOVED, program)
         elif how == "restart" or then_start:
             program.recent.clear()
             program.quick_ends = 0
@@ -525,6 +545,8 @@ _ACTIONS = {"supervise": Supervisor.supervise, "status": Supervisor.status,
             "start": Supervisor.start, "restart": Supervisor.restart,
             "remove": Supervisor.remove}
 _SPAWN_OP, _KILL_OP, _WAIT_OP, _SIGNALED = Op.SPAWN_WITH_CAPS, Op.KILL, Op.WAIT, Flag.SIGNALED
+_SETTLED_EVENTS = {"STOPPED": EventKind.STOPPED, "EXITED": EventKind.FINISHED,
+                   "FATAL": EventKind.GIVEN_UP}
 
 
 def _encoded(body) -> bytes:

@@ -7,7 +7,7 @@ long payload).
     numbers.py    those numbers as Python enums and constants
     messages.py   the message object (Msg, in C: _wire.c), encode, the
                   Decoder, send and take on a ring
-    payloads.py   what spawn, status and domain-list messages carry
+    payloads.py   what spawn, status, domain-list and events messages carry
 
 Everything is re-exported here: ``from procmgr.protocol import Msg, Op``.
 """
@@ -28,6 +28,9 @@ from procmgr.protocol.messages import (
 from procmgr.protocol.numbers import (
     ARG_LIMIT,
     CLIENT_OPS,
+    EVENT_NAME_MAX,
+    EVENTS_FROM_NOW,
+    EVENTS_WAIT_MAX_MS,
     EXIT_STATUS_KILLED,
     HEADER,
     HEADER_FIELDS,
@@ -46,14 +49,17 @@ from procmgr.protocol.numbers import (
     SPAWN_MAX_PAYLOAD,
     SPAWND_REQUESTS,
     Err,
+    EventKind,
     Flag,
     Op,
     State,
 )
 from procmgr.protocol.payloads import (
     ArgTooLong,
+    EventRecord,
     SpawnArgs,
     StatusInfo,
+    decode_events,
     decode_ids,
     encode_ids,
 )

@@ -5,12 +5,14 @@ cffi, procmgr/protocol/build.py), the one place they are written.
     Flag    bits of the flags byte, plain ints (FLAG_*)
     Err     error codes (E_*); procmgr/errors.py words them
     State   a domain's state (STATE_*)
+    EventKind   what an event says happened (EVENT_*)
     HEADER_FIELDS, HEADER   the header slot's fields in order, and its struct
     SLOT, INLINE, ARG_LIMIT, MAX_PAYLOAD, MAX_FRAGS, LONG_ARG_LIMIT, SPAWN_MAX_PAYLOAD,
     PROGRAM_WORDS_MAX,
     LONG_OPS, CLIENT_OPS,
     EXIT_STATUS_KILLED, LOG_MAX_BYTES, LOG_BACKUPS, LOG_MIN_BYTES, LOG_MAX_BACKUPS,
-    KILL_MAX_SIGNAL, KILL_GRACE_DEFAULT
+    KILL_MAX_SIGNAL, KILL_GRACE_DEFAULT,
+    EVENTS_FROM_NOW, EVENTS_WAIT_MAX_MS, EVENT_HEAD, EVENT_FIXED, EVENT_NAME_MAX
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ Err = IntEnum("Err", _members("enum err", "E_"), module=__name__)
 Err.__doc__ = "Error codes of the err field (protocol.h, enum err; errors.py words them)."
 State = IntEnum("State", _members("enum state", "STATE_"), module=__name__)
 State.__doc__ = "A domain's state (protocol.h, enum state; domain.py draws the machine)."
+EventKind = IntEnum("EventKind", _members("enum event_kind", "EVENT_"), module=__name__)
+EventKind.__doc__ = "What an event says happened (protocol.h, enum event_kind)."
 
 
 class Flag:
@@ -59,6 +63,11 @@ LOG_MAX_BYTES = lib.LOG_MAX_BYTES
 LOG_BACKUPS = lib.LOG_BACKUPS
 LOG_MIN_BYTES = lib.LOG_MIN_BYTES
 LOG_MAX_BACKUPS = lib.LOG_MAX_BACKUPS
+EVENTS_FROM_NOW = lib.EVENTS_FROM_NOW
+EVENTS_WAIT_MAX_MS = lib.EVENTS_WAIT_MAX_MS
+EVENT_HEAD = lib.EVENT_HEAD
+EVENT_FIXED = lib.EVENT_FIXED
+EVENT_NAME_MAX = lib.EVENT_NAME_MAX
 CLIENT_OPS = frozenset(range(lib.FIRST_CLIENT_OP, lib.LAST_CLIENT_OP + 1))
 # The ops whose payload may be longer than MAX_PAYLOAD (protocol.h, at
 # SPAWN_MAX_PAYLOAD; messages.py's payload_limit says how much).

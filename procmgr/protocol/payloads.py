@@ -1,5 +1,6 @@
 """Payloads of the messages that carry one: a spawn's program, argv, env,
-caps and working directory (SpawnArgs), a status answer (StatusInfo), a domain list (ids)."""
+caps and working directory (SpawnArgs), a status answer (StatusInfo), a domain list (ids),
+the events (EventRecord, decode_events)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 
 from procmgr.protocol import _wire
 from procmgr.protocol.messages import ProtocolError
-from procmgr.protocol.numbers import ARG_LIMIT, LONG_ARG_LIMIT, Err
+from procmgr.protocol.numbers import ARG_LIMIT, EVENT_FIXED, EVENT_HEAD, LONG_ARG_LIMIT, Err
 
 # The two layouts of the lengths (spawn_payload.h): narrow, and wide for an
 # argv or env past the original's limit -- its mark, a pad, four u32.
@@ -245,3 +246,47 @@ class StatusInfo:
                    _unpacked("H", payload[n0:end_cores]),
                    _unpacked("i", payload[end_cores:end_pids]), argv, bool(flags & 4),
                    started, ended or None)
+
+
+# EVENTS' answer (protocol.h, "Events"): its first event's seq and the
+# events lost before it, then each event's fixed part and a program's name.
+_EVENTS_HEAD = struct.Struct("<QQ")
+_EVENT = struct.Struct("<dIiiHHBBH")
+assert (_EVENTS_HEAD.size, _EVENT.size) == (EVENT_HEAD, EVENT_FIXED)
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One event as the wire carries it (the client's Event words it)."""
+
+    seq: int
+    time: float
+    dom: int
+    pid: int
+    status: int
+    core: int
+    err: int
+    kind: int
+    flags: int
+    name: str
+
+
+def decode_events(payload: bytes) -> tuple[int, int, list[EventRecord]]:
+    """EVENTS' answer: (seq of its first event, events lost before it, the
+    events in order). A payload that does not add up is a ProtocolError."""
+    if len(payload) < _EVENTS_HEAD.size:
+        raise ProtocolError(f"events answer of {len(payload)} bytes is shorter than its head")
+    first, lost = _EVENTS_HEAD.unpack_from(payload)
+    records, at, seq = [], _EVENTS_HEAD.size, first
+    while at < len(payload):
+        if at + _EVENT.size > len(payload):
+            raise ProtocolError(f"events answer cut inside event {seq}")
+        *fields, nlen = _EVENT.unpack_from(payload, at)
+        at += _EVENT.size
+        if at + nlen > len(payload):
+            raise ProtocolError(f"events answer cut inside event {seq}'s name")
+        name = payload[at:at + nlen].decode("utf-8", "replace")
+        at += nlen
+        records.append(EventRecord(seq, *fields, name))
+        seq += 1
+    return first, lost, records

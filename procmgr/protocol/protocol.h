@@ -65,7 +65,7 @@
 #define PROGRAM_WORDS_MAX 4096
 /* The client requests are the ops FIRST_CLIENT_OP..LAST_CLIENT_OP. */
 #define FIRST_CLIENT_OP 1
-#define LAST_CLIENT_OP 12
+#define LAST_CLIENT_OP 13
 /* The exit status of a domain the runtime killed. */
 #define EXIT_STATUS_KILLED 9
 /* A kill's signal (KILL's status; 0: the runtime's, SIGTERM) is at most
@@ -97,10 +97,11 @@ enum op {
     OP_GET_STATS = 10,        /* the manager's own figures (JSON), for `procmgr top` */
     OP_SIGNAL = 11,           /* status (1..KILL_MAX_SIGNAL) to every dispatcher's group */
     OP_PROGRAM = 12,          /* a supervised program's request (procmgr/manager/supervisor.py) */
+    OP_EVENTS = 13,           /* the events after a sequence number (below, "Events") */
     /* manager -> client only: the answer to a request whose op it could not
      * read (an unknown op byte), so the client can still decode it and
      * match it by seq; err says why */
-    OP_UNREADABLE = 13,
+    OP_UNREADABLE = 14,
     /* manager -> spawnd (each answered by one SD_REPLY, in order) */
     OP_SD_SPAWN = 16,
     OP_SD_SPAN = 17,
@@ -169,6 +170,38 @@ enum err {
     E_NO_SUCH_PROGRAM = 36,   /* no supervised program of that name */
 };
 
+/* Events (procmgr/manager/events.py): what happened to domains and
+ * programs, numbered 1, 2, ... in the order it happened. EVENTS asks for
+ * those after the header's nonce (EVENTS_FROM_NOW: after the newest),
+ * waiting up to its status in ms (at most EVENTS_WAIT_MAX_MS) for one to
+ * come. The answer's payload: u64 seq of its first event, u64 events lost
+ * before it (older than the manager keeps), then each event: f64 time
+ * (epoch s), u32 domain, i32 pid, i32 status, u16 core, u16 err, u8 kind,
+ * u8 flags, u16 length of a program's name, the name. */
+#define EVENTS_FROM_NOW 0xFFFFFFFFFFFFFFFF
+#define EVENTS_WAIT_MAX_MS 60000
+#define EVENT_HEAD 16
+#define EVENT_FIXED 28
+/* A program's name in an event: NAME_MAX characters of UTF-8 fit. */
+#define EVENT_NAME_MAX 512
+
+enum event_kind {
+    /* a domain's: status is its pid's exit code or signal (flags), its
+     * spawn's errno for SPAWN_FAILED (err says why) */
+    EVENT_SPAWNED = 1,
+    EVENT_EXITED = 2,         /* it ended by itself */
+    EVENT_KILLED = 3,         /* a kill ended it; status 9 */
+    EVENT_SPAWN_FAILED = 4,
+    /* a supervised program's (the name is its): status is its restarts */
+    EVENT_STARTED = 5,        /* an incarnation runs (domain) */
+    EVENT_RESTARTED = 6,      /* an incarnation runs, started again after an end */
+    EVENT_BACKOFF = 7,        /* it ended and waits to start again */
+    EVENT_STOPPED = 8,        /* stopped by a user */
+    EVENT_FINISHED = 9,       /* it ended and its policy says not to start it again */
+    EVENT_GIVEN_UP = 10,      /* FATAL: it ended too often, or could not be started */
+    EVENT_REMOVED = 11,       /* no longer supervised */
+};
+
 /* A domain's state (procmgr/manager/domain.py draws the machine). */
 enum state {
     STATE_NIL = 0,
@@ -204,7 +237,7 @@ _Static_assert(SPAWN_MAX_PAYLOAD == 20 + 2 * ARG_LIMIT + 2 * LONG_ARG_LIMIT,
                "a wide spawn's lengths, path, argv, env and caps");
 _Static_assert((SPAWN_MAX_PAYLOAD + 4 + PROGRAM_WORDS_MAX - INLINE + SLOT - 1) / SLOT <= 0xFFFF,
                "a long spawn's continuation slots fit nfrag, in a program request too");
-_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_PROGRAM,
+_Static_assert(FIRST_CLIENT_OP == OP_SPAWN && LAST_CLIENT_OP == OP_EVENTS,
                "the client requests are one run of ops");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the wire is little-endian and this code copies fields as they are");
@@ -217,7 +250,7 @@ static inline int op_is_known(uint8_t op)
     switch ((enum op)op) {
     case OP_SPAWN: case OP_SPAWN_WITH_CAPS: case OP_SPAN: case OP_KILL: case OP_EXIT:
     case OP_WAIT: case OP_GET_STATUS: case OP_GET_DOMAINLIST: case OP_ADD_SPAWND:
-    case OP_GET_STATS: case OP_SIGNAL: case OP_PROGRAM: case OP_UNREADABLE:
+    case OP_GET_STATS: case OP_SIGNAL: case OP_PROGRAM: case OP_EVENTS: case OP_UNREADABLE:
     case OP_SD_SPAWN: case OP_SD_SPAN: case OP_SD_KILL: case OP_SD_CLEANUP: case OP_SD_SIGNAL:
     case OP_SD_REPLY: case OP_SD_EXIT:
         return 1;

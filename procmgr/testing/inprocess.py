@@ -28,7 +28,7 @@ from ringbuf import Ring, unique_name
 class InProcessRuntime:
     def __init__(self, cores: int = 2, pending: str = "replyq", reply_queue: int = 1024,
                  ring_capacity: int = 4096, prefix: str = "procmgr-inproc",
-                 threads: bool = False, releases: bool = False):
+                 threads: bool = False, releases: bool = False, events: int = 8192):
         """``releases``: the simulated spawnds release a domain as its
         dispatcher stops, as the real worker does (Flag.RELEASED); by
         default they hold it until SD_CLEANUP, as Barrelfish's spawnd did."""
@@ -36,7 +36,7 @@ class InProcessRuntime:
         self.releases = releases
         self.ring_capacity = ring_capacity
         self._rings: list[Ring] = []
-        self.manager = Manager(pending=pending, reply_queue=reply_queue)
+        self.manager = Manager(pending=pending, reply_queue=reply_queue, events=events)
         self.spawnds: dict[int, SimulatedSpawnd] = {}
         self.loop = EventLoop(self.manager)
         self.threads = threads

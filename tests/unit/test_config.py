@@ -51,6 +51,15 @@ def test_the_digest_follows_the_table(tmp_path):
     assert before["db"] == after["db"] and before["web:0"] != after["web:0"]
 
 
+def test_max_restarts_minus_one_retries_without_end(tmp_path):
+    """TOML has no null: -1 says what max_restarts=None says in Python
+    (and --max-restarts -1 on the command line); -2 is an error."""
+    [p] = load(write(tmp_path, '[programs.a]\nargv = ["x"]\nmax_restarts = -1\n'), cores=1)
+    assert p.policy == {"max_restarts": None}
+    with pytest.raises(ConfigError, match="max_restarts must be"):
+        load(write(tmp_path, '[programs.a]\nargv = ["x"]\nmax_restarts = -2\n'), cores=1)
+
+
 @pytest.mark.parametrize("text, words", [
     ('[programs.a]\nargv = ["x"]\n\n[programs.b]\nargv = ["y"]\nrestrat = "always"\n',
      r":4: \[programs.b\]: unknown key 'restrat'"),

@@ -35,6 +35,11 @@ Py_ssize_t core_serve(PyObject *core, int kind, uint32_t key, struct rb_handle *
  * that the loop asks each peer (core_backlogged) only then. */
 int core_any_backlogged(PyObject *core);
 
+/* 1 if the core has recorded an event that requests waiting in Python
+ * for one should have (procmgr/manager/events.py sets events_wanted): the
+ * loop then returns to Python instead of sleeping again. */
+int core_events_due(PyObject *core);
+
 /* 1 if o is a Core (module.c). */
 int core_check(PyObject *o);
 

@@ -565,12 +565,13 @@ again:
      * of times a second: each would cost a pass of Python): */
     if (served > 0 || nev > 0) {
         /* Nothing left for Python, no descriptor but doorbells fired, and
-         * nobody asked for Python: sleep again right here. */
+         * nobody asked for Python (nor waits for an event recorded in
+         * this pass): sleep again right here. */
         int left = 0;
         for (Py_ssize_t k = 0; k < self->nvisit && !left; k++)
             left = peer_ready(self, self->visit[k], space);
         long long spent_ns = mono_ns() - start;
-        if (!others && timeout_ms != 0 &&
+        if (!others && timeout_ms != 0 && !core_events_due(self->core) &&
             !__atomic_load_n(&self->interrupted, __ATOMIC_ACQUIRE)) {
             /* A signal that came while serving runs its handler now, not
              * after a stretch of traffic that never needs Python. */

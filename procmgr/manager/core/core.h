@@ -140,6 +140,25 @@ struct domain {
 
 #define NONCE_BATCH 512
 
+/* What happened, for EVENTS (protocol.h, "Events"): a domain's start and
+ * end, recorded by transition(), and a program's, recorded by the
+ * supervisor (Core.record_event). Kept in a ring of the newest `cap`;
+ * event seq is at v[(seq - 1) % cap]. */
+struct event {
+    double time;
+    uint32_t dom;
+    int32_t pid, status;
+    uint16_t core, err;
+    uint8_t kind, flags;
+    PyObject *name;              /* bytes: a program's name; NULL for a domain's */
+};
+
+struct eventlog {
+    struct event *v;
+    uint32_t cap;
+    uint64_t last;               /* seq of the newest; 0 before the first */
+};
+
 struct table {
     struct map by_id;            /* every domain kept: live and cleaned */
     struct domain *first, *last; /* the live ones, oldest first */
@@ -151,14 +170,18 @@ struct table {
     uint32_t next_id;
     uint64_t nonces[NONCE_BATCH];
     uint32_t next_nonce;
+    struct eventlog events;
 };
 
 void domain_free(struct domain *d);
-int transition(struct domain *d, uint8_t to);
+double wall_now(void);
+int transition(struct table *t, struct domain *d, uint8_t to);
+void event_record(struct eventlog *log, const struct event *e);
+PyObject *events_after(const struct eventlog *log, uint64_t after, uint32_t max_bytes);
 struct domain *table_create(struct table *t, PyObject *argv, uint16_t core, PyObject *payload);
 int table_retire(struct table *t, struct domain *d);
 PyObject *table_ended_ids_from(struct table *t, uint32_t start, Py_ssize_t limit);
-int dispatcher_started(struct domain *d, uint16_t core, int32_t pid);
+int dispatcher_started(struct table *t, struct domain *d, uint16_t core, int32_t pid);
 int dispatcher_stopped(struct domain *d, uint16_t core);
 int dispatcher_cleaned(struct table *t, struct domain *d, uint16_t core);
 uint16_t missing_domain(const struct table *t, uint32_t dom);
@@ -230,6 +253,7 @@ typedef struct {
     uint64_t protocol_errors, internal_errors, answered_gone;
     uint32_t backlogged;     /* peers with answers in their outbox: the loop asks
                               * each peer only when there are any (core_backlogged) */
+    uint64_t events_wanted;  /* the event seq Python waits for (0: none; core_events_due) */
 } CoreObject;
 
 static inline struct client *client_of(CoreObject *c, uint32_t id)
@@ -283,7 +307,7 @@ struct req {
 static inline int is_python_op(uint8_t op)
 {
     return op == OP_GET_STATUS || op == OP_GET_DOMAINLIST || op == OP_ADD_SPAWND ||
-           op == OP_GET_STATS || op == OP_PROGRAM;
+           op == OP_GET_STATS || op == OP_PROGRAM || op == OP_EVENTS;
 }
 
 struct slotv {               /* a pending slot's fields, read once */

@@ -74,7 +74,7 @@ fail:
 /* RUNNING -> STOP_PEND: the status recorded once, every core told to stop. */
 int begin_stop(CoreObject *c, struct domain *d, int32_t status, int signaled)
 {
-    if (transition(d, STATE_STOP_PEND) < 0)
+    if (transition(&c->table, d, STATE_STOP_PEND) < 0)
         return -1;
     d->has_exit = 1;
     d->exit_status = status;
@@ -89,7 +89,7 @@ int maybe_stopped(CoreObject *c, struct domain *d)
 {
     if (d->state != STATE_STOP_PEND || d->live.n != 0)
         return 0;
-    if (transition(d, STATE_STOPPED) < 0)
+    if (transition(&c->table, d, STATE_STOPPED) < 0)
         return -1;
     uint8_t flags = d->signaled ? FLAG_SIGNALED : 0;
     struct owedvec killers = d->killers, waiters = d->waiters;
@@ -534,7 +534,7 @@ static int r_spawn(CoreObject *c, struct spawnd *sd, const struct slotv *s,
             return -1;
         return spawn_never_ran(c, d, m->h.err, m->h.status);
     }
-    if (dispatcher_started(d, sd->core, m->h.status) < 0)
+    if (dispatcher_started(&c->table, d, sd->core, m->h.status) < 0)
         return -1;
     if (answer_err(c, s->client, client_op, s->client_seq, E_OK, sd->core, d->id, d->nonce,
                    m->h.status) < 0)
@@ -622,7 +622,7 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
         if (rc < 0)
             return -1;
         if (d->state == STATE_STOP_PEND) {
-            if (transition(d, STATE_RUNNING) < 0)
+            if (transition(&c->table, d, STATE_RUNNING) < 0)
                 return -1;
             d->has_exit = 0;
             d->exit_status = 0;

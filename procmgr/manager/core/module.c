@@ -65,16 +65,16 @@ static int kind_arg(PyObject *o, void *out)
 static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"pending", "reply_queue", "max_cores", "table_capacity",
-                             "history", NULL};
+                             "history", "events", NULL};
     const char *kind = "replyq";
-    unsigned int reply_queue = 1024, max_cores = 1024, history = 4096;
+    unsigned int reply_queue = 1024, max_cores = 1024, history = 4096, events = 8192;
     unsigned long long capacity = 1 << 20;
     if (self->spawnds != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Core is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|sIIKI", kwlist, &kind, &reply_queue,
-                                     &max_cores, &capacity, &history))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|sIIKII", kwlist, &kind, &reply_queue,
+                                     &max_cores, &capacity, &history, &events))
         return -1;
     int pending_kind = pending_kind_of(kind);
     if (pending_kind < 0)
@@ -92,9 +92,16 @@ static int core_init(CoreObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "history must be at least 1");
         return -1;
     }
+    if (events == 0 || events > 1u << 24) {
+        PyErr_Format(PyExc_ValueError, "events (how many are kept) must be 1..%u, got %u",
+                     1u << 24, events);
+        return -1;
+    }
     self->spawnds = PyMem_Calloc(max_cores, sizeof *self->spawnds);
     self->table.cleaned = PyMem_Calloc(history, sizeof *self->table.cleaned);
-    if (self->spawnds == NULL || self->table.cleaned == NULL) {
+    self->table.events.v = PyMem_Calloc(events, sizeof *self->table.events.v);
+    self->table.events.cap = events;
+    if (self->spawnds == NULL || self->table.cleaned == NULL || self->table.events.v == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -121,6 +128,9 @@ static void core_dealloc(CoreObject *self)
             domain_free(self->table.by_id.vals[i]);
     map_free(&self->table.by_id);
     PyMem_Free(self->table.cleaned);
+    for (uint32_t i = 0; self->table.events.v != NULL && i < self->table.events.cap; i++)
+        Py_XDECREF(self->table.events.v[i].name);
+    PyMem_Free(self->table.events.v);
     for (uint32_t i = 0; i < self->clients.cap; i++)
         if (self->clients.keys[i] != 0)
             client_free(self->clients.vals[i]);
@@ -612,6 +622,51 @@ static PyObject *core_ended_ids_from(CoreObject *self, PyObject *args)
     return table_ended_ids_from(&self->table, (uint32_t)start, limit);
 }
 
+/* record_event(kind, dom, core, pid, status, err, flags, name): a
+ * program's event (the supervisor's), in the same log as the domains'. */
+static PyObject *core_record_event(CoreObject *self, PyObject *args)
+{
+    unsigned char kind, flags;
+    unsigned int dom;
+    unsigned short core, err;
+    int pid, status;
+    PyObject *name;
+    if (!PyArg_ParseTuple(args, "bIHiiHbS", &kind, &dom, &core, &pid, &status, &err, &flags,
+                          &name))
+        return NULL;
+    if (kind < EVENT_STARTED || kind > EVENT_REMOVED ||
+        PyBytes_GET_SIZE(name) > EVENT_NAME_MAX) {
+        PyErr_Format(PyExc_ValueError, "record_event: a program's kind (%d..%d) and a name "
+                     "of at most %d bytes", EVENT_STARTED, EVENT_REMOVED, EVENT_NAME_MAX);
+        return NULL;
+    }
+    struct event e = {.time = wall_now(), .dom = dom,
+                      .pid = pid, .status = status, .core = core, .err = err, .kind = kind,
+                      .flags = flags, .name = name};
+    event_record(&self->table.events, &e);
+    Py_RETURN_NONE;
+}
+
+/* events_after(after, max_bytes) -> (EVENTS' payload, seq of its last event) */
+static PyObject *core_events_after(CoreObject *self, PyObject *args)
+{
+    unsigned long long after;
+    unsigned int max_bytes;
+    if (!PyArg_ParseTuple(args, "KI", &after, &max_bytes))
+        return NULL;
+    if (max_bytes < EVENT_HEAD) {
+        PyErr_Format(PyExc_ValueError, "events_after: max_bytes is at least %d", EVENT_HEAD);
+        return NULL;
+    }
+    return events_after(&self->table.events, after, max_bytes);
+}
+
+static PyObject *core_get_last_event(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->table.events.last);
+}
+
 /* client(id) -> (received, answered, outstanding seqs as a set, answers in
  * its outbox), or None. */
 static PyObject *core_client(CoreObject *self, PyObject *arg)
@@ -741,6 +796,10 @@ static PyMethodDef core_methods[] = {
      "ended_ids_from(start, limit) -> (up to limit ids >= start of ended domains kept, more?)"},
     {"domain_ids", (PyCFunction)core_domain_ids, METH_NOARGS,
      "ids of the domains not yet cleaned, in creation order"},
+    {"record_event", (PyCFunction)core_record_event, METH_VARARGS,
+     "record_event(kind, dom, core, pid, status, err, flags, name): a program's event"},
+    {"events_after", (PyCFunction)core_events_after, METH_VARARGS,
+     "events_after(after, max_bytes) -> (EVENTS' answer payload, seq of its last event)"},
     {"client", (PyCFunction)core_client, METH_O,
      "client(id) -> (received, answered, outstanding seqs, outbox length), or None"},
     {"spawnd", (PyCFunction)core_spawnd, METH_O, "spawnd(core) -> dict, or None"},
@@ -756,12 +815,17 @@ static PyMemberDef core_members[] = {
      "bugs caught in a handler"},
     {"answered_gone", T_ULONGLONG, offsetof(CoreObject, answered_gone), READONLY,
      "answers counted for clients since gone"},
+    {"events_wanted", T_ULONGLONG, offsetof(CoreObject, events_wanted), 0,
+     "the event seq requests waiting in Python wait for (0: none): the loop's wait "
+     "returns to Python once it is recorded"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef core_getset[] = {
     {"table_capacity", (getter)core_get_capacity, (setter)core_set_capacity,
      "most domains live at once", NULL},
+    {"last_event", (getter)core_get_last_event, NULL, "seq of the newest event (0: none)",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -778,7 +842,8 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "procmgr.manager._core.Core",
     .tp_doc = "Core(pending='replyq', "
-              "reply_queue=1024, max_cores=1024, table_capacity=1<<20, history=4096): "
+              "reply_queue=1024, max_cores=1024, table_capacity=1<<20, history=4096, "
+              "events=8192): "
               "the manager's state and handlers (see procmgr/manager/core/README.md)",
     .tp_basicsize = sizeof(CoreObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,

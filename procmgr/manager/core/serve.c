@@ -221,3 +221,9 @@ int core_backlogged(PyObject *core, int kind, uint32_t key)
     struct spawnd *sd = spawnd_of(c, key);
     return sd != NULL && sd->p.outbox.n != 0;
 }
+
+int core_events_due(PyObject *core)
+{
+    CoreObject *c = (CoreObject *)core;
+    return c->events_wanted != 0 && c->table.events.last >= c->events_wanted;
+}

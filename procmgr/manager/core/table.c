@@ -1,8 +1,9 @@
 /*
  * The domain table: small growable arrays and the sorted sets of cores
  * built on them, the domains, the table that holds them, the one
- * transition() every change of state goes through, and the history of
- * cleaned domains that a late wait still finds. The handlers (handlers.c)
+ * transition() every change of state goes through, the history of
+ * cleaned domains that a late wait still finds, and the log of events
+ * (a domain's start and end, recorded at its transition). The handlers (handlers.c)
  * decide when a domain moves; this file decides whether it may.
  *
  * Invariants kept here:
@@ -147,7 +148,7 @@ static const uint8_t edges[5] = {
 };
 
 /* Seconds since the epoch: when a domain started and ended, for ps. */
-static double wall_now(void)
+double wall_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -160,18 +161,105 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int transition(struct domain *d, uint8_t to)
+/* The event a change of state makes, if any: a start, an end (by itself
+ * or by a kill), a spawn that failed. Stopping, a failed kill's way back
+ * to RUNNING and the cleanup after an end make none. */
+static void domain_event(struct table *t, const struct domain *d, uint8_t from, uint8_t to)
+{
+    struct event e = {.time = d->ended_at, .dom = d->id, .core = d->home_core,
+                      .pid = d->cores.n ? d->cores.v[0].pid : 0};
+    if (from == STATE_NIL && to == STATE_RUNNING) {
+        e.kind = EVENT_SPAWNED;
+        e.time = wall_now();
+    } else if (to == STATE_STOPPED) {
+        e.kind = d->killed ? EVENT_KILLED : EVENT_EXITED;
+        e.status = d->exit_status;
+        e.flags = d->signaled ? FLAG_SIGNALED : 0;
+    } else if (from == STATE_NIL && to == STATE_CLEANED) {
+        e.kind = EVENT_SPAWN_FAILED;
+        e.err = d->spawn_err;
+        e.status = d->spawn_status;
+    } else {
+        return;
+    }
+    event_record(&t->events, &e);
+}
+
+int transition(struct table *t, struct domain *d, uint8_t to)
 {
     if (!(edges[d->state] & (1 << to))) {
         PyErr_Format(IllegalTransition, "domain %u: %s -> %s is not a legal transition",
                      d->id, state_names[d->state], state_names[to]);
         return -1;
     }
+    uint8_t from = d->state;
     d->state = to;
     /* Its end: stopped, or cleaned without having run (a spawn that failed). */
     if ((to == STATE_STOPPED || to == STATE_CLEANED) && d->ended_at == 0)
         d->ended_at = wall_now();
+    domain_event(t, d, from, to);
     return 0;
+}
+
+/* ---- events ----------------------------------------------------------------- */
+
+/* One more event, the newest: it takes the place of the oldest once the
+ * ring is full. Never fails: recording costs a copy, and an event nobody
+ * asks for before `cap` more came is what a consumer is told it lost. */
+void event_record(struct eventlog *log, const struct event *e)
+{
+    struct event *slot = &log->v[log->last % log->cap];
+    PyObject *old = slot->name;
+    *slot = *e;
+    Py_XINCREF(slot->name);
+    Py_XDECREF(old);
+    log->last++;
+}
+
+/* EVENTS' answer (protocol.h, "Events"): the events after `after`
+ * (EVENTS_FROM_NOW, or one not issued yet: the newest), as many as fit in
+ * max_bytes, from the oldest kept; -> (payload, seq of the last in it, or
+ * where it started if none). NULL with MemoryError. */
+PyObject *events_after(const struct eventlog *log, uint64_t after, uint32_t max_bytes)
+{
+    if (after > log->last)
+        after = log->last;
+    uint64_t oldest = log->last >= log->cap ? log->last - log->cap + 1 : 1;
+    uint64_t first = after + 1 > oldest ? after + 1 : oldest;
+    uint64_t lost = first - (after + 1);
+    uint32_t size = EVENT_HEAD;
+    uint64_t end = first;
+    for (; end <= log->last; end++) {
+        const struct event *e = &log->v[(end - 1) % log->cap];
+        uint32_t n = EVENT_FIXED + (e->name ? (uint32_t)PyBytes_GET_SIZE(e->name) : 0);
+        if (size + n > max_bytes)
+            break;
+        size += n;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    memcpy(p, &first, 8);
+    memcpy(p + 8, &lost, 8);
+    p += EVENT_HEAD;
+    for (uint64_t seq = first; seq < end; seq++) {
+        const struct event *e = &log->v[(seq - 1) % log->cap];
+        uint16_t nlen = e->name ? (uint16_t)PyBytes_GET_SIZE(e->name) : 0;
+        memcpy(p, &e->time, 8);
+        memcpy(p + 8, &e->dom, 4);
+        memcpy(p + 12, &e->pid, 4);
+        memcpy(p + 16, &e->status, 4);
+        memcpy(p + 20, &e->core, 2);
+        memcpy(p + 22, &e->err, 2);
+        p[24] = e->kind;
+        p[25] = e->flags;
+        memcpy(p + 26, &nlen, 2);
+        if (nlen)
+            memcpy(p + EVENT_FIXED, PyBytes_AS_STRING(e->name), nlen);
+        p += EVENT_FIXED + nlen;
+    }
+    return Py_BuildValue("(NK)", out, (unsigned long long)(end - 1));
 }
 
 /* A new NIL entry with a fresh cap (the caller checked capacity). */
@@ -205,7 +293,7 @@ struct domain *table_create(struct table *t, PyObject *argv, uint16_t core,
 /* -> CLEANED: off the live list, into the history (oldest dropped). */
 int table_retire(struct table *t, struct domain *d)
 {
-    if (transition(d, STATE_CLEANED) < 0)
+    if (transition(t, d, STATE_CLEANED) < 0)
         return -1;
     DLIST_UNLINK(t->first, t->last, d, prev, next);
     t->nlive--;
@@ -254,13 +342,14 @@ PyObject *table_ended_ids_from(struct table *t, uint32_t start, Py_ssize_t limit
 }
 
 /* A spawn or span reply: a dispatcher of d runs on core. */
-int dispatcher_started(struct domain *d, uint16_t core, int32_t pid)
+int dispatcher_started(struct table *t, struct domain *d, uint16_t core, int32_t pid)
 {
-    if (d->state == STATE_NIL && transition(d, STATE_RUNNING) < 0)
-        return -1;
     struct dispatcher disp = {core, pid};
     if (VEC_PUSH(&d->cores, disp) < 0 || cs_add(&d->live, core) < 0 ||
         cs_add(&d->held, core) < 0)
+        return -1;
+    /* After the push: its event names the pid. */
+    if (d->state == STATE_NIL && transition(t, d, STATE_RUNNING) < 0)
         return -1;
     return 0;
 }
