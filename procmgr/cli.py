@@ -18,8 +18,10 @@ death by signal N as 128+N, as shells report it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -369,7 +371,7 @@ def _program_row(info) -> dict:
 
 def _programs_table(rows: list[dict]) -> str:
     lines = [f"{'PROGRAM':<20} {'STATE':<9} {'CORE':>4} {'PID':>7} {'RESTARTS':>8} "
-             f"{'UPTIME':>9}  LAST EXIT"]
+             f"{'UPTIME':>9} {'STARTED':>10}  LAST EXIT"]
     for r in rows:
         last = r.get("last_exit")
         how = "" if not last else ("killed" if last["killed"] else
@@ -377,7 +379,7 @@ def _programs_table(rows: list[dict]) -> str:
                                    f"exit {last['status']}")
         up = "" if r.get("uptime") is None else f"{r['uptime']:.1f}s"
         lines.append(f"{r['name']:<20} {r['state']:<9} {r['core']:>4} {r['pid'] or '':>7} "
-                     f"{r['restarts']:>8} {up:>9}  {how}")
+                     f"{r['restarts']:>8} {up:>9} {_ago(r.get('started')):>10}  {how}")
     return "\n".join(lines)
 
 
@@ -442,19 +444,49 @@ def _event_line(event) -> str:
 
 
 def cmd_status(args) -> int:
-    ident = int(args.token) if args.token.isdigit() else _domain(args.token).id
+    """A domain's state (by id or token), or a supervised program's with
+    its last incarnations (by name)."""
+    token = args.token
+    if not re.fullmatch(r"\d+(:[0-9a-fA-F]+)?", token):     # web, web:0: a program's name
+        return _program_status(args)
+    ident = int(token) if token.isdigit() else _domain(token).id
     with _client(args) as pm:
         row = _info(pm, ident)
     _emit(args, row, _table([row]))
     return 0
 
 
+def _program_status(args) -> int:
+    with _client(args) as pm:
+        try:
+            info = pm.program(args.token)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    view = dataclasses.asdict(info)
+    view["domain"] = None if info.domain is None else info.domain.token
+    lines = [_programs_table([view]), "", "last incarnations, newest last:",
+             f"{'DOMAIN':>7} {'PID':>7} {'STARTED':>10} {'ENDED':>10}  HOW"]
+    for h in info.history:
+        how = h.get("error") or _ended({"exit_status": h.get("status"),
+                                        "killed": h.get("killed"),
+                                        "signaled": h.get("signaled")}) or "running"
+        how = f"exit {how}" if how.isdigit() else how
+        lines.append(f"{h.get('domain') or '-':>7} {h.get('pid') or '-':>7} "
+                     f"{_ago(h.get('started')):>10} {_ago(h.get('ended')):>10}  {how}")
+    if info.error:
+        lines.append(f"error: {info.error}")
+    _emit(args, view, "\n".join(lines))
+    return 0
+
+
 def cmd_ps(args) -> int:
     """Domains; and supervised programs, if any (`--json`: both, as
-    {"domains": [...], "programs": [...]} when there are programs)."""
+    {"domains": [...], "programs": [...]} when there are programs).
+    --state, --core and --program keep only what matches."""
+    state = _state_filter(args.state)
     with _client(args) as pm:
         ids = pm.domains()
-        if args.all:                        # the ended ones it remembers, too
+        if args.all or state in _ENDED_STATES:    # the ended ones it remembers, too
             ids = sorted(set(ids) | set(pm.domains(ended=True)))
         rows = []
         for i in ids:
@@ -462,15 +494,51 @@ def cmd_ps(args) -> int:
                 rows.append(_info(pm, i))
             except ProcMgmtError:           # forgotten between the listing and now
                 pass
+        programs = pm.programs()
+        rows, programs = _filtered(rows, programs, state, args.core, args.program)
         if args.last:
             for row in rows:
                 row["last"] = _last_line(pm, row)
-        programs = pm.programs()
     text = _table(rows) if rows else "no domains"
     if programs:
         text += "\n\n" + _programs_table(programs)
     _emit(args, {"domains": rows, "programs": programs} if programs else rows, text)
     return 0
+
+
+_DOMAIN_STATES = tuple(s.name for s in State)
+_ENDED_STATES = ("STOPPED", "CLEANED")
+_PROGRAM_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPED", "EXITED", "FATAL")
+
+
+def _state_filter(text: str | None) -> str | None:
+    if text is None:
+        return None
+    state = text.strip().upper()
+    known = sorted(set(_DOMAIN_STATES) | set(_PROGRAM_STATES))
+    if state not in known:
+        raise CliError(f"unknown state {text!r} (a domain's or a program's: {', '.join(known)})")
+    return state
+
+
+def _filtered(rows: list[dict], programs: list[dict], state: str | None, core: int | None,
+              pattern: str | None) -> tuple[list[dict], list[dict]]:
+    """What ps shows of domains and programs under its filters: a state
+    (a domain's or a program's), a core, a program name or pattern (its
+    incarnations among the domains)."""
+    import fnmatch
+
+    if pattern is not None:
+        programs = [p for p in programs if fnmatch.fnmatchcase(p["name"], pattern)]
+        pids = {p["pid"] for p in programs if p["pid"]}
+        rows = [r for r in rows if pids & set(r["pids"])]
+    if state is not None:
+        rows = [r for r in rows if r["state"] == state]
+        programs = [p for p in programs if p["state"] == state]
+    if core is not None:
+        rows = [r for r in rows if core in r["cores"]]
+        programs = [p for p in programs if p["core"] == core]
+    return rows, programs
 
 
 def _last_line(pm, row: dict) -> str:
@@ -653,9 +721,11 @@ def _remove(path: str, removed: list) -> None:
 
 
 def cmd_top(args) -> int:
-    """A live view: cores (worker CPU, queue depths), requests/s, domains."""
+    """A live view: cores (worker CPU, queue depths), requests/s, domains,
+    and the supervised programs (as ps shows them)."""
     from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
 
     procs: dict[int, psutil.Process] = {}
 
@@ -679,8 +749,11 @@ def cmd_top(args) -> int:
                 rate = 0.0 if last is None else (stats["answered"] - last) / (now - last_t)
                 last, last_t = stats["answered"], now
                 rows = [_info(pm, i) for i in pm.domains()]
-                live.update(Group(_cores_table(stats, rate, cpu), _rich_table(rows)),
-                            refresh=True)
+                programs = pm.programs()
+                shown = [_cores_table(stats, rate, cpu), _rich_table(rows)]
+                if programs:
+                    shown.append(Text("\n" + _programs_table(programs)))
+                live.update(Group(*shown), refresh=True)
                 frame += 1
                 if args.count is None or frame < args.count:
                     time.sleep(args.interval)
@@ -829,13 +902,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="stop (exit 1) once this long has passed without an event")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p = add("status", cmd_status, "one domain's state", "procmgr status 3 --json")
-    p.add_argument("token", help="a domain id or token")
+    p = add("status", cmd_status, "one domain's state, or a program's with its last "
+            "incarnations", "procmgr status 3 --json; procmgr status web")
+    p.add_argument("token", help="a domain id or token, or a supervised program's name")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("ps", cmd_ps, "list the domains, and the supervised programs", "procmgr ps --all")
     p.add_argument("--last", action="store_true", help="with the last line each printed")
     p.add_argument("--all", action="store_true",
                    help="the ended domains the runtime remembers too: how and when each ended")
+    p.add_argument("--state", metavar="STATE",
+                   help="only domains and programs in this state (RUNNING, STOPPED, BACKOFF, "
+                        "FATAL, ...)")
+    p.add_argument("--core", type=int, metavar="N", help="only what runs on core N")
+    p.add_argument("--program", metavar="NAME",
+                   help="only this program (a pattern: 'web:*') and its incarnations")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("supervise", cmd_supervise, "start a program the runtime keeps running, as its "
             "restart policy says", "procmgr supervise --program web --restart always -- ./server")
@@ -881,7 +961,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with --programs: how long (default: 10)")
     p.add_argument("--seed", type=int, help="with --programs: the random seed, to replay one")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = add("top", cmd_top, "live view of cores, queues, requests/s and domains",
+    p = add("top", cmd_top, "live view of cores, queues, requests/s, domains and programs",
             "procmgr top --interval 1")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--count", type=int, default=None, help="stop after this many refreshes")

@@ -13,12 +13,15 @@ every event in from the first (the runtime keeps them all here: none may
 be lost). At the end every program is removed, and the events must say:
 
 - every domain that was spawned ended exactly once (exited or killed);
-- a program never runs two incarnations at once;
+- a program never runs two incarnations at once: each of its domains
+  ended (by the core's events) before the next was spawned, and each
+  domain is one program's incarnation once;
 - after a program is stopped, finished, given up or removed, its next
-  word is "started" (a start, restart or reload asked for it), never a
-  restart of its own;
+  word is one a request makes ("started", "stopped", "removed"), never
+  its own backoff or restart; a "restarted" only ever follows a "backoff";
 - each program's restart count, as the runtime reported it last, is the
-  number of "restarted" events since it was supervised;
+  number of "restarted" events since it was supervised (a restart whose
+  spawn failed is one too, with its error);
 - nothing outlives the runtime: no incarnation's process, no zombie.
 """
 
@@ -52,6 +55,9 @@ _KINDS = [
 ]
 _ENDS = ("exited", "killed")
 _SETTLES = ("stopped", "finished", "given_up", "removed")
+# What may follow a settled program: only what a request does (a start, a
+# restart's stop -- of a finished one -- a remove, a supervise again).
+_ASKED = ("started", "stopped", "removed")
 
 
 def _toml(programs: dict[str, tuple[list[str], str]]) -> str:
@@ -145,42 +151,48 @@ class ProgramStorm:
 
 
 def check(events: list, last_restarts: dict[str, int]) -> list[str]:
-    """What the events say went wrong (the module's text lists the rules)."""
+    """What the events say went wrong (the module's text lists the rules).
+    Incarnations are judged by the core's own words about their domains
+    (spawned, ended), the program's only say which domain was which."""
     wrong = []
-    seqs = [e.seq for e in events]
-    if seqs != list(range(1, len(events) + 1)):
+    if [e.seq for e in events] != list(range(1, len(events) + 1)):
         wrong.append("events are not numbered 1, 2, ... without a gap")
     if any(e.kind == "lost" for e in events):
         wrong.append("events were lost")
-    ends, spawned, ended = Counter(), set(), set()
-    live: dict[str, set[int]] = {}       # program -> its incarnations running
+    spawned_at: dict[int, int] = {}     # domain -> seq of its "spawned"
+    ended_at: dict[int, int] = {}       # domain -> seq of its first end
+    ends: Counter = Counter()
+    owner: dict[int, str] = {}          # domain -> the program it was an incarnation of
+    incarnations: dict[str, list[int]] = {}
     last_word: dict[str, str] = {}
-    restarted: Counter = Counter()       # since it was last supervised
+    restarted: Counter = Counter()      # since it was last supervised
     at_removal: dict[str, int] = {}
     for e in events:
         if e.program is None:
             if e.kind == "spawned":
-                spawned.add(e.domain)
+                if e.domain in spawned_at:
+                    wrong.append(f"domain {e.domain} spawned twice (event {e.seq})")
+                spawned_at[e.domain] = e.seq
             elif e.kind in _ENDS:
                 ends[e.domain] += 1
-                ended.add(e.domain)
-                for name, doms in live.items():
-                    doms.discard(e.domain)
+                ended_at.setdefault(e.domain, e.seq)
             continue
         name, before = e.program, last_word.get(e.program)
-        if e.kind in ("started", "restarted"):
-            # The supervisor hears of its spawn after the core did: an
-            # incarnation that ended at once has its end told first.
-            doms = live.setdefault(name, set())
-            if e.domain not in ended:
-                doms.add(e.domain)
-            if len(doms) > 1:
-                wrong.append(f"{name} ran {sorted(doms)} at once (event {e.seq})")
-        if e.kind == "restarted" and before in _SETTLES:
-            wrong.append(f"{name} restarted by itself after it was {before} (event {e.seq})")
+        if before in _SETTLES and e.kind not in _ASKED:
+            wrong.append(f"{name} was {before}, then {e.kind} (event {e.seq}): only what a "
+                         f"user asks for may follow")
         if e.kind == "restarted" and before != "backoff":
             wrong.append(f"{name} restarted after {before}, not after a backoff "
                          f"(event {e.seq})")
+        if e.kind in ("started", "restarted") and e.domain is not None:   # it ran
+            if e.domain not in spawned_at:
+                wrong.append(f"{name}'s incarnation {e.domain} was never spawned "
+                             f"(event {e.seq})")
+            elif e.domain in owner:
+                wrong.append(f"domain {e.domain} told as an incarnation twice (event {e.seq})")
+            else:
+                owner[e.domain] = name
+                incarnations.setdefault(name, []).append(e.domain)
         if e.kind == "restarted":
             restarted[name] += 1
             if e.restarts != restarted[name]:
@@ -190,10 +202,15 @@ def check(events: list, last_restarts: dict[str, int]) -> list[str]:
             at_removal[name] = restarted[name]
             restarted[name] = 0         # supervised again from 0 if it comes back
         last_word[name] = e.kind
-    for dom in sorted(spawned):
+    for name, doms in incarnations.items():     # one at a time: each ended before the next
+        for a, b in zip(doms, doms[1:]):
+            if ended_at.get(a, len(events) + 1) > spawned_at[b]:
+                wrong.append(f"{name} ran {a} and {b} at once: {b} was spawned (event "
+                             f"{spawned_at[b]}) before {a} ended")
+    for dom in sorted(spawned_at):
         if ends[dom] != 1:
             wrong.append(f"domain {dom} ended {ends[dom]} times")
-    for dom in sorted(set(ends) - spawned):
+    for dom in sorted(set(ends) - set(spawned_at)):
         wrong.append(f"domain {dom} ended without having been spawned")
     for name, restarts in last_restarts.items():     # each removed last, by finish()
         if restarts != at_removal.get(name):

@@ -29,7 +29,7 @@ import threading
 from typing import AsyncIterator
 
 from procmgr.client import logs
-from procmgr.client.events import Event, EventCursor, check_kinds
+from procmgr.client.events import Event, EventCursor
 from procmgr.client.client import (
     EVENTS_SLACK, FOLLOW_POLL, Client, CompletedRun, Domain, DomainInfo, Future, _check_log_request,
     _log_core, _RunPlan,
@@ -242,14 +242,13 @@ class AsyncClient:
                      timeout: float | None = None) -> AsyncIterator[Event]:
         """As ``Client.events``: ``async for event in pm.events()``; the
         loop takes the answers in, and nothing polls meanwhile."""
-        cursor, kinds = EventCursor(after, timeout), check_kinds(kinds)
+        cursor = EventCursor(after, timeout, kinds)
         while True:
             wait = cursor.wait_ms() / 1000
             batch = await self._answer(self.client.events_async(cursor.after, wait),
                                        wait + EVENTS_SLACK)
             for event in cursor.take(batch):
-                if kinds is None or event.kind in kinds:
-                    yield event
+                yield event
 
     async def output(self, domain: Domain | int, stream: str = "stdout", *,
                      tail: int | None = None, core: int | None = None) -> bytes:

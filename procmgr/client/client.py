@@ -33,7 +33,7 @@ from typing import Iterator
 
 from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
-from procmgr.client.events import Event, EventCursor, check_kinds
+from procmgr.client.events import Event, EventCursor
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
     EVENTS_FROM_NOW, KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, SPAWN_MAX_PAYLOAD, Decoder,
@@ -888,13 +888,12 @@ class Client:
         (a "lost" event, saying how many were missed, always comes).
         ``timeout``: TimeoutError once that long has passed without an
         event; None waits for ever (Ctrl-C ends it)."""
-        cursor, kinds = EventCursor(after, timeout), check_kinds(kinds)
+        cursor = EventCursor(after, timeout, kinds)
         while True:
             wait = cursor.wait_ms() / 1000
             batch = self.wait_for(self.events_async(cursor.after, wait), wait + EVENTS_SLACK)
             for event in cursor.take(batch):
-                if kinds is None or event.kind in kinds:
-                    yield event
+                yield event
 
     # ---- output ----
 

@@ -21,11 +21,18 @@ Kinds. A domain's: "spawned" (``pid``, ``core``), "exited" (by itself;
 "killed" (a kill ended it; ``returncode`` 9), "spawn_failed" (``error``
 says why). A supervised program's (``program`` is its name, ``restarts``
 its count; ``domain`` its incarnation's id): "started", "restarted" (an
-incarnation runs, after a start or an end), "backoff" (it ended and
+incarnation runs, after a start or an end; with ``error`` and no domain
+when its spawn failed -- each restart counted is one), "backoff" (it ended and
 waits to start again), "stopped" (by a user), "finished" (it ended and
 its policy says not to start it again: state EXITED), "given_up" (FATAL;
 ``error`` when the last start failed), "removed". A supervised
-incarnation's start and end are domain events as well.
+incarnation's start and end are domain events as well, and come first:
+a program's "started" may follow its incarnation's "exited" when that
+ended at once.
+
+Seqs are the runtime's since its manager started: a consumer resuming
+with ``after=`` against a runtime started again (a new manager) is not
+told what the old one did before it went.
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ class EventCursor:
     the sync and async iterations. ``after``: the seq of the last event
     seen (None: from now on; 0: everything the manager still keeps)."""
 
-    def __init__(self, after: int | None = None, timeout: float | None = None):
+    def __init__(self, after: int | None = None, timeout: float | None = None, kinds=None):
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)
                                   or not 0 <= after < EVENTS_FROM_NOW):
             raise ValueError(f"after is the seq of an event (a whole number from 0), "
@@ -100,6 +107,7 @@ class EventCursor:
             raise ValueError(f"timeout is a number of seconds from 0, not {timeout!r}")
         self.after = EVENTS_FROM_NOW if after is None else after
         self.timeout = timeout
+        self.kinds = check_kinds(kinds)
         self._quiet_since = time.monotonic()
         self._caught_up = False         # the last answer had no event: nothing more yet
 
@@ -116,7 +124,8 @@ class EventCursor:
         return min(round(wait * 1000), EVENTS_WAIT_MAX_MS)
 
     def take(self, batch: tuple[int, int, list]) -> list[Event]:
-        """An answer's events, and the cursor past them."""
+        """An answer's events of the kinds asked for, and the cursor past
+        them all; the timeout counts from the last event yielded."""
         first, lost, records = batch
         events = []
         self._caught_up = not records
@@ -124,7 +133,9 @@ class EventCursor:
             events.append(Event(first, "lost", time.time(), lost=lost))
         events += [_event_of(r) for r in records]
         self.after = first - 1 + len(records)
-        if records:
+        if self.kinds is not None:
+            events = [e for e in events if e.kind in self.kinds]
+        if events:
             self._quiet_since = time.monotonic()
         return events
 

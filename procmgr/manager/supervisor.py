@@ -61,7 +61,17 @@ WAITERS_MAX = 1024
 REFUSED_DELAY = 0.5
 # The supervisor's spawns in one worker's queue at once: restarts beyond
 # wait their turn in the supervisor, not in front of other clients' spawns.
-SPAWNS_PER_CORE = 2
+SPAWNS_PER_CORE = 1
+# ... and while another client's requests are in a worker, ours wait
+# (looked at again every YIELD_RECHECK s), but at most YIELD_MAX s.
+YIELD_RECHECK = 0.001
+YIELD_MAX = 0.05
+# After each of its spawns on a core, while others of its programs wait for
+# that core, the supervisor waits REST_FACTOR times as long as that spawn
+# took (at most REST_MAX s) before its next there: crash loops together
+# take at most a third of a worker's time.
+REST_FACTOR = 2.0
+REST_MAX = 0.05
 # Answers taken in per pump: the rest at the next pass, others served between.
 PUMP_ROUNDS = 64
 _REFUSED = (Err.INVALID_SPAWND, Err.CREATE_DOMAIN_CAP, Err.BUSY)
@@ -74,7 +84,8 @@ class Program:
     __slots__ = ("name", "payload", "core", "argv", "policy", "tag", "state", "domain", "pid",
                  "started", "up_since", "restarts", "quick_ends", "recent", "last_exit",
                  "history", "settled_waiters", "timer", "stopping", "spawn_error",
-                 "kill_sent", "refused", "queued", "restarting", "restart_sent", "spawn_err")
+                 "kill_sent", "refused", "queued", "queued_at", "sent_at", "restarting",
+                 "restart_sent", "spawn_err")
 
     def __init__(self, name: str, payload: bytes, core: int, argv: list[str], policy: Policy,
                  tag: str = ""):
@@ -100,6 +111,8 @@ class Program:
         self.kill_sent = False          # the incarnation's one kill is sent
         self.refused = False            # the last spawn was refused by the core
         self.queued = False             # waiting for its core (Supervisor._start)
+        self.queued_at = 0.0            # since when (monotonic)
+        self.sent_at = 0.0              # when its last spawn went
         self.restarting = False         # the start under way is a restart
         self.restart_sent = False       # the spawn in flight is a restart's
         self.spawn_err = 0              # the last spawn's error code (0: it ran)
@@ -171,6 +184,8 @@ class Supervisor:
         # superset: answered ones are not taken out; client_gone filters).
         self._waited_by: dict[int, set[str]] = {}
         self._queued: dict[int, collections.deque] = {}   # core -> programs waiting for it
+        self._recheck: set[int] = set()         # cores whose queue a timer looks at again
+        self._rested: dict[int, float] = {}     # core -> when our next spawn may go there
         self._next_seq = 1
         self._waiting: dict[int, object] = {}      # seq -> what its answer is for
 
@@ -287,6 +302,7 @@ class Supervisor:
             p = self.programs[name]
             item = {"name": name, "state": p.state, "restarts": p.restarts, "pid": p.pid,
                     "core": p.core, "last_exit": p.last_exit, "tag": p.tag,
+                    "started": p.started or None,
                     "uptime": round(now - p.up_since, 3) if p.state == "RUNNING" else None}
             size += len(json.dumps(item)) + 1
             if size > 7000:
@@ -371,11 +387,49 @@ class Supervisor:
     def _start(self, program: Program) -> None:
         program.state, program.stopping, program.spawn_error = "STARTING", False, ""
         program.timer, program.kill_sent, program.refused = None, False, False
-        if self._spawning.get(program.core, 0) >= SPAWNS_PER_CORE:
-            program.queued = True       # its core's worker has enough of ours already
-            self._queued.setdefault(program.core, collections.deque()).append(program)
-            return
-        self._send_spawn(program)
+        program.queued, program.queued_at = True, time.monotonic()
+        self._queued.setdefault(program.core, collections.deque()).append(program)
+        self._drain(program.core)
+
+    def _drain(self, core: int) -> None:
+        """Our spawns waiting for ``core`` go, in order, while its worker
+        holds fewer than SPAWNS_PER_CORE of ours and no worker holds
+        another client's request -- or the first has waited YIELD_MAX: a
+        crash loop's restarts let other clients' requests go first (else
+        each waited behind restarts and the CPU they take), but never wait
+        for ever behind clients that keep the workers busy."""
+        queue = self._queued.get(core)
+        while queue:
+            head = queue[0]
+            if not head.queued or self.programs.get(head.name) is not head:
+                queue.popleft()         # stopped or removed meanwhile
+                continue
+            if self._spawning.get(core, 0) >= SPAWNS_PER_CORE:
+                return                  # one of ours is answered: we come back
+            now = time.monotonic()
+            rest = self._rested.get(core, 0.0) - now
+            if rest > 0 and len(queue) > 1:     # many restarting: the worker rests between
+                if core not in self._recheck:
+                    self._recheck.add(core)
+                    self.call_later(rest, lambda: self._rechecked(core))
+                return
+            if self._others_in(core) and now - head.queued_at < YIELD_MAX:
+                if core not in self._recheck:
+                    self._recheck.add(core)
+                    self.call_later(YIELD_RECHECK, lambda: self._rechecked(core))
+                return
+            queue.popleft()
+            self._send_spawn(head)
+
+    def _rechecked(self, core: int) -> None:
+        self._recheck.discard(core)
+        self._drain(core)
+
+    def _others_in(self, core: int) -> bool:
+        """Whether any worker holds requests that are not our spawns: on a
+        machine whose CPUs the loops keep busy, a restart on one core
+        slows another core's spawn as much as its own worker's queue."""
+        return self.mgr.core.worker_requests > sum(self._spawning.values())
 
     def _send_spawn(self, program: Program) -> None:
         # A restart counts as its spawn goes: one stopped in BACKOFF, or
@@ -384,6 +438,7 @@ class Supervisor:
         program.restart_sent = program.restarting
         program.queued = program.restarting = False
         self._spawning[program.core] = self._spawning.get(program.core, 0) + 1
+        program.sent_at = time.monotonic()
         self._request(Msg(_SPAWN_OP, core=program.core, payload=program.payload),
                       lambda m, p=program: self._spawn_answered(p, m))
 
@@ -394,16 +449,21 @@ class Supervisor:
         behind a hundred restarts."""
         core = program.core
         self._spawning[core] -= 1
-        queue = self._queued.get(core)
-        while queue and self._spawning[core] < SPAWNS_PER_CORE:
-            waiting = queue.popleft()
-            if waiting.queued and self.programs.get(waiting.name) is waiting:
-                self._send_spawn(waiting)
+        now = time.monotonic()
+        # A rest before our next spawn there, while more than one wait for
+        # the core: crash loops together take at most a third of a
+        # worker's time (and of its CPU); one program restarts at once.
+        self._rested[core] = now + min(REST_FACTOR * (now - program.sent_at), REST_MAX)
+        self._drain(core)
         self._guarded(self._spawned, program, msg)
 
     def _spawned(self, program: Program, msg: Msg) -> None:
         program.spawn_err = msg.err
         if msg.err != Err.OK:           # EXEC_FAILED, INVALID_SPAWND (its worker gone) ...
+            # The attempt is told as a start's would be, with why it failed:
+            # each restart counted is a "restarted" event.
+            self._event(EventKind.RESTARTED if program.restart_sent else EventKind.STARTED,
+                        program, msg.err, dom=0)
             program.spawn_error = describe(msg.err, msg.status,
                                            msg.payload.decode("utf-8", "replace"))
             program.refused = msg.err in _REFUSED
@@ -445,13 +505,17 @@ class Supervisor:
         failed = signaled or status != 0
         self._ended(program, failed=failed, killed=killed)
 
-    def _event(self, kind: EventKind, program: Program, err: int = 0) -> None:
+    def _event(self, kind: EventKind, program: Program, err: int = 0, dom: int | None = None
+               ) -> None:
         """A program's event, into the core's log beside the domains'
-        (events.py): its last incarnation's domain id, its pid while it
-        runs, and its restarts."""
-        dom = program.domain[0] if program.domain is not None else 0
-        self.mgr.core.record_event(kind, dom, program.core, program.pid, program.restarts,
-                                   err, 0, program.name.encode("utf-8", "replace"))
+        (events.py): its last incarnation's domain id (or ``dom``), its pid
+        while it runs, and its restarts (an i32 on the wire: a loop with no
+        intensity limit passes 2**31 after ~15 days at 1,600 a second)."""
+        if dom is None:
+            dom = program.domain[0] if program.domain is not None else 0
+        self.mgr.core.record_event(kind, dom, program.core, program.pid,
+                                   min(program.restarts, 0x7FFFFFFF), err, 0,
+                                   program.name.encode("utf-8", "replace"))
 
     def _guarded(self, step, program: Program, msg: Msg) -> None:
         """A step of a program's life, from its answer's callback. A bug in

@@ -342,6 +342,46 @@ def test_supervised_programs_from_the_shell(name):
     assert bad.returncode == 1 and "a program's name is" in bad.stderr
 
 
+def test_ps_filters_and_a_programs_status_with_its_incarnations(name):
+    """ps --state/--core/--program keep what matches, of domains and of
+    programs alike; status NAME shows a program's last incarnations."""
+    run("supervise", "--name", name, "--program", "web", "--restart", "always", "--",
+        "/bin/sleep", "30")
+    run("supervise", "--name", name, "--program", "crashy", "--backoff", "0",
+        "--max-restarts", "2", "--core", "1", "--", "/bin/sh", "-c", "exit 3")
+    other = json.loads(run("spawn", "--name", name, "--json", "--", "/bin/sleep", "30").stdout)
+    deadline = time.monotonic() + 10
+    while True:
+        listing = json.loads(run("ps", "--name", name, "--json").stdout)
+        states = {p["name"]: p["state"] for p in listing["programs"]}
+        if states == {"web": "RUNNING", "crashy": "FATAL"}:
+            break
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.05)
+    web_pid = [p["pid"] for p in listing["programs"] if p["name"] == "web"][0]
+    fatal = json.loads(run("ps", "--name", name, "--state", "fatal", "--json").stdout)
+    assert [p["name"] for p in fatal["programs"]] == ["crashy"] and fatal["domains"] == []
+    mine = json.loads(run("ps", "--name", name, "--program", "w*", "--json").stdout)
+    assert [p["name"] for p in mine["programs"]] == ["web"]
+    assert [d["pids"] for d in mine["domains"]] == [[web_pid]]
+    on1 = json.loads(run("ps", "--name", name, "--core", "1", "--all", "--json").stdout)
+    assert {d["exit_status"] for d in on1["domains"]} == {3} and len(on1["domains"]) == 3
+    assert [p["name"] for p in on1["programs"]] == ["crashy"]
+    running = json.loads(run("ps", "--name", name, "--state", "RUNNING", "--json").stdout)
+    assert sorted(d["id"] for d in running["domains"]) == sorted(
+        [other["id"], *(d["id"] for d in mine["domains"])])
+    text = run("status", "--name", name, "crashy").stdout
+    assert "FATAL" in text and text.count("exit 3") == 4      # last exit, and 3 incarnations
+    view = json.loads(run("status", "--name", name, "crashy", "--json").stdout)
+    assert view["restarts"] == 2 and len(view["history"]) == 3
+    bad = run("ps", "--name", name, "--state", "weird", check=False)
+    assert bad.returncode == 1 and "unknown state 'weird'" in bad.stderr
+    bad = run("status", "--name", name, "nope", check=False)
+    assert bad.returncode == 1 and "NO_SUCH_PROGRAM" in bad.stderr
+    top = run("top", "--name", name, "--count", "1").stdout
+    assert "crashy" in top and "FATAL" in top
+
+
 CONFIG = """
 [programs.web]
 argv = ["/bin/sleep", "30"]

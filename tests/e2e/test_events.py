@@ -157,3 +157,48 @@ def test_procmgr_events_follows_as_json_lines(rt):
     bad = subprocess.run(cmd + ["--kind", "exited,nope"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "unknown event kind 'nope'" in bad.stderr
+
+
+def test_a_restart_whose_spawn_fails_is_told_with_its_error(pm, tmp_path):
+    """Each restart counted is a "restarted" event, the failed ones with
+    their error and no domain."""
+    script = tmp_path / "once.sh"
+    script.write_text(f"#!/bin/sh\nrm -f {script}\nexit 1\n")
+    script.chmod(0o755)
+    pm.supervise([str(script)], name="once", backoff=0, max_restarts=3, timeout=T)
+    final = pm.wait_program("once", timeout=T)
+    assert final.state == "FATAL" and final.restarts == 3
+    events = collect(pm, lambda got: got[-1].kind == "given_up")
+    mine = [e for e in events if e.program == "once"]
+    assert [e.kind for e in mine] == ["started"] + ["backoff", "restarted"] * 3 + ["given_up"]
+    failed = [e for e in mine if e.kind == "restarted"]
+    assert [e.restarts for e in failed] == [1, 2, 3]
+    assert all(e.domain is None and "EXEC_FAILED" in e.error for e in failed)
+    assert "EXEC_FAILED" in mine[-1].error
+
+
+def test_the_timeout_counts_from_the_last_event_of_the_kinds_asked_for(rt):
+    """Events of other kinds coming all the time do not keep a filtered
+    iterator from timing out."""
+    pm, busy = rt.client(), rt.client()
+    stop, sleepers = threading.Event(), []
+
+    def spawn_sleepers():
+        while not stop.is_set():
+            sleepers.append(busy.spawn(["/bin/sleep", "30"]))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=spawn_sleepers)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            for _ in pm.events(kinds="exited", timeout=0.5):
+                pass
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        thread.join(T)
+        for d in sleepers:
+            busy.kill(d, timeout=T)
+    assert len(sleepers) >= 5

@@ -161,3 +161,54 @@ def test_any_bytes_decode_as_events_or_a_protocol_error(data):
     except ProtocolError:
         return
     assert [r.seq for r in records] == list(range(first, first + len(records)))
+
+
+def test_a_request_parked_after_an_event_does_not_hold_back_those_before_it():
+    """An event recorded in the pass that also parks a request "from now
+    on" still answers the requests that waited before it."""
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        early, late, spawner = rt.client(), rt.client(), rt.client()
+        waiting = early.events_async(EVENTS_FROM_NOW, 30)
+        rt.pump()
+        spawned = spawner.spawn_async(["x"], core=0)
+        rt.run_manager()                    # the spawn goes to the worker
+        rt.spawnds[0].step()                # its reply is in the ring
+        behind = late.events_async(EVENTS_FROM_NOW, 30)    # read in the same pass
+        rt.pump()
+        d = spawner.wait_for(spawned, 5)
+        assert [r.dom for r in waiting.result(5)[2]] == [d.id]
+        assert not behind.done()            # it asked after the spawn: it waits on
+
+
+def test_requests_answered_early_leave_no_timers_behind():
+    """Each request waits up to 60 s but is answered by the next event at
+    once: neither the loop's timers nor the feed's deadlines pile up."""
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        pm, spawner = rt.client(), rt.client()
+        for _ in range(100):
+            waiting = [pm.events_async(EVENTS_FROM_NOW, 60) for _ in range(WAITING_PER_CLIENT)]
+            rt.pump()
+            spawner.spawn(["x"], core=0)
+            assert all(f.result(5)[2] for f in waiting)
+        feed = rt.manager.event_feed
+        assert feed.count == 0 and feed.waiting == {} and feed._deadlines == []
+        assert len(rt.loop._timers) <= 2
+
+
+def test_requests_waiting_in_all_are_bounded(monkeypatch):
+    from procmgr.manager import events
+    monkeypatch.setattr(events, "WAITING_MAX", 10)
+    with InProcessRuntime(cores=1, releases=True) as rt:
+        clients = [rt.client() for _ in range(4)]
+        waiting = [c.events_async(EVENTS_FROM_NOW, 30) for c in clients for _ in range(3)]
+        rt.pump()
+        for c in clients:
+            c.poll()                        # the answers there are, taken in
+        busy = [f for f in waiting if f.done()]
+        assert len(busy) == 2
+        for f in busy:
+            with pytest.raises(ProcMgmtError, match="10 in all wait already") as e:
+                f.result(0)
+            assert e.value.code == Err.BUSY
+        clients[0].spawn(["x"], core=0)
+        assert all(len(f.result(5)[2]) == 1 for f in waiting if f not in busy)

@@ -661,6 +661,24 @@ static PyObject *core_events_after(CoreObject *self, PyObject *args)
     return events_after(&self->table.events, after, max_bytes);
 }
 
+/* Requests the workers hold or are yet to be sent, over every core: what
+ * the supervisor's restarts give way to (procmgr/manager/supervisor.py). */
+static PyObject *core_get_worker_requests(CoreObject *self, void *closure)
+{
+    (void)closure;
+    unsigned long long n = 0;
+    for (uint32_t i = 0; i < self->max_cores; i++) {
+        struct spawnd *sd = self->spawnds[i];
+        if (sd == NULL)
+            continue;
+        Py_ssize_t pending = PyObject_Length(sd->pending);
+        if (pending < 0)
+            return NULL;
+        n += (unsigned long long)pending + sd->queued;
+    }
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *core_get_last_event(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -825,6 +843,9 @@ static PyGetSetDef core_getset[] = {
     {"table_capacity", (getter)core_get_capacity, (setter)core_set_capacity,
      "most domains live at once", NULL},
     {"last_event", (getter)core_get_last_event, NULL, "seq of the newest event (0: none)",
+     NULL},
+    {"worker_requests", (getter)core_get_worker_requests, NULL,
+     "requests sent to the workers and not yet answered, or queued to be sent, over all cores",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
