@@ -406,14 +406,15 @@ def _info(pm, ident: int) -> dict:
 def cmd_events(args) -> int:
     """Events as they happen, one line (or JSON object) each, until
     --count were printed, --timeout passed without one, or Ctrl-C."""
-    from procmgr.client.events import KINDS
+    from procmgr.client.events import check_kinds
 
     kinds = None
     if args.kind:
-        kinds = {k.strip() for word in args.kind for k in word.split(",") if k.strip()}
-        unknown = sorted(kinds - set(KINDS))
-        if unknown:
-            raise CliError(f"unknown event kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        try:
+            kinds = check_kinds(k.strip() for word in args.kind for k in word.split(",")
+                                if k.strip())
+        except ValueError as e:
+            raise CliError(str(e)) from None
     if args.count is not None and args.count < 1:
         raise CliError("--count is at least 1")
     printed = 0

@@ -146,6 +146,8 @@ def check_kinds(kinds) -> frozenset[str] | None:
     if kinds is None:
         return None
     kinds = frozenset([kinds] if isinstance(kinds, str) else kinds)
+    if not kinds:
+        raise ValueError(f"kinds names at least one kind (known: {', '.join(KINDS)})")
     unknown = sorted(kinds - set(KINDS))
     if unknown:
         raise ValueError(f"unknown event kind {unknown[0]!r} (known: {', '.join(KINDS)})")

@@ -413,7 +413,7 @@ class Supervisor:
                     self._recheck.add(core)
                     self.call_later(rest, lambda: self._rechecked(core))
                 return
-            if self._others_in(core) and now - head.queued_at < YIELD_MAX:
+            if self._others_waiting() and now - head.queued_at < YIELD_MAX:
                 if core not in self._recheck:
                     self._recheck.add(core)
                     self.call_later(YIELD_RECHECK, lambda: self._rechecked(core))
@@ -425,7 +425,7 @@ class Supervisor:
         self._recheck.discard(core)
         self._drain(core)
 
-    def _others_in(self, core: int) -> bool:
+    def _others_waiting(self) -> bool:
         """Whether any worker holds requests that are not our spawns: on a
         machine whose CPUs the loops keep busy, a restart on one core
         slows another core's spawn as much as its own worker's queue."""
