@@ -42,6 +42,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -83,13 +84,14 @@ static PyStructSequence_Field dispatcher_fields[] = {
     {"pidfd", "readable once the process has exited"},
     {"span", "True for a dispatcher started by span"},
     {"logs", "rotator slots of its captured streams (a tuple; emptied once ended)"},
+    {"cgroup", "its cgroup, g<N> in the core's cgroup directory (-1: none)"},
     {NULL, NULL},
 };
 
 static PyStructSequence_Desc dispatcher_desc = {
     "spawnd_workers._spawnd.Dispatcher",
     "One running dispatcher of a domain on this core.",
-    dispatcher_fields, 6,
+    dispatcher_fields, 7,
 };
 
 /* ---- Prepared ------------------------------------------------------------ */
@@ -104,6 +106,11 @@ static PyStructSequence_Desc dispatcher_desc = {
 enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
 #define MAX_PER_SPAWN 1024    /* descriptors a spawn may name: 0..1023 */
 #define FAILED_CWD (-2)       /* *failed_fd: the working directory, not a descriptor */
+#define FAILED_CGROUP (-3)    /* ... entering the domain's cgroup */
+#define FAILED_IDENTITY (-4)  /* ... taking on its user, groups or umask */
+#define FAILED_LIMIT (-16)    /* ... its limit i: FAILED_LIMIT - i */
+#define MAX_LIMITS 16         /* rlimits a spawn may set */
+#define MAX_GROUPS 256        /* supplementary groups a spawn may take on */
 #define SERVE_BATCH 32        /* spawns started between two looks at run_once's clock */
 
 struct action {
@@ -132,6 +139,16 @@ typedef struct {
     Py_ssize_t nactions;
     int nlogs;            /* ACT_LOG entries */
     int nper_spawn;       /* entries made per spawn */
+    /* What the program's process is made before its exec, from the
+     * spawn's settings (worker.py resolves and checks them). */
+    PyObject *settings_given;      /* as given: for error messages */
+    int nlimits;
+    int limit_resource[MAX_LIMITS];
+    struct rlimit limit[MAX_LIMITS];
+    long uid, gid;                 /* -1: the worker's */
+    int ngroups;                   /* -1: the worker's supplementary groups */
+    gid_t groups[MAX_GROUPS];
+    long umask;                    /* -1: the worker's */
 } PreparedObject;
 
 /* The bytes of a str or bytes (via the file-system encoding, as os.posix_spawn
@@ -208,26 +225,95 @@ static int child_ops(PreparedObject *p, const int *made, struct child_op *ops)
     return (int)p->nactions;
 }
 
-/* Prepared(path, argv, env, actions, cwd=None): env is the whole environment
+/* The settings of a Prepared into p: (limits, uid, gid, groups, umask) --
+ * limits a sequence of (resource, soft, hard) as setrlimit takes them
+ * (RLIM_INFINITY for none), uid/gid/umask an int or -1 (the worker's),
+ * groups a sequence of gids or None (the worker's). 0, or -1 with an
+ * exception set. */
+static int prepared_settings(PreparedObject *p, PyObject *settings)
+{
+    p->uid = p->gid = p->umask = -1;
+    p->ngroups = -1;
+    p->settings_given = Py_NewRef(settings);
+    if (settings == Py_None)
+        return 0;
+    PyObject *limits, *groups;
+    if (!PyArg_ParseTuple(settings, "OlllO:settings", &limits, &p->uid, &p->gid, &groups,
+                          &p->umask))
+        return -1;
+    PyObject *fast = PySequence_Fast(limits, "limits must be a sequence");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_LIMITS) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "at most %d limits", MAX_LIMITS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iKK:limit",
+                              &p->limit_resource[i], &soft, &hard)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        p->limit[i].rlim_cur = (rlim_t)soft;
+        p->limit[i].rlim_max = (rlim_t)hard;
+    }
+    p->nlimits = (int)n;
+    Py_DECREF(fast);
+    if (groups != Py_None) {
+        fast = PySequence_Fast(groups, "groups must be a sequence");
+        if (fast == NULL)
+            return -1;
+        n = PySequence_Fast_GET_SIZE(fast);
+        if (n > MAX_GROUPS) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "at most %d supplementary groups", MAX_GROUPS);
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            long g = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+            if (g < 0) {
+                Py_DECREF(fast);
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "a group id is negative");
+                return -1;
+            }
+            p->groups[i] = (gid_t)g;
+        }
+        p->ngroups = (int)n;
+        Py_DECREF(fast);
+    }
+    if (p->umask > 0777) {
+        PyErr_SetString(PyExc_ValueError, "umask is over 0o777");
+        return -1;
+    }
+    return 0;
+}
+
+/* Prepared(path, argv, env, actions, cwd=None, settings=None): env is the whole environment
  * but for the per-spawn variables; cwd the directory it starts in (None:
  * the worker's); actions say what each descriptor the program
  * starts with is, in order: ("open", fd, path, flags, mode), ("log", fd,
  * max_bytes, backups) -- the domain's log file, bounded by the rotator --,
  * ("inherit", fd, pid, src) -- process pid's descriptor src -- or ("dup",
- * fd, src).
+ * fd, src). settings: its limits and identity (prepared_settings).
  * No other descriptor is passed on. */
 static PyObject *prepared_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "argv", "env", "actions", "cwd", NULL};
-    PyObject *path, *argv, *env, *actions, *cwd = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|O:Prepared", kwlist,
-                                     &path, &argv, &env, &actions, &cwd))
+    static char *kwlist[] = {"path", "argv", "env", "actions", "cwd", "settings", NULL};
+    PyObject *path, *argv, *env, *actions, *cwd = Py_None, *settings = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OO:Prepared", kwlist,
+                                     &path, &argv, &env, &actions, &cwd, &settings))
         return NULL;
     PreparedObject *p = (PreparedObject *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;
     p->path = Py_NewRef(path);
     p->cwd_given = Py_NewRef(cwd);
+    if (prepared_settings(p, settings) < 0)
+        goto fail;
     p->keep = PyList_New(0);
     if (p->keep == NULL || (p->file = keep_fs_bytes(p->keep, path)) == NULL)
         goto fail;
@@ -336,6 +422,7 @@ static void prepared_dealloc(PreparedObject *p)
     Py_XDECREF(p->cwd_given);
     Py_XDECREF(p->given);
     Py_XDECREF(p->keep);
+    Py_XDECREF(p->settings_given);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -345,6 +432,8 @@ static PyMemberDef prepared_members[] = {
      "the directory it starts in, as given (None: the worker's)"},
     {"actions", T_OBJECT_EX, offsetof(PreparedObject, given), READONLY,
      "the descriptor actions, as given (a tuple)"},
+    {"settings", T_OBJECT_EX, offsetof(PreparedObject, settings_given), READONLY,
+     "(limits, uid, gid, groups, umask) as given, or None"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -358,6 +447,115 @@ static PyTypeObject PreparedType = {
     .tp_dealloc = (destructor)prepared_dealloc,
     .tp_members = prepared_members,
 };
+
+/* ---- the domains' cgroups ------------------------------------------------
+ *
+ * Under cgroup containment (procmgr/containment.py) every dispatcher runs
+ * in a cgroup of its own, g<N> in the core's cgroup directory: all it
+ * forks stays in there, whatever it does (setsid, double forks, a cleared
+ * environment), so its end and a kill reach all of it (cgroup.kill).
+ * Making and removing a cgroup per spawn costs ~100 us (mkdir and rmdir:
+ * docs/performance.md, "Containment"), a sixth of a spawn, so the groups
+ * are kept: an empty one is taken again by the next spawn. One that still
+ * has processes when its dispatcher ends is killed and left to drain; it
+ * is taken again once it is empty. */
+
+struct cgroups {
+    int dirfd;          /* the core's cgroup directory; -1: no cgroup containment */
+    int *free;          /* empty groups, ready */
+    int nfree;
+    int *draining;      /* killed, maybe not empty yet */
+    int ndraining;
+    int made;           /* g0 .. g<made - 1> exist; both arrays hold up to made */
+    int cap;
+};
+
+/* Does group g still hold a live process? cgroup.events says ("populated
+ * 1"); an unreadable file counts as yes (it is not taken again). */
+static int cgroup_populated(const struct cgroups *cg, int g)
+{
+    char path[48], buf[128];
+    snprintf(path, sizeof path, "g%d/cgroup.events", g);
+    int fd = openat(cg->dirfd, path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0)
+        return 1;
+    buf[n] = '\0';
+    return strstr(buf, "populated 0") == NULL;
+}
+
+/* Write `text` to group g's file `name`: 0, or -errno. */
+static int cgroup_write(const struct cgroups *cg, int g, const char *name, const char *text)
+{
+    char path[64];
+    snprintf(path, sizeof path, "g%d/%s", g, name);
+    int fd = openat(cg->dirfd, path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = write(fd, text, strlen(text)) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* An empty group for a new dispatcher: a free one, a drained one, or a
+ * new one. Its number, or -errno. */
+static int cgroup_take(struct cgroups *cg)
+{
+    if (cg->nfree > 0)
+        return cg->free[--cg->nfree];
+    for (int i = 0; i < cg->ndraining; i++) {
+        int g = cg->draining[i];
+        if (!cgroup_populated(cg, g)) {
+            cg->draining[i] = cg->draining[--cg->ndraining];
+            return g;
+        }
+    }
+    if (cg->made == cg->cap) {
+        int cap = cg->cap ? 2 * cg->cap : 64;
+        int *free = PyMem_Realloc(cg->free, (size_t)cap * sizeof *free);
+        if (free == NULL)
+            return -ENOMEM;
+        cg->free = free;
+        int *draining = PyMem_Realloc(cg->draining, (size_t)cap * sizeof *draining);
+        if (draining == NULL)
+            return -ENOMEM;
+        cg->draining = draining;
+        cg->cap = cap;
+    }
+    char name[24];
+    snprintf(name, sizeof name, "g%d", cg->made);
+    if (mkdirat(cg->dirfd, name, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    if (cgroup_populated(cg, cg->made)) {    /* one left by someone else: not ours to use */
+        cg->made++;
+        return -EBUSY;
+    }
+    return cg->made++;
+}
+
+/* Group g's dispatcher has ended: whatever of it is left is killed, and
+ * the group is free again at once if nothing was, else once it drains. */
+static void cgroup_give_back(struct cgroups *cg, int g)
+{
+    if (!cgroup_populated(cg, g)) {
+        cg->free[cg->nfree++] = g;
+        return;
+    }
+    cgroup_write(cg, g, "cgroup.kill", "1");
+    cg->draining[cg->ndraining++] = g;
+}
+
+/* cgroup.procs of a group taken for a spawn, open for its new process to
+ * write itself into (spawn_program); or -errno. */
+static int cgroup_procs_of(const struct cgroups *cg, int g)
+{
+    char path[48];
+    snprintf(path, sizeof path, "g%d/cgroup.procs", g);
+    int fd = openat(cg->dirfd, path, O_WRONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
 
 /* ---- HotPath ------------------------------------------------------------- */
 
@@ -384,10 +582,11 @@ typedef struct {
     char dom_var[32];
     struct rotator *rotator;      /* captured streams' bounds; NULL: no logs directory */
     int logs_dirfd;               /* the core's logs directory */
+    struct cgroups cgroups;       /* the domains' cgroups, where they are kept in one */
 } HotPathObject;
 
 static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span,
-                                const int *slots, int nslots)
+                                const int *slots, int nslots, int cgroup)
 {
     PyObject *d = PyStructSequence_New(DispatcherType);
     if (d == NULL)
@@ -400,12 +599,13 @@ static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pid
         else
             PyTuple_SET_ITEM(logs, i, slot);
     }
-    PyObject *v[6] = {
+    PyObject *v[7] = {
         PyLong_FromUnsignedLong(dom), PyLong_FromUnsignedLongLong(nonce),
         PyLong_FromLong(pid), PyLong_FromLong(pidfd), PyBool_FromLong(span), logs,
+        PyLong_FromLong(cgroup),
     };
     int ok = 1;
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         if (v[i] == NULL) {
             ok = 0;
             v[i] = Py_NewRef(Py_None);
@@ -488,15 +688,28 @@ static void end_logs(HotPathObject *c, PyObject *d)
 static int hotpath_init(HotPathObject *c, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"requests", "replies", "epoll_fd", "child_fd", "core",
-                             "runtime", "logs_dir", "rotator_cpus", "logs_kept", NULL};
-    PyObject *req, *rep, *runtime, *logs_dir = Py_None, *cpus = Py_None;
+                             "runtime", "logs_dir", "rotator_cpus", "logs_kept", "cgroup_dir",
+                             NULL};
+    PyObject *req, *rep, *runtime, *logs_dir = Py_None, *cpus = Py_None, *cgroup_dir = Py_None;
     int core;
     unsigned int kept = 4096;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO|OOI:HotPath", kwlist, &req, &rep,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiiO|OOIO:HotPath", kwlist, &req, &rep,
                                      &c->epfd, &c->child_fd, &core, &runtime, &logs_dir,
-                                     &cpus, &kept))
+                                     &cpus, &kept, &cgroup_dir))
         return -1;
     c->python_fd = -1;
+    c->cgroups.dirfd = -1;
+    if (cgroup_dir != Py_None) {
+        PyObject *path = NULL;
+        if (!PyUnicode_FSConverter(cgroup_dir, &path))
+            return -1;
+        c->cgroups.dirfd = open(PyBytes_AS_STRING(path), O_PATH | O_DIRECTORY | O_CLOEXEC);
+        Py_DECREF(path);
+        if (c->cgroups.dirfd < 0) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, cgroup_dir);
+            return -1;
+        }
+    }
     if (init_rotator(c, logs_dir, cpus, kept) < 0)
         return -1;
     if ((c->requests = rb_handle_arg(req)) == NULL || (c->replies = rb_handle_arg(rep)) == NULL)
@@ -535,6 +748,10 @@ static void hotpath_dealloc(HotPathObject *c)
     }
     if (c->stack != NULL)
         munmap(c->stack, CHILD_STACK);
+    if (c->cgroups.dirfd > 0)
+        close(c->cgroups.dirfd);
+    PyMem_Free(c->cgroups.free);
+    PyMem_Free(c->cgroups.draining);
     Py_XDECREF(c->dispatchers);
     Py_XDECREF(c->by_pidfd);
     Py_XDECREF(c->by_pid);
@@ -550,6 +767,9 @@ static void hotpath_dealloc(HotPathObject *c)
 static int forget(HotPathObject *c, PyObject *d)
 {
     end_logs(c, d);
+    int cgroup = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 6));
+    if (cgroup >= 0 && c->cgroups.dirfd >= 0)
+        cgroup_give_back(&c->cgroups, cgroup);
     int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
@@ -738,13 +958,47 @@ struct child_job {
     const struct child_op *ops;
     int nops;
     int keep_below;            /* the descriptors it needs are below this */
+    int cgroup_procs;          /* its cgroup's cgroup.procs, open for writing; -1: none */
+    const PreparedObject *p;   /* its limits and identity */
     int err;                   /* written by the new process if it fails */
-    int in_chdir;              /* ... and whether it was its chdir that failed */
+    int failed;                /* ... and where: a FAILED_* (0: the exec or a descriptor) */
 };
+
+/* The process's limits and identity, as the spawn says: in this order so
+ * that a limit a user may not raise is set while we still may, and the
+ * groups before the user, after which they could not be changed. Raw
+ * system calls for the ids: glibc's setuid would change every thread of
+ * what it takes to be its process -- here, the worker's (CLONE_VM). */
+static int take_settings(struct child_job *j)
+{
+    const PreparedObject *p = j->p;
+    for (int i = 0; i < p->nlimits; i++)
+        if (setrlimit(p->limit_resource[i], &p->limit[i]) < 0) {
+            j->failed = FAILED_LIMIT - i;
+            return -1;
+        }
+    j->failed = FAILED_IDENTITY;
+    if (p->umask >= 0)
+        umask((mode_t)p->umask);
+    if (p->ngroups >= 0 && syscall(SYS_setgroups, (size_t)p->ngroups, p->groups) < 0)
+        return -1;
+    if (p->gid >= 0 && syscall(SYS_setresgid, (gid_t)p->gid, (gid_t)p->gid, (gid_t)p->gid) < 0)
+        return -1;
+    if (p->uid >= 0 && syscall(SYS_setresuid, (uid_t)p->uid, (uid_t)p->uid, (uid_t)p->uid) < 0)
+        return -1;
+    j->failed = 0;
+    return 0;
+}
 
 static int child_main(void *arg)
 {
     struct child_job *j = arg;
+    /* Into the domain's cgroup first, before it can do anything else: all
+     * it will ever fork starts in there (pid 0: the writer itself). */
+    if (j->cgroup_procs >= 0 && write(j->cgroup_procs, "0", 1) < 0) {
+        j->failed = FAILED_CGROUP;
+        goto fail;
+    }
     /* A table of its own before anything is touched: the worker's is shared. */
     if (syscall(SYS_close_range, (unsigned)j->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
         unshare(CLONE_FILES) < 0)
@@ -758,7 +1012,7 @@ static int child_main(void *arg)
     if (setpgid(0, 0) < 0)
         goto fail;
     if (j->cwd != NULL && chdir(j->cwd) < 0) {
-        j->in_chdir = 1;
+        j->failed = FAILED_CWD;
         goto fail;
     }
     for (int i = 0; i < j->nops; i++) {
@@ -780,6 +1034,10 @@ static int child_main(void *arg)
             goto fail;
         }
     }
+    /* The descriptors are made (the files opened as the worker's user),
+     * the limits and identity taken on last before the exec. */
+    if (take_settings(j) < 0)
+        goto fail;
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -789,14 +1047,16 @@ fail:
     _exit(127);
 }
 
-/* Start p's program with `ops` applied: 0 with *pid, or an errno with
- * nothing left running (the failed process reaped; *failed_fd FAILED_CWD
- * if it could not enter its working directory). */
+/* Start p's program with `ops` applied, in the cgroup whose cgroup.procs
+ * is open at cgroup_procs (-1: none): 0 with *pid, or an errno with
+ * nothing left running (the failed process reaped; *failed_fd a FAILED_*
+ * if it failed before its descriptors or exec). */
 static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child_op *ops,
-                         int nops, pid_t *pid, int *failed_fd)
+                         int nops, int cgroup_procs, pid_t *pid, int *failed_fd)
 {
     struct child_job job = {.file = p->file, .cwd = p->cwd, .argv = p->argv, .envp = p->envp,
-                            .ops = ops, .nops = nops, .keep_below = 3, .err = 0};
+                            .ops = ops, .nops = nops, .keep_below = 3,
+                            .cgroup_procs = cgroup_procs, .p = p, .err = 0, .failed = 0};
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == OP_DUP2 && ops[i].src >= job.keep_below)
             job.keep_below = ops[i].src + 1;
@@ -811,8 +1071,8 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
         return err;
     if (job.err != 0) {
         waitpid(child, NULL, 0);
-        if (job.in_chdir)
-            *failed_fd = FAILED_CWD;
+        if (job.failed)
+            *failed_fd = job.failed;
         return job.err;
     }
     *pid = child;
@@ -823,21 +1083,22 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
  * to the rotator (slots[i], *nslots of them). 0, or an errno with nothing
  * left running or open; *failed_fd says which of the program's descriptors
  * could not be made (-1: the program itself did not start). */
-static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom, pid_t *pid,
-                              int *slots, int *nslots, int *failed_fd)
+static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
+                              int cgroup_procs, pid_t *pid, int *slots, int *nslots,
+                              int *failed_fd)
 {
     *nslots = 0;
     *failed_fd = -1;
     struct child_op ops[p->nactions > 0 ? p->nactions : 1];
     if (p->nper_spawn == 0)
-        return spawn_program(c, p, ops, child_ops(p, NULL, ops), pid, failed_fd);
+        return spawn_program(c, p, ops, child_ops(p, NULL, ops), cgroup_procs, pid, failed_fd);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
     struct made m;        /* ~8 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
-    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), pid, failed_fd);
+    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), cgroup_procs, pid, failed_fd);
     let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
@@ -880,10 +1141,25 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     ident[2] = span ? "PROCMGR_DISPATCHER=1" : "PROCMGR_DISPATCHER=0";
     ident[3] = PyBytes_AS_STRING(c->runtime_var);
     pid_t pid;
-    int slots[MAX_PER_SPAWN], nslots;
-    int rc = spawn_with_streams(c, p, dom, &pid, slots, &nslots, failed_fd);
-    if (rc != 0)
+    int slots[MAX_PER_SPAWN], nslots, cgroup = -1, cgroup_procs = -1;
+    if (c->cgroups.dirfd >= 0) {
+        cgroup = cgroup_take(&c->cgroups);
+        cgroup_procs = cgroup < 0 ? cgroup : cgroup_procs_of(&c->cgroups, cgroup);
+        if (cgroup_procs < 0) {
+            if (cgroup >= 0)
+                c->cgroups.free[c->cgroups.nfree++] = cgroup;
+            *failed_fd = FAILED_CGROUP;
+            return -cgroup_procs;
+        }
+    }
+    int rc = spawn_with_streams(c, p, dom, cgroup_procs, &pid, slots, &nslots, failed_fd);
+    if (cgroup_procs >= 0)
+        close(cgroup_procs);
+    if (rc != 0) {
+        if (cgroup >= 0)
+            cgroup_give_back(&c->cgroups, cgroup);
         return rc;
+    }
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd >= 0 && pidfd < PIDFD_BASE) {
         /* Above the numbers a new program's table is copied from; where
@@ -899,7 +1175,7 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
         rc = errno;
         goto undo;
     }
-    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots);
+    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots, cgroup);
     if (d == NULL || PyDict_SetItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0), d) < 0 ||
         PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0 ||
         PyDict_SetItem(c->by_pid, PyStructSequence_GET_ITEM(d, 2), d) < 0) {
@@ -925,6 +1201,8 @@ undo:
     waitpid(pid, NULL, 0);
     for (int i = 0; i < nslots; i++)
         rotator_end(c->rotator, slots[i]);
+    if (cgroup >= 0)
+        cgroup_give_back(&c->cgroups, cgroup);
     return rc;
 }
 
@@ -950,8 +1228,12 @@ static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize
          * that could not be entered (filename2 "cwd"), or (None) the program. */
         PreparedObject *p = (PreparedObject *)args[0];
         PyObject *which = failed_fd >= 0 ? PyLong_FromLong(failed_fd)
+                          : failed_fd <= FAILED_LIMIT ? PyLong_FromLong(FAILED_LIMIT - failed_fd)
                           : Py_NewRef(failed_fd == FAILED_CWD ? p->cwd_given : Py_None);
-        PyObject *what = failed_fd == FAILED_CWD ? PyUnicode_FromString("cwd") : NULL;
+        PyObject *what = failed_fd == FAILED_CWD ? PyUnicode_FromString("cwd")
+                         : failed_fd == FAILED_CGROUP ? PyUnicode_FromString("cgroup")
+                         : failed_fd == FAILED_IDENTITY ? PyUnicode_FromString("identity")
+                         : failed_fd <= FAILED_LIMIT ? PyUnicode_FromString("limit") : NULL;
         if (which != NULL) {
             errno = rc;
             PyErr_SetFromErrnoWithFilenameObjects(PyExc_OSError, which, what);

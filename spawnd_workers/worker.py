@@ -34,8 +34,10 @@ itself; the rotator bounds them: _rotator.h) unless caps name them --
 runtime's: every one it has is close-on-exec, and 0, 1 and 2 are always
 made anew.
 
-Every dispatcher runs in its own process group, so a kill (SIGTERM, then
-SIGKILL after the grace period) also ends whatever the program forked.
+Every dispatcher runs in its own process group and, under cgroup
+containment, its own cgroup; a kill (SIGTERM, then SIGKILL after the grace
+period) and a domain's own end reach whatever the program forked:
+procmgr/containment.py says how in each mode.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ import struct
 import sys
 import time
 
+from procmgr import containment
 from procmgr.osutil import (
-    become_subreaper, children_of, die_with_parent, end_and_reap, kill_group, raise_fd_limit,
+    become_subreaper, children_of, die_with_parent, end_and_reap, raise_fd_limit,
     reap_strays, refuse_ptrace, wait_readable, watch_doorbell,
 )
 from procmgr.protocol import (
@@ -82,6 +85,8 @@ _CAP_FLAGS = {
 _INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER", "PROCMGR_RUNTIME")
 # Distinct spawn payloads kept Prepared; past this the cache starts over.
 PREPARED_CACHE = 256
+# Tree containment: how often every live domain's descendants are noted.
+TREE_LOOK = 1.0
 
 
 class Worker:
@@ -89,14 +94,16 @@ class Worker:
                  kill_grace: float = DEFAULT_KILL_GRACE, runtime: str = "",
                  simulate: bool = False, logs_dir: str | None = None,
                  log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
-                 rotator_cpus=None, logs_kept: int = 4096):
+                 rotator_cpus=None, logs_kept: int = 4096, cgroup: str | None = None):
         """``logs_dir``: the runtime's directory of captured streams; this
         core's go into its subdirectory CORE (None: none kept, and a
         domain's stdout and stderr default to /dev/null). ``rotator_cpus``:
         where the log rotator's thread may run -- not only this core's CPU,
         which is its programs'. ``logs_kept``: the files of this core's
         last that many ended domains are kept (the manager's history: a
-        domain's log outlives the manager's memory of it)."""
+        domain's log outlives the manager's memory of it). ``cgroup``: the
+        runtime's cgroup, under which this worker makes its own and one for
+        each dispatcher (cgroup containment); None: tree containment."""
         self.core = core
         # Simulated dispatchers: recorded, never started (control-plane
         # measurements; every figure taken this way says so).
@@ -121,8 +128,18 @@ class Worker:
         self.epoll.register(self.child_fd, select.EPOLLIN)
         self.log_bounds = (log_max_bytes, log_backups)
         self.logs_dir = None if logs_dir is None else os.path.join(logs_dir, str(core))
+        # Cgroup containment: this worker's group, its dispatchers' below.
+        self.cgroup_dir = None
+        if cgroup is not None:
+            self.cgroup_dir = os.path.join(cgroup, f"core{core}.{os.getpid()}")
+            os.mkdir(self.cgroup_dir)
+        # Tree containment: dom -> {pid: start time} of the descendants
+        # seen (containment.signal_tree), and when to look at them next.
+        self.seen: dict[int, dict[int, int | None]] = {}
+        self.next_look = 0.0
         hot = functools.partial(HotPath, requests.handle_addr, replies.handle_addr,
-                                self.epoll.fileno(), self.child_fd, core, runtime)
+                                self.epoll.fileno(), self.child_fd, core, runtime,
+                                cgroup_dir=self.cgroup_dir)
         try:
             if self.logs_dir is not None:
                 os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
@@ -172,6 +189,39 @@ class Worker:
             # stray comes here.
             if woke & RUN_CHILDREN:
                 reap_strays(keep={d.pid for d in self.dispatchers.values()})
+            if self.cgroup_dir is None and not self.simulate:
+                self.follow_trees()
+
+    def follow_trees(self) -> None:
+        """Tree containment: end what the domains that ended left behind
+        (the descendants seen of each: their end was reported in C), and
+        about once a second note every live domain's descendants, so that
+        one re-parented to us later is still known as its domain's."""
+        for dom in self.seen.keys() - self.dispatchers.keys():
+            seen = self.seen.pop(dom)
+            containment.signal_tree(self._orphans(seen), seen, signal.SIGKILL)
+        now = time.monotonic()
+        if now < self.next_look:
+            return
+        self.next_look = now + TREE_LOOK
+        for d in self.dispatchers.values():
+            self._note_tree(d)
+
+    def _note_tree(self, d) -> list[int]:
+        """The dispatcher's descendants now, remembered with the domain's
+        (the dispatcher too: what it leads, a group or a session, is its)."""
+        below = containment.descendants(d.pid)
+        seen = self.seen.setdefault(d.dom, {d.pid: containment.started(d.pid)})
+        for pid in below:
+            if pid not in seen:
+                seen[pid] = containment.started(pid)
+        return below
+
+    def _orphans(self, seen) -> list[int]:
+        """The orphans re-parented to us that are a domain's by their
+        process group or session (containment.orphans_of), ``seen`` its pids."""
+        ours = {d.pid for d in self.dispatchers.values()}
+        return containment.orphans_of(seen, [p for p in children_of() if p not in ours])
 
     def serve_requests(self) -> None:
         for msg in take(self.requests, self.decoder):
@@ -315,7 +365,7 @@ class Worker:
             sig = asked or sig
             grace = grace if grace_ms == KILL_GRACE_DEFAULT else grace_ms / 1000
         try:
-            _signal(d, sig)
+            self._signal(d, sig)
             if msg.dom in self.in_grace:                   # under way: sooner, if asked
                 ends = self.in_grace[msg.dom]
                 if ends is not None and time.monotonic() + grace < ends:
@@ -327,7 +377,7 @@ class Worker:
                     self.hot.hold(d.dom)
                     self.in_grace[d.dom] = time.monotonic() + grace
                     return msg.reply(Err.OK, flags=Flag.STOPPING)
-                _signal(d, signal.SIGKILL)
+                self._signal(d, signal.SIGKILL)
                 wait_readable(d.pidfd, None)    # SIGKILL through its pidfd: it ends
             self._ended(d)
         except OSError as e:
@@ -354,7 +404,7 @@ class Worker:
                                os.WEXITSTATUS(status)))
                 self.replies.wake_consumer()
             elif deadline is not None and now >= deadline:
-                _signal(d, signal.SIGKILL)
+                self._signal(d, signal.SIGKILL)
                 self.in_grace[dom] = None
 
     def grace_timeout(self, longest: float) -> float:
@@ -374,7 +424,7 @@ class Worker:
         if d is None:
             return msg.reply(Err.NOT_FOUND)
         try:
-            _signal(d, int.from_bytes(msg.payload[:4], "little"))
+            self._signal(d, int.from_bytes(msg.payload[:4], "little"), ending=False)
         except (OSError, ValueError) as e:
             return msg.reply(Err.KILL_FAILED, getattr(e, "errno", None) or errno.EINVAL)
         return msg.reply(Err.OK)
@@ -394,21 +444,51 @@ class Worker:
         """SIGTERM the dispatcher's process group, SIGKILL it after the grace
         period, and _ended: for a cleanup, which waits (the domain was
         stopped already; a dispatcher still running here is rare)."""
-        _signal(d, signal.SIGTERM)
+        self._signal(d, signal.SIGTERM)
         if not wait_readable(d.pidfd, self.kill_grace):
-            _signal(d, signal.SIGKILL)
+            self._signal(d, signal.SIGKILL)
             wait_readable(d.pidfd, None)
         self._ended(d)
 
     def _ended(self, d) -> int:
         """A dispatcher that has ended: what it forked ended too (even what
         outlived the signal), it reaped and forgotten -- and returned only
-        once no process of its group is left (bounded), so a reply saying
-        it ended means it. Its wait status."""
-        _signal(d, signal.SIGKILL)
+        once no process of its group (its cgroup, under cgroup
+        containment) is left (bounded), so a reply saying it ended means
+        it. Its wait status."""
+        self._signal(d, signal.SIGKILL)
+        group = self._group(d)
         status = self._reap(d)
-        self._wait_group_gone(d.pid)
+        if group is None:
+            self._wait_group_gone(d.pid)
+        else:
+            containment.wait_empty(group, GROUP_GONE_TIMEOUT, self._reap_strays)
         return status
+
+    def _group(self, d) -> str | None:
+        """The dispatcher's cgroup (None: tree containment)."""
+        if self.cgroup_dir is None or d.cgroup < 0:
+            return None
+        return os.path.join(self.cgroup_dir, f"g{d.cgroup}")
+
+    def _signal(self, d, sig: int, ending: bool = True) -> None:
+        """``sig`` to the whole domain on this core, each of its processes
+        once. Under cgroup containment, every process of its cgroup
+        (SIGKILL: cgroup.kill). Under tree containment, the dispatcher,
+        every descendant of it, those seen before and the orphans of
+        theirs re-parented to us -- its process group's members among
+        them -- each stopped first when it is ``ending`` the domain, so
+        that none forks away (containment.signal_tree)."""
+        group = self._group(d)
+        if group is not None:
+            containment.signal_group(group, sig)
+            return
+        self._note_tree(d)
+        seen = self.seen.pop(d.dom) if sig == signal.SIGKILL else self.seen[d.dom]
+        containment.signal_tree([d.pid] + self._orphans(seen), seen, sig, freeze=ending)
+
+    def _reap_strays(self) -> None:
+        reap_strays(keep={d.pid for d in self.dispatchers.values()})
 
     def _wait_group_gone(self, pgid: int, timeout: float = GROUP_GONE_TIMEOUT) -> None:
         """Until the group is empty: a SIGKILLed process takes a moment to
@@ -423,7 +503,7 @@ class Worker:
                 return
             if time.monotonic() >= deadline:
                 return      # not ours to wait for any longer; the reply goes out
-            reap_strays(keep={d.pid for d in self.dispatchers.values()})
+            self._reap_strays()
             time.sleep(0.001)
 
     def _reap(self, d) -> int:
@@ -436,8 +516,10 @@ class Worker:
         every orphan of theirs re-parented to us (we are a subreaper): none
         is handed on up, alive or as a zombie."""
         for d in list(self.dispatchers.values()):
-            _signal(d, signal.SIGKILL)
+            self._signal(d, signal.SIGKILL)
             self._reap(d)
+        if self.cgroup_dir is not None:    # all of them, whoever their parent
+            containment.end_group(self.cgroup_dir, between=self._reap_strays)
         deadline = time.monotonic() + 5
         while (strays := children_of()) and time.monotonic() < deadline:
             end_and_reap(strays)
@@ -447,23 +529,6 @@ def _words(text: str) -> bytes:
     """An error's detail as a reply carries it: a path that is not UTF-8
     shown with its bytes escaped, never an error of its own."""
     return text.encode("utf-8", "backslashreplace")[:256]
-
-
-def _signal(d, sig: int) -> None:
-    """``sig`` to a dispatcher's process group -- and, if it left that
-    group (setpgid), to the dispatcher itself through its pidfd, so it is
-    reached all the same, once (a pidfd never names a reused pid; its pid
-    is our unreaped child's, so asking its group is safe)."""
-    try:
-        left = os.getpgid(d.pid) != d.pid
-    except ProcessLookupError:
-        left = False            # reaped already: its group may live on
-    kill_group(d.pid, sig)
-    if left:
-        try:
-            signal.pidfd_send_signal(d.pidfd, sig)
-        except ProcessLookupError:
-            pass                # ended: its pidfd is readable, its end reported
 
 
 def _in_path(name: str, env: dict | None) -> str:
@@ -544,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logs-dir", help="where captured output goes (none: not captured)")
     ap.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     ap.add_argument("--log-backups", type=int, default=LOG_BACKUPS)
+    ap.add_argument("--cgroup", help="the runtime's cgroup (cgroup containment; "
+                                     "none: tree containment)")
     ap.add_argument("--history", type=int, default=4096,
                     help="the manager's history: this core's last that many ended "
                          "domains keep their logs")
@@ -582,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         os.eventfd_write(args.manager_doorbell_fd, 1)
     worker = Worker(args.core, requests, replies, args.doorbell_fd, args.kill_grace,
                     args.runtime, args.simulate, args.logs_dir, args.log_max_bytes,
-                    args.log_backups, allowed, args.history)
+                    args.log_backups, allowed, args.history, args.cgroup)
     try:
         worker.run()
     except Closed:

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from procmgr import containment
 from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
 from procmgr.client.events import Event, EventCursor
@@ -360,10 +361,13 @@ class _NoAnswer:
 class Client:
     def __init__(self, requests: Ring, responses: Ring, pump=None, connection=None,
                  doorbell: int = -1, logs_dir: str | None = None,
-                 long_limit: int = SPAWN_MAX_PAYLOAD):
+                 long_limit: int = SPAWN_MAX_PAYLOAD, containment: str = ""):
         """``logs_dir``: the runtime's directory of captured output (None:
-        this client cannot read any; in-process runtimes keep none)."""
+        this client cannot read any; in-process runtimes keep none).
+        ``containment``: what a kill reaches, as the manager said
+        (procmgr/containment.py): "cgroup PATH" or "tree"."""
         self.logs_dir = logs_dir
+        self.containment = containment
         self.requests = requests      # we produce
         self.responses = responses    # we consume
         self.pump = pump
@@ -842,6 +846,19 @@ class Client:
     def status(self, domain: Domain | int, timeout=None) -> DomainInfo:
         """What the runtime knows of a domain (given as a Domain, token or id)."""
         return self.wait_for(self.status_async(domain), timeout)
+
+    def processes(self, domain: Domain | int, timeout=None) -> list[int]:
+        """Every live process of a domain: its dispatchers and all they
+        forked -- its cgroups' members under cgroup containment, else
+        each dispatcher's process tree (procmgr/containment.py). Empty
+        once it has ended. Read from /proc and the cgroup files by this
+        process, after a status: a process started meanwhile may be
+        missing, one just ended still listed."""
+        info = self.status(domain, timeout)
+        if info.exit_status is not None or info.state in (State.CLEANED, State.STOPPED):
+            return []
+        return sorted({p for pid in info.pids if pid > 0
+                       for p in containment.domain_pids(pid)})
 
     def domains_page_async(self, start: int = 0, ended: bool = False) -> Future:
         """One page of ``domains``: the Future of (ids from ``start`` on,

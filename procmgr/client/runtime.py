@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from procmgr import containment as _containment
 from procmgr.client.client import Client
 from procmgr.errors import RuntimeRefused
 from procmgr.client.logs import LOG_BACKUPS, LOG_MAX_BYTES, stream_caps
@@ -142,6 +143,7 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
                                      f"{answer['error']}")
             names = (answer["requests"], answer["responses"])
             long_limit = int(answer.get("long_payload", MAX_PAYLOAD))
+            contained = str(answer.get("containment", ""))
         except (ValueError, KeyError, TypeError):
             raise RuntimeRefused(f"runtime {name!r} answered the handshake with something "
                                  f"other than a procmgr manager's answer: {msg[:200]!r}") from None
@@ -169,7 +171,8 @@ def connect(name: str, _token: str = "", timeout: float = START_TIMEOUT) -> Clie
         raise
     sock.settimeout(None)
     return Client(requests, responses, connection=sock, doorbell=doorbell,
-                  logs_dir=os.path.join(directory, "logs"), long_limit=long_limit)
+                  logs_dir=os.path.join(directory, "logs"), long_limit=long_limit,
+                  containment=contained)
 
 
 def _connected(path: str, name: str, deadline: float) -> socket.socket:
@@ -232,7 +235,7 @@ class Runtime:
     def __init__(self, cores: int = 4, pending: str = "replyq", name: str | None = None,
                  kill_grace: float = 0.2, pin: bool = True, simulate: bool = False,
                  log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
-                 history: int = 4096, events: int = 8192):
+                 history: int = 4096, events: int = 8192, containment: str = "auto"):
         """``simulate``: workers record dispatchers without starting
         processes -- for measuring the control plane alone.
         ``log_max_bytes``, ``log_backups``: a captured stream's file is
@@ -240,7 +243,14 @@ class Runtime:
         spawn says otherwise (procmgr/client/logs.py). ``history``: how many ended
         domains are remembered, for a late wait or status and their logs.
         ``events``: how many of the newest events are kept for
-        ``Client.events`` (a consumer further behind is told it lost some)."""
+        ``Client.events`` (a consumer further behind is told it lost some).
+        ``containment``: what a kill and a domain's end reach --
+        "cgroup" (a cgroup v2 group per dispatcher: everything it forked),
+        "tree" (its process tree, as far as the worker can see it), or
+        "auto" (cgroup where the cgroup v2 hierarchy can be written here,
+        else tree); procmgr/containment.py says how each works. Asking for
+        "cgroup" where it cannot be had is an error. ``containment_mode``
+        says which runs."""
         if type(history) is not int or history < 1:
             raise ValueError(f"history must be an int >= 1, not {history!r}")
         if type(events) is not int or not 1 <= events <= 1 << 24:
@@ -250,6 +260,8 @@ class Runtime:
         stream_caps(log_max_bytes=log_max_bytes, log_backups=log_backups)  # checked now
         self.log_bounds = (log_max_bytes, log_backups)
         self.simulate = simulate
+        self.containment_mode, self._cgroup_parent = _containment.choose(containment)
+        self.cgroup: str | None = None       # the runtime's cgroup, once made
         self.cores = cores
         self.pending = pending
         self.name = name or f"rt-{os.getpid()}-{secrets.token_hex(4)}"
@@ -288,6 +300,10 @@ class Runtime:
             cmd.append("--no-pin")
         if self.simulate:
             cmd.append("--simulate")
+        if self._cgroup_parent is not None:
+            # Made here, by the owner, who ends it however the manager ends.
+            self.cgroup = _containment.make_runtime_group(self._cgroup_parent, self.name)
+            cmd += ["--cgroup", self.cgroup]
         # Orphans of a killed manager (its workers, then their domains) are
         # re-parented to us rather than to init, so the guard can end them.
         _SUBREAPER.acquire()
@@ -306,6 +322,8 @@ class Runtime:
         except BaseException:
             _SUBREAPER.release()
             os.close(ready_r)
+            if self.cgroup is not None:
+                _containment.remove(self.cgroup)
             raise
         finally:
             os.close(token_r)
@@ -371,6 +389,10 @@ class Runtime:
             except ChildProcessError:
                 pass            # reaped by the manager before it went
         self._workers.clear()
+        if self.cgroup is not None:
+            # Everything any domain of ours forked, wherever it went: the
+            # reaping of those re-parented to us follows.
+            _containment.end_group(self.cgroup)
         deadline = time.monotonic() + 10
         groups: set[int] = set()     # domains' process groups we ended
         while time.monotonic() < deadline:

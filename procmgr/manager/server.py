@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 
+from procmgr import containment
 from procmgr.manager.channel import Channel
 from procmgr.protocol import LOG_BACKUPS, LOG_MAX_BYTES, SPAWN_MAX_PAYLOAD
 from procmgr.manager.loop import EventLoop
@@ -82,8 +83,13 @@ class Server:
     def __init__(self, name: str, cores: int, pending: str, token: str,
                  kill_grace: float, pin: bool = True, simulate: bool = False,
                  log_bounds: tuple[int, int] | None = None, history: int = 4096,
-                 events: int = 8192):
+                 events: int = 8192, cgroup: str | None = None):
+        """``cgroup``: the runtime's cgroup, made by its owner (cgroup
+        containment: procmgr/containment.py); None: tree containment."""
         self.simulate = simulate
+        self.cgroup = cgroup
+        # What a kill reaches here, as clients are told (Client.containment).
+        self.containment = f"cgroup {cgroup}" if cgroup else "tree"
         self.name = name
         self.dir = runtime_dir(name)
         # Ours while we live (its lock, held by this descriptor until we
@@ -155,6 +161,8 @@ class Server:
             options.append("--no-pin")
         if self.simulate:
             options.append("--simulate")
+        if self.cgroup is not None:
+            options += ["--cgroup", self.cgroup]
         try:
             proc = self.template.fork(options, [requests.fileno(), replies.fileno(),
                                                 doorbell, ours.fd])
@@ -186,17 +194,25 @@ class Server:
         proc = self.workers.pop(core)
         self.loop.unwatch(proc.pidfd)
         proc.wait()
-        # Its dispatchers are our grandchildren in their own groups: end them.
+        # Its dispatchers are our grandchildren in their own groups: end
+        # them, and under cgroup containment all they forked (the worker's
+        # cgroup: spawnd_workers/worker.py).
         for dom_id in self.mgr.table.ids():
             dom = self.mgr.table.by_id(dom_id)
             if core in dom.live and core in dom.pids:
                 kill_group(dom.pids[core])
+        if self.cgroup is not None:
+            containment.end_group(os.path.join(self.cgroup, f"core{core}.{proc.pid}"),
+                                  between=self._children_changed_now)
         self.mgr.spawnd_died(core)
         os.close(self.worker_doorbells.pop(core))
         print(f"procmgr {self.name}: spawnd.{core} died ({proc.returncode})", file=sys.stderr)
 
     def _children_changed(self, fd, events) -> None:
         self.child_watch.drain()
+        self._children_changed_now()
+
+    def _children_changed_now(self) -> None:
         reap_strays(keep={p.pid for p in self.workers.values()} | {self.template.pid})
 
     # ---- clients ----
@@ -329,7 +345,8 @@ class Server:
                 # long_payload: the longest payload taken (a client of an
                 # older runtime, which says nothing, sends none past MAX_PAYLOAD).
                 names = {"requests": hs.rings[0].name, "responses": hs.rings[1].name,
-                         "long_payload": SPAWN_MAX_PAYLOAD}
+                         "long_payload": SPAWN_MAX_PAYLOAD,
+                         "containment": self.containment}
                 # A few dozen bytes into an empty socket buffer: never EAGAIN.
                 try:
                     socket.send_fds(hs.conn, [json.dumps(names).encode() + b"\n"],
@@ -554,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the newest events kept for clients to ask for")
     ap.add_argument("--log-max-bytes", type=int, help="a captured stream's file size bound")
     ap.add_argument("--log-backups", type=int, help="rotated files kept per stream")
+    ap.add_argument("--cgroup", help="the runtime's cgroup, made by its owner "
+                                     "(none: tree containment)")
     args = ap.parse_args(argv)
     server = None
 
@@ -581,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(args.name, args.cores, args.pending, token, args.kill_grace,
                         pin=not args.no_pin, simulate=args.simulate, log_bounds=bounds,
-                        history=args.history, events=args.events)
+                        history=args.history, events=args.events, cgroup=args.cgroup)
     except Exception as e:
         # Said to whoever waits for us (the traceback is in the runtime log).
         if args.ready_fd >= 0:

@@ -41,6 +41,7 @@ def rt():
             assert process_gone(pid), pid
         assert not os.path.exists(runtime_dir(runtime.name))
         assert manager_segments(manager_pid) == []
+        assert runtime.cgroup is None or not os.path.exists(runtime.cgroup)
 
 
 @pytest.fixture

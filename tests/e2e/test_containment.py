@@ -1,0 +1,198 @@
+"""A kill, a domain's own end and the runtime's end reach everything the
+domain forked (procmgr/containment.py): daemons that left with setsid and
+a double fork, ignore SIGTERM and cleared their environment; a tree that
+keeps forking; after a worker and then its manager were SIGKILLed. Each
+escape is looked for by a marker in its command line, and by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+import procmgr
+from procmgr import containment
+from e2e_helpers import T, process_gone, wait_until
+
+CGROUP_HERE = containment.choose("auto")[0] == containment.CGROUP
+MODES = [pytest.param(containment.CGROUP, marks=pytest.mark.skipif(
+    not CGROUP_HERE, reason="no writable cgroup v2 hierarchy here")), containment.TREE]
+
+
+def marked(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line carries ``marker``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and \
+                    marker in " ".join(p.info["cmdline"] or []):
+                found.append(p.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def none_left(marker: str, timeout: float = 2.0) -> None:
+    wait_until(lambda: not marked(marker), timeout, f"every process marked {marker} gone")
+
+
+def daemon(marker: str) -> list[str]:
+    """A program that leaves a daemon: fork, setsid, fork again, the middle
+    one exits; the daemon ignores SIGTERM and runs with an empty
+    environment. The program itself sleeps on."""
+    return [sys.executable, "-c", f"""
+import os, signal, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.execve(sys.executable, [sys.executable, '-c', 'import time; time.sleep(600)',
+                                   '{marker}-daemon'], {{}})
+    os._exit(0)
+print('forked', flush=True)
+time.sleep(600)
+"""]
+
+
+@pytest.fixture(params=MODES)
+def runtime(request):
+    with procmgr.Runtime(cores=1, containment=request.param) as rt:
+        yield rt
+        cgroup = rt.cgroup
+    assert cgroup is None or not os.path.exists(cgroup)
+
+
+def _marker(request) -> str:
+    return f"pmmark{os.getpid()}x{time.monotonic_ns()}"
+
+
+def test_the_mode_is_said(runtime):
+    pm = runtime.client()
+    assert pm.containment.split()[0] == runtime.containment_mode
+    if runtime.containment_mode == containment.CGROUP:
+        assert pm.containment == f"cgroup {runtime.cgroup}"
+        assert os.path.isdir(runtime.cgroup)
+
+
+def test_a_kill_ends_a_daemon_that_left_with_setsid_and_ignores_sigterm(runtime, request):
+    marker = _marker(request)
+    pm = runtime.client()
+    d = pm.spawn(daemon(marker), stdout=procmgr.DEVNULL)
+    wait_until(lambda: marked(f"{marker}-daemon"), T, "the daemon running")
+    escaped = marked(f"{marker}-daemon")
+    # Tree containment knows it by its session: its parent, the middle
+    # process, is a zombie the program never reaped.
+    t = time.monotonic()
+    pm.kill(d, timeout=T)
+    assert time.monotonic() - t < 0.2 + 1.0       # the grace, and a margin
+    assert not marked(marker)                     # gone when the kill answers
+    assert all(process_gone(pid) for pid in escaped)
+
+
+def test_a_domains_own_end_ends_what_it_left_behind(runtime, request):
+    marker = _marker(request)
+    pm = runtime.client()
+    program = daemon(marker)
+    program[-1] = program[-1].replace("time.sleep(600)\n", "time.sleep(%s)\n" % (
+        "0.3" if runtime.containment_mode == containment.CGROUP else "1.6"))
+    d = pm.spawn(program, stdout=procmgr.DEVNULL)
+    wait_until(lambda: marked(f"{marker}-daemon"), T, "the daemon running")
+    assert pm.wait(d, timeout=T) == 0
+    none_left(marker)
+
+
+# A member of the tree: a shell with always one child of its own, a new
+# one each second (a shell: 500 of them are light on 2 CPUs).
+MEMBER = "while :; do sleep 1 & wait; done"
+
+
+def test_a_tree_that_keeps_forking_is_ended_whole(runtime, request):
+    """500 processes, each of the newest forking again, some leaving their
+    process group: the kill stops or freezes them first, so none outruns it."""
+    marker = _marker(request)
+    pm = runtime.client()
+    d = pm.spawn([sys.executable, "-c", f"""
+import os, sys, time
+MEMBER = {MEMBER!r}
+n = 0
+while True:
+    if n < 500:
+        pid = os.fork()
+        if pid == 0:
+            n = 0
+            if os.getpid() % 3 == 0:
+                os.setpgid(0, 0)
+            os.execv('/bin/sh', ['/bin/sh', '-c', MEMBER, '{marker}-tree'])
+        n += 1
+    else:
+        time.sleep(0.01)
+"""], stdout=procmgr.DEVNULL)
+    wait_until(lambda: len(marked(f"{marker}-tree")) >= 500, 60, "500 processes of the tree")
+    t = time.monotonic()
+    pm.kill(d, timeout=30)
+    took = time.monotonic() - t
+    none_left(marker, 5.0)
+    assert took < 10, took
+
+
+def test_the_runtimes_end_ends_a_daemon_with_a_cleared_environment(request):
+    marker = _marker(request)
+    for mode in [containment.TREE] + ([containment.CGROUP] if CGROUP_HERE else []):
+        with procmgr.Runtime(cores=1, containment=mode) as rt:
+            pm = rt.client()
+            # Its middle process exits at once: not even tree containment
+            # has seen the daemon before the end.
+            pm.spawn(["/bin/sh", "-c", f"(setsid env -i {sys.executable} -c "
+                      f"'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                      f"time.sleep(600)' {marker}-{mode} &) ; sleep 600"],
+                     stdout=procmgr.DEVNULL)
+            wait_until(lambda: marked(f"{marker}-{mode}"), T, "the daemon running")
+        none_left(f"{marker}-{mode}")
+
+
+@pytest.mark.skipif(not CGROUP_HERE, reason="no writable cgroup v2 hierarchy here")
+def test_after_a_worker_and_then_its_manager_are_sigkilled_nothing_survives(request):
+    marker = _marker(request)
+    rt = procmgr.Runtime(cores=1, containment=containment.CGROUP)
+    rt.start()
+    try:
+        pm = rt.client()
+        pm.spawn(["/bin/sh", "-c", f"(setsid env -i {sys.executable} -c "
+                  f"'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  f"time.sleep(600)' {marker} &) ; sleep 600"], stdout=procmgr.DEVNULL)
+        wait_until(lambda: marked(marker), T, "the daemon running")
+        worker = psutil.Process(rt.proc.pid).children()[0]
+        os.kill(worker.pid, signal.SIGKILL)
+        os.kill(rt.proc.pid, signal.SIGKILL)
+        rt.proc.wait(timeout=T)
+        rt._guard.join(timeout=30)          # the owner's sweep ran
+        none_left(marker)
+        assert not os.path.exists(rt.cgroup)
+    finally:
+        rt.close()
+
+
+def test_a_status_lists_every_process_of_the_domain(runtime):
+    pm = runtime.client()
+    d = pm.spawn(["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"], stdout=procmgr.DEVNULL)
+    try:
+        wait_until(lambda: len(pm.processes(d, timeout=T)) == 3, T, "three processes")
+        pids = pm.processes(d, timeout=T)
+        assert pm.status(d, timeout=T).pids[0] in pids
+        assert all(psutil.Process(p).name() in ("sh", "sleep") for p in pids)
+    finally:
+        pm.kill(d, timeout=T)
+    assert pm.processes(d, timeout=T) == []
+
+
+def test_asking_for_cgroup_containment_where_there_is_none_says_why(monkeypatch):
+    monkeypatch.setattr(containment, "v2_mount", lambda: None)
+    with pytest.raises(containment.ContainmentUnavailable, match="not mounted"):
+        procmgr.Runtime(cores=1, containment="cgroup")
+    assert procmgr.Runtime(cores=1).containment_mode == containment.TREE
+    with pytest.raises(ValueError, match="containment must be one of"):
+        procmgr.Runtime(cores=1, containment="jail")
