@@ -71,15 +71,20 @@ def _environment(env: dict[str, str]):
 
 
 def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
-            cores: int = 2, control_plane: bool = False) -> dict:
+            cores: int = 2, control_plane: bool = False,
+            containment: tuple[str, str] = ("auto", "auto")) -> dict:
     """Rates per block of A, B and raw; the per-block ratios' medians with
-    their intervals (bench/stats.py)."""
+    their intervals (bench/stats.py). ``containment``: each side's
+    (procmgr/containment.py; "auto" is not passed on, for a side whose
+    runtime predates the option)."""
     envs = _environments(a, b, block, blocks)
     with contextlib.ExitStack() as stack:
         sides = {}
-        for name, env in envs.items():
+        for (name, env), contained in zip(envs.items(), containment):
+            options = {} if contained == "auto" else {"containment": contained}
             with _environment(env):
-                rt = stack.enter_context(procmgr.Runtime(cores=cores, simulate=control_plane))
+                rt = stack.enter_context(procmgr.Runtime(cores=cores, simulate=control_plane,
+                                                         **options))
             sides[name] = rt.client()
         if control_plane:
             measures = {name: functools.partial(control_plane_rate, pm, cores, block)
@@ -97,8 +102,9 @@ def compare(a: list[str], b: list[str], block: int = 50, blocks: int = 200,
                    "b/raw": [y / r for y, r in zip(rates["b"], rates["raw"])]}
     return {"rates": {k: statistics.median(v) for k, v in rates.items()},
             "ratios": {k: (statistics.median(v), median_interval(v)) for k, v in ratios.items()},
-            "a": a, "b": b, "block": block, "blocks": blocks, "cores": cores,
-            "control_plane": control_plane}
+            "a": a + [f"containment={containment[0]}"], "b": b + [
+                f"containment={containment[1]}"], "block": block, "blocks": blocks,
+            "cores": cores, "control_plane": control_plane}
 
 
 def table(r: dict) -> str:
@@ -128,13 +134,18 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--control-plane", action="store_true",
                     help="simulated dispatchers, spawn + kill + wait pipelined (requests/s)")
+    for side in ("a", "b"):
+        ap.add_argument(f"--{side}-containment", default="auto",
+                        choices=("auto", "cgroup", "tree"),
+                        help=f"what a kill reaches in runtime {side.upper()} "
+                             "(procmgr/containment.py)")
     args = ap.parse_args(argv)
     try:
         _environments(args.a, args.b, args.block, args.blocks)
     except ValueError as e:
         ap.error(str(e))        # before any runtime starts
     print(table(compare(args.a, args.b, args.block, args.blocks, args.cores,
-                        args.control_plane)))
+                        args.control_plane, (args.a_containment, args.b_containment))))
     return 0
 
 

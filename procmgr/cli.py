@@ -31,6 +31,7 @@ import time
 import psutil
 
 import ringbuf
+from procmgr import containment
 from procmgr.client import config, logs
 from procmgr.client.client import Domain
 from procmgr.protocol import State
@@ -60,12 +61,16 @@ def cmd_up(args) -> int:
             with _client(args) as pm:
                 _say_applied(args.config, config.apply(pm, declared))
         return 0
-    rt = Runtime(cores=args.cores, pending=args.pending, name=args.name)
+    try:
+        rt = Runtime(cores=args.cores, pending=args.pending, name=args.name,
+                     containment=args.containment)
+    except OSError as e:            # cgroup containment asked for, and not to be had
+        raise CliError(str(e)) from None
     rt.start()
     with open(_pidfile(args.name), "w") as f:
         f.write(str(os.getpid()))
-    print(f"runtime {args.name!r} up: {args.cores} cores, pending={args.pending} "
-          f"(Ctrl-C stops it)", flush=True)
+    print(f"runtime {args.name!r} up: {args.cores} cores, pending={args.pending}, "
+          f"containment={rt.containment_mode} (Ctrl-C stops it)", flush=True)
     try:
         if declared is not None:
             with rt.client() as pm:
@@ -132,7 +137,7 @@ def _show_runtime_log(name: str, stop: threading.Event) -> None:
 
 def _up_detached(args) -> int:
     cmd = [sys.executable, "-m", "procmgr", "up", "--cores", str(args.cores),
-           "--name", args.name, "--pending", args.pending]
+           "--name", args.name, "--pending", args.pending, "--containment", args.containment]
     daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     line = daemon.stdout.readline()   # bounded by the daemon: up or exited
@@ -198,7 +203,40 @@ def _placed(args) -> dict:
         if not sep or not key:
             raise CliError(f"--env {item!r} is not KEY=VALUE")
         extra[key] = value
-    return {"env_extra": extra or None, "cwd": args.cwd or os.getcwd()}
+    placed = {"env_extra": extra or None, "cwd": args.cwd or os.getcwd()}
+    limits = {}
+    for item in getattr(args, "limit", None) or ():
+        name, sep, value = item.partition("=")
+        soft, _, hard = value.partition(":")
+        try:
+            pair = tuple(None if v == "unlimited" else int(v) for v in (soft, hard or soft))
+        except ValueError:
+            pair = ()
+        if not sep or not name or not pair:
+            raise CliError(f"--limit {item!r} is not NAME=N, NAME=SOFT:HARD or NAME=unlimited")
+        limits[name] = pair
+    if limits:
+        placed["limits"] = limits
+    for key in ("user", "group"):
+        if getattr(args, key, None) is not None:
+            value = getattr(args, key)
+            placed[key] = int(value) if value.isdigit() else value
+    if getattr(args, "umask", None) is not None:
+        try:
+            placed["umask"] = int(args.umask, 8)
+        except ValueError:
+            raise CliError(f"--umask {args.umask!r} is not an octal number") from None
+    return placed
+
+
+def _process_options(p) -> None:
+    """spawn's and run's limits and identity (Client.spawn's)."""
+    p.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                   help="a limit set before it starts, by prlimit's names: as, cpu, nofile, "
+                        "nproc, core, fsize (N, SOFT:HARD or unlimited; repeat for more)")
+    p.add_argument("--user", help="the user it runs as (a runtime running as root)")
+    p.add_argument("--group", help="the group it runs as (a runtime running as root)")
+    p.add_argument("--umask", metavar="OCTAL", help="its umask, e.g. 027")
 
 
 _WHERE = {"log": logs.LOG, "null": logs.DEVNULL, "inherit": logs.INHERIT,
@@ -384,14 +422,19 @@ def _programs_table(rows: list[dict]) -> str:
 
 
 def _info(pm, ident: int) -> dict:
+    """A domain's row: "pids" its dispatchers, "processes" every live
+    process of it (what they forked too: Client.processes), over which
+    CPU and memory are summed."""
     info = pm.status(ident)
     row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
            "argv": info.argv, "exit_status": info.exit_status, "signaled": info.signaled,
            "killed": info.killed, "started": info.started, "ended": info.ended,
-           "cpu_s": None, "rss_mb": None}
+           "processes": [], "cpu_s": None, "rss_mb": None}
     if info.state == State.RUNNING:
         cpu, rss = 0.0, 0
-        for pid in info.pids:
+        row["processes"] = sorted({p for pid in info.pids if pid > 0
+                                   for p in containment.domain_pids(pid)})
+        for pid in row["processes"]:
             try:
                 p = psutil.Process(pid)
                 t = p.cpu_times()
@@ -446,8 +489,16 @@ def _event_line(event) -> str:
 
 def cmd_status(args) -> int:
     """A domain's state (by id or token), or a supervised program's with
-    its last incarnations (by name)."""
+    its last incarnations (by name); without either, the runtime's: what
+    a kill reaches there (procmgr/containment.py)."""
     token = args.token
+    if token is None:
+        with _client(args) as pm:
+            row = {"name": args.name, "containment": pm.containment,
+                   "domains": len(pm.domains())}
+        _emit(args, row, f"runtime {args.name!r}: {row['domains']} live domains; "
+                         f"containment {row['containment']}")
+        return 0
     if not re.fullmatch(r"\d+(:[0-9a-fA-F]+)?", token):     # web, web:0: a program's name
         return _program_status(args)
     ident = int(token) if token.isdigit() else _domain(token).id
@@ -595,13 +646,14 @@ def _rich_table(rows: list[dict]):
     table = Table(box=None)
     last = bool(rows) and "last" in rows[0]
     ended = any(r.get("ended") for r in rows)
-    for col in ("ID", "STATE", "CORES", "PIDS", "EXIT") + (("ENDED",) if ended else ()) + \
-            ("CPU s", "RSS MB", "ARGV") + (("LAST OUTPUT",) if last else ()):
-        table.add_column(col, justify="right" if col in ("ID", "EXIT", "CPU s", "RSS MB")
-                         else "left")
+    for col in ("ID", "STATE", "CORES", "PIDS", "PROCS", "EXIT") + \
+            (("ENDED",) if ended else ()) + ("CPU s", "RSS MB", "ARGV") + \
+            (("LAST OUTPUT",) if last else ()):
+        table.add_column(col, justify="right" if col in ("ID", "PROCS", "EXIT", "CPU s",
+                                                           "RSS MB") else "left")
     for r in rows:
         table.add_row(str(r["id"]), r["state"], ",".join(map(str, r["cores"])),
-                      ",".join(map(str, r["pids"])),
+                      ",".join(map(str, r["pids"])), str(len(r.get("processes") or [])),
                       _ended(r), *((_ago(r.get("ended")),) if ended else ()),
                       "" if r["cpu_s"] is None else str(r["cpu_s"]),
                       "" if r["rss_mb"] is None else str(r["rss_mb"]),
@@ -829,6 +881,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", choices=["replyq", "hashtable"], default="replyq",
                    help="how pending clients are matched to replies (default: replyq)")
     p.add_argument("--detach", action="store_true", help="run in the background")
+    p.add_argument("--containment", choices=("auto", "cgroup", "tree"), default="auto",
+                   help="what a kill reaches: a cgroup per domain, or its process tree "
+                        "(default auto: cgroup where cgroup v2 can be written)")
     p.add_argument("--config", metavar="FILE",
                    help="a procmgr.toml whose programs are started (checked first: a bad "
                         "file starts nothing)")
@@ -850,6 +905,7 @@ def parser() -> argparse.ArgumentParser:
                    help="where its stderr goes (default: log)")
     p.add_argument("--stdin", metavar="PATH", help="a file for its stdin (default: /dev/null)")
     p.add_argument("--append", action="store_true", help="append to --stdout/--stderr files")
+    _process_options(p)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     p = add("run", cmd_run, "run a program in the runtime with this terminal's output; "
@@ -859,6 +915,7 @@ def parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE added to the runtime's environment (repeat for more)")
     p.add_argument("--cwd", metavar="DIR",
                    help="the directory it starts in (default: this one)")
+    _process_options(p)
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     p = add("logs", cmd_logs, "a domain's captured output", "procmgr logs 3 -f --tail 20")
     p.add_argument("token", help="a domain id or token")
@@ -905,7 +962,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = add("status", cmd_status, "one domain's state, or a program's with its last "
             "incarnations", "procmgr status 3 --json; procmgr status web")
-    p.add_argument("token", help="a domain id or token, or a supervised program's name")
+    p.add_argument("token", nargs="?",
+                   help="a domain id or token, or a supervised program's name (none: the "
+                        "runtime's containment and domains)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = add("ps", cmd_ps, "list the domains, and the supervised programs", "procmgr ps --all")
     p.add_argument("--last", action="store_true", help="with the last line each printed")

@@ -238,7 +238,7 @@ static int prepared_settings(PreparedObject *p, PyObject *settings)
     if (settings == Py_None)
         return 0;
     PyObject *limits, *groups;
-    if (!PyArg_ParseTuple(settings, "OlllO:settings", &limits, &p->uid, &p->gid, &groups,
+    if (!PyArg_ParseTuple(settings, "OllOl:settings", &limits, &p->uid, &p->gid, &groups,
                           &p->umask))
         return -1;
     PyObject *fast = PySequence_Fast(limits, "limits must be a sequence");
@@ -455,19 +455,25 @@ static PyTypeObject PreparedType = {
  * forks stays in there, whatever it does (setsid, double forks, a cleared
  * environment), so its end and a kill reach all of it (cgroup.kill).
  * Making and removing a cgroup per spawn costs ~100 us (mkdir and rmdir:
- * docs/performance.md, "Containment"), a sixth of a spawn, so the groups
- * are kept: an empty one is taken again by the next spawn. One that still
- * has processes when its dispatcher ends is killed and left to drain; it
- * is taken again once it is empty. */
+ * docs/performance.md, "Containment: what a cgroup per domain costs"), a
+ * sixth of a spawn, so the groups
+ * are kept: an empty one is taken again by the next spawn. One that was
+ * killed (cgroup.kill) is not: the kernel here (6.18) SIGKILLs every
+ * process clone3 starts in a group killed before -- it compares the
+ * group's count of kills with its parent's group's, not the group's own
+ * -- so a killed group is left to drain and then removed, and a new one
+ * made in its place. */
 
 struct cgroups {
     int dirfd;          /* the core's cgroup directory; -1: no cgroup containment */
+    int no_clone3;      /* clone3 cannot start a process in a cgroup here: migrate it */
     int *free;          /* empty groups, ready */
     int nfree;
-    int *draining;      /* killed, maybe not empty yet */
+    int *draining;      /* killed: removed once empty, never taken again */
     int ndraining;
-    int made;           /* g0 .. g<made - 1> exist; both arrays hold up to made */
-    int cap;
+    int made;           /* groups made so far: the next is g<made> */
+    int existing;       /* ... and not removed: in use, free or draining */
+    int cap;            /* each array holds up to cap >= existing */
 };
 
 /* Does group g still hold a live process? cgroup.events says ("populated
@@ -508,11 +514,14 @@ static int cgroup_take(struct cgroups *cg)
     for (int i = 0; i < cg->ndraining; i++) {
         int g = cg->draining[i];
         if (!cgroup_populated(cg, g)) {
-            cg->draining[i] = cg->draining[--cg->ndraining];
-            return g;
+            char name[24];
+            snprintf(name, sizeof name, "g%d", g);
+            if (unlinkat(cg->dirfd, name, AT_REMOVEDIR) == 0)
+                cg->existing--;
+            cg->draining[i--] = cg->draining[--cg->ndraining];
         }
     }
-    if (cg->made == cg->cap) {
+    if (cg->existing == cg->cap) {          /* room in each array for every group */
         int cap = cg->cap ? 2 * cg->cap : 64;
         int *free = PyMem_Realloc(cg->free, (size_t)cap * sizeof *free);
         if (free == NULL)
@@ -528,18 +537,20 @@ static int cgroup_take(struct cgroups *cg)
     snprintf(name, sizeof name, "g%d", cg->made);
     if (mkdirat(cg->dirfd, name, 0755) < 0 && errno != EEXIST)
         return -errno;
+    cg->existing++;
     if (cgroup_populated(cg, cg->made)) {    /* one left by someone else: not ours to use */
-        cg->made++;
+        cg->draining[cg->ndraining++] = cg->made++;
         return -EBUSY;
     }
     return cg->made++;
 }
 
 /* Group g's dispatcher has ended: whatever of it is left is killed, and
- * the group is free again at once if nothing was, else once it drains. */
-static void cgroup_give_back(struct cgroups *cg, int g)
+ * the group is free again if nothing was and it was never `killed`
+ * before, else left to drain and be removed. */
+static void cgroup_give_back(struct cgroups *cg, int g, int killed)
 {
-    if (!cgroup_populated(cg, g)) {
+    if (!killed && !cgroup_populated(cg, g)) {
         cg->free[cg->nfree++] = g;
         return;
     }
@@ -547,13 +558,13 @@ static void cgroup_give_back(struct cgroups *cg, int g)
     cg->draining[cg->ndraining++] = g;
 }
 
-/* cgroup.procs of a group taken for a spawn, open for its new process to
- * write itself into (spawn_program); or -errno. */
-static int cgroup_procs_of(const struct cgroups *cg, int g)
+/* Group g's directory, for a new process to start in (spawn_program); or
+ * -errno. */
+static int cgroup_dir_of(const struct cgroups *cg, int g)
 {
-    char path[48];
-    snprintf(path, sizeof path, "g%d/cgroup.procs", g);
-    int fd = openat(cg->dirfd, path, O_WRONLY | O_CLOEXEC);
+    char name[24];
+    snprintf(name, sizeof name, "g%d", g);
+    int fd = openat(cg->dirfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
 }
 
@@ -760,16 +771,17 @@ static void hotpath_dealloc(HotPathObject *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
-/* The dispatcher out of our table and our epoll set. Unregister before
+/* The dispatcher out of our table and our epoll set (`killed`: its
+ * cgroup was, and is not taken again: cgroup_give_back). Unregister before
  * closing: a program just started holds copies of our descriptors until its
  * exec closes them, and while a copy lives, closing alone leaves the pidfd in
  * the epoll set -- to report the dead process under the number's next use. */
-static int forget(HotPathObject *c, PyObject *d)
+static int forget(HotPathObject *c, PyObject *d, int killed)
 {
     end_logs(c, d);
     int cgroup = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 6));
     if (cgroup >= 0 && c->cgroups.dirfd >= 0)
-        cgroup_give_back(&c->cgroups, cgroup);
+        cgroup_give_back(&c->cgroups, cgroup, killed);
     int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
@@ -958,7 +970,7 @@ struct child_job {
     const struct child_op *ops;
     int nops;
     int keep_below;            /* the descriptors it needs are below this */
-    int cgroup_procs;          /* its cgroup's cgroup.procs, open for writing; -1: none */
+    int cgroup_procs;          /* its cgroup's cgroup.procs, for it to enter; -1: none */
     const PreparedObject *p;   /* its limits and identity */
     int err;                   /* written by the new process if it fails */
     int failed;                /* ... and where: a FAILED_* (0: the exec or a descriptor) */
@@ -993,8 +1005,9 @@ static int take_settings(struct child_job *j)
 static int child_main(void *arg)
 {
     struct child_job *j = arg;
-    /* Into the domain's cgroup first, before it can do anything else: all
-     * it will ever fork starts in there (pid 0: the writer itself). */
+    /* Into the domain's cgroup first, where clone3 could not start it
+     * there: before it can do anything else, so all it will ever fork
+     * starts in there (pid 0: the writer itself). */
     if (j->cgroup_procs >= 0 && write(j->cgroup_procs, "0", 1) < 0) {
         j->failed = FAILED_CGROUP;
         goto fail;
@@ -1047,28 +1060,115 @@ fail:
     _exit(127);
 }
 
-/* Start p's program with `ops` applied, in the cgroup whose cgroup.procs
- * is open at cgroup_procs (-1: none): 0 with *pid, or an errno with
- * nothing left running (the failed process reaped; *failed_fd a FAILED_*
- * if it failed before its descriptors or exec). */
+/* Starting a process in its cgroup. Moving one there (writing it into
+ * cgroup.procs) takes the kernel's cgroup_threadgroup_rwsem for writing,
+ * which waits for an RCU grace period when no migration came just before:
+ * measured here, spawns one at a time with a pause between blocks of 50
+ * cost ~400 us more each (docs/performance.md, "Containment: what a cgroup
+ * per domain costs"). clone3 with
+ * CLONE_INTO_CGROUP starts the process in the group instead, as a fork
+ * starts one in its parent's: no migration at all. Like clone() in glibc
+ * it needs a few instructions to run the new process on its own stack --
+ * here for x86-64; elsewhere, and on a kernel without it (before 5.7), the
+ * new process writes itself into cgroup.procs. */
+struct clone3_args {              /* the kernel's struct clone_args, version 2 */
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+             set_tid, set_tid_size, cgroup;
+};
+#define CLONE3_INTO_CGROUP 0x200000000ULL
+#if defined(__x86_64__) && defined(SYS_clone3)
+#define HAVE_CLONE3_RUN 1
+/* clone3(cl), the new process running fn(arg) and exiting with what it
+ * returns (it never does: child_main execs or _exits). The pid, or -errno. */
+static long clone3_run(struct clone3_args *cl, int (*fn)(void *), void *arg)
+{
+    long ret;
+    register void *r12 __asm__("r12") = (void *)fn;
+    register void *r13 __asm__("r13") = arg;
+    __asm__ volatile(
+        "syscall\n\t"
+        "test %%rax, %%rax\n\t"
+        "jnz 1f\n\t"
+        "xor %%ebp, %%ebp\n\t"          /* the new process: its stack is cl->stack's */
+        "mov %%r13, %%rdi\n\t"
+        "call *%%r12\n\t"
+        "mov %%eax, %%edi\n\t"
+        "mov %[exit], %%eax\n\t"
+        "syscall\n\t"
+        "hlt\n\t"
+        "1:\n\t"
+        : "=a"(ret)
+        : "a"((long)SYS_clone3), "D"(cl), "S"(sizeof *cl), "r"(r12), "r"(r13),
+          [exit] "i"(SYS_exit)
+        : "rcx", "r11", "memory");
+    return ret;
+}
+#endif
+
+/* Start p's program with `ops` applied, in group `cgroup` (-1: none): 0
+ * with *pid, or an errno with nothing left running (the failed process
+ * reaped; *failed_fd a FAILED_* if it failed before its descriptors or
+ * exec). */
 static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child_op *ops,
-                         int nops, int cgroup_procs, pid_t *pid, int *failed_fd)
+                         int nops, int cgroup, pid_t *pid, int *failed_fd)
 {
     struct child_job job = {.file = p->file, .cwd = p->cwd, .argv = p->argv, .envp = p->envp,
                             .ops = ops, .nops = nops, .keep_below = 3,
-                            .cgroup_procs = cgroup_procs, .p = p, .err = 0, .failed = 0};
+                            .cgroup_procs = -1, .p = p, .err = 0, .failed = 0};
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == OP_DUP2 && ops[i].src >= job.keep_below)
             job.keep_below = ops[i].src + 1;
+    int group = -1;
+    if (cgroup >= 0 && (group = cgroup_dir_of(&c->cgroups, cgroup)) < 0) {
+        *failed_fd = FAILED_CGROUP;
+        return -group;
+    }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t child = clone(child_main, c->stack + CHILD_STACK,
-                        CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &job);
-    int err = errno;
+    pid_t child = -1;
+    int err = 0, started = 0;
+#ifdef HAVE_CLONE3_RUN
+    if (group >= 0 && !c->cgroups.no_clone3) {
+        struct clone3_args cl = {
+            .flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE3_INTO_CGROUP,
+            .exit_signal = SIGCHLD, .stack = (uint64_t)(uintptr_t)c->stack,
+            .stack_size = CHILD_STACK, .cgroup = (uint64_t)group};
+        long r = clone3_run(&cl, child_main, &job);
+        if (r == -ENOSYS || r == -E2BIG || r == -EINVAL) {
+            c->cgroups.no_clone3 = 1;       /* an older kernel: the other way from now on */
+        } else {
+            started = 1;
+            child = r < 0 ? -1 : (pid_t)r;
+            err = r < 0 ? (int)-r : 0;
+        }
+    }
+#endif
+    if (!started) {
+        if (group >= 0) {
+            job.cgroup_procs = openat(group, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+            if (job.cgroup_procs < 0) {
+                err = errno;
+                pthread_sigmask(SIG_SETMASK, &old, NULL);
+                close(group);
+                *failed_fd = FAILED_CGROUP;
+                return err;
+            }
+        }
+        child = clone(child_main, c->stack + CHILD_STACK,
+                      CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &job);
+        err = errno;
+        if (job.cgroup_procs >= 0)
+            close(job.cgroup_procs);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (child < 0)
+    if (group >= 0)
+        close(group);
+    if (child < 0) {
+        if (group >= 0 && started)
+            *failed_fd = FAILED_CGROUP;      /* clone3 refused the group */
         return err;
+    }
     if (job.err != 0) {
         waitpid(child, NULL, 0);
         if (job.failed)
@@ -1084,21 +1184,21 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
  * left running or open; *failed_fd says which of the program's descriptors
  * could not be made (-1: the program itself did not start). */
 static int spawn_with_streams(HotPathObject *c, PreparedObject *p, uint32_t dom,
-                              int cgroup_procs, pid_t *pid, int *slots, int *nslots,
+                              int cgroup, pid_t *pid, int *slots, int *nslots,
                               int *failed_fd)
 {
     *nslots = 0;
     *failed_fd = -1;
     struct child_op ops[p->nactions > 0 ? p->nactions : 1];
     if (p->nper_spawn == 0)
-        return spawn_program(c, p, ops, child_ops(p, NULL, ops), cgroup_procs, pid, failed_fd);
+        return spawn_program(c, p, ops, child_ops(p, NULL, ops), cgroup, pid, failed_fd);
     if (p->nlogs > 0 && c->rotator == NULL)
         return ENOTSUP;          /* worker.py refuses "log" first, with words */
     struct made m;        /* ~8 KiB of stack: the worker's thread has megabytes */
     int rc = make_per_spawn(c, p, dom, &m, failed_fd);
     if (rc != 0)
         return rc;
-    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), cgroup_procs, pid, failed_fd);
+    rc = spawn_program(c, p, ops, child_ops(p, m.fds, ops), cgroup, pid, failed_fd);
     let_go(c, &m, rc == 0);                  /* the program's now, not ours */
     if (rc != 0)
         return rc;
@@ -1141,23 +1241,15 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     ident[2] = span ? "PROCMGR_DISPATCHER=1" : "PROCMGR_DISPATCHER=0";
     ident[3] = PyBytes_AS_STRING(c->runtime_var);
     pid_t pid;
-    int slots[MAX_PER_SPAWN], nslots, cgroup = -1, cgroup_procs = -1;
-    if (c->cgroups.dirfd >= 0) {
-        cgroup = cgroup_take(&c->cgroups);
-        cgroup_procs = cgroup < 0 ? cgroup : cgroup_procs_of(&c->cgroups, cgroup);
-        if (cgroup_procs < 0) {
-            if (cgroup >= 0)
-                c->cgroups.free[c->cgroups.nfree++] = cgroup;
-            *failed_fd = FAILED_CGROUP;
-            return -cgroup_procs;
-        }
+    int slots[MAX_PER_SPAWN], nslots, cgroup = -1;
+    if (c->cgroups.dirfd >= 0 && (cgroup = cgroup_take(&c->cgroups)) < 0) {
+        *failed_fd = FAILED_CGROUP;
+        return -cgroup;
     }
-    int rc = spawn_with_streams(c, p, dom, cgroup_procs, &pid, slots, &nslots, failed_fd);
-    if (cgroup_procs >= 0)
-        close(cgroup_procs);
+    int rc = spawn_with_streams(c, p, dom, cgroup, &pid, slots, &nslots, failed_fd);
     if (rc != 0) {
         if (cgroup >= 0)
-            cgroup_give_back(&c->cgroups, cgroup);
+            cgroup_give_back(&c->cgroups, cgroup, 0);
         return rc;
     }
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -1202,7 +1294,7 @@ undo:
     for (int i = 0; i < nslots; i++)
         rotator_end(c->rotator, slots[i]);
     if (cgroup >= 0)
-        cgroup_give_back(&c->cgroups, cgroup);
+        cgroup_give_back(&c->cgroups, cgroup, 0);
     return rc;
 }
 
@@ -1260,7 +1352,7 @@ static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
     PyObject *d = dispatcher_named(c, dom);
     if (d == NULL)
         return NULL;
-    if (forget(c, d) < 0)
+    if (forget(c, d, 1) < 0)      /* after a kill: its group was killed */
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1369,7 +1461,7 @@ static int report_exit(HotPathObject *c, PyObject *d)
     rb_push(c->replies, &r, SLOT);
     rb_wake_consumer(c->replies);
     killpg(pid, SIGKILL);      /* no orphan left behind */
-    return forget(c, d);
+    return forget(c, d, 0);
 }
 
 static long long mono_ns(void)

@@ -44,7 +44,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import grp
 import os
+import pwd
+import resource
 import select
 import shutil
 import signal
@@ -87,6 +90,12 @@ _INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER", "PRO
 PREPARED_CACHE = 256
 # Tree containment: how often every live domain's descendants are noted.
 TREE_LOOK = 1.0
+# The limits a spawn may set, by the names prlimit(1) and ulimit give them.
+RLIMITS = {"as": resource.RLIMIT_AS, "cpu": resource.RLIMIT_CPU,
+           "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC,
+           "core": resource.RLIMIT_CORE, "fsize": resource.RLIMIT_FSIZE}
+# ... and those a cgroup v2 controller enforces (the file's name, "_" for ".").
+CGROUP_LIMITS = ("memory_max", "cpu_max", "pids_max")
 
 
 class Worker:
@@ -289,11 +298,12 @@ class Worker:
         env = self._env if given is None else [
             os.fsencode(f"{k}={v}") for k, v in given.items() if k not in _INTERNAL_ENV]
         actions = self._descriptor_actions(args.caps)
+        settings = self._settings(args.settings) if args.settings else None
         argv = args.argv or [args.path]
         try:
             if not argv[0]:
                 raise ValueError("argv[0] is empty")   # as os.posix_spawn has it
-            program = Prepared(path, argv, env, actions, args.cwd)
+            program = Prepared(path, argv, env, actions, args.cwd, settings)
         except ValueError as e:       # that, or a NUL byte
             raise ValueError(f"{args.path}: {e}") from None
         if len(payload) <= MAX_PAYLOAD:     # a long spawn's megabytes are not kept
@@ -337,6 +347,64 @@ class Worker:
             else:
                 actions.append(("open", fd, text, _CAP_FLAGS[mode], 0o600))
         return actions + dups
+
+    def _settings(self, given: dict[str, str]) -> tuple:
+        """A spawn's settings as Prepared takes them, (limits, uid, gid,
+        groups, umask), checked: ValueError saying what cannot be had here
+        -- never a limit or an identity silently not applied."""
+        limits = []
+        for key, text in given.items():
+            if not key.startswith("limit."):
+                continue
+            name = key[len("limit."):]
+            if name in CGROUP_LIMITS:
+                raise ValueError(self._cgroup_limit_refused(name))
+            soft, hard = (_limit_value(name, v) for v in text.split(":", 1)) \
+                if text.count(":") == 1 else (None, None)
+            if soft is None:
+                raise ValueError(f"limit {name} is {text!r}, not SOFT:HARD")
+            if _over(soft, hard):
+                raise ValueError(f"limit {name}: soft {_shown(soft)} is over hard {_shown(hard)}")
+            own = _own_limit(resource.getrlimit(RLIMITS[name])[1])
+            if os.geteuid() != 0 and _over(hard, own):
+                raise ValueError(f"limit {name}: hard {_shown(hard)} is over this runtime's "
+                                 f"own ({_shown(own)}), and only root may raise it")
+            limits.append((RLIMITS[name], soft, hard))
+        uid = gid = umask = -1
+        groups = None
+        if "user" in given:
+            user = _user(given["user"])
+            uid, gid = user.pw_uid, user.pw_gid
+            groups = os.getgrouplist(user.pw_name, gid)
+        if "group" in given:
+            gid = _group(given["group"])
+        if os.geteuid() != 0 and (uid not in (-1, os.geteuid()) or gid not in (-1, os.getegid())):
+            raise ValueError(f"user and group need a runtime running as root (this one runs as "
+                             f"uid {os.geteuid()})")
+        if os.geteuid() != 0:
+            groups = None         # setgroups is root's: one's own user keeps one's groups
+        if "umask" in given:
+            text = given["umask"]
+            if not set(text) <= set("01234567") or int(text, 8) > 0o777:
+                raise ValueError(f"umask {text!r} is not an octal number 0 to 777")
+            umask = int(text, 8)
+        return limits, uid, gid, groups, umask
+
+    def _cgroup_limit_refused(self, name: str) -> str:
+        """Why a cgroup limit cannot be had here."""
+        file = name.replace("_", ".")
+        if self.cgroup_dir is None:
+            return f"limit {name} ({file}) needs cgroup containment; this runtime has tree " \
+                   "containment (no writable cgroup v2 hierarchy)"
+        controller = file.split(".")[0]
+        try:
+            with open(os.path.join(os.path.dirname(self.cgroup_dir), "cgroup.controllers")) as f:
+                there = f.read().split()
+        except OSError:
+            there = []
+        return (f"limit {name} ({file}) needs cgroup v2's {controller} controller, which "
+                f"this runtime's cgroup is not given (it has: {', '.join(there) or 'none'}); "
+                "the machine keeps it elsewhere (a v1 hierarchy) or does not delegate it")
 
     def _log_action(self, fd: int, bounds: str) -> tuple:
         limit, backups = self.log_bounds
@@ -544,13 +612,70 @@ def _in_path(name: str, env: dict | None) -> str:
     return found
 
 
+# No limit, as setrlimit takes it (rlim_t is unsigned; Python's resource
+# module says -1).
+RLIM_NONE = (1 << 64) - 1
+
+
+def _limit_value(name: str, text: str) -> int | None:
+    """A limit's soft or hard value: a number, or "inf" (none). None if not."""
+    if text == "inf":
+        return RLIM_NONE
+    return int(text) if text.isdigit() and int(text) < RLIM_NONE else None
+
+
+def _own_limit(value: int) -> int:
+    """A value getrlimit gave, as _limit_value gives them."""
+    return RLIM_NONE if value == resource.RLIM_INFINITY else value
+
+
+def _over(a: int, b: int) -> bool:
+    """Is limit value ``a`` above ``b``? (No limit is above every number:
+    RLIM_NONE is the largest.)"""
+    return a > b
+
+
+def _shown(value: int) -> str:
+    return "unlimited" if value == RLIM_NONE else str(value)
+
+
+def _user(text: str):
+    """The passwd entry of a user named, or numbered, ``text``."""
+    try:
+        return pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except KeyError:
+        raise ValueError(f"no user {text!r} on this machine") from None
+
+
+def _group(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {text!r} on this machine") from None
+
+
 def _start_failure(program: Prepared, e: OSError) -> tuple:
     """The reply's error, status and detail for a start that failed with
     ``e``: a descriptor of the program that could not be made (the start
-    names it: a file, a log, an inherited descriptor), or the program."""
+    names it: a file, a log, an inherited descriptor), its working
+    directory, its cgroup, a limit or its identity, or the program."""
     if e.filename2 == "cwd":                   # its working directory
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
                 _words(f"cwd {e.filename}: {e.strerror}"))
+    if e.filename2 == "cgroup":
+        return (Err.EXEC_FAILED, e.errno or errno.EIO,
+                _words(f"{program.path}: could not enter its cgroup: {e.strerror}"))
+    if e.filename2 == "limit":
+        resource_number = program.settings[0][e.filename][0]
+        name = next(n for n, r in RLIMITS.items() if r == resource_number)
+        return (Err.EXEC_FAILED, e.errno or errno.EIO,
+                _words(f"{program.path}: limit {name}: {e.strerror}"))
+    if e.filename2 == "identity":
+        return (Err.EXEC_FAILED, e.errno or errno.EIO,
+                _words(f"{program.path}: could not take on its user, group or umask: "
+                       f"{e.strerror}"))
     if not isinstance(e.filename, int):
         return (Err.EXEC_FAILED, e.errno or errno.EIO,
                 _words(f"{program.path}: {e.strerror}"))

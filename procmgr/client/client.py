@@ -662,6 +662,14 @@ class Client:
         (LOG, DEVNULL, INHERIT, STDOUT, a path; ``append=True``), ``stdin=``
         (DEVNULL or a path) and ``log_max_bytes=``/``log_backups=`` say
         where its standard streams go: procmgr/client/logs.py.
+        ``limits``: {name: value} set before its first instruction, by
+        prlimit(1)'s names -- "as" (address space, bytes), "cpu" (seconds),
+        "nofile", "nproc", "core", "fsize" (bytes) -- a value a number,
+        (soft, hard) or None for none; "memory_max", "cpu_max",
+        "pids_max" are the cgroup v2 files', where the runtime's cgroup is
+        given their controller. ``user``/``group`` (a name or a number; a
+        runtime running as root) and ``umask``. What cannot be had here
+        is an error (EXEC_FAILED, saying why), never a limit left unset.
 
         Differs from subprocess: the options after ``argv`` are keyword-only;
         ``env_extra`` is ours (subprocess has only the whole environment, and
@@ -967,7 +975,7 @@ class Client:
             check: bool = False, capture_output: bool = True, input: bytes | str | None = None,
             text: bool = False, encoding: str | None = None, errors: str | None = None,
             stdin=None, stdout=None, stderr=None, log_max_bytes: int | None = None,
-            log_backups: int | None = None) -> CompletedRun:
+            log_backups: int | None = None, **process) -> CompletedRun:
         """Run ``argv`` to its end and return what it printed, as
         ``subprocess.run``. ``capture_output`` (the default here, where
         subprocess's is False: a domain's output otherwise goes to the log,
@@ -978,13 +986,17 @@ class Client:
         ``timeout``: the domain is killed and TimeoutExpired (also a
         TimeoutError) raised with what it had printed. ``check``: a non-zero
         status raises CalledProcessError. An exception while it waits
-        (Ctrl-C) kills the domain too."""
+        (Ctrl-C) kills the domain too. ``limits``, ``user``, ``group``,
+        ``umask``: spawn's."""
+        unknown = set(process) - {"limits", "user", "group", "umask"}
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         plan = _RunPlan(self, capture_output, input, text, encoding, errors, stdin, stdout,
                         stderr)
         try:
             d = self.spawn(argv, core=core, env=env, executable=executable, path=path,
                            cwd=cwd, env_extra=env_extra, log_max_bytes=log_max_bytes,
-                           log_backups=log_backups, **plan.streams)
+                           log_backups=log_backups, **plan.streams, **process)
         finally:
             plan.input_taken()
         try:
@@ -1207,13 +1219,14 @@ def _domain_result(msg: Msg) -> Domain:
 def _spawn_request(argv, core, env, executable, path, caps, cwd, env_extra, stop_signal,
                    stop_timeout, streams) -> tuple[int, int, bytes]:
     """A spawn's op, core and payload, from spawn's arguments, checked."""
+    settings = _process_settings(streams) if streams else {}
     caps = _all_caps(streams, caps) if streams or caps else None
     op = Op.SPAWN_WITH_CAPS if caps else Op.SPAWN
     if type(core) is not int or not 0 <= core <= 0xFFFF:
         core = _core_number(core)
     if type(argv) is list and not caps and env is None and executable is None \
             and path is None and cwd is None and env_extra is None \
-            and stop_signal is None and stop_timeout is None:
+            and stop_signal is None and stop_timeout is None and not settings:
         # The common case, kept encoded (and so checked) from the last time.
         try:
             return op, core, _plain_spawn_payload(argv[0], tuple(argv))
@@ -1221,6 +1234,7 @@ def _spawn_request(argv, core, env, executable, path, caps, cwd, env_extra, stop
             pass    # something to convert, or wrong: the full way says what
     args = _program(argv, env, executable, path, env_extra, cwd)
     args.caps = list(caps or [])
+    args.settings = settings
     if stop_signal is not None or stop_timeout is not None:
         sig, grace_ms = _stop_how(stop_signal, stop_timeout)
         args.stop = (sig or signal.SIGTERM, KILL_GRACE_DEFAULT if grace_ms is None else grace_ms)
@@ -1324,6 +1338,53 @@ def _environment(env, what: str) -> dict | None:
             raise ValueError(f"{what} key {name!r} is not a variable name")
         checked[name] = _text(value, f"{what}[{key!r}]")
     return checked
+
+
+# A spawn's limits, by the names prlimit(1) gives them, then those a cgroup
+# v2 controller enforces (the file's name with "_" for "."); a value is a
+# number for both soft and hard limit, (soft, hard), or None for none.
+RLIMIT_NAMES = ("as", "cpu", "nofile", "nproc", "core", "fsize")
+CGROUP_LIMIT_NAMES = ("memory_max", "cpu_max", "pids_max")
+
+
+def _process_settings(options: dict) -> dict[str, str]:
+    """The settings (payloads.py's SETTINGS) a spawn's ``limits``,
+    ``user``, ``group`` and ``umask`` options ask for, taken out of
+    ``options`` and checked here, in words, before anything is sent."""
+    limits, user, group, umask = (options.pop(k, None)
+                                  for k in ("limits", "user", "group", "umask"))
+    settings: dict[str, str] = {}
+    if limits is not None:
+        if not isinstance(limits, dict):
+            raise TypeError(f"limits must be a dict of name: value, not {limits!r}")
+        for name, value in limits.items():
+            if name in CGROUP_LIMIT_NAMES:
+                text = "max" if value is None else str(value)
+                if "\0" in text or not text:
+                    raise ValueError(f"limit {name} is {value!r}")
+                settings[f"limit.{name}"] = text
+                continue
+            if name not in RLIMIT_NAMES:
+                raise ValueError(f"{name!r} is not a limit: the limits are "
+                                 f"{', '.join(RLIMIT_NAMES + CGROUP_LIMIT_NAMES)}")
+            pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+            if len(pair) != 2 or not all(v is None or (type(v) is int and v >= 0) for v in pair):
+                raise ValueError(f"limit {name} must be a number >= 0, (soft, hard) or None "
+                                 f"(no limit), not {value!r}")
+            settings[f"limit.{name}"] = ":".join("inf" if v is None else str(v) for v in pair)
+    for key, value in (("user", user), ("group", group)):
+        if value is None:
+            continue
+        if (type(value) is int and value >= 0) or \
+                (isinstance(value, str) and value and value.isprintable()):
+            settings[key] = str(value)
+        else:
+            raise ValueError(f"{key} must be a name or a number >= 0, not {value!r}")
+    if umask is not None:
+        if type(umask) is not int or not 0 <= umask <= 0o777:
+            raise ValueError(f"umask must be a number from 0 to 0o777, not {umask!r}")
+        settings["umask"] = format(umask, "o")
+    return settings
 
 
 def _stop_how(sig, grace) -> tuple[int, int | None]:

@@ -17,6 +17,9 @@ again, the rest untouched.
     stop_signal = "INT"
     stop_timeout = 10
     depends_on = ["db"]       # started after db
+    limits = { nofile = 1024, cpu = [60, 120], core = 0 }   # "unlimited" for none
+    user = "www-data"         # a runtime running as root
+    umask = 0o027
 
     [programs.db]
     argv = ["./db"]
@@ -40,12 +43,14 @@ import tomllib
 from dataclasses import dataclass, field
 
 from procmgr.client import logs
+from procmgr.client.client import _process_settings
 from procmgr.protocol.programs import Policy, check_name
 
 _POLICY_KEYS = ("restart", "backoff", "backoff_factor", "backoff_max", "jitter",
                 "reset_after", "max_restarts", "period")
 _KEYS = {"argv", "core", "cores", "numprocs", "env", "cwd", "stdout", "stderr", "stop_signal",
-         "stop_timeout", "autostart", "depends_on", *_POLICY_KEYS}
+         "stop_timeout", "autostart", "depends_on", "limits", "user", "group", "umask",
+         *_POLICY_KEYS}
 _STREAMS = {"log": logs.LOG, "null": logs.DEVNULL, "inherit": logs.INHERIT}
 
 
@@ -165,6 +170,14 @@ def _program(name: str, t: dict, cores: int | None) -> list[Declared]:
                 or v < 0:
             raise ValueError(f"stop_timeout: seconds, at least 0, not {v!r}")
         options["stop_timeout"] = v
+    process = {k: t[k] for k in ("limits", "user", "group", "umask") if k in t}
+    if isinstance(process.get("limits"), dict):      # TOML has no null: "unlimited"
+        process["limits"] = {k: _unlimited(v) for k, v in process["limits"].items()}
+    try:
+        _process_settings(dict(process))             # checked now, said with its key
+    except (ValueError, TypeError) as e:
+        raise ValueError(str(e)) from None
+    options |= process
     policy = {k: t[k] for k in _POLICY_KEYS if k in t}
     if policy.get("max_restarts") == -1:        # TOML has no null: -1, as the CLI's
         policy["max_restarts"] = None
@@ -264,3 +277,13 @@ def _wait_for_dependencies(pm, d: Declared, wanted: dict, timeout: float) -> Non
                 raise TimeoutError(f"{d.name} waits for {name}, which did not start "
                                    f"within {timeout} s")
             time.sleep(0.01)
+
+
+def _unlimited(value):
+    """A limit's value as the client takes it: "unlimited" (TOML has no
+    null) is None, a [soft, hard] array a pair."""
+    if value == "unlimited":
+        return None
+    if isinstance(value, list):
+        return tuple(_unlimited(v) for v in value)
+    return value

@@ -55,6 +55,9 @@ class SpawnArgs:
     cwd: str | None = None          # None: the worker's working directory
     env_adds: bool = False          # env is added to the worker's, not the whole
     stop: tuple[int, int] | None = None  # a kill's signal and grace in ms (None: the runtime's)
+    # What the program's process is made before its exec: NAME -> text,
+    # NAME one of SETTINGS (the client's spawn says what each takes).
+    settings: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         # argv == [path], the usual case, travels as nothing (and a bit): a
@@ -64,8 +67,9 @@ class SpawnArgs:
             raise ValueError("env_adds without an env to add")
         if self.cwd is not None and not self.cwd:
             raise ValueError("the working directory is empty")
-        caps = [_cap_text(c) for c in self.caps]
-        if self.stop is not None:       # after the cwd, before the caps
+        caps = [_setting_text(k, v) for k, v in self.settings.items()] + \
+            [_cap_text(c) for c in self.caps]
+        if self.stop is not None:       # after the cwd, before the settings and caps
             caps.insert(0, f"{int(self.stop[0])}:{int(self.stop[1])}")
         parts = [
             _field("path", self.path.encode("utf-8", "surrogateescape")),
@@ -153,6 +157,22 @@ def _env_text(key: str, value: str) -> str:
     if not isinstance(key, str) or not key or "=" in key:
         raise ValueError(f"env key {key!r} must be non-empty text without '='")
     return f"{key}={value}"
+
+
+# The settings a spawn may carry (spawn_payload.h's list, in the same order).
+SETTINGS = ("limit.as", "limit.cpu", "limit.nofile", "limit.nproc", "limit.core",
+            "limit.fsize", "limit.memory_max", "limit.cpu_max", "limit.pids_max",
+            "user", "group", "umask")
+
+
+def _setting_text(name: str, value: str) -> str:
+    """A setting as the caps field carries it, NAME=VALUE: told from a cap
+    by its first character, a letter where a cap's is a digit."""
+    if name not in SETTINGS:
+        raise ValueError(f"{name!r} is not a spawn setting ({', '.join(SETTINGS)})")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"setting {name} has no value, or a NUL in it: {value!r}")
+    return f"{name}={value}"
 
 
 def _cap_text(cap: tuple[int, str, str]) -> str:

@@ -28,8 +28,12 @@
  * caps field then starts with it, NUL-terminated (a spawn without one pays
  * nothing for it); the next bit, that how the program is stopped is given:
  * SIGNAL:GRACE_MS (the signal a kill sends first, 1..KILL_MAX_SIGNAL, and
- * the ms before SIGKILL, below KILL_GRACE_DEFAULT) comes next. A cap is
- * FD:MODE:TEXT, as payloads.py describes for each mode.
+ * the ms before SIGKILL, below KILL_GRACE_DEFAULT) comes next. Then the
+ * settings, each NAME=VALUE with NAME one of spawn_settings (a letter
+ * first, where a cap's first character is a digit): what the program's
+ * process is made before its exec -- its limits and identity; the worker
+ * reads and checks their values. Then the caps, each FD:MODE:TEXT, as
+ * payloads.py describes for each mode.
  *
  * Everything in it is a peer's word: every length is checked against the
  * payload and ARG_LIMIT before anything is read, and a payload that breaks
@@ -248,9 +252,44 @@ static PyObject *spawn_cap_of(PyObject *item, const char *s, Py_ssize_t n,
     return Py_BuildValue("(lsN)", (long)fd, mode, text);
 }
 
-/* The payload as (path, argv, env, caps, cwd, env_adds, stop): str, list
- * of str, dict or None, list of (fd, mode, text), str or None, bool,
- * (signal, grace ms) or None -- what SpawnArgs holds. NULL with *why filled in (why->detail NULL: out of
+/* The settings a spawn may carry (payloads.py's SETTINGS, in the same order). */
+static const char *const spawn_settings[] = {
+    "limit.as", "limit.cpu", "limit.nofile", "limit.nproc", "limit.core", "limit.fsize",
+    "limit.memory_max", "limit.cpu_max", "limit.pids_max", "user", "group", "umask",
+};
+
+/* One setting, NAME=VALUE (the item, as str), into `settings`: 0, or -1
+ * with *why filled in (a name not known, no value, a name twice). */
+static int spawn_setting(PyObject *settings, PyObject *item, struct spawn_refusal *why)
+{
+    Py_ssize_t at = PyUnicode_FindChar(item, '=', 0, PyUnicode_GET_LENGTH(item), 1);
+    if (at == -2)
+        return -1;
+    PyObject *name = at > 0 ? PyUnicode_Substring(item, 0, at) : NULL;
+    const char *n = name ? PyUnicode_AsUTF8(name) : NULL;
+    int known = 0;
+    for (size_t i = 0; n != NULL && i < sizeof spawn_settings / sizeof *spawn_settings; i++)
+        known |= strcmp(n, spawn_settings[i]) == 0;
+    PyErr_Clear();
+    int rc = -1;
+    if (!known || at + 1 >= PyUnicode_GET_LENGTH(item)) {
+        SPAWN_REFUSE(why, known ? "spawn setting %R has no value"
+                                : "cap %R is not FD:MODE:PATH, nor a setting NAME=VALUE with a "
+                                  "known NAME", item);
+    } else if (PyDict_Contains(settings, name)) {
+        SPAWN_REFUSE(why, "spawn setting %R is given twice", name);
+    } else {
+        PyObject *value = PyUnicode_Substring(item, at + 1, PyUnicode_GET_LENGTH(item));
+        rc = value == NULL ? -1 : PyDict_SetItem(settings, name, value);
+        Py_XDECREF(value);
+    }
+    Py_XDECREF(name);
+    return rc;
+}
+
+/* The payload as (path, argv, env, caps, cwd, env_adds, stop, settings):
+ * str, list of str, dict or None, list of (fd, mode, text), str or None,
+ * bool, (signal, grace ms) or None, dict of str -- what SpawnArgs holds. NULL with *why filled in (why->detail NULL: out of
  * memory, with the exception set). */
 static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refusal *why)
 {
@@ -303,7 +342,7 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     if (le != 0 && !env_given)
         return SPAWN_REFUSE(why, "spawn payload has env entries but says env is not given");
     PyObject *path = NULL, *argv = NULL, *env_items = NULL, *cap_items = NULL, *env = NULL,
-             *caps = NULL, *cwd = NULL, *stop = NULL, *out = NULL;
+             *caps = NULL, *cwd = NULL, *stop = NULL, *settings = NULL, *out = NULL;
     if ((path = spawn_text(path_at, lp, why)) == NULL ||
         (argv = spawn_list(argv_at, la, why)) == NULL ||
         (env_items = spawn_list(env_at, le, why)) == NULL ||
@@ -346,8 +385,17 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     } else {
         stop = Py_NewRef(Py_None);
     }
+    if ((settings = PyDict_New()) == NULL)
+        goto done;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cap_items); i++) {
-        PyObject *cap = spawn_cap(PyList_GET_ITEM(cap_items, i), why);
+        PyObject *item = PyList_GET_ITEM(cap_items, i);
+        Py_UCS4 first = PyUnicode_GET_LENGTH(item) ? PyUnicode_READ_CHAR(item, 0) : 0;
+        if (first >= 'a' && first <= 'z') {          /* a setting */
+            if (spawn_setting(settings, item, why) < 0)
+                goto done;
+            continue;
+        }
+        PyObject *cap = spawn_cap(item, why);
         int rc = cap == NULL ? -1 : PyList_Append(caps, cap);
         Py_XDECREF(cap);
         if (rc < 0)
@@ -384,8 +432,10 @@ static PyObject *spawn_decode(const uint8_t *p, Py_ssize_t n, struct spawn_refus
     } else {
         env = Py_NewRef(Py_None);
     }
-    out = PyTuple_Pack(7, path, argv, env, caps, cwd, env_adds ? Py_True : Py_False, stop);
+    out = PyTuple_Pack(8, path, argv, env, caps, cwd, env_adds ? Py_True : Py_False, stop,
+                       settings);
 done:
+    Py_XDECREF(settings);
     Py_XDECREF(cwd);
     Py_XDECREF(stop);
     Py_XDECREF(path);

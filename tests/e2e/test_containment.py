@@ -196,3 +196,18 @@ def test_asking_for_cgroup_containment_where_there_is_none_says_why(monkeypatch)
     assert procmgr.Runtime(cores=1).containment_mode == containment.TREE
     with pytest.raises(ValueError, match="containment must be one of"):
         procmgr.Runtime(cores=1, containment="jail")
+
+
+def test_spawns_after_kills_run(runtime):
+    """A killed domain's cgroup is not used again: this kernel SIGKILLs a
+    process started by clone3 in a group that was killed before
+    (spawnd_workers/_spawnd.c, "the domains' cgroups")."""
+    pm = runtime.client()
+    for _ in range(3):
+        d = pm.spawn(["/bin/sleep", "60"])
+        pm.kill(d, timeout=T)
+        assert [pm.wait(pm.spawn(["/bin/true"]), timeout=T) for _ in range(3)] == [0, 0, 0]
+    if runtime.containment_mode == containment.CGROUP:
+        core = next(p for p in os.listdir(runtime.cgroup) if p.startswith("core"))
+        groups = [g for g in os.listdir(os.path.join(runtime.cgroup, core)) if g[0] == "g"]
+        assert len(groups) <= 3         # the killed ones removed, the free one kept

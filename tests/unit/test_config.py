@@ -60,6 +60,14 @@ def test_max_restarts_minus_one_retries_without_end(tmp_path):
         load(write(tmp_path, '[programs.a]\nargv = ["x"]\nmax_restarts = -2\n'), cores=1)
 
 
+def test_limits_and_identity_are_spawn_options(tmp_path):
+    [p] = load(write(tmp_path, '[programs.a]\nargv = ["x"]\nuser = "nobody"\numask = 0o027\n'
+                               'limits = { nofile = [64, 128], cpu = "unlimited", core = 0 }\n'),
+               cores=1)
+    assert p.options["limits"] == {"nofile": (64, 128), "cpu": None, "core": 0}
+    assert (p.options["user"], p.options["umask"]) == ("nobody", 0o027)
+
+
 @pytest.mark.parametrize("text, words", [
     ('[programs.a]\nargv = ["x"]\n\n[programs.b]\nargv = ["y"]\nrestrat = "always"\n',
      r":4: \[programs.b\]: unknown key 'restrat'"),
@@ -75,6 +83,9 @@ def test_max_restarts_minus_one_retries_without_end(tmp_path):
     ('[programs.a]\nargv = ["x"]\nrestart = always\n', r"procmgr.toml: .*line 3"),
     ('[service]\nx = 1\n', "unknown top-level key 'service'"),
     ('[programs."a:b"]\nargv = ["x"]\n', "has no ':'"),
+    ('[programs.a]\nargv = ["x"]\nlimits = { stack = 1 }\n', "'stack' is not a limit"),
+    ('[programs.a]\nargv = ["x"]\nlimits = { nofile = -3 }\n', "limit nofile must be"),
+    ('[programs.a]\nargv = ["x"]\numask = 0o1000\n', "umask must be a number"),
 ])
 def test_a_bad_file_is_one_error_saying_where(tmp_path, text, words):
     with pytest.raises(ConfigError, match=words) as e:

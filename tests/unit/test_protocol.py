@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import ringbuf
 from procmgr.errors import Err
+from procmgr.protocol.payloads import SETTINGS
 from procmgr.protocol import (
     ARG_LIMIT,
     HEADER,
@@ -385,6 +386,7 @@ spawn_args = st.builds(
     argv=argvs,
     env=st.none() | st.dictionaries(env_keys, text, max_size=6),
     caps=st.lists(caps, max_size=6),
+    settings=st.dictionaries(st.sampled_from(SETTINGS), nonempty, max_size=4),
 )
 
 
@@ -476,6 +478,19 @@ def test_every_field_at_limit_fits_one_message():
     m = Msg(Op.SPAWN_WITH_CAPS, seq=3, payload=big.encode())
     assert len(m.payload) <= MAX_PAYLOAD
     assert SpawnArgs.decode(feed_all(Decoder(), encode(m))[-1].payload) == big
+
+
+def test_settings_travel_between_the_stop_and_the_caps():
+    args = SpawnArgs("p", ["p"], None, [(0, "r", "/in")], cwd="/tmp", stop=(15, 500),
+                     settings={"limit.nofile": "32:64", "user": "nobody", "umask": "27"})
+    assert SpawnArgs.decode(args.encode()) == args
+
+
+def test_settings_are_checked_before_sending():
+    with pytest.raises(ValueError, match="not a spawn setting"):
+        SpawnArgs("p", ["p"], settings={"limit.stack": "1:1"}).encode()
+    with pytest.raises(ValueError, match="no value"):
+        SpawnArgs("p", ["p"], settings={"user": ""}).encode()
 
 
 def _spawn_payload(path=b"p", argv=b"", env=b"", caps=b"", env_given=False, lens=None):
@@ -588,6 +603,11 @@ def test_the_stream_cap_modes_round_trip():
     (b"0:inherit:1:0", "only stdout and stderr can be inherited"),
     (b"1:inherit:0:1", "is not PID:FD"),
     (b"1:inherit:12", "is not PID:FD"),
+    # settings travel in the same field, told apart by their first letter
+    (b"limit.stack=1:1", "nor a setting NAME=VALUE with a known NAME"),
+    (b"user=", "has no value"),
+    (b"nobody", "nor a setting NAME=VALUE with a known NAME"),
+    (b"umask=22\0umask=27", "given twice"),
 ])
 def test_decode_bad_stream_cap_says_why(cap, why):
     with pytest.raises(ProtocolError, match=why):
