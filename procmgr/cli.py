@@ -424,12 +424,16 @@ def _programs_table(rows: list[dict]) -> str:
 def _info(pm, ident: int) -> dict:
     """A domain's row: "pids" its dispatchers, "processes" every live
     process of it (what they forked too: Client.processes), over which
-    CPU and memory are summed."""
+    CPU and memory are summed while it runs; once it has ended, what its
+    dispatchers' ends said they used (DomainInfo)."""
     info = pm.status(ident)
     row = {"id": info.id, "state": info.state.name, "cores": info.cores, "pids": info.pids,
            "argv": info.argv, "exit_status": info.exit_status, "signaled": info.signaled,
            "killed": info.killed, "started": info.started, "ended": info.ended,
-           "processes": [], "cpu_s": None, "rss_mb": None}
+           "processes": [], "cpu_s": None, "rss_mb": None, "wall_s": info.wall}
+    if info.cpu_user is not None:
+        row["cpu_s"] = round(info.cpu_user + info.cpu_system, 3)
+        row["rss_mb"] = None if info.max_rss is None else round(info.max_rss / 2**20, 1)
     if info.state == State.RUNNING:
         cpu, rss = 0.0, 0
         row["processes"] = sorted({p for pid in info.pids if pid > 0

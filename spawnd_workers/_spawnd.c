@@ -1430,6 +1430,23 @@ static int serve(HotPathObject *c, int *served)
     return 0;                 /* a batch: the rest after a look at the clock */
 }
 
+/* A dispatcher's usage as its end carries it (protocol.h, USAGE_BYTES).
+ * Its peak resident set only where it is above the worker's own: a new
+ * process shares the worker's memory until its exec (spawn_program), and
+ * Linux counts that memory's peak into the program's -- a floor of the
+ * worker's size under every program. 0: below it, unknown. */
+static void usage_bytes(const struct rusage *ru, uint8_t *out)
+{
+    uint64_t user = (uint64_t)ru->ru_utime.tv_sec * 1000000 + (uint64_t)ru->ru_utime.tv_usec;
+    uint64_t sys = (uint64_t)ru->ru_stime.tv_sec * 1000000 + (uint64_t)ru->ru_stime.tv_usec;
+    struct rusage self;
+    long floor = getrusage(RUSAGE_SELF, &self) == 0 ? self.ru_maxrss : 0;
+    uint32_t rss = ru->ru_maxrss <= floor ? 0 : (uint32_t)ru->ru_maxrss;   /* KiB on Linux */
+    memcpy(out, &user, 8);
+    memcpy(out + 8, &sys, 8);
+    memcpy(out + 16, &rss, 4);
+}
+
 /* A pidfd woke us: reap the dispatcher, tell the manager -- and wake it at
  * once, whoever waits for this exit waits on us -- then end what is left of
  * its group and forget it. 0, RUN_FULL (try again later: the pidfd stays
@@ -1440,8 +1457,11 @@ static int report_exit(HotPathObject *c, PyObject *d)
         return RUN_FULL;
     pid_t pid = (pid_t)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 2));
     siginfo_t si;
+    struct rusage ru;
     memset(&si, 0, sizeof si);
-    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG) < 0) {
+    memset(&ru, 0, sizeof ru);
+    /* The system call, not libc's waitid: it gives the rusage too. */
+    if (syscall(SYS_waitid, P_PID, (id_t)pid, &si, WEXITED | WNOHANG, &ru) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);   /* nobody else reaps our dispatchers */
         return -1;
     }
@@ -1458,6 +1478,8 @@ static int report_exit(HotPathObject *c, PyObject *d)
     r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
     r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
     r.status = si.si_status;   /* the exit code, or the signal's number */
+    r.plen = USAGE_BYTES;
+    usage_bytes(&ru, r.inline_);
     rb_push(c->replies, &r, SLOT);
     rb_wake_consumer(c->replies);
     killpg(pid, SIGKILL);      /* no orphan left behind */

@@ -62,7 +62,7 @@ from procmgr.osutil import (
 )
 from procmgr.protocol import (
     KILL_GRACE_DEFAULT, LOG_BACKUPS, LOG_MAX_BYTES, MAX_PAYLOAD, Decoder, Err, Flag, Msg, Op,
-    ProtocolError, SpawnArgs, send, take,
+    ProtocolError, SpawnArgs, send, take, usage_payload,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (
@@ -447,10 +447,10 @@ class Worker:
                     return msg.reply(Err.OK, flags=Flag.STOPPING)
                 self._signal(d, signal.SIGKILL)
                 wait_readable(d.pidfd, None)    # SIGKILL through its pidfd: it ends
-            self._ended(d)
+            _, used = self._ended(d)
         except OSError as e:
             return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
-        return msg.reply(Err.OK, flags=Flag.RELEASED)      # reaped and forgotten
+        return msg.reply(Err.OK, flags=Flag.RELEASED, payload=used)   # reaped and forgotten
 
     def look_at_grace(self) -> None:
         """The dispatchers in their grace: SIGKILL those whose grace is
@@ -464,12 +464,12 @@ class Worker:
             elif d.pidfd in ended:
                 del self.in_grace[dom]
                 self.grace_ends.unregister(d.pidfd)
-                status = self._ended(d)
+                status, used = self._ended(d)
                 signaled = os.WIFSIGNALED(status)
                 self.reply(Msg(Op.SD_EXIT, core=self.core, dom=dom, nonce=d.nonce,
                                flags=Flag.RELEASED | (Flag.SIGNALED if signaled else 0),
                                status=os.WTERMSIG(status) if signaled else
-                               os.WEXITSTATUS(status)))
+                               os.WEXITSTATUS(status), payload=used))
                 self.replies.wake_consumer()
             elif deadline is not None and now >= deadline:
                 self._signal(d, signal.SIGKILL)
@@ -518,12 +518,12 @@ class Worker:
             wait_readable(d.pidfd, None)
         self._ended(d)
 
-    def _ended(self, d) -> int:
+    def _ended(self, d) -> tuple[int, bytes]:
         """A dispatcher that has ended: what it forked ended too (even what
         outlived the signal), it reaped and forgotten -- and returned only
         once no process of its group (its cgroup, under cgroup
         containment) is left (bounded), so a reply saying it ended means
-        it. Its wait status."""
+        it. Its wait status and usage (_reap)."""
         self._signal(d, signal.SIGKILL)
         group = self._group(d)
         status = self._reap(d)
@@ -574,10 +574,11 @@ class Worker:
             self._reap_strays()
             time.sleep(0.001)
 
-    def _reap(self, d) -> int:
-        _, status = os.waitpid(d.pid, 0)
+    def _reap(self, d) -> tuple[int, bytes]:
+        """Its wait status, and its usage as its end carries it."""
+        _, status, used = os.wait4(d.pid, 0)
         self.hot.forget(d.dom)
-        return status
+        return status, usage_payload(used)
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and

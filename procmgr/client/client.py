@@ -91,7 +91,15 @@ class DomainInfo:
     else ``signaled`` (it died of signal ``exit_status``), else it exited
     with code ``exit_status``. ``wait`` keeps the original's one int: 9
     for a kill, -N for a signal N, the code otherwise -- so a program's own
-    ``exit 9`` reads as a kill there; ``killed`` tells them apart."""
+    ``exit 9`` reads as a kill there; ``killed`` tells them apart.
+    What it used, once its dispatchers have ended (None before): CPU
+    seconds in user and system mode and its peak resident set in bytes --
+    each dispatcher's rusage, which counts the children it waited for (as
+    time(1) does; not what it left behind unwaited); ``wall``, the seconds
+    from its start to its end. ``max_rss`` is None for a program that
+    stayed below the worker's own size (~17 MB): Linux counts the memory a
+    new process shares with its parent until its exec into its peak, as
+    for every program started the way posix_spawn starts one."""
     id: int
     state: State
     exit_status: int | None
@@ -102,6 +110,14 @@ class DomainInfo:
     killed: bool = False
     started: float | None = None     # wall clock (epoch seconds)
     ended: float | None = None       # wall clock; None while it runs
+    cpu_user: float | None = None    # s
+    cpu_system: float | None = None  # s
+    max_rss: int | None = None       # bytes: the largest of its dispatchers'
+
+    @property
+    def wall(self) -> float | None:
+        """Seconds from its start to its end (None while it runs)."""
+        return None if self.started is None or self.ended is None else self.ended - self.started
 
 
 @dataclass(frozen=True, slots=True)
@@ -1428,6 +1444,10 @@ def _events_result(msg: Msg) -> tuple:
 
 def _status_result(msg: Msg) -> DomainInfo:
     info = StatusInfo.decode(msg.payload)
+    user = system = rss = None
+    if info.usage is not None:
+        user, system, rss = info.usage[0] / 1e6, info.usage[1] / 1e6, info.usage[2] * 1024
+        rss = rss or None
     return DomainInfo(msg.dom, State(info.state), info.exit_status, info.signaled,
                       info.cores, info.pids, info.argv, info.killed, info.started or None,
-                      info.ended)
+                      info.ended, user, system, rss)

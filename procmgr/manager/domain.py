@@ -56,6 +56,8 @@ class DomainView:
     waiters: list[tuple[int, int]]
     deferred: list[tuple]
     spawn_error: tuple[int, int] | None
+    # (user CPU us, system CPU us, peak RSS KiB) of its ended dispatchers
+    usage: tuple[int, int, int] | None = None
 
     @property
     def running(self) -> int:

@@ -29,7 +29,7 @@ def get_status(mgr, client, msg) -> None:
         return mgr.answer(client, msg, Err(mgr.table.missing(msg.dom)))
     info = StatusInfo(int(dom.state), dom.exit_status, dom.signaled, list(dom.cores),
                       [dom.pids[c] for c in dom.cores], dom.argv, dom.killed, dom.started_at,
-                      dom.ended_at)
+                      dom.ended_at, dom.usage)
     mgr.answer(client, msg, status=int(dom.state), nonce=0, payload=info.encode())
 
 

@@ -43,6 +43,7 @@ from procmgr.protocol.numbers import (
     LOG_MIN_BYTES,
     LONG_ARG_LIMIT,
     LONG_OPS,
+    USAGE_BYTES,
     MAX_FRAGS,
     MAX_PAYLOAD,
     SLOT,
@@ -62,6 +63,7 @@ from procmgr.protocol.payloads import (
     decode_events,
     decode_ids,
     encode_ids,
+    usage_payload,
 )
 
 

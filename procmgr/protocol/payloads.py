@@ -5,12 +5,15 @@ the events (EventRecord, decode_events)."""
 from __future__ import annotations
 
 import math
+import resource
 import struct
 from dataclasses import dataclass, field
 
 from procmgr.protocol import _wire
 from procmgr.protocol.messages import ProtocolError
-from procmgr.protocol.numbers import ARG_LIMIT, EVENT_FIXED, EVENT_HEAD, LONG_ARG_LIMIT, Err
+from procmgr.protocol.numbers import (
+    ARG_LIMIT, EVENT_FIXED, EVENT_HEAD, LONG_ARG_LIMIT, USAGE_BYTES, Err,
+)
 
 # The two layouts of the lengths (spawn_payload.h): narrow, and wide for an
 # argv or env past the original's limit -- its mark, a pad, four u32.
@@ -210,6 +213,9 @@ def decode_ids(payload: bytes) -> list[int]:
 
 _STATUS_HEAD = struct.Struct("<BBiH")
 _TIMES = struct.Struct("<dd")           # started, ended (0: not yet), wall clock
+# What a dispatcher used, carried by its end (protocol.h, USAGE_BYTES).
+_USAGE = struct.Struct("<QQI")
+assert _USAGE.size == USAGE_BYTES
 
 
 @dataclass(slots=True)
@@ -225,12 +231,14 @@ class StatusInfo:
     killed: bool = False        # stopped by a kill (exit_status is then 9)
     started: float = 0.0        # wall clock, s
     ended: float | None = None  # wall clock, s; None while it runs
+    # (user CPU us, system CPU us, peak RSS KiB) of its ended dispatchers
+    usage: tuple[int, int, int] | None = None
 
     def encode(self) -> bytes:
         if len(self.pids) != len(self.cores):
             raise ValueError("status: one pid per core")
         flags = (1 if self.exit_status is not None else 0) | (2 if self.signaled else 0) | \
-            (4 if self.killed else 0)
+            (4 if self.killed else 0) | (8 if self.usage is not None else 0)
         head = _STATUS_HEAD.pack(self.state, flags, self.exit_status or 0, len(self.cores))
         # An argv over the limit is shown cut at a whole item.
         argv, size = [], 0
@@ -241,7 +249,8 @@ class StatusInfo:
             argv.append(item)
         argv = _join("argv", argv)
         return head + _packed("H", self.cores) + _packed("i", self.pids) + \
-            _TIMES.pack(self.started, self.ended or 0.0) + argv
+            _TIMES.pack(self.started, self.ended or 0.0) + _USAGE.pack(*(self.usage or (0, 0, 0))) \
+            + argv
 
     @classmethod
     def decode(cls, payload: bytes) -> StatusInfo:
@@ -252,20 +261,34 @@ class StatusInfo:
         end_cores = n0 + 2 * ncores
         end_pids = end_cores + 4 * ncores
         end_times = end_pids + _TIMES.size
-        if len(payload) < end_times:
+        end_usage = end_times + _USAGE.size
+        if len(payload) < end_usage:
             raise ProtocolError(f"status payload too short for {ncores} cores")
         started, ended = _TIMES.unpack_from(payload, end_pids)
+        usage = _USAGE.unpack_from(payload, end_times) if flags & 8 else None
         # A peer's words: a time that is no time (NaN, infinite, negative) is none.
         started = started if math.isfinite(started) and started > 0 else 0.0
         ended = ended if math.isfinite(ended) and ended > 0 else 0.0
         try:
-            argv = _split(payload[end_times:])
+            argv = _split(payload[end_usage:])
         except UnicodeDecodeError as e:
             raise ProtocolError(f"status argv is not valid UTF-8: {e}") from None
         return cls(state, status if flags & 1 else None, bool(flags & 2),
                    _unpacked("H", payload[n0:end_cores]),
                    _unpacked("i", payload[end_cores:end_pids]), argv, bool(flags & 4),
-                   started, ended or None)
+                   started, ended or None, usage)
+
+
+
+
+def usage_payload(ru) -> bytes:
+    """A resource.struct_rusage as a dispatcher's end carries it: its peak
+    resident set only where it is above this process's own (0: below,
+    unknown), as spawnd_workers/_spawnd.c's usage_bytes says why."""
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = ru.ru_maxrss if ru.ru_maxrss > floor else 0
+    return _USAGE.pack(round(ru.ru_utime * 1e6), round(ru.ru_stime * 1e6),
+                       min(rss, 0xFFFFFFFF))
 
 
 # EVENTS' answer (protocol.h, "Events"): its first event's seq and the

@@ -75,6 +75,11 @@
  * defaults. */
 #define KILL_MAX_SIGNAL 64
 #define KILL_GRACE_DEFAULT 4294967295
+/* What a dispatcher used, carried by the message that says it ended (an
+ * SD_EXIT, a RELEASED reply to SD_KILL): u64 user CPU us, u64 system CPU
+ * us, u32 peak resident set in KiB -- its rusage, which counts the
+ * children it waited for, as time(1) does. */
+#define USAGE_BYTES 20
 /* A captured stream's bounds (a "log" cap's MAX_BYTES:BACKUPS) unless the
  * runtime or the spawn says otherwise, and what they may be: a rotation
  * cuts whole blocks out of the file, and renames every backup (kept few). */
@@ -110,7 +115,8 @@ enum op {
     OP_SD_SIGNAL = 20,        /* payload: u32 signal; answered OK or NOT_FOUND */
     /* spawnd -> manager */
     OP_SD_REPLY = 24,
-    OP_SD_EXIT = 25,          /* a dispatcher ended by itself; status = wait status */
+    OP_SD_EXIT = 25,          /* a dispatcher ended by itself; status = wait status;
+                                 payload: its usage (USAGE_BYTES) */
 };
 
 /* Bits of the flags byte. */

@@ -116,3 +116,27 @@ def test_the_cli_takes_limits_and_identity(rt):
                           "--limit", "nofile=lots", "--", "/bin/true"],
                          capture_output=True, timeout=30)
     assert bad.returncode != 0 and b"NAME=N, NAME=SOFT:HARD" in bad.stderr
+
+
+def test_what_a_domain_used_is_in_its_status_once_it_ends(pm):
+    d = pm.spawn([sys.executable, "-c", """
+import time
+block = bytearray(80 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1                      # resident, not only mapped
+t = time.process_time()
+while time.process_time() - t < 0.3:
+    pass
+"""])
+    running = pm.status(d, timeout=T)
+    assert running.cpu_user is None and running.max_rss is None and running.wall is None
+    assert pm.wait(d, timeout=T) == 0
+    info = pm.status(d, timeout=T)
+    assert 0.3 <= info.cpu_user + info.cpu_system < 5
+    assert info.max_rss >= 80 << 20
+    assert info.wall >= 0.3
+    # a kill's end says it too; a program below the worker's own size has no peak to tell
+    d = pm.spawn(["/bin/sleep", "30"])
+    pm.kill(d, timeout=T)
+    info = pm.status(d, timeout=T)
+    assert info.cpu_user is not None and info.cpu_user < 1 and info.max_rss is None

@@ -679,6 +679,8 @@ def status_infos(draw):
         cores=[c for c, _ in placed],
         pids=[p for _, p in placed],
         argv=draw(argvs),
+        usage=draw(st.none() | st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+                                         st.integers(0, 2**32 - 1))),
     )
 
 
@@ -704,7 +706,8 @@ def test_status_decode_short():
 
 
 def test_status_argv_that_is_not_utf8_comes_back_as_it_went():
-    info = StatusInfo.decode(struct.pack("<BBiHdd", 1, 0, 0, 0, 1.5, 0.0) + b"\xff\0")
+    info = StatusInfo.decode(struct.pack("<BBiHddQQI", 1, 0, 0, 0, 1.5, 0.0, 0, 0, 0) +
+                             b"\xff\0")
     assert (info.started, info.ended) == (1.5, None)
     assert [os.fsencode(a) for a in info.argv] == [b"\xff"]
     assert StatusInfo.decode(info.encode()) == info
@@ -712,7 +715,7 @@ def test_status_argv_that_is_not_utf8_comes_back_as_it_went():
 
 @pytest.mark.parametrize("started, ended", [(float("nan"), float("inf")), (-1.0, -5.0)])
 def test_status_times_that_are_no_times_are_none(started, ended):
-    info = StatusInfo.decode(struct.pack("<BBiHdd", 1, 0, 0, 0, started, ended))
+    info = StatusInfo.decode(struct.pack("<BBiHddQQI", 1, 0, 0, 0, started, ended, 0, 0, 0))
     assert (info.started, info.ended) == (0.0, None)
     assert StatusInfo.decode(info.encode()) == info
 

@@ -125,6 +125,11 @@ struct domain {
     uint32_t stop_grace_ms;      /* its grace; KILL_GRACE_DEFAULT: the worker's */
     uint64_t nonce;
     double started_at, ended_at; /* wall clock, s; ended_at 0 until it has ended */
+    /* What its dispatchers used, summed as their ends said (USAGE_BYTES):
+     * CPU in us, the largest peak resident set in KiB. */
+    uint64_t user_us, system_us;
+    uint32_t max_rss_kib;
+    uint8_t has_usage;
     PyObject *argv;              /* list of str, never changed */
     PyObject *payload;           /* bytes: what a span starts again */
     struct dispvec cores;        /* every core it ran on, in order */

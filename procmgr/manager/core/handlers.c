@@ -589,6 +589,8 @@ static int r_span(CoreObject *c, struct spawnd *sd, const struct slotv *s,
  * kill answers every killer with the error and puts the domain back to
  * RUNNING, so its own exit still counts (defect 12). Done means killed,
  * NOT_FOUND (it had exited already) or SPAWND_DIED (it died with its worker). */
+static void take_usage(struct domain *d, const struct reply *m);
+
 static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
                   const struct reply *m)
 {
@@ -601,8 +603,10 @@ static int r_kill(CoreObject *c, struct spawnd *sd, const struct slotv *s,
         /* Signalled, still in its grace: its SD_EXIT counts the core. */
     } else if (err == E_OK || err == E_NOT_FOUND || err == E_SPAWND_DIED) {
         dispatcher_stopped(d, sd->core);
-        if (m->h.flags & FLAG_RELEASED)
+        if (m->h.flags & FLAG_RELEASED) {
             cs_discard(&d->held, sd->core);
+            take_usage(d, m);
+        }
     } else {
         d->has_kill_error = 1;
         d->kill_err = err;
@@ -712,6 +716,24 @@ int fail_pending(CoreObject *c, struct spawnd *sd, const struct slotv *s, uint16
     return reply_handler_of(s->op)(c, sd, s, &m);
 }
 
+/* A dispatcher's usage, from the message that says it ended, added to its
+ * domain's. A worker's word: any other length is none, and sums saturate. */
+static void take_usage(struct domain *d, const struct reply *m)
+{
+    if (m->plen != USAGE_BYTES)
+        return;
+    uint64_t user, sys;
+    uint32_t rss;
+    memcpy(&user, m->payload, 8);
+    memcpy(&sys, m->payload + 8, 8);
+    memcpy(&rss, m->payload + 16, 4);
+    d->user_us = d->user_us + user < d->user_us ? UINT64_MAX : d->user_us + user;
+    d->system_us = d->system_us + sys < d->system_us ? UINT64_MAX : d->system_us + sys;
+    if (rss > d->max_rss_kib)
+        d->max_rss_kib = rss;
+    d->has_usage = 1;
+}
+
 /* SD_EXIT: a dispatcher of the domain on this core ended by itself. */
 static int dispatcher_exit(CoreObject *c, struct spawnd *sd, const struct reply *m)
 {
@@ -720,6 +742,7 @@ static int dispatcher_exit(CoreObject *c, struct spawnd *sd, const struct reply 
         c->protocol_errors++;
         return 0;
     }
+    take_usage(d, m);
     int signaled = (m->h.flags & FLAG_SIGNALED) != 0;
     if (d->state == STATE_NIL) {
         /* Overtook its own spawn reply: counted once the reply has made it

@@ -521,7 +521,7 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
     if (cores && pids && deferred && argv) {
         res = Py_BuildValue(
             "{s:k,s:K,s:i,s:O,s:i,s:N,s:N,s:N,s:N,s:N,s:N,s:O,s:O,s:N,s:N,s:i,s:N,s:N,s:N,s:N,"
-            "s:N}",
+            "s:N,s:N}",
             "id", (unsigned long)d->id, "nonce", (unsigned long long)d->nonce,
             "state", d->state, "argv", argv, "home_core", d->home_core,
             "cores", Py_NewRef(cores), "pids", Py_NewRef(pids),
@@ -539,7 +539,11 @@ static PyObject *core_domain(CoreObject *self, PyObject *arg)
             "deferred", Py_NewRef(deferred),
             "spawn_error", d->has_spawn_error
                                ? Py_BuildValue("(ii)", d->spawn_err, d->spawn_status)
-                               : Py_NewRef(Py_None));
+                               : Py_NewRef(Py_None),
+            "usage", d->has_usage ? Py_BuildValue("(KKk)", (unsigned long long)d->user_us,
+                                                  (unsigned long long)d->system_us,
+                                                  (unsigned long)d->max_rss_kib)
+                                  : Py_NewRef(Py_None));
     }
     Py_XDECREF(cores);
     Py_XDECREF(pids);
