@@ -207,9 +207,10 @@ def _placed(args) -> dict:
     limits = {}
     for item in getattr(args, "limit", None) or ():
         name, sep, value = item.partition("=")
-        soft, _, hard = value.partition(":")
+        soft, colon, hard = value.partition(":")
         try:
-            pair = tuple(None if v == "unlimited" else int(v) for v in (soft, hard or soft))
+            pair = tuple(None if v == "unlimited" else int(v)
+                         for v in (soft, hard if colon else soft))
         except ValueError:
             pair = ()
         if not sep or not name or not pair:

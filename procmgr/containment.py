@@ -154,12 +154,26 @@ def populated(path: str) -> bool:
         return False
 
 
+def _groups_below(path: str) -> list[str]:
+    """The group and every group below it, parents first. Walked with a
+    list, not recursion (os.walk recurses in Python 3.11): a domain that
+    may write its group can nest a thousand groups in it."""
+    found, todo = [], [path]
+    while todo:
+        top = todo.pop()
+        found.append(top)
+        try:
+            with os.scandir(top) as entries:
+                todo += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            pass
+    return found
+
+
 def members(path: str) -> list[int]:
     """Every live process in the group and the groups below it."""
     found: list[int] = []
-    for top, _dirs, files in os.walk(path):
-        if "cgroup.procs" not in files:
-            continue
+    for top in _groups_below(path):
         try:
             with open(os.path.join(top, "cgroup.procs")) as f:
                 found += [int(p) for p in f.read().split()]
@@ -186,10 +200,7 @@ def signal_group(path: str, sig: int) -> None:
         while time.monotonic() < deadline and not _frozen(path):
             time.sleep(0.001)
     for pid in members(path):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        _kill(pid, sig)
     if sig == signal.SIGKILL:
         _write(path, "cgroup.freeze", "0")
 
@@ -231,20 +242,13 @@ def remove(path: str) -> bool:
     whether it is gone."""
     if not os.path.isdir(path):
         return True
-    for top, dirs, _files in os.walk(path, topdown=False):
-        for d in dirs:
-            try:
-                os.rmdir(os.path.join(top, d))
-            except FileNotFoundError:
-                pass
-            except OSError:
-                return False
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
+    for top in reversed(_groups_below(path)):      # children before their parent
+        try:
+            os.rmdir(top)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
     return True
 
 
@@ -268,6 +272,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def gone(pids, timeout: float, between=None) -> bool:
+    """Until none of ``pids`` is alive (zombies count as gone: ours are
+    reaped by ``between()``, called while waiting); whether that came
+    within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = list(pids)
+    while True:
+        left = [p for p in left if _running(p)]
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        if between is not None:
+            between()
+        time.sleep(0.001)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def started(pid: int) -> int | None:
     """When a process started (clock ticks since boot: /proc/PID/stat's
     22nd field) -- with its pid, what tells it from a later process under
@@ -289,12 +318,20 @@ def group_and_session(pid: int) -> tuple[int, int] | None:
         return None
 
 
-def orphans_of(known, candidates) -> list[int]:
+def orphans_of(seen: dict[int, int | None], candidates) -> list[int]:
     """Those of ``candidates`` (orphans re-parented to a worker) whose
-    process group or session is led by a process in ``known`` (a domain's
-    pids, the zombies it did not reap among them): a daemon that left with
-    ``setsid`` after a fork keeps its session's number, its parent's pid."""
-    known = set(known)
+    process group or session is numbered after a process of a domain:
+    ``seen`` (pid -> start time), the zombies it did not reap among them
+    -- a daemon that left with ``setsid`` after a fork keeps its session's
+    number, its parent's pid. A pid seen that now names another process
+    (reused) names nothing of the domain's; one gone may still number a
+    group or session (a number in use as one is not given to a new
+    process)."""
+    known = set()
+    for pid, then in seen.items():
+        now = started(pid)
+        if now is None or now == then:
+            known.add(pid)
     found = []
     for pid in candidates:
         ids = group_and_session(pid)
@@ -345,16 +382,20 @@ def signal_tree(roots, seen: dict[int, int | None] | None, sig: int,
         if not new or not freeze:
             break
         todo = new
-    for p in stopped:
-        _kill(p, sig)
-    if freeze and sig not in (signal.SIGKILL, signal.SIGSTOP):
+    try:
         for p in stopped:
-            _kill(p, signal.SIGCONT)
+            _kill(p, sig)
+    finally:
+        if freeze and sig not in (signal.SIGKILL, signal.SIGSTOP):
+            for p in stopped:
+                _kill(p, signal.SIGCONT)
     return sorted(stopped)
 
 
 def _kill(pid: int, sig: int) -> None:
+    """``sig`` to ``pid``; one gone, or not ours to signal (a setuid
+    program, for a runtime that is not root), is passed over."""
     try:
         os.kill(pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass

@@ -477,12 +477,15 @@ struct cgroups {
 };
 
 /* Does group g still hold a live process? cgroup.events says ("populated
- * 1"); an unreadable file counts as yes (it is not taken again). */
+ * 1"); an unreadable file counts as yes (it is not taken again), a group
+ * that is gone is -1. */
 static int cgroup_populated(const struct cgroups *cg, int g)
 {
     char path[48], buf[128];
     snprintf(path, sizeof path, "g%d/cgroup.events", g);
     int fd = openat(cg->dirfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return -1;                    /* removed (by whoever may write our groups) */
     ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
     if (fd >= 0)
         close(fd);
@@ -512,11 +515,11 @@ static int cgroup_take(struct cgroups *cg)
     if (cg->nfree > 0)
         return cg->free[--cg->nfree];
     for (int i = 0; i < cg->ndraining; i++) {
-        int g = cg->draining[i];
-        if (!cgroup_populated(cg, g)) {
+        int g = cg->draining[i], populated = cgroup_populated(cg, g);
+        if (populated <= 0) {
             char name[24];
             snprintf(name, sizeof name, "g%d", g);
-            if (unlinkat(cg->dirfd, name, AT_REMOVEDIR) == 0)
+            if (populated < 0 || unlinkat(cg->dirfd, name, AT_REMOVEDIR) == 0)
                 cg->existing--;
             cg->draining[i--] = cg->draining[--cg->ndraining];
         }
@@ -547,10 +550,16 @@ static int cgroup_take(struct cgroups *cg)
 
 /* Group g's dispatcher has ended: whatever of it is left is killed, and
  * the group is free again if nothing was and it was never `killed`
- * before, else left to drain and be removed. */
+ * before (nor its dispatcher SIGKILLed: whoever did it may have used
+ * cgroup.kill), else left to drain and be removed. */
 static void cgroup_give_back(struct cgroups *cg, int g, int killed)
 {
-    if (!killed && !cgroup_populated(cg, g)) {
+    int populated = cgroup_populated(cg, g);
+    if (populated < 0) {              /* removed: nothing to give back */
+        cg->existing--;
+        return;
+    }
+    if (!killed && !populated) {
         cg->free[cg->nfree++] = g;
         return;
     }
@@ -1165,7 +1174,7 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
     if (group >= 0)
         close(group);
     if (child < 0) {
-        if (group >= 0 && started)
+        if (group >= 0 && started && err != EAGAIN && err != ENOMEM)
             *failed_fd = FAILED_CGROUP;      /* clone3 refused the group */
         return err;
     }
@@ -1480,10 +1489,13 @@ static int report_exit(HotPathObject *c, PyObject *d)
     r.status = si.si_status;   /* the exit code, or the signal's number */
     r.plen = USAGE_BYTES;
     usage_bytes(&ru, r.inline_);
+    /* No orphan left behind: what is left of it is killed before its end
+     * is told (its cgroup's, by forget, under cgroup containment). */
+    killpg(pid, SIGKILL);
+    int rc = forget(c, d, si.si_code == CLD_KILLED && si.si_status == SIGKILL);
     rb_push(c->replies, &r, SLOT);
     rb_wake_consumer(c->replies);
-    killpg(pid, SIGKILL);      /* no orphan left behind */
-    return forget(c, d, 0);
+    return rc;
 }
 
 static long long mono_ns(void)

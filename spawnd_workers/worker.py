@@ -88,8 +88,11 @@ _CAP_FLAGS = {
 _INTERNAL_ENV = ("PROCMGR_DOMAIN_ID", "PROCMGR_CORE", "PROCMGR_DISPATCHER", "PROCMGR_RUNTIME")
 # Distinct spawn payloads kept Prepared; past this the cache starts over.
 PREPARED_CACHE = 256
-# Tree containment: how often every live domain's descendants are noted.
+# Tree containment: how often every live domain's descendants are noted,
+# how many domains a loop pass looks at, and how many pids one keeps.
 TREE_LOOK = 1.0
+TREE_LOOK_BATCH = 256
+SEEN_MAX = 4096
 # The limits a spawn may set, by the names prlimit(1) and ulimit give them.
 RLIMITS = {"as": resource.RLIMIT_AS, "cpu": resource.RLIMIT_CPU,
            "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC,
@@ -146,6 +149,7 @@ class Worker:
         # seen (containment.signal_tree), and when to look at them next.
         self.seen: dict[int, dict[int, int | None]] = {}
         self.next_look = 0.0
+        self.to_look: list[int] = []       # the domains this round of looks has left
         hot = functools.partial(HotPath, requests.handle_addr, replies.handle_addr,
                                 self.epoll.fileno(), self.child_fd, core, runtime,
                                 cgroup_dir=self.cgroup_dir)
@@ -206,24 +210,37 @@ class Worker:
         (the descendants seen of each: their end was reported in C), and
         about once a second note every live domain's descendants, so that
         one re-parented to us later is still known as its domain's."""
-        for dom in self.seen.keys() - self.dispatchers.keys():
-            seen = self.seen.pop(dom)
-            containment.signal_tree(self._orphans(seen), seen, signal.SIGKILL)
+        if self.seen:
+            for dom in self.seen.keys() - self.dispatchers.keys():
+                seen = self.seen.pop(dom)
+                containment.signal_tree(self._orphans(seen), seen, signal.SIGKILL)
         now = time.monotonic()
         if now < self.next_look:
             return
-        self.next_look = now + TREE_LOOK
-        for d in self.dispatchers.values():
-            self._note_tree(d)
+        # A share of the domains each pass, so that thousands of them cost
+        # no one long pause (a walk of 5,000 stalled the core 180 ms).
+        if not self.to_look:
+            self.to_look = list(self.dispatchers)
+            self.next_look = now + TREE_LOOK
+        batch, self.to_look = self.to_look[:TREE_LOOK_BATCH], self.to_look[TREE_LOOK_BATCH:]
+        for dom in batch:
+            d = self.dispatchers.get(dom)
+            if d is not None:
+                self._note_tree(d)
 
     def _note_tree(self, d) -> list[int]:
         """The dispatcher's descendants now, remembered with the domain's
-        (the dispatcher too: what it leads, a group or a session, is its)."""
+        (the dispatcher too: what it leads, a group or a session, is its),
+        by pid and start time; a domain that forked nothing has no entry."""
         below = containment.descendants(d.pid)
+        if not below and d.dom not in self.seen:
+            return below
         seen = self.seen.setdefault(d.dom, {d.pid: containment.started(d.pid)})
         for pid in below:
-            if pid not in seen:
-                seen[pid] = containment.started(pid)
+            seen[pid] = containment.started(pid)     # a pid reused: its new start
+        if len(seen) > SEEN_MAX:                     # the gone ones go first
+            for pid in [p for p in seen if containment.started(p) != seen[p]]:
+                del seen[pid]
         return below
 
     def _orphans(self, seen) -> list[int]:
@@ -237,7 +254,15 @@ class Worker:
             if isinstance(msg, ProtocolError):
                 print(f"spawnd.{self.core}: bad request: {msg.detail}", file=sys.stderr)
                 continue
-            self.reply(HANDLERS.get(msg.op, Worker.unknown)(self, msg))
+            try:
+                answer = HANDLERS.get(msg.op, Worker.unknown)(self, msg)
+            except (ArithmeticError, ValueError, TypeError, OSError) as e:
+                # A request's words the checks above missed: its error, not
+                # the core's end (every domain on it would end with us).
+                print(f"spawnd.{self.core}: request {msg.op} failed: {e!r}", file=sys.stderr)
+                answer = msg.reply(Err.EXEC_FAILED if msg.op in (Op.SD_SPAWN, Op.SD_SPAN)
+                                   else Err.KILL_FAILED, errno.EINVAL, payload=_words(str(e)))
+            self.reply(answer)
 
     def reply(self, msg: Msg) -> None:
         # The manager keeps at most its reply queue's worth of requests in
@@ -272,7 +297,7 @@ class Worker:
         except FileNotFoundError as e:          # not in its PATH
             return msg.reply(Err.EXEC_FAILED, errno.ENOENT,
                              payload=_words(f"{e.filename}: {e.strerror}"))
-        except (ValueError, TypeError) as e:   # refused before any system call
+        except (ValueError, TypeError, ArithmeticError) as e:   # refused before any system call
             return msg.reply(Err.EXEC_FAILED, errno.EINVAL, payload=_words(str(e)))
         try:
             pid = self.hot.start(program, msg.dom, msg.nonce, span)
@@ -361,10 +386,13 @@ class Worker:
                 raise ValueError(self._cgroup_limit_refused(name))
             soft, hard = (_limit_value(name, v) for v in text.split(":", 1)) \
                 if text.count(":") == 1 else (None, None)
-            if soft is None:
+            if soft is None or hard is None:
                 raise ValueError(f"limit {name} is {text!r}, not SOFT:HARD")
             if _over(soft, hard):
                 raise ValueError(f"limit {name}: soft {_shown(soft)} is over hard {_shown(hard)}")
+            if name == "nofile" and _over(hard, _nr_open()):
+                raise ValueError(f"limit nofile: {_shown(hard)} is over the most this system "
+                                 f"allows a process (fs.nr_open = {_nr_open()})")
             own = _own_limit(resource.getrlimit(RLIMITS[name])[1])
             if os.geteuid() != 0 and _over(hard, own):
                 raise ValueError(f"limit {name}: hard {_shown(hard)} is over this runtime's "
@@ -378,6 +406,10 @@ class Worker:
             groups = os.getgrouplist(user.pw_name, gid)
         if "group" in given:
             gid = _group(given["group"])
+            if groups is None:
+                groups = [gid]    # not root's supplementary groups, kept
+            elif gid not in groups:
+                groups.append(gid)
         if os.geteuid() != 0 and (uid not in (-1, os.geteuid()) or gid not in (-1, os.getegid())):
             raise ValueError(f"user and group need a runtime running as root (this one runs as "
                              f"uid {os.geteuid()})")
@@ -385,7 +417,7 @@ class Worker:
             groups = None         # setgroups is root's: one's own user keeps one's groups
         if "umask" in given:
             text = given["umask"]
-            if not set(text) <= set("01234567") or int(text, 8) > 0o777:
+            if not text or not set(text) <= set("01234567") or int(text, 8) > 0o777:
                 raise ValueError(f"umask {text!r} is not an octal number 0 to 777")
             umask = int(text, 8)
         return limits, uid, gid, groups, umask
@@ -524,11 +556,12 @@ class Worker:
         once no process of its group (its cgroup, under cgroup
         containment) is left (bounded), so a reply saying it ended means
         it. Its wait status and usage (_reap)."""
-        self._signal(d, signal.SIGKILL)
+        killed = self._signal(d, signal.SIGKILL)
         group = self._group(d)
         status = self._reap(d)
         if group is None:
             self._wait_group_gone(d.pid)
+            containment.gone(killed, GROUP_GONE_TIMEOUT, self._reap_strays)
         else:
             containment.wait_empty(group, GROUP_GONE_TIMEOUT, self._reap_strays)
         return status
@@ -539,21 +572,24 @@ class Worker:
             return None
         return os.path.join(self.cgroup_dir, f"g{d.cgroup}")
 
-    def _signal(self, d, sig: int, ending: bool = True) -> None:
+    def _signal(self, d, sig: int, ending: bool = True) -> list[int]:
         """``sig`` to the whole domain on this core, each of its processes
         once. Under cgroup containment, every process of its cgroup
         (SIGKILL: cgroup.kill). Under tree containment, the dispatcher,
         every descendant of it, those seen before and the orphans of
         theirs re-parented to us -- its process group's members among
         them -- each stopped first when it is ``ending`` the domain, so
-        that none forks away (containment.signal_tree)."""
+        that none forks away (containment.signal_tree). The pids it
+        signalled (under tree containment; a kill waits for them)."""
         group = self._group(d)
         if group is not None:
             containment.signal_group(group, sig)
-            return
+            return []
         self._note_tree(d)
-        seen = self.seen.pop(d.dom) if sig == signal.SIGKILL else self.seen[d.dom]
-        containment.signal_tree([d.pid] + self._orphans(seen), seen, sig, freeze=ending)
+        seen = (self.seen.pop(d.dom, None) if sig == signal.SIGKILL
+                else self.seen.get(d.dom)) or {d.pid: containment.started(d.pid)}
+        return containment.signal_tree([d.pid] + self._orphans(seen), seen, sig,
+                                       freeze=ending)
 
     def _reap_strays(self) -> None:
         reap_strays(keep={d.pid for d in self.dispatchers.values()})
@@ -622,12 +658,21 @@ def _limit_value(name: str, text: str) -> int | None:
     """A limit's soft or hard value: a number, or "inf" (none). None if not."""
     if text == "inf":
         return RLIM_NONE
-    return int(text) if text.isdigit() and int(text) < RLIM_NONE else None
+    return int(text) if _number(text) and int(text) < RLIM_NONE else None
 
 
 def _own_limit(value: int) -> int:
     """A value getrlimit gave, as _limit_value gives them."""
     return RLIM_NONE if value == resource.RLIM_INFINITY else value
+
+
+def _nr_open() -> int:
+    """The most descriptors the system lets a process have."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return RLIM_NONE
 
 
 def _over(a: int, b: int) -> bool:
@@ -640,16 +685,29 @@ def _shown(value: int) -> str:
     return "unlimited" if value == RLIM_NONE else str(value)
 
 
+# The largest user or group id: (uid_t)-1 means "unchanged" to the kernel.
+ID_MAX = (1 << 32) - 2
+
+
 def _user(text: str):
     """The passwd entry of a user named, or numbered, ``text``."""
     try:
-        return pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+        if _number(text) and int(text) > ID_MAX:
+            raise KeyError(text)
+        return pwd.getpwuid(int(text)) if _number(text) else pwd.getpwnam(text)
     except KeyError:
         raise ValueError(f"no user {text!r} on this machine") from None
 
 
+def _number(text: str) -> bool:
+    """Is ``text`` a number in ASCII digits (str.isdigit takes ٣ and ²)?"""
+    return text.isascii() and text.isdigit()
+
+
 def _group(text: str) -> int:
-    if text.isdigit():
+    if _number(text):
+        if int(text) > ID_MAX:
+            raise ValueError(f"group {text} is beyond the largest group id ({ID_MAX})")
         return int(text)
     try:
         return grp.getgrnam(text).gr_gid

@@ -1391,11 +1391,12 @@ def _process_settings(options: dict) -> dict[str, str]:
     for key, value in (("user", user), ("group", group)):
         if value is None:
             continue
-        if (type(value) is int and value >= 0) or \
+        if (type(value) is int and 0 <= value < (1 << 32) - 1) or \
                 (isinstance(value, str) and value and value.isprintable()):
             settings[key] = str(value)
         else:
-            raise ValueError(f"{key} must be a name or a number >= 0, not {value!r}")
+            raise ValueError(f"{key} must be a name or a number from 0 to {(1 << 32) - 2}, "
+                             f"not {value!r}")
     if umask is not None:
         if type(umask) is not int or not 0 <= umask <= 0o777:
             raise ValueError(f"umask must be a number from 0 to 0o777, not {umask!r}")

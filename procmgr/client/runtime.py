@@ -391,8 +391,11 @@ class Runtime:
         self._workers.clear()
         if self.cgroup is not None:
             # Everything any domain of ours forked, wherever it went: the
-            # reaping of those re-parented to us follows.
-            _containment.end_group(self.cgroup)
+            # reaping of those re-parented to us follows, whatever this met.
+            try:
+                _containment.end_group(self.cgroup)
+            except OSError:
+                pass
         deadline = time.monotonic() + 10
         groups: set[int] = set()     # domains' process groups we ended
         while time.monotonic() < deadline:

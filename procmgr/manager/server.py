@@ -202,8 +202,11 @@ class Server:
             if core in dom.live and core in dom.pids:
                 kill_group(dom.pids[core])
         if self.cgroup is not None:
-            containment.end_group(os.path.join(self.cgroup, f"core{core}.{proc.pid}"),
-                                  between=self._children_changed_now)
+            try:
+                containment.end_group(os.path.join(self.cgroup, f"core{core}.{proc.pid}"),
+                                      between=self._children_changed_now)
+            except OSError as e:        # a group tree its domains may have written to
+                print(f"procmgr {self.name}: spawnd.{core}'s cgroup: {e}", file=sys.stderr)
         self.mgr.spawnd_died(core)
         os.close(self.worker_doorbells.pop(core))
         print(f"procmgr {self.name}: spawnd.{core} died ({proc.returncode})", file=sys.stderr)
