@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -211,3 +212,20 @@ def test_spawns_after_kills_run(runtime):
         core = next(p for p in os.listdir(runtime.cgroup) if p.startswith("core"))
         groups = [g for g in os.listdir(os.path.join(runtime.cgroup, core)) if g[0] == "g"]
         assert len(groups) <= 3         # the killed ones removed, the free one kept
+
+
+def test_a_pid_that_now_names_another_process_names_nothing_of_the_domains():
+    with subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); "
+                           "time.sleep(30)"]) as leader:
+        try:
+            wait_until(lambda: containment.group_and_session(leader.pid) ==
+                       (leader.pid, leader.pid), T, "its own session")
+            start = containment.started(leader.pid)
+            # Seen with its start time: its session's members are the domain's.
+            assert containment.orphans_of({leader.pid: start}, [leader.pid]) == [leader.pid]
+            # The same number seen earlier as another process: not the domain's.
+            assert containment.orphans_of({leader.pid: start - 1}, [leader.pid]) == []
+        finally:
+            leader.kill()
+    # Gone: its number may still be a group's or a session's -- kept.
+    assert containment.started(leader.pid) is None
