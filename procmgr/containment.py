@@ -9,14 +9,17 @@ Two modes, chosen when a runtime starts (``Runtime(containment=)``):
     Where the cgroup v2 hierarchy is writable. The runtime has a cgroup of
     its own under its owner's (``procmgr-PID-RANDOM-NAME``); each worker one
     below it (``coreN.PID``), and each dispatcher one below that (``gN``,
-    kept for the next dispatcher once empty: spawnd_workers/_spawnd.c, "the
-    domains' cgroups"). A new program enters its group before its first
-    instruction, so whatever it forks is in there, whatever it does: a
-    kill signals every process of the group, and ends it with
+    kept for the next dispatcher once empty, unless it was killed:
+    spawnd_workers/_spawnd.c, "the domains' cgroups"). A new program
+    starts in its group, so whatever it forks is in there, whatever it
+    does: a kill signals every process of the group, and ends it with
     ``cgroup.kill``; a domain's own end kills what is left of it; the
     runtime's end kills the runtime's group. Only the v2 hierarchy is ever
     written to: v1 controllers' groups (where a machine's own limits often
-    live) are never touched, and no process but a domain's is moved.
+    live) are never touched, and no process but a domain's is moved. What
+    it assumes: a domain cannot write the cgroup tree -- one running as
+    the runtime's user (root) could move a process of its own out of its
+    group; ``user=`` takes that away.
 
 ``tree``
     No writable cgroup v2 (or asked for). The worker is a subreaper: what
@@ -27,10 +30,11 @@ Two modes, chosen when a runtime starts (``Runtime(containment=)``):
     kills them all. The descendants seen are remembered (by pid and start
     time), and looked for again at the domain's end: a daemon that was
     re-parented to the worker after it was seen is still ended with its
-    domain. One that left its process group and lost its parent before
-    the worker ever saw it cannot be told apart from another domain's: it
-    lives until the runtime ends, when the worker ends every process
-    re-parented to it.
+    domain, and so is an orphan whose process group or session is
+    numbered after one of the domain's processes. One that left its
+    process group and session and lost its parent before the worker ever
+    saw it cannot be told apart from another domain's: it lives until the
+    runtime ends, when the worker ends every process re-parented to it.
 """
 
 from __future__ import annotations
