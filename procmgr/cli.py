@@ -437,8 +437,7 @@ def _info(pm, ident: int) -> dict:
         row["rss_mb"] = None if info.max_rss is None else round(info.max_rss / 2**20, 1)
     if info.state == State.RUNNING:
         cpu, rss = 0.0, 0
-        row["processes"] = sorted({p for pid in info.pids if pid > 0
-                                   for p in containment.domain_pids(pid)})
+        row["processes"] = containment.processes_of(info.pids)
         for pid in row["processes"]:
             try:
                 p = psutil.Process(pid)

@@ -40,6 +40,7 @@ Two modes, chosen when a runtime starts (``Runtime(containment=)``):
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import secrets
@@ -61,10 +62,12 @@ class ContainmentUnavailable(OSError):
     """The containment asked for cannot be had here (the message says why)."""
 
 
+@functools.lru_cache(maxsize=1)
 def v2_mount() -> str | None:
     """Where the cgroup v2 hierarchy is mounted (None: it is not), from
     /proc/self/mountinfo -- on its own (/sys/fs/cgroup) or beside v1
-    controllers (/sys/fs/cgroup/unified)."""
+    controllers (/sys/fs/cgroup/unified). Read once: a listing asks for
+    every domain."""
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
@@ -342,6 +345,12 @@ def orphans_of(seen: dict[int, int | None], candidates) -> list[int]:
         if ids is not None and (ids[0] in known or ids[1] in known):
             found.append(pid)
     return found
+
+
+def processes_of(dispatchers) -> list[int]:
+    """Every live process of a domain whose dispatchers are ``dispatchers``
+    (pids; 0 for one not started), each counted once."""
+    return sorted({p for pid in dispatchers if pid > 0 for p in domain_pids(pid)})
 
 
 def domain_pids(pid: int) -> list[int]:

@@ -881,8 +881,7 @@ class Client:
         info = self.status(domain, timeout)
         if info.exit_status is not None or info.state in (State.CLEANED, State.STOPPED):
             return []
-        return sorted({p for pid in info.pids if pid > 0
-                       for p in containment.domain_pids(pid)})
+        return containment.processes_of(info.pids)
 
     def domains_page_async(self, start: int = 0, ended: bool = False) -> Future:
         """One page of ``domains``: the Future of (ids from ``start`` on,
