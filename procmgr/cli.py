@@ -486,6 +486,10 @@ def _event_line(event) -> str:
                         ("status", event.returncode), ("restarts", event.restarts)):
         if value is not None:
             words.append(f"{name}={value}")
+    if event.cpu_user is not None:
+        words.append(f"cpu={event.cpu_user + event.cpu_system:.3f}s")
+    if event.max_rss is not None:
+        words.append(f"rss={event.max_rss / 2**20:.1f}MB")
     if event.error:
         words.append(f"({event.error})")
     return " ".join(words)

@@ -85,13 +85,14 @@ static PyStructSequence_Field dispatcher_fields[] = {
     {"span", "True for a dispatcher started by span"},
     {"logs", "rotator slots of its captured streams (a tuple; emptied once ended)"},
     {"cgroup", "its cgroup, g<N> in the core's cgroup directory (-1: none)"},
+    {"cgroup_slot", "where the worker keeps its cgroup open (-1: none)"},
     {NULL, NULL},
 };
 
 static PyStructSequence_Desc dispatcher_desc = {
     "spawnd_workers._spawnd.Dispatcher",
     "One running dispatcher of a domain on this core.",
-    dispatcher_fields, 7,
+    dispatcher_fields, 8,
 };
 
 /* ---- Prepared ------------------------------------------------------------ */
@@ -464,43 +465,122 @@ static PyTypeObject PreparedType = {
  * -- so a killed group is left to drain and then removed, and a new one
  * made in its place. */
 
+/* CPU time a group's processes have used, all of them, waited for or not
+ * (cpu.stat: cgroup v2 keeps it without any controller). */
+struct cpu_used {
+    uint64_t user_us, system_us;
+};
+
+/* The groups of the first KEPT_GROUPS slots are kept open -- their
+ * directory (a new process starts in it), cgroup.events and cpu.stat --
+ * at numbers above PIDFD_BASE, which a new program's descriptor table is
+ * not copied from: a read through a kept descriptor costs ~1 us, opening,
+ * reading and closing ~6 us, and each spawn and end reads them. Not all:
+ * three descriptors for each of thousands of live domains would take
+ * the room of the pidfds (RLIMIT_NOFILE; the others are opened for each
+ * use, group_file). */
+#define KEPT_GROUPS 256
+
+struct group {
+    int g;              /* its name: g<g> */
+    int dir, events, cpu;   /* kept open; -1: not (opened for each use) */
+    struct cpu_used used;   /* its cpu.stat when it was last given back */
+};
+
 struct cgroups {
     int dirfd;          /* the core's cgroup directory; -1: no cgroup containment */
     int no_clone3;      /* clone3 cannot start a process in a cgroup here: migrate it */
-    int *free;          /* empty groups, ready */
+    struct group *slots;    /* the groups that exist, by slot; a slot is found by ... */
+    int nslots;         /* ... number below nslots, and is in use unless in `unused` */
+    int *unused;        /* slots holding no group, to be filled again */
+    int nunused;
+    int *free;          /* slots of empty groups, ready */
     int nfree;
-    int *draining;      /* killed: removed once empty, never taken again */
+    int *draining;      /* slots of killed groups: removed once empty, never taken again */
     int ndraining;
     int made;           /* groups made so far: the next is g<made> */
-    int existing;       /* ... and not removed: in use, free or draining */
-    int cap;            /* each array holds up to cap >= existing */
+    int cap;            /* each array holds up to cap >= nslots */
 };
 
-/* Does group g still hold a live process? cgroup.events says ("populated
- * 1"); an unreadable file counts as yes (it is not taken again), a group
- * that is gone is -1. */
-static int cgroup_populated(const struct cgroups *cg, int g)
+/* fd moved to a number from PIDFD_BASE up where one is free (and closed
+ * below); fd itself otherwise, or if it is < 0. */
+static int above_base(int fd)
 {
-    char path[48], buf[128];
-    snprintf(path, sizeof path, "g%d/cgroup.events", g);
-    int fd = openat(cg->dirfd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT)
-        return -1;                    /* removed (by whoever may write our groups) */
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-    if (fd >= 0)
+    if (fd < 0 || fd >= PIDFD_BASE)
+        return fd;
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, PIDFD_BASE);
+    if (high < 0)
+        return fd;
+    close(fd);
+    return high;
+}
+
+/* The group in slot s's file `name` ("": its directory): `kept` if it is
+ * kept open, else opened (`flags`) -- group_done closes it then. -1 with
+ * errno if it cannot be. */
+static int group_file(const struct cgroups *cg, int s, int kept, const char *name, int flags)
+{
+    if (kept >= 0)
+        return kept;
+    char path[48];
+    snprintf(path, sizeof path, "g%d%s%s", cg->slots[s].g, *name ? "/" : "", name);
+    return openat(cg->dirfd, path, flags | O_CLOEXEC);
+}
+
+static void group_done(int fd, int kept)
+{
+    if (fd != kept && fd >= 0)
         close(fd);
+}
+
+/* All of the group in slot s's file `name` that fits in buf (a string):
+ * its length, or -1 with errno (ENOENT or ENODEV: the group is gone). */
+static ssize_t group_read(const struct cgroups *cg, int s, int kept, const char *name,
+                          char *buf, size_t size)
+{
+    int fd = group_file(cg, s, kept, name, O_RDONLY);
+    ssize_t n = fd < 0 ? -1 : pread(fd, buf, size - 1, 0);
+    int err = errno;
+    group_done(fd, kept);
+    buf[n < 0 ? 0 : n] = '\0';
+    errno = err;
+    return n;
+}
+
+/* Does the group in slot s still hold a live process? cgroup.events says
+ * ("populated 1"; a zombie does not count); an unreadable file counts as
+ * yes (it is not taken again), a group that is gone is -1. */
+static int cgroup_populated(const struct cgroups *cg, int s)
+{
+    char buf[128];
+    ssize_t n = group_read(cg, s, cg->slots[s].events, "cgroup.events", buf, sizeof buf);
+    if (n < 0 && (errno == ENODEV || errno == ENOENT))
+        return -1;                    /* removed (by whoever may write our groups) */
     if (n <= 0)
         return 1;
     buf[n] = '\0';
     return strstr(buf, "populated 0") == NULL;
 }
 
-/* Write `text` to group g's file `name`: 0, or -errno. */
-static int cgroup_write(const struct cgroups *cg, int g, const char *name, const char *text)
+/* The group in slot s's cpu.stat: 0, or -1 (nothing read: *used is zeros). */
+static int cgroup_cpu(const struct cgroups *cg, int s, struct cpu_used *used)
 {
-    char path[64];
-    snprintf(path, sizeof path, "g%d/%s", g, name);
-    int fd = openat(cg->dirfd, path, O_WRONLY | O_CLOEXEC);
+    char buf[512];
+    memset(used, 0, sizeof *used);
+    if (group_read(cg, s, cg->slots[s].cpu, "cpu.stat", buf, sizeof buf) <= 0)
+        return -1;
+    const char *user = strstr(buf, "user_usec "), *sys = strstr(buf, "system_usec ");
+    if (user == NULL || sys == NULL)
+        return -1;
+    used->user_us = strtoull(user + 10, NULL, 10);
+    used->system_us = strtoull(sys + 12, NULL, 10);
+    return 0;
+}
+
+/* Write `text` to the group in slot s's file `name`: 0, or -errno. */
+static int cgroup_write(const struct cgroups *cg, int s, const char *name, const char *text)
+{
+    int fd = group_file(cg, s, -1, name, O_WRONLY);
     if (fd < 0)
         return -errno;
     int rc = write(fd, text, strlen(text)) < 0 ? -errno : 0;
@@ -508,73 +588,121 @@ static int cgroup_write(const struct cgroups *cg, int g, const char *name, const
     return rc;
 }
 
-/* An empty group for a new dispatcher: a free one, a drained one, or a
- * new one. Its number, or -errno. */
+/* The group in slot s closed, and removed if `remove` (it is empty or
+ * gone); its slot unused. */
+static void cgroup_drop(struct cgroups *cg, int s, int remove)
+{
+    struct group *gr = &cg->slots[s];
+    for (int i = 0; i < 3; i++)
+        group_done((int[]){gr->dir, gr->events, gr->cpu}[i], -1);
+    gr->dir = gr->events = gr->cpu = -1;
+    if (remove) {
+        char name[24];
+        snprintf(name, sizeof name, "g%d", gr->g);
+        unlinkat(cg->dirfd, name, AT_REMOVEDIR);
+    }
+    cg->unused[cg->nunused++] = s;
+}
+
+/* Group g<made> made (or found) and opened in a slot of its own: the
+ * slot, or -errno (nothing kept). */
+static int cgroup_make(struct cgroups *cg)
+{
+    if (cg->nunused == 0 && cg->nslots == cg->cap) {    /* room in each array for every slot */
+        int cap = cg->cap ? 2 * cg->cap : 64;
+        struct group *slots = PyMem_Realloc(cg->slots, (size_t)cap * sizeof *slots);
+        if (slots == NULL)
+            return -ENOMEM;
+        cg->slots = slots;
+        int **arrays[] = {&cg->unused, &cg->free, &cg->draining};
+        for (int i = 0; i < 3; i++) {
+            int *grown = PyMem_Realloc(*arrays[i], (size_t)cap * sizeof **arrays[i]);
+            if (grown == NULL)
+                return -ENOMEM;
+            *arrays[i] = grown;
+        }
+        cg->cap = cap;
+    }
+    char name[40];
+    snprintf(name, sizeof name, "g%d", cg->made);
+    int made = mkdirat(cg->dirfd, name, 0755) == 0;
+    if (!made && errno != EEXIST)
+        return -errno;
+    int s = cg->nunused > 0 ? cg->unused[--cg->nunused] : cg->nslots++;
+    struct group *gr = &cg->slots[s];
+    *gr = (struct group){.g = cg->made++, .dir = -1, .events = -1, .cpu = -1};
+    if (s < KEPT_GROUPS) {
+        gr->dir = above_base(openat(cg->dirfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC));
+        gr->events = above_base(openat(cg->dirfd, strcat(name, "/cgroup.events"),
+                                       O_RDONLY | O_CLOEXEC));
+        snprintf(name, sizeof name, "g%d/cpu.stat", gr->g);
+        gr->cpu = above_base(openat(cg->dirfd, name, O_RDONLY | O_CLOEXEC));
+        if (gr->dir < 0 || gr->events < 0 || gr->cpu < 0) {
+            int err = errno;
+            cgroup_drop(cg, s, made);
+            return -err;
+        }
+    }
+    if (!made)      /* one left by an earlier worker of this core: counted from now */
+        cgroup_cpu(cg, s, &gr->used);
+    return s;
+}
+
+/* An empty group for a new dispatcher -- a free one, or a new one -- and
+ * its slot, or -errno. The drained groups are removed on the way. */
 static int cgroup_take(struct cgroups *cg)
 {
     if (cg->nfree > 0)
         return cg->free[--cg->nfree];
     for (int i = 0; i < cg->ndraining; i++) {
-        int g = cg->draining[i], populated = cgroup_populated(cg, g);
+        int s = cg->draining[i], populated = cgroup_populated(cg, s);
         if (populated <= 0) {
-            char name[24];
-            snprintf(name, sizeof name, "g%d", g);
-            if (populated < 0 || unlinkat(cg->dirfd, name, AT_REMOVEDIR) == 0)
-                cg->existing--;
+            cgroup_drop(cg, s, populated == 0);
             cg->draining[i--] = cg->draining[--cg->ndraining];
         }
     }
-    if (cg->existing == cg->cap) {          /* room in each array for every group */
-        int cap = cg->cap ? 2 * cg->cap : 64;
-        int *free = PyMem_Realloc(cg->free, (size_t)cap * sizeof *free);
-        if (free == NULL)
-            return -ENOMEM;
-        cg->free = free;
-        int *draining = PyMem_Realloc(cg->draining, (size_t)cap * sizeof *draining);
-        if (draining == NULL)
-            return -ENOMEM;
-        cg->draining = draining;
-        cg->cap = cap;
-    }
-    char name[24];
-    snprintf(name, sizeof name, "g%d", cg->made);
-    if (mkdirat(cg->dirfd, name, 0755) < 0 && errno != EEXIST)
-        return -errno;
-    cg->existing++;
-    if (cgroup_populated(cg, cg->made)) {    /* one left by someone else: not ours to use */
-        cg->draining[cg->ndraining++] = cg->made++;
+    int s = cgroup_make(cg);
+    if (s >= 0 && cgroup_populated(cg, s)) {    /* one left by someone else: not ours to use */
+        cg->draining[cg->ndraining++] = s;
         return -EBUSY;
     }
-    return cg->made++;
+    return s;
 }
 
-/* Group g's dispatcher has ended: whatever of it is left is killed, and
- * the group is free again if nothing was and it was never `killed`
- * before (nor its dispatcher SIGKILLed: whoever did it may have used
- * cgroup.kill), else left to drain and be removed. */
-static void cgroup_give_back(struct cgroups *cg, int g, int killed)
+/* What the group in slot s has used since it was last given back (*used)
+ * and in all (*now). */
+static void cgroup_used(const struct cgroups *cg, int s, struct cpu_used *now,
+                        struct cpu_used *used)
 {
-    int populated = cgroup_populated(cg, g);
+    struct cpu_used before = cg->slots[s].used;
+    cgroup_cpu(cg, s, now);
+    used->user_us = now->user_us > before.user_us ? now->user_us - before.user_us : 0;
+    used->system_us = now->system_us > before.system_us ? now->system_us - before.system_us : 0;
+}
+
+/* The group in slot s: its dispatcher has ended. Whatever of it is left
+ * is killed, and the group is free again if nothing was and it was never
+ * `killed` before (nor its dispatcher SIGKILLed: whoever did it may have
+ * used cgroup.kill), else left to drain and be removed. What it used
+ * while the dispatcher had it goes to *used (may be NULL). Whether a
+ * process was left and killed. */
+static int cgroup_give_back(struct cgroups *cg, int s, int killed, struct cpu_used *used)
+{
+    struct cpu_used now, ignored;
+    cgroup_used(cg, s, &now, used != NULL ? used : &ignored);
+    int populated = cgroup_populated(cg, s);
     if (populated < 0) {              /* removed: nothing to give back */
-        cg->existing--;
-        return;
+        cgroup_drop(cg, s, 0);
+        return 0;
     }
     if (!killed && !populated) {
-        cg->free[cg->nfree++] = g;
-        return;
+        cg->slots[s].used = now;
+        cg->free[cg->nfree++] = s;
+        return 0;
     }
-    cgroup_write(cg, g, "cgroup.kill", "1");
-    cg->draining[cg->ndraining++] = g;
-}
-
-/* Group g's directory, for a new process to start in (spawn_program); or
- * -errno. */
-static int cgroup_dir_of(const struct cgroups *cg, int g)
-{
-    char name[24];
-    snprintf(name, sizeof name, "g%d", g);
-    int fd = openat(cg->dirfd, name, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    return fd < 0 ? -errno : fd;
+    cgroup_write(cg, s, "cgroup.kill", "1");
+    cg->draining[cg->ndraining++] = s;
+    return populated;
 }
 
 /* ---- HotPath ------------------------------------------------------------- */
@@ -606,7 +734,7 @@ typedef struct {
 } HotPathObject;
 
 static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span,
-                                const int *slots, int nslots, int cgroup)
+                                const int *slots, int nslots, int cgroup, int cgroup_slot)
 {
     PyObject *d = PyStructSequence_New(DispatcherType);
     if (d == NULL)
@@ -619,13 +747,13 @@ static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pid
         else
             PyTuple_SET_ITEM(logs, i, slot);
     }
-    PyObject *v[7] = {
+    PyObject *v[8] = {
         PyLong_FromUnsignedLong(dom), PyLong_FromUnsignedLongLong(nonce),
         PyLong_FromLong(pid), PyLong_FromLong(pidfd), PyBool_FromLong(span), logs,
-        PyLong_FromLong(cgroup),
+        PyLong_FromLong(cgroup), PyLong_FromLong(cgroup_slot),
     };
     int ok = 1;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         if (v[i] == NULL) {
             ok = 0;
             v[i] = Py_NewRef(Py_None);
@@ -770,6 +898,11 @@ static void hotpath_dealloc(HotPathObject *c)
         munmap(c->stack, CHILD_STACK);
     if (c->cgroups.dirfd > 0)
         close(c->cgroups.dirfd);
+    for (int s = 0; s < c->cgroups.nslots; s++)
+        if (c->cgroups.slots[s].dir >= 0)
+            cgroup_drop(&c->cgroups, s, 0);
+    PyMem_Free(c->cgroups.slots);
+    PyMem_Free(c->cgroups.unused);
     PyMem_Free(c->cgroups.free);
     PyMem_Free(c->cgroups.draining);
     Py_XDECREF(c->dispatchers);
@@ -780,17 +913,48 @@ static void hotpath_dealloc(HotPathObject *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* How long a dispatcher's end waits for what it left in its cgroup to
+ * die, once killed: as long as spawnd_workers/worker.py's
+ * GROUP_GONE_TIMEOUT, after which its end is told anyway. */
+#define LEFT_GONE_NS 1000000000LL
+
+static long long mono_ns(void);
+
+/* Until the group in slot s holds no live process, LEFT_GONE_NS at most:
+ * a killed process takes a moment to die, a big tree some 100 ms (a
+ * zombie does not count: cgroup.events says populated 0 once all have
+ * exited). */
+static void cgroup_wait_empty(const struct cgroups *cg, int s)
+{
+    long long until = mono_ns() + LEFT_GONE_NS;
+    struct timespec pause = {0, 200000};
+    while (cgroup_populated(cg, s) > 0 && mono_ns() < until) {
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&pause, NULL);
+        Py_END_ALLOW_THREADS
+        if (pause.tv_nsec < 10000000)
+            pause.tv_nsec *= 2;
+    }
+}
+
 /* The dispatcher out of our table and our epoll set (`killed`: its
- * cgroup was, and is not taken again: cgroup_give_back). Unregister before
+ * cgroup was, and is not taken again: cgroup_give_back), and what its
+ * cgroup used while it ran (*used; zeros without one). What it left
+ * there is killed, and waited for (bounded): the end this makes known
+ * means everything of the domain here is gone. Unregister before
  * closing: a program just started holds copies of our descriptors until its
  * exec closes them, and while a copy lives, closing alone leaves the pidfd in
  * the epoll set -- to report the dead process under the number's next use. */
-static int forget(HotPathObject *c, PyObject *d, int killed)
+static int forget(HotPathObject *c, PyObject *d, int killed, struct cpu_used *used)
 {
     end_logs(c, d);
-    int cgroup = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 6));
-    if (cgroup >= 0 && c->cgroups.dirfd >= 0)
-        cgroup_give_back(&c->cgroups, cgroup, killed);
+    memset(used, 0, sizeof *used);
+    int slot = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 7));
+    if (slot >= 0 && c->cgroups.dirfd >= 0 && cgroup_give_back(&c->cgroups, slot, killed, used)) {
+        struct cpu_used now;
+        cgroup_wait_empty(&c->cgroups, slot);
+        cgroup_used(&c->cgroups, slot, &now, used);      /* what was left: its, till its end */
+    }
     int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
@@ -1127,10 +1291,12 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
     for (int i = 0; i < nops; i++)
         if (ops[i].kind == OP_DUP2 && ops[i].src >= job.keep_below)
             job.keep_below = ops[i].src + 1;
-    int group = -1;
-    if (cgroup >= 0 && (group = cgroup_dir_of(&c->cgroups, cgroup)) < 0) {
+    int kept = cgroup >= 0 ? c->cgroups.slots[cgroup].dir : -1;
+    int group = cgroup < 0 ? -1 : group_file(&c->cgroups, cgroup, kept, "",
+                                             O_PATH | O_DIRECTORY);
+    if (cgroup >= 0 && group < 0) {
         *failed_fd = FAILED_CGROUP;
-        return -group;
+        return errno;
     }
     sigset_t all, old;
     sigfillset(&all);
@@ -1159,7 +1325,7 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
             if (job.cgroup_procs < 0) {
                 err = errno;
                 pthread_sigmask(SIG_SETMASK, &old, NULL);
-                close(group);
+                group_done(group, kept);
                 *failed_fd = FAILED_CGROUP;
                 return err;
             }
@@ -1171,8 +1337,7 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
             close(job.cgroup_procs);
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (group >= 0)
-        close(group);
+    group_done(group, kept);
     if (child < 0) {
         if (group >= 0 && started && err != EAGAIN && err != ENOMEM)
             *failed_fd = FAILED_CGROUP;      /* clone3 refused the group */
@@ -1250,7 +1415,7 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     ident[2] = span ? "PROCMGR_DISPATCHER=1" : "PROCMGR_DISPATCHER=0";
     ident[3] = PyBytes_AS_STRING(c->runtime_var);
     pid_t pid;
-    int slots[MAX_PER_SPAWN], nslots, cgroup = -1;
+    int slots[MAX_PER_SPAWN], nslots, cgroup = -1;     /* its group's slot */
     if (c->cgroups.dirfd >= 0 && (cgroup = cgroup_take(&c->cgroups)) < 0) {
         *failed_fd = FAILED_CGROUP;
         return -cgroup;
@@ -1258,25 +1423,19 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
     int rc = spawn_with_streams(c, p, dom, cgroup, &pid, slots, &nslots, failed_fd);
     if (rc != 0) {
         if (cgroup >= 0)
-            cgroup_give_back(&c->cgroups, cgroup, 0);
+            cgroup_give_back(&c->cgroups, cgroup, 0, NULL);
         return rc;
     }
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd >= 0 && pidfd < PIDFD_BASE) {
-        /* Above the numbers a new program's table is copied from; where
-         * none is free up there, it stays (costing the copy a little). */
-        int high = fcntl(pidfd, F_DUPFD_CLOEXEC, PIDFD_BASE);
-        if (high >= 0) {
-            close(pidfd);
-            pidfd = high;
-        }
-    }
+    /* Above the numbers a new program's table is copied from; where none
+     * is free up there, it stays (costing the copy a little). */
+    int pidfd = above_base((int)syscall(SYS_pidfd_open, pid, 0));
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = pidfd};
     if (pidfd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
         rc = errno;
         goto undo;
     }
-    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots, cgroup);
+    PyObject *d = dispatcher_new(dom, nonce, pid, pidfd, span, slots, nslots,
+                                 cgroup < 0 ? -1 : c->cgroups.slots[cgroup].g, cgroup);
     if (d == NULL || PyDict_SetItem(c->dispatchers, PyStructSequence_GET_ITEM(d, 0), d) < 0 ||
         PyDict_SetItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3), d) < 0 ||
         PyDict_SetItem(c->by_pid, PyStructSequence_GET_ITEM(d, 2), d) < 0) {
@@ -1303,7 +1462,7 @@ undo:
     for (int i = 0; i < nslots; i++)
         rotator_end(c->rotator, slots[i]);
     if (cgroup >= 0)
-        cgroup_give_back(&c->cgroups, cgroup, 0);
+        cgroup_give_back(&c->cgroups, cgroup, 0, NULL);
     return rc;
 }
 
@@ -1346,7 +1505,6 @@ static PyObject *hotpath_start(HotPathObject *c, PyObject *const *args, Py_ssize
     return PyLong_FromLong(pid);
 }
 
-/* forget(dom): the dispatcher (reaped by the caller) out of the table. */
 /* The Dispatcher of dom (borrowed), or NULL with KeyError. */
 static PyObject *dispatcher_named(HotPathObject *c, PyObject *dom)
 {
@@ -1356,19 +1514,33 @@ static PyObject *dispatcher_named(HotPathObject *c, PyObject *dom)
     return d;
 }
 
-static PyObject *hotpath_forget(HotPathObject *c, PyObject *dom)
+static int reap(HotPathObject *c, PyObject *d, int options, int killed, siginfo_t *si,
+                uint8_t *usage);
+
+/* reap(dom) -> (wait status, usage): a dispatcher a kill ended (the
+ * caller's to report), reaped -- waited for if it has not ended yet --
+ * and forgotten as run_once forgets one: what it left killed and gone,
+ * its usage as its end carries it. */
+static PyObject *hotpath_reap(HotPathObject *c, PyObject *dom)
 {
     PyObject *d = dispatcher_named(c, dom);
     if (d == NULL)
         return NULL;
-    if (forget(c, d, 1) < 0)      /* after a kill: its group was killed */
+    siginfo_t si;
+    uint8_t usage[USAGE_BYTES];
+    Py_INCREF(d);
+    int rc = reap(c, d, 0, 1, &si, usage);
+    Py_DECREF(d);
+    if (rc < 0)
         return NULL;
-    Py_RETURN_NONE;
+    int status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8
+                 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+    return Py_BuildValue("(iy#)", status, (const char *)usage, (Py_ssize_t)USAGE_BYTES);
 }
 
 /* hold(dom): its end is the caller's to report (a kill in its grace:
  * spawnd_workers/worker.py): its pidfd out of the loop's epoll, the rest
- * as it was, until forget. */
+ * as it was, until reap. */
 static PyObject *hotpath_hold(HotPathObject *c, PyObject *dom)
 {
     PyObject *d = dispatcher_named(c, dom);
@@ -1439,15 +1611,22 @@ static int serve(HotPathObject *c, int *served)
     return 0;                 /* a batch: the rest after a look at the clock */
 }
 
-/* A dispatcher's usage as its end carries it (protocol.h, USAGE_BYTES).
- * Its peak resident set only where it is above the worker's own: a new
- * process shares the worker's memory until its exec (spawn_program), and
- * Linux counts that memory's peak into the program's -- a floor of the
- * worker's size under every program. 0: below it, unknown. */
-static void usage_bytes(const struct rusage *ru, uint8_t *out)
+/* A dispatcher's usage as its end carries it (protocol.h, USAGE_BYTES):
+ * its rusage, which counts the children it waited for, or its cgroup's
+ * CPU time where that is more (`group`: it counts every process the
+ * domain started, waited for or not). Its peak resident set only where
+ * it is above the worker's own: a new process shares the worker's memory
+ * until its exec (spawn_program), and Linux counts that memory's peak
+ * into the program's -- a floor of the worker's size under every program.
+ * 0: below it, unknown. */
+static void usage_bytes(const struct rusage *ru, const struct cpu_used *group, uint8_t *out)
 {
     uint64_t user = (uint64_t)ru->ru_utime.tv_sec * 1000000 + (uint64_t)ru->ru_utime.tv_usec;
     uint64_t sys = (uint64_t)ru->ru_stime.tv_sec * 1000000 + (uint64_t)ru->ru_stime.tv_usec;
+    if (group->user_us + group->system_us > user + sys) {
+        user = group->user_us;
+        sys = group->system_us;
+    }
     struct rusage self;
     long floor = getrusage(RUSAGE_SELF, &self) == 0 ? self.ru_maxrss : 0;
     uint32_t rss = ru->ru_maxrss <= floor ? 0 : (uint32_t)ru->ru_maxrss;   /* KiB on Linux */
@@ -1456,46 +1635,74 @@ static void usage_bytes(const struct rusage *ru, uint8_t *out)
     memcpy(out + 16, &rss, 4);
 }
 
+/* Reap dispatcher d (waitid's `options`: WNOHANG, or 0 to wait for it),
+ * end what is left of it and forget it (forget): *si says how it ended,
+ * `usage` what it used (USAGE_BYTES). `killed`: a kill ended it (its
+ * group is not taken again). 1 reaped, 0 not exited yet (WNOHANG), -1
+ * with an exception set. */
+static int reap(HotPathObject *c, PyObject *d, int options, int killed, siginfo_t *si,
+                uint8_t *usage)
+{
+    pid_t pid = (pid_t)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 2));
+    struct rusage ru;
+    int rc, err;
+    for (;;) {
+        memset(si, 0, sizeof *si);
+        memset(&ru, 0, sizeof ru);
+        /* The system call, not libc's waitid: it gives the rusage too. */
+        Py_BEGIN_ALLOW_THREADS
+        rc = (int)syscall(SYS_waitid, P_PID, (id_t)pid, si, WEXITED | options, &ru);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (rc == 0 || err != EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+    if (rc < 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);   /* nobody else reaps our dispatchers */
+        return -1;
+    }
+    if (si->si_pid == 0)
+        return 0;          /* not exited after all */
+    c->reaped[c->nreaped++ % (sizeof c->reaped / sizeof *c->reaped)] = pid;
+    /* No orphan left behind: what is left of it is killed before its end
+     * is told (its cgroup's, by forget, under cgroup containment). */
+    killpg(pid, SIGKILL);
+    struct cpu_used group;
+    int r = forget(c, d, killed || (si->si_code == CLD_KILLED && si->si_status == SIGKILL),
+                   &group);
+    usage_bytes(&ru, &group, usage);
+    return r < 0 ? -1 : 1;
+}
+
 /* A pidfd woke us: reap the dispatcher, tell the manager -- and wake it at
- * once, whoever waits for this exit waits on us -- then end what is left of
- * its group and forget it. 0, RUN_FULL (try again later: the pidfd stays
- * readable), or -1 with an exception set. */
+ * once, whoever waits for this exit waits on us. 0, RUN_FULL (try again
+ * later: the pidfd stays readable), or -1 with an exception set. */
 static int report_exit(HotPathObject *c, PyObject *d)
 {
     if (!reply_room(c))
         return RUN_FULL;
-    pid_t pid = (pid_t)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 2));
-    siginfo_t si;
-    struct rusage ru;
-    memset(&si, 0, sizeof si);
-    memset(&ru, 0, sizeof ru);
-    /* The system call, not libc's waitid: it gives the rusage too. */
-    if (syscall(SYS_waitid, P_PID, (id_t)pid, &si, WEXITED | WNOHANG, &ru) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);   /* nobody else reaps our dispatchers */
-        return -1;
-    }
-    if (si.si_pid == 0)
-        return 0;          /* not exited after all */
-    c->reaped[c->nreaped++ % (sizeof c->reaped / sizeof *c->reaped)] = pid;
-    /* Its streams' last growth is checked before their slots are reused. */
-    end_logs(c, d);
     struct wire_header r;
     memset(&r, 0, sizeof r);
+    /* Read before reap forgets it: d may be gone then. */
+    r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
+    r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
+    siginfo_t si;
+    Py_INCREF(d);
+    int rc = reap(c, d, WNOHANG, 0, &si, r.inline_);
+    Py_DECREF(d);
+    if (rc <= 0)
+        return rc;
     r.op = OP_SD_EXIT;
     r.flags = FLAG_RELEASED | (si.si_code == CLD_EXITED ? 0 : FLAG_SIGNALED);
     r.core = c->core;
-    r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
-    r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
     r.status = si.si_status;   /* the exit code, or the signal's number */
     r.plen = USAGE_BYTES;
-    usage_bytes(&ru, r.inline_);
-    /* No orphan left behind: what is left of it is killed before its end
-     * is told (its cgroup's, by forget, under cgroup containment). */
-    killpg(pid, SIGKILL);
-    int rc = forget(c, d, si.si_code == CLD_KILLED && si.si_status == SIGKILL);
     rb_push(c->replies, &r, SLOT);
     rb_wake_consumer(c->replies);
-    return rc;
+    return 0;
 }
 
 static long long mono_ns(void)
@@ -1686,8 +1893,8 @@ static PyMemberDef hotpath_members[] = {
 static PyMethodDef hotpath_methods[] = {
     {"start", (PyCFunction)(void (*)(void))hotpath_start, METH_FASTCALL,
      "start(prepared, dom, nonce, span) -> pid"},
-    {"forget", (PyCFunction)hotpath_forget, METH_O,
-     "forget(dom): a dispatcher the caller reaped, out of the table"},
+    {"reap", (PyCFunction)hotpath_reap, METH_O,
+     "reap(dom) -> (wait status, usage): a dispatcher the caller ended, reaped and forgotten"},
     {"hold", (PyCFunction)hotpath_hold, METH_O,
      "hold(dom): the caller reports this dispatcher's end, not run_once"},
     {"run_once", (PyCFunction)(void (*)(void))hotpath_run_once, METH_FASTCALL,

@@ -62,7 +62,7 @@ from procmgr.osutil import (
 )
 from procmgr.protocol import (
     KILL_GRACE_DEFAULT, LOG_BACKUPS, LOG_MAX_BYTES, MAX_PAYLOAD, Decoder, Err, Flag, Msg, Op,
-    ProtocolError, SpawnArgs, send, take, usage_payload,
+    ProtocolError, SpawnArgs, send, take,
 )
 from ringbuf import Closed, Ring
 from spawnd_workers._spawnd import (
@@ -70,7 +70,8 @@ from spawnd_workers._spawnd import (
 )
 
 DEFAULT_KILL_GRACE = 0.2
-# How long a kill waits for the last members of a group it SIGKILLed to die.
+# How long a kill waits for the last members of a group it SIGKILLed to die
+# (_spawnd.c's LEFT_GONE_NS, the same for a cgroup).
 GROUP_GONE_TIMEOUT = 1.0
 # How long a kill waits in line for its program to end after the signal --
 # most end within it, and the reply then says so -- before it leaves the
@@ -164,7 +165,7 @@ class Worker:
             self.logs_dir = None
             self.hot = hot(None)
         # dom -> Dispatcher (dom, nonce, pid, pidfd, span): the hot path's
-        # table, read here; started by hot.start, removed by hot.forget.
+        # table, read here; started by hot.start, removed by hot.reap.
         self.dispatchers = self.hot.dispatchers
         # dom -> when its grace ends (monotonic; None once SIGKILLed): the
         # dispatchers a kill signalled that still run. Their ends are ours
@@ -557,14 +558,11 @@ class Worker:
         containment) is left (bounded), so a reply saying it ended means
         it. Its wait status and usage (_reap)."""
         killed = self._signal(d, signal.SIGKILL)
-        group = self._group(d)
-        status = self._reap(d)
-        if group is None:
+        ended = self._reap(d)               # its cgroup's emptied there
+        if self._group(d) is None:
             self._wait_group_gone(d.pid)
             containment.gone(killed, GROUP_GONE_TIMEOUT, self._reap_strays)
-        else:
-            containment.wait_empty(group, GROUP_GONE_TIMEOUT, self._reap_strays)
-        return status
+        return ended
 
     def _group(self, d) -> str | None:
         """The dispatcher's cgroup (None: tree containment)."""
@@ -611,10 +609,9 @@ class Worker:
             time.sleep(0.001)
 
     def _reap(self, d) -> tuple[int, bytes]:
-        """Its wait status, and its usage as its end carries it."""
-        _, status, used = os.wait4(d.pid, 0)
-        self.hot.forget(d.dom)
-        return status, usage_payload(used)
+        """Its wait status, and its usage as its end carries it (the
+        cgroup's CPU time where there is one: _spawnd.c, usage_bytes)."""
+        return self.hot.reap(d.dom)
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and

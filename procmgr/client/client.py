@@ -34,7 +34,7 @@ from typing import Iterator
 from procmgr import containment
 from procmgr.client import logs
 from procmgr.errors import CalledProcessError, Err, ProcMgmtError, RuntimeGone, TimeoutExpired
-from procmgr.client.events import Event, EventCursor
+from procmgr.client.events import Event, EventCursor, usage_fields
 from procmgr.client.logs import LOG
 from procmgr.protocol import (
     EVENTS_FROM_NOW, KILL_GRACE_DEFAULT, KILL_MAX_SIGNAL, MAX_PAYLOAD, SPAWN_MAX_PAYLOAD, Decoder,
@@ -93,9 +93,11 @@ class DomainInfo:
     for a kill, -N for a signal N, the code otherwise -- so a program's own
     ``exit 9`` reads as a kill there; ``killed`` tells them apart.
     What it used, once its dispatchers have ended (None before): CPU
-    seconds in user and system mode and its peak resident set in bytes --
-    each dispatcher's rusage, which counts the children it waited for (as
-    time(1) does; not what it left behind unwaited); ``wall``, the seconds
+    seconds in user and system mode -- under cgroup containment its
+    cgroup's, every process it started, waited for or not; else each
+    dispatcher's rusage, which counts the children it waited for, as
+    time(1) does -- and its peak resident set in bytes (rusage's);
+    ``wall``, the seconds
     from its start to its end. ``max_rss`` is None for a program that
     stayed below the worker's own size (~17 MB): Linux counts the memory a
     new process shares with its parent until its exec into its peak, as
@@ -1444,10 +1446,6 @@ def _events_result(msg: Msg) -> tuple:
 
 def _status_result(msg: Msg) -> DomainInfo:
     info = StatusInfo.decode(msg.payload)
-    user = system = rss = None
-    if info.usage is not None:
-        user, system, rss = info.usage[0] / 1e6, info.usage[1] / 1e6, info.usage[2] * 1024
-        rss = rss or None
     return DomainInfo(msg.dom, State(info.state), info.exit_status, info.signaled,
                       info.cores, info.pids, info.argv, info.killed, info.started or None,
-                      info.ended, user, system, rss)
+                      info.ended, **usage_fields(info.usage))

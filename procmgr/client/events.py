@@ -18,8 +18,9 @@ once if there are some, or when the next comes. What a consumer gets:
 
 Kinds. A domain's: "spawned" (``pid``, ``core``), "exited" (by itself;
 ``returncode`` as ``wait`` says it: the code, or -N for a signal N),
-"killed" (a kill ended it; ``returncode`` 9), "spawn_failed" (``error``
-says why). A supervised program's (``program`` is its name, ``restarts``
+"killed" (a kill ended it; ``returncode`` 9) -- these two with what
+the domain used, as ``status`` gives it (``cpu_user``, ``cpu_system``,
+``max_rss``) -- "spawn_failed" (``error`` says why). A supervised program's (``program`` is its name, ``restarts``
 its count; ``domain`` its incarnation's id): "started", "restarted" (an
 incarnation runs, after a start or an end; with ``error`` and no domain
 when its spawn failed -- each restart counted is one), "backoff" (it ended and
@@ -67,6 +68,9 @@ class Event:
     program: str | None = None
     restarts: int | None = None
     error: str | None = None
+    cpu_user: float | None = None      # s; an end's, as DomainInfo's
+    cpu_system: float | None = None    # s
+    max_rss: int | None = None         # bytes
     lost: int = 0
 
     def as_dict(self) -> dict:
@@ -90,7 +94,17 @@ def _event_of(record) -> Event:
     if kind == EventKind.SPAWNED:
         return Event(**common)
     code = -record.status if record.flags & Flag.SIGNALED else record.status
-    return Event(**common, returncode=code)
+    return Event(**common, returncode=code, **usage_fields(record.usage))
+
+
+def usage_fields(usage: tuple[int, int, int] | None) -> dict:
+    """A domain's usage as the wire carries it (user us, system us, peak
+    RSS KiB; 0: unknown) in the words of DomainInfo and Event: seconds
+    and bytes. Nothing for none."""
+    if usage is None:
+        return {}
+    user, system, rss = usage
+    return dict(cpu_user=user / 1e6, cpu_system=system / 1e6, max_rss=rss * 1024 or None)
 
 
 class EventCursor:

@@ -28,6 +28,7 @@ from procmgr.protocol.messages import (
 from procmgr.protocol.numbers import (
     ARG_LIMIT,
     CLIENT_OPS,
+    EVENT_FIXED,
     EVENT_NAME_MAX,
     EVENTS_FROM_NOW,
     EVENTS_WAIT_MAX_MS,
@@ -63,7 +64,6 @@ from procmgr.protocol.payloads import (
     decode_events,
     decode_ids,
     encode_ids,
-    usage_payload,
 )
 
 

@@ -5,14 +5,13 @@ the events (EventRecord, decode_events)."""
 from __future__ import annotations
 
 import math
-import resource
 import struct
 from dataclasses import dataclass, field
 
 from procmgr.protocol import _wire
 from procmgr.protocol.messages import ProtocolError
 from procmgr.protocol.numbers import (
-    ARG_LIMIT, EVENT_FIXED, EVENT_HEAD, LONG_ARG_LIMIT, USAGE_BYTES, Err,
+    ARG_LIMIT, EVENT_FIXED, EVENT_HEAD, EVENT_USAGE, LONG_ARG_LIMIT, USAGE_BYTES, Err,
 )
 
 # The two layouts of the lengths (spawn_payload.h): narrow, and wide for an
@@ -281,20 +280,10 @@ class StatusInfo:
 
 
 
-def usage_payload(ru) -> bytes:
-    """A resource.struct_rusage as a dispatcher's end carries it: its peak
-    resident set only where it is above this process's own (0: below,
-    unknown), as spawnd_workers/_spawnd.c's usage_bytes says why."""
-    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss = ru.ru_maxrss if ru.ru_maxrss > floor else 0
-    return _USAGE.pack(round(ru.ru_utime * 1e6), round(ru.ru_stime * 1e6),
-                       min(rss, 0xFFFFFFFF))
-
-
 # EVENTS' answer (protocol.h, "Events"): its first event's seq and the
 # events lost before it, then each event's fixed part and a program's name.
 _EVENTS_HEAD = struct.Struct("<QQ")
-_EVENT = struct.Struct("<dIiiHHBBH")
+_EVENT = struct.Struct("<dIiiHHBBHQQI")
 assert (_EVENTS_HEAD.size, _EVENT.size) == (EVENT_HEAD, EVENT_FIXED)
 
 
@@ -311,6 +300,8 @@ class EventRecord:
     err: int
     kind: int
     flags: int
+    # (user CPU us, system CPU us, peak RSS KiB): an end's, if flags say so
+    usage: tuple[int, int, int] | None
     name: str
 
 
@@ -324,12 +315,13 @@ def decode_events(payload: bytes) -> tuple[int, int, list[EventRecord]]:
     while at < len(payload):
         if at + _EVENT.size > len(payload):
             raise ProtocolError(f"events answer cut inside event {seq}")
-        *fields, nlen = _EVENT.unpack_from(payload, at)
+        *fields, nlen, user, system, rss = _EVENT.unpack_from(payload, at)
         at += _EVENT.size
         if at + nlen > len(payload):
             raise ProtocolError(f"events answer cut inside event {seq}'s name")
         name = payload[at:at + nlen].decode("utf-8", "replace")
         at += nlen
-        records.append(EventRecord(seq, *fields, name))
+        usage = (user, system, rss) if fields[-1] & EVENT_USAGE else None
+        records.append(EventRecord(seq, *fields, usage, name))
         seq += 1
     return first, lost, records

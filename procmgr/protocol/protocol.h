@@ -183,11 +183,14 @@ enum err {
  * come. The answer's payload: u64 seq of its first event, u64 events lost
  * before it (older than the manager keeps), then each event: f64 time
  * (epoch s), u32 domain, i32 pid, i32 status, u16 core, u16 err, u8 kind,
- * u8 flags, u16 length of a program's name, the name. */
+ * u8 flags, u16 length of a program's name, what the domain used as its
+ * end's USAGE_BYTES say it (an EXITED or KILLED event whose flags have
+ * EVENT_USAGE; zeros otherwise), the name. */
 #define EVENTS_FROM_NOW 0xFFFFFFFFFFFFFFFF
 #define EVENTS_WAIT_MAX_MS 60000
 #define EVENT_HEAD 16
-#define EVENT_FIXED 28
+#define EVENT_FIXED 48
+#define EVENT_USAGE 8             /* an event's flags: it carries the domain's usage */
 /* A program's name in an event: NAME_MAX characters of UTF-8 fit. */
 #define EVENT_NAME_MAX 512
 

@@ -103,7 +103,44 @@ def test_a_domains_own_end_ends_what_it_left_behind(runtime, request):
     d = pm.spawn(program, stdout=procmgr.DEVNULL)
     wait_until(lambda: marked(f"{marker}-daemon"), T, "the daemon running")
     assert pm.wait(d, timeout=T) == 0
-    none_left(marker)
+    if runtime.containment_mode == containment.CGROUP:
+        assert not marked(marker)          # gone when its end is told
+    none_left(marker)                      # tree: once the worker has looked
+
+
+def test_what_a_domain_left_behind_is_counted_in_its_cpu_under_cgroups(runtime):
+    """A child that spins 0.3 s and is never waited for: its CPU is not
+    in the program's rusage (the worker, its subreaper, reaps it), but is
+    in its cgroup's -- and the exited event says what status says."""
+    pm = runtime.client()
+    seq = max([0] + [e.seq for e in _all_events(pm)])
+    d = pm.spawn([sys.executable, "-c", """
+import os, time
+if os.fork() == 0:
+    t = time.process_time()
+    while time.process_time() - t < 0.3:
+        pass
+    os._exit(0)
+time.sleep(1.0)
+"""])
+    assert pm.wait(d, timeout=T) == 0
+    info = pm.status(d, timeout=T)
+    used = info.cpu_user + info.cpu_system
+    if runtime.containment_mode == containment.CGROUP:
+        assert 0.3 <= used < 5
+    else:
+        assert used < 0.3                  # the program's own rusage: its child's is not
+    end, = [e for e in _all_events(pm, seq) if e.kind == "exited" and e.domain == d.id]
+    assert (end.cpu_user, end.cpu_system, end.max_rss) == \
+        (info.cpu_user, info.cpu_system, info.max_rss)
+
+
+def _all_events(pm, after: int = 0) -> list:
+    got = []
+    with pytest.raises(TimeoutError):
+        for event in pm.events(after=after, timeout=0):
+            got.append(event)
+    return got
 
 
 # A member of the tree: a shell with always one child of its own, a new

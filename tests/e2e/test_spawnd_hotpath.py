@@ -77,8 +77,8 @@ class Bench:
     def close(self):
         for d in list(self.hot.dispatchers.values()):
             os.killpg(d.pid, signal.SIGKILL)
-            os.waitpid(d.pid, 0)
-            self.hot.forget(d.dom)
+            status, _ = self.hot.reap(d.dom)
+            assert os.WIFEXITED(status) or os.WTERMSIG(status) == signal.SIGKILL
         self.epoll.close()
         os.close(self.doorbell)
         os.close(self.child_r)

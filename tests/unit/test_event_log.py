@@ -13,7 +13,7 @@ from procmgr.client.events import EventCursor, check_kinds
 from procmgr.errors import Err, ProcMgmtError
 from procmgr.manager.events import WAITING_PER_CLIENT
 from procmgr.protocol import (
-    EVENTS_FROM_NOW, EVENTS_WAIT_MAX_MS, MAX_PAYLOAD, EventKind, Msg, Op, ProtocolError,
+    EVENT_FIXED, EVENTS_FROM_NOW, EVENTS_WAIT_MAX_MS, MAX_PAYLOAD, EventKind, Msg, Op, ProtocolError,
     decode_events,
 )
 from procmgr.testing.inprocess import InProcessRuntime
@@ -148,9 +148,9 @@ def test_an_events_answer_that_does_not_add_up_is_a_protocol_error():
         decode_events(b"\x01" * 15)
     head = (1).to_bytes(8, "little") + bytes(8)
     with pytest.raises(ProtocolError, match="cut inside event 1"):
-        decode_events(head + bytes(27))
-    with pytest.raises(ProtocolError, match="name"):
-        decode_events(head + bytes(26) + (5).to_bytes(2, "little") + b"ab")
+        decode_events(head + bytes(EVENT_FIXED - 1))
+    with pytest.raises(ProtocolError, match="name"):          # says 5 bytes, has 2
+        decode_events(head + bytes(26) + (5).to_bytes(2, "little") + bytes(20) + b"ab")
 
 
 @settings(max_examples=300, deadline=None)

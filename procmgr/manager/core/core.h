@@ -155,6 +155,8 @@ struct event {
     int32_t pid, status;
     uint16_t core, err;
     uint8_t kind, flags;
+    uint64_t user_us, system_us; /* an end's: the domain's usage (flags: EVENT_USAGE) */
+    uint32_t max_rss_kib;
     PyObject *name;              /* bytes: a program's name; NULL for a domain's */
 };
 

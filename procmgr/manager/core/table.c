@@ -174,7 +174,10 @@ static void domain_event(struct table *t, const struct domain *d, uint8_t from, 
     } else if (to == STATE_STOPPED) {
         e.kind = d->killed ? EVENT_KILLED : EVENT_EXITED;
         e.status = d->exit_status;
-        e.flags = d->signaled ? FLAG_SIGNALED : 0;
+        e.flags = (d->signaled ? FLAG_SIGNALED : 0) | (d->has_usage ? EVENT_USAGE : 0);
+        e.user_us = d->user_us;
+        e.system_us = d->system_us;
+        e.max_rss_kib = d->max_rss_kib;
     } else if (from == STATE_NIL && to == STATE_CLEANED) {
         e.kind = EVENT_SPAWN_FAILED;
         e.err = d->spawn_err;
@@ -255,6 +258,9 @@ PyObject *events_after(const struct eventlog *log, uint64_t after, uint32_t max_
         p[24] = e->kind;
         p[25] = e->flags;
         memcpy(p + 26, &nlen, 2);
+        memcpy(p + 28, &e->user_us, 8);
+        memcpy(p + 36, &e->system_us, 8);
+        memcpy(p + 44, &e->max_rss_kib, 4);
         if (nlen)
             memcpy(p + EVENT_FIXED, PyBytes_AS_STRING(e->name), nlen);
         p += EVENT_FIXED + nlen;
