@@ -37,13 +37,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'procmgr' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict):
+    """A module ``__getattr__`` that imports each of ``exports`` (name ->
+    module) when first used and keeps it in ``namespace``."""
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+    return __getattr__
+
+
+__getattr__ = lazy_exports("procmgr", _EXPORTS, globals())
 
 
 def __dir__():

@@ -9,6 +9,7 @@
     procmgr kill TOKEN; procmgr wait TOKEN
     procmgr supervise --program web -- ./server   # kept running; procmgr stop web
     procmgr down
+    procmgr cluster up|ps|spawn|wait|kill|logs|down   # on every node of a Ray cluster
 
 Every query takes --json. Errors are one line on stderr and a non-zero exit
 code, never a traceback. `wait` exits with the domain's exit status (a
@@ -1045,6 +1046,8 @@ def parser() -> argparse.ArgumentParser:
     p = add("cleanup", cmd_cleanup, "remove what crashed runtimes left behind",
             "procmgr cleanup --json")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    from procmgr.cluster import cli as cluster_cli    # its own commands; Ray when used
+    cluster_cli.add_parser(sub)
     return ap
 
 

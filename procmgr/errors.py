@@ -44,6 +44,8 @@ _MESSAGES = {
                           "runtime's history of ended domains)",
     Err.PROGRAM_EXISTS: "a program of that name is supervised already",
     Err.NO_SUCH_PROGRAM: "no supervised program of that name",
+    Err.NODE_DIED: "the domain's node died, or its agent ended (and with it the node's "
+                   "runtime and its domains)",
 }
 
 

@@ -174,6 +174,9 @@ enum err {
     E_DOMAIN_FORGOTTEN = 34,  /* the domain ended long enough ago to be out of the history */
     E_PROGRAM_EXISTS = 35,    /* supervise: a program of that name is supervised already */
     E_NO_SUCH_PROGRAM = 36,   /* no supervised program of that name */
+    /* procmgr.cluster's, never a manager's: the node of the domain died, or
+     * its agent (and with it the node's runtime and its domains) ended */
+    E_NODE_DIED = 37,
 };
 
 /* Events (procmgr/manager/events.py): what happened to domains and

@@ -1,0 +1,148 @@
+"""The node agent: one Ray actor on each node of the cluster, pinned there
+(node-affinity scheduling, not soft), that owns a normal procmgr runtime
+of that node's cores and answers for it (docs/cluster.md).
+
+It is a detached, named actor (``procmgr-agent-<node id>`` in Ray's
+namespace "procmgr"), so that it outlives the process that started it
+(``procmgr cluster up``) and any process finds it by its node. It asks
+for no CPU of Ray's (``num_cpus=0``): the programs it starts are the
+node's work, not Ray's tasks.
+
+Its runtime is its child: if the agent dies -- killed, or with its node
+-- the runtime's manager sees its owner gone and ends every domain (the
+runtime's own guarantee: nothing outlives the owner). A new agent on a
+live node starts a new runtime; domains of the old one are answered
+NODE_DIED by the cluster, which tells the two apart by the runtime's name
+carried in every domain's token.
+
+Calls are coroutines of an async actor: a ``wait`` that takes minutes
+holds up nothing else. Each answers ("ok", value) or ("error", code,
+detail, status) for a procmgr error, which the cluster raises again as
+the same ProcMgmtError (an exception Ray carries may not rebuild as its
+own class)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import secrets
+import socket
+
+from procmgr.cluster.ops import OPS, domain_of
+from procmgr.errors import ProcMgmtError
+
+NAMESPACE = "procmgr"
+NAME_PREFIX = "procmgr-agent-"
+# How long a wait on the agent lasts at most before it answers "still
+# running": the cluster asks again, and a caller of a node that stopped
+# answering hears of it within this and Ray's timeout (Cluster.wait).
+WAIT_SLICE = 5.0
+
+
+def agent_name(node_id: str) -> str:
+    return NAME_PREFIX + node_id
+
+
+class NodeAgent:
+    """The actor's class (made one by procmgr.cluster: ``ray.remote`` is
+    applied where Ray is imported). ``cores``: the runtime's, None for
+    the node's CPUs as Ray counts them; ``containment``: as
+    ``procmgr.Runtime``'s."""
+
+    def __init__(self, cores: int | None = None, containment: str = "auto"):
+        import ray
+        from procmgr.client.runtime import Runtime
+        self.node_id = ray.get_runtime_context().get_node_id()
+        if cores is None:
+            cores = _node_cpus(ray, self.node_id)
+        self.runtime = Runtime(cores=cores, containment=containment,
+                               name=f"ray-{self.node_id[:12]}-{secrets.token_hex(3)}").start()
+        self.cores = cores
+        self.pm = None
+        self.live = [0] * cores            # live domains per core, from the events
+        self._counting = None
+
+    async def _client(self):
+        if self.pm is None:
+            self.pm = await self.runtime.aclient()
+            self._counting = asyncio.ensure_future(self._count_live())
+        return self.pm
+
+    async def _count_live(self) -> None:
+        """Live domains per core, for the cluster's placement: every
+        domain's start and end, whoever spawned it (a process of this node
+        through the rings too), from the runtime's events."""
+        async for event in self.pm.events(after=0):
+            if event.kind == "lost":           # behind: count them again
+                self.live = [0] * self.cores
+                for ident in await self.pm.domains():
+                    try:
+                        for core in (await self.pm.status(ident)).cores:
+                            self.live[core] += 1
+                    except ProcMgmtError:
+                        pass
+            elif event.kind == "spawned" and event.core < self.cores:
+                self.live[event.core] += 1
+            elif event.kind in ("exited", "killed") and event.core < self.cores:
+                self.live[event.core] = max(0, self.live[event.core] - 1)
+
+    async def hello(self) -> dict:
+        """Who this agent is, and how to reach its runtime on this node."""
+        await self._client()
+        return {"node": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
+                "runtime": self.runtime.name, "cores": self.cores,
+                "containment": self.runtime.containment_mode}
+
+    async def load(self) -> list[int]:
+        """Live domains on each core now."""
+        await self._client()
+        return list(self.live)
+
+    async def call(self, op: str, *args):
+        """One of procmgr/cluster/ops.py's operations on this runtime."""
+        pm = await self._client()
+        try:
+            result = OPS[op](pm, *args)
+            if inspect.isawaitable(result):
+                result = await result
+        except ProcMgmtError as e:
+            return ("error", int(e.code), e.detail, e.status)
+        return ("ok", result)
+
+    async def ps(self) -> tuple:
+        """("ok", a row for each live domain: id, state, cores, pids, argv)."""
+        pm = await self._client()
+        rows = []
+        for ident in await pm.domains():
+            try:
+                info = await pm.status(ident)
+            except ProcMgmtError:
+                continue                      # ended and cleaned meanwhile
+            rows.append({"id": ident, "state": info.state.name, "cores": info.cores,
+                         "pids": info.pids, "argv": info.argv})
+        return ("ok", rows)
+
+    async def wait(self, ident: int, nonce: int, slice_: float = WAIT_SLICE):
+        """A wait of at most ``slice_`` s: ("ok", status), or ("running",)."""
+        pm = await self._client()
+        try:
+            return ("ok", await pm.wait(domain_of(ident, nonce), timeout=slice_))
+        except TimeoutError:
+            return ("running",)
+        except ProcMgmtError as e:
+            return ("error", int(e.code), e.detail, e.status)
+
+    def close(self) -> None:
+        """End the runtime (every domain killed and reaped); the actor is
+        killed by the caller after."""
+        if self._counting is not None:
+            self._counting.cancel()
+        self.runtime.close()
+
+
+def _node_cpus(ray, node_id: str) -> int:
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return max(1, int(node.get("Resources", {}).get("CPU", 1)))
+    return max(1, len(os.sched_getaffinity(0)))
