@@ -300,18 +300,21 @@ def become_subreaper(on: bool = True) -> bool:
 
 
 def children_of(pid: int | None = None) -> list[int]:
-    """Pids whose parent is ``pid`` (default: us; re-parented orphans included)."""
+    """Pids whose parent is ``pid`` (default: us; re-parented orphans
+    included) -- those that can be read now: at the descriptor limit
+    (EMFILE) the list is short, and a caller looking for strays looks
+    again later, rather than ending a worker over it."""
     me = os.getpid() if pid is None else pid
     found = []
     try:
         tasks = os.listdir(f"/proc/{me}/task")
-    except FileNotFoundError:
+    except OSError:
         return found
     for task in tasks:
         try:
             with open(f"/proc/{me}/task/{task}/children") as f:
                 found += [int(p) for p in f.read().split()]
-        except FileNotFoundError:
+        except OSError:
             pass
     return found
 

@@ -110,6 +110,7 @@ enum { ACT_OPEN, ACT_LOG, ACT_INHERIT, ACT_DUP };
 #define FAILED_CGROUP (-3)    /* ... entering the domain's cgroup */
 #define FAILED_IDENTITY (-4)  /* ... taking on its user, groups or umask */
 #define FAILED_LIMIT (-16)    /* ... its limit i: FAILED_LIMIT - i */
+#define GROUP_KILLED (-1000)  /* spawn_program: the group killed what started in it */
 #define MAX_LIMITS 16         /* rlimits a spawn may set */
 #define MAX_GROUPS 256        /* supplementary groups a spawn may take on */
 #define SERVE_BATCH 32        /* spawns started between two looks at run_once's clock */
@@ -485,6 +486,7 @@ struct group {
     int g;              /* its name: g<g> */
     int dir, events, cpu;   /* kept open; -1: not (opened for each use) */
     struct cpu_used used;   /* its cpu.stat when it was last given back */
+    int ending;             /* an end told once it is empty waits on it: not removed */
 };
 
 struct cgroups {
@@ -547,19 +549,27 @@ static ssize_t group_read(const struct cgroups *cg, int s, int kept, const char 
     return n;
 }
 
-/* Does the group in slot s still hold a live process? cgroup.events says
- * ("populated 1"; a zombie does not count); an unreadable file counts as
- * yes (it is not taken again), a group that is gone is -1. */
-static int cgroup_populated(const struct cgroups *cg, int s)
+/* What cgroup.events says of the group in slot s: GROUP_* bits. A live
+ * process in it (a zombie does not count), or frozen (cgroup.freeze: a
+ * domain may write its own, and a process started in it would never
+ * run); gone (removed by whoever may write our groups); or unreadable
+ * (errno says why: EMFILE at the descriptor limit), which is none of
+ * those for sure. */
+#define GROUP_POPULATED 1
+#define GROUP_FROZEN 2
+#define GROUP_GONE 4
+#define GROUP_UNKNOWN 8
+
+static int cgroup_state(const struct cgroups *cg, int s)
 {
     char buf[128];
     ssize_t n = group_read(cg, s, cg->slots[s].events, "cgroup.events", buf, sizeof buf);
     if (n < 0 && (errno == ENODEV || errno == ENOENT))
-        return -1;                    /* removed (by whoever may write our groups) */
+        return GROUP_GONE;
     if (n <= 0)
-        return 1;
-    buf[n] = '\0';
-    return strstr(buf, "populated 0") == NULL;
+        return GROUP_UNKNOWN;
+    return (strstr(buf, "populated 0") ? 0 : GROUP_POPULATED) |
+           (strstr(buf, "frozen 1") ? GROUP_FROZEN : 0);
 }
 
 /* The group in slot s's cpu.stat: 0, or -1 (nothing read: *used is zeros). */
@@ -655,29 +665,33 @@ static int cgroup_take(struct cgroups *cg)
     if (cg->nfree > 0)
         return cg->free[--cg->nfree];
     for (int i = 0; i < cg->ndraining; i++) {
-        int s = cg->draining[i], populated = cgroup_populated(cg, s);
-        if (populated <= 0) {
-            cgroup_drop(cg, s, populated == 0);
+        int s = cg->draining[i], state = cgroup_state(cg, s);
+        if (!cg->slots[s].ending && !(state & (GROUP_POPULATED | GROUP_UNKNOWN))) {
+            cgroup_drop(cg, s, !(state & GROUP_GONE));
             cg->draining[i--] = cg->draining[--cg->ndraining];
         }
     }
     int s = cgroup_make(cg);
-    if (s >= 0 && cgroup_populated(cg, s)) {    /* one left by someone else: not ours to use */
+    if (s < 0)
+        return s;
+    int state = cgroup_state(cg, s), err = errno;
+    if (state != 0) {           /* left by someone else, frozen, or not to be read: not ours */
         cg->draining[cg->ndraining++] = s;
-        return -EBUSY;
+        return state & GROUP_UNKNOWN ? -err : -EBUSY;
     }
     return s;
 }
 
 /* What the group in slot s has used since it was last given back (*used)
- * and in all (*now). */
-static void cgroup_used(const struct cgroups *cg, int s, struct cpu_used *now,
-                        struct cpu_used *used)
+ * and in all (*now): 0, or -1 if cpu.stat could not be read (zeros). */
+static int cgroup_used(const struct cgroups *cg, int s, struct cpu_used *now,
+                       struct cpu_used *used)
 {
     struct cpu_used before = cg->slots[s].used;
-    cgroup_cpu(cg, s, now);
+    int rc = cgroup_cpu(cg, s, now);
     used->user_us = now->user_us > before.user_us ? now->user_us - before.user_us : 0;
     used->system_us = now->system_us > before.system_us ? now->system_us - before.system_us : 0;
+    return rc;
 }
 
 /* The group in slot s: its dispatcher has ended. Whatever of it is left
@@ -689,20 +703,24 @@ static void cgroup_used(const struct cgroups *cg, int s, struct cpu_used *now,
 static int cgroup_give_back(struct cgroups *cg, int s, int killed, struct cpu_used *used)
 {
     struct cpu_used now, ignored;
-    cgroup_used(cg, s, &now, used != NULL ? used : &ignored);
-    int populated = cgroup_populated(cg, s);
-    if (populated < 0) {              /* removed: nothing to give back */
+    int counted = cgroup_used(cg, s, &now, used != NULL ? used : &ignored);
+    int state = cgroup_state(cg, s);
+    if (state & GROUP_GONE) {         /* removed: nothing to give back */
         cgroup_drop(cg, s, 0);
         return 0;
     }
-    if (!killed && !populated) {
+    /* Taken again only as it was made: empty, not frozen, its count of
+     * CPU read (a baseline of zeros would charge the next domain all
+     * before it), and never killed. */
+    if (!killed && state == 0 && counted == 0) {
         cg->slots[s].used = now;
         cg->free[cg->nfree++] = s;
         return 0;
     }
-    cgroup_write(cg, s, "cgroup.kill", "1");
+    if (state & GROUP_POPULATED)
+        cgroup_write(cg, s, "cgroup.kill", "1");
     cg->draining[cg->ndraining++] = s;
-    return populated;
+    return (state & GROUP_POPULATED) != 0;
 }
 
 /* ---- HotPath ------------------------------------------------------------- */
@@ -731,6 +749,8 @@ typedef struct {
     struct rotator *rotator;      /* captured streams' bounds; NULL: no logs directory */
     int logs_dirfd;               /* the core's logs directory */
     struct cgroups cgroups;       /* the domains' cgroups, where they are kept in one */
+    struct ending *ending;        /* ends told once their groups are empty: tell_endings */
+    int nending, ending_cap;
 } HotPathObject;
 
 static PyObject *dispatcher_new(uint32_t dom, uint64_t nonce, pid_t pid, int pidfd, int span,
@@ -901,6 +921,7 @@ static void hotpath_dealloc(HotPathObject *c)
     for (int s = 0; s < c->cgroups.nslots; s++)
         if (c->cgroups.slots[s].dir >= 0)
             cgroup_drop(&c->cgroups, s, 0);
+    PyMem_Free(c->ending);
     PyMem_Free(c->cgroups.slots);
     PyMem_Free(c->cgroups.unused);
     PyMem_Free(c->cgroups.free);
@@ -920,15 +941,14 @@ static void hotpath_dealloc(HotPathObject *c)
 
 static long long mono_ns(void);
 
-/* Until the group in slot s holds no live process, LEFT_GONE_NS at most:
- * a killed process takes a moment to die, a big tree some 100 ms (a
- * zombie does not count: cgroup.events says populated 0 once all have
- * exited). */
+/* Until the group in slot s holds no live process, LEFT_GONE_NS at most,
+ * for a kill (HotPath.reap): a killed process takes a moment to die, a
+ * big tree some 100 ms. A group that cannot be read is not waited for. */
 static void cgroup_wait_empty(const struct cgroups *cg, int s)
 {
     long long until = mono_ns() + LEFT_GONE_NS;
     struct timespec pause = {0, 200000};
-    while (cgroup_populated(cg, s) > 0 && mono_ns() < until) {
+    while (cgroup_state(cg, s) & GROUP_POPULATED && mono_ns() < until) {
         Py_BEGIN_ALLOW_THREADS
         nanosleep(&pause, NULL);
         Py_END_ALLOW_THREADS
@@ -940,24 +960,23 @@ static void cgroup_wait_empty(const struct cgroups *cg, int s)
 /* The dispatcher out of our table and our epoll set (`killed`: its
  * cgroup was, and is not taken again: cgroup_give_back), and what its
  * cgroup used while it ran (*used; zeros without one). What it left
- * there is killed, and waited for (bounded): the end this makes known
- * means everything of the domain here is gone. Unregister before
+ * there is killed: *left is then its group's slot (-1: nothing left),
+ * for the caller to wait for before it tells the end. Unregister before
  * closing: a program just started holds copies of our descriptors until its
  * exec closes them, and while a copy lives, closing alone leaves the pidfd in
- * the epoll set -- to report the dead process under the number's next use. */
-static int forget(HotPathObject *c, PyObject *d, int killed, struct cpu_used *used)
+ * the epoll set -- to report the dead process under the number's next use.
+ * Closed first: at the descriptor limit, the group's files need one. */
+static int forget(HotPathObject *c, PyObject *d, int killed, struct cpu_used *used, int *left)
 {
     end_logs(c, d);
-    memset(used, 0, sizeof *used);
-    int slot = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 7));
-    if (slot >= 0 && c->cgroups.dirfd >= 0 && cgroup_give_back(&c->cgroups, slot, killed, used)) {
-        struct cpu_used now;
-        cgroup_wait_empty(&c->cgroups, slot);
-        cgroup_used(&c->cgroups, slot, &now, used);      /* what was left: its, till its end */
-    }
     int pidfd = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 3));
     epoll_ctl(c->epfd, EPOLL_CTL_DEL, pidfd, NULL);
     close(pidfd);
+    memset(used, 0, sizeof *used);
+    *left = -1;
+    int slot = (int)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 7));
+    if (slot >= 0 && c->cgroups.dirfd >= 0 && cgroup_give_back(&c->cgroups, slot, killed, used))
+        *left = slot;
     Py_INCREF(d);
     int rc = PyDict_DelItem(c->by_pidfd, PyStructSequence_GET_ITEM(d, 3));
     if (PyDict_DelItem(c->by_pid, PyStructSequence_GET_ITEM(d, 2)) < 0)
@@ -1145,6 +1164,7 @@ struct child_job {
     int keep_below;            /* the descriptors it needs are below this */
     int cgroup_procs;          /* its cgroup's cgroup.procs, for it to enter; -1: none */
     const PreparedObject *p;   /* its limits and identity */
+    int ran;                   /* written by the new process first: it ran */
     int err;                   /* written by the new process if it fails */
     int failed;                /* ... and where: a FAILED_* (0: the exec or a descriptor) */
 };
@@ -1178,6 +1198,7 @@ static int take_settings(struct child_job *j)
 static int child_main(void *arg)
 {
     struct child_job *j = arg;
+    j->ran = 1;
     /* Into the domain's cgroup first, where clone3 could not start it
      * there: before it can do anything else, so all it will ever fork
      * starts in there (pid 0: the writer itself). */
@@ -1338,6 +1359,14 @@ static int spawn_program(HotPathObject *c, PreparedObject *p, const struct child
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     group_done(group, kept);
+    if (child > 0 && !job.ran) {
+        /* Killed before its first instruction: the kernel here SIGKILLs
+         * what clone3 starts in a group that was ever killed, and a
+         * domain may have killed its own (cgroup.kill) and still ended
+         * with 0, so that the group came back to the pool. */
+        waitpid(child, NULL, 0);
+        return GROUP_KILLED;
+    }
     if (child < 0) {
         if (group >= 0 && started && err != EAGAIN && err != ENOMEM)
             *failed_fd = FAILED_CGROUP;      /* clone3 refused the group */
@@ -1421,6 +1450,18 @@ static int start(HotPathObject *c, PreparedObject *p, uint32_t dom, uint64_t non
         return -cgroup;
     }
     int rc = spawn_with_streams(c, p, dom, cgroup, &pid, slots, &nslots, failed_fd);
+    if (rc == GROUP_KILLED) {      /* the group retired; once more, in another */
+        cgroup_give_back(&c->cgroups, cgroup, 1, NULL);
+        if ((cgroup = cgroup_take(&c->cgroups)) < 0) {
+            *failed_fd = FAILED_CGROUP;
+            return -cgroup;
+        }
+        rc = spawn_with_streams(c, p, dom, cgroup, &pid, slots, &nslots, failed_fd);
+        if (rc == GROUP_KILLED) {
+            *failed_fd = FAILED_CGROUP;
+            rc = EAGAIN;
+        }
+    }
     if (rc != 0) {
         if (cgroup >= 0)
             cgroup_give_back(&c->cgroups, cgroup, 0, NULL);
@@ -1512,30 +1553,6 @@ static PyObject *dispatcher_named(HotPathObject *c, PyObject *dom)
     if (d == NULL && !PyErr_Occurred())
         PyErr_SetObject(PyExc_KeyError, dom);
     return d;
-}
-
-static int reap(HotPathObject *c, PyObject *d, int options, int killed, siginfo_t *si,
-                uint8_t *usage);
-
-/* reap(dom) -> (wait status, usage): a dispatcher a kill ended (the
- * caller's to report), reaped -- waited for if it has not ended yet --
- * and forgotten as run_once forgets one: what it left killed and gone,
- * its usage as its end carries it. */
-static PyObject *hotpath_reap(HotPathObject *c, PyObject *dom)
-{
-    PyObject *d = dispatcher_named(c, dom);
-    if (d == NULL)
-        return NULL;
-    siginfo_t si;
-    uint8_t usage[USAGE_BYTES];
-    Py_INCREF(d);
-    int rc = reap(c, d, 0, 1, &si, usage);
-    Py_DECREF(d);
-    if (rc < 0)
-        return NULL;
-    int status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8
-                 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
-    return Py_BuildValue("(iy#)", status, (const char *)usage, (Py_ssize_t)USAGE_BYTES);
 }
 
 /* hold(dom): its end is the caller's to report (a kill in its grace:
@@ -1637,21 +1654,21 @@ static void usage_bytes(const struct rusage *ru, const struct cpu_used *group, u
 
 /* Reap dispatcher d (waitid's `options`: WNOHANG, or 0 to wait for it),
  * end what is left of it and forget it (forget): *si says how it ended,
- * `usage` what it used (USAGE_BYTES). `killed`: a kill ended it (its
+ * *ru and *group what it used; *left the slot of its group if something
+ * was left there and killed (-1: nothing). `killed`: a kill ended it (its
  * group is not taken again). 1 reaped, 0 not exited yet (WNOHANG), -1
  * with an exception set. */
 static int reap(HotPathObject *c, PyObject *d, int options, int killed, siginfo_t *si,
-                uint8_t *usage)
+                struct rusage *ru, struct cpu_used *group, int *left)
 {
     pid_t pid = (pid_t)PyLong_AsLong(PyStructSequence_GET_ITEM(d, 2));
-    struct rusage ru;
     int rc, err;
     for (;;) {
         memset(si, 0, sizeof *si);
-        memset(&ru, 0, sizeof ru);
+        memset(ru, 0, sizeof *ru);
         /* The system call, not libc's waitid: it gives the rusage too. */
         Py_BEGIN_ALLOW_THREADS
-        rc = (int)syscall(SYS_waitid, P_PID, (id_t)pid, si, WEXITED | options, &ru);
+        rc = (int)syscall(SYS_waitid, P_PID, (id_t)pid, si, WEXITED | options, ru);
         err = errno;
         Py_END_ALLOW_THREADS
         if (rc == 0 || err != EINTR)
@@ -1670,39 +1687,152 @@ static int reap(HotPathObject *c, PyObject *d, int options, int killed, siginfo_
     /* No orphan left behind: what is left of it is killed before its end
      * is told (its cgroup's, by forget, under cgroup containment). */
     killpg(pid, SIGKILL);
-    struct cpu_used group;
     int r = forget(c, d, killed || (si->si_code == CLD_KILLED && si->si_status == SIGKILL),
-                   &group);
-    usage_bytes(&ru, &group, usage);
+                   group, left);
     return r < 0 ? -1 : 1;
 }
 
+/* A dispatcher's end, told once what it left in its cgroup is gone (or
+ * LEFT_GONE_NS has passed): run_once looks at these between its rounds
+ * and sleeps at most ENDING_LOOK_MS meanwhile, so that a domain leaving
+ * processes that take their time to die (stopped, frozen, in the
+ * kernel) holds up its own end only, never the core. */
+#define ENDING_LOOK_MS 2
+
+struct ending {
+    struct wire_header r;       /* its SD_EXIT, but for the usage */
+    struct rusage ru;
+    int slot;                   /* its group's: not removed meanwhile (group.ending) */
+    long long until;
+};
+
+/* Tell the ends whose groups are empty now, or whose wait is over. 0, or
+ * RUN_FULL with some left for want of room. */
+static int tell_endings(HotPathObject *c)
+{
+    long long now = mono_ns();
+    for (int i = 0; i < c->nending; i++) {
+        struct ending *e = &c->ending[i];
+        if (now < e->until && cgroup_state(&c->cgroups, e->slot) & GROUP_POPULATED)
+            continue;
+        if (!reply_room(c))
+            return RUN_FULL;
+        struct cpu_used total, used;
+        cgroup_used(&c->cgroups, e->slot, &total, &used);   /* what was left: its, too */
+        usage_bytes(&e->ru, &used, e->r.inline_);
+        c->cgroups.slots[e->slot].ending = 0;
+        rb_push(c->replies, &e->r, SLOT);
+        rb_wake_consumer(c->replies);
+        c->ending[i--] = c->ending[--c->nending];
+    }
+    return 0;
+}
+
+/* Reap dispatcher d (reap's `options` and `killed`) into the next ending
+ * slot: its SD_EXIT but for the usage, its rusage, and its group's slot if
+ * it left processes there (else -1, *used what the group used). The
+ * caller tells it now, or keeps it (c->nending++) for tell_endings. 1
+ * reaped, 0 not exited yet, -1 with an exception set. */
+static int reap_ending(HotPathObject *c, PyObject *d, int options, int killed,
+                       struct cpu_used *used, siginfo_t *si)
+{
+    if (c->nending == c->ending_cap) {         /* room for this one to wait, if it must */
+        int cap = c->ending_cap ? 2 * c->ending_cap : 16;
+        struct ending *grown = PyMem_Realloc(c->ending, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->ending = grown;
+        c->ending_cap = cap;
+    }
+    struct ending *e = &c->ending[c->nending];
+    memset(&e->r, 0, sizeof e->r);
+    /* Read before reap forgets it: d may be gone then. */
+    e->r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
+    e->r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
+    Py_INCREF(d);
+    int rc = reap(c, d, options, killed, si, &e->ru, used, &e->slot);
+    Py_DECREF(d);
+    if (rc <= 0)
+        return rc;
+    e->r.op = OP_SD_EXIT;
+    e->r.flags = FLAG_RELEASED | (si->si_code == CLD_EXITED ? 0 : FLAG_SIGNALED);
+    e->r.core = c->core;
+    e->r.status = si->si_status;   /* the exit code, or the signal's number */
+    e->r.plen = USAGE_BYTES;
+    if (e->slot >= 0)
+        e->until = mono_ns() + LEFT_GONE_NS;
+    return 1;
+}
+
+/* The ending just filled in (reap_ending), kept for tell_endings. */
+static void keep_ending(HotPathObject *c)
+{
+    c->cgroups.slots[c->ending[c->nending].slot].ending = 1;
+    c->nending++;
+}
+
 /* A pidfd woke us: reap the dispatcher, tell the manager -- and wake it at
- * once, whoever waits for this exit waits on us. 0, RUN_FULL (try again
- * later: the pidfd stays readable), or -1 with an exception set. */
+ * once, whoever waits for this exit waits on us -- or, if it left
+ * processes in its cgroup, once they are gone (tell_endings). 0,
+ * RUN_FULL (try again later: the pidfd stays readable), or -1 with an
+ * exception set. */
 static int report_exit(HotPathObject *c, PyObject *d)
 {
     if (!reply_room(c))
         return RUN_FULL;
-    struct wire_header r;
-    memset(&r, 0, sizeof r);
-    /* Read before reap forgets it: d may be gone then. */
-    r.dom = (uint32_t)PyLong_AsUnsignedLong(PyStructSequence_GET_ITEM(d, 0));
-    r.nonce = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(d, 1));
+    struct cpu_used used;
     siginfo_t si;
-    Py_INCREF(d);
-    int rc = reap(c, d, WNOHANG, 0, &si, r.inline_);
-    Py_DECREF(d);
+    int rc = reap_ending(c, d, WNOHANG, 0, &used, &si);
     if (rc <= 0)
         return rc;
-    r.op = OP_SD_EXIT;
-    r.flags = FLAG_RELEASED | (si.si_code == CLD_EXITED ? 0 : FLAG_SIGNALED);
-    r.core = c->core;
-    r.status = si.si_status;   /* the exit code, or the signal's number */
-    r.plen = USAGE_BYTES;
-    rb_push(c->replies, &r, SLOT);
+    struct ending *e = &c->ending[c->nending];
+    if (e->slot >= 0) {
+        keep_ending(c);
+        return 0;
+    }
+    usage_bytes(&e->ru, &used, e->r.inline_);
+    rb_push(c->replies, &e->r, SLOT);
     rb_wake_consumer(c->replies);
     return 0;
+}
+
+/* reap(dom, defer) -> (wait status, usage) or None: a dispatcher a kill
+ * ended (the caller's to report), reaped -- waited for if it has not
+ * ended yet -- and forgotten as run_once forgets one, what it left killed.
+ * If it left processes in its cgroup: with `defer`, None -- its end (an
+ * SD_EXIT) is told by run_once once they are gone, and nothing waits here;
+ * else waited for here (bounded). Then its wait status and its usage as
+ * its end carries it. */
+static PyObject *hotpath_reap(HotPathObject *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "reap(dom, defer)");
+        return NULL;
+    }
+    PyObject *d = dispatcher_named(c, args[0]);
+    int defer = PyObject_IsTrue(args[1]);
+    if (d == NULL || defer < 0)
+        return NULL;
+    siginfo_t si;
+    struct cpu_used used, total;
+    uint8_t usage[USAGE_BYTES];
+    if (reap_ending(c, d, 0, 1, &used, &si) < 0)
+        return NULL;
+    struct ending *e = &c->ending[c->nending];
+    if (e->slot >= 0 && defer) {
+        keep_ending(c);
+        Py_RETURN_NONE;
+    }
+    if (e->slot >= 0) {     /* answered once all of it is gone (bounded) */
+        cgroup_wait_empty(&c->cgroups, e->slot);
+        cgroup_used(&c->cgroups, e->slot, &total, &used);
+    }
+    usage_bytes(&e->ru, &used, usage);
+    int status = si.si_code == CLD_EXITED ? (si.si_status & 0xff) << 8
+                 : (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+    return Py_BuildValue("(iy#)", status, (const char *)usage, (Py_ssize_t)USAGE_BYTES);
 }
 
 static long long mono_ns(void)
@@ -1797,6 +1927,8 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
     int exits = 0;      /* dispatchers the last wake-up was for */
     for (int round = 0;; round++) {
         int served = 0, r;
+        if (c->nending > 0 && tell_endings(c) == RUN_FULL)
+            return PyLong_FromLong(RUN_FULL);
         for (;;) {
             if (until >= 0 && (round > 0 || served > 0) && mono_ns() >= until)
                 return PyLong_FromLong(RUN_IDLE);     /* not armed here: nothing to undo */
@@ -1826,8 +1958,10 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
         }
         struct epoll_event evs[64];
         int n, err;
+        /* Ends waiting on their groups are looked at every ENDING_LOOK_MS. */
+        int shortened = c->nending > 0 && (timeout_ms < 0 || timeout_ms > ENDING_LOOK_MS);
         Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+        n = epoll_wait(c->epfd, evs, 64, shortened ? ENDING_LOOK_MS : timeout_ms);
         err = errno;
         Py_END_ALLOW_THREADS
         rb_disarm(c->requests, RB_WAIT_DATA);
@@ -1837,6 +1971,8 @@ static PyObject *hotpath_run_once(HotPathObject *c, PyObject *const *args, Py_ss
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
+        if (n == 0 && shortened)      /* woke for the ends waiting on their groups */
+            return PyLong_FromLong(tell_endings(c));
         if (n == 0)     /* slept it all: Python looks (at strays too, if any may be) */
             return PyLong_FromLong(stray_exited(c, 1) ? RUN_CHILDREN : RUN_IDLE);
         int result = RUN_IDLE, children = 0, python_wants = 0;
@@ -1893,8 +2029,8 @@ static PyMemberDef hotpath_members[] = {
 static PyMethodDef hotpath_methods[] = {
     {"start", (PyCFunction)(void (*)(void))hotpath_start, METH_FASTCALL,
      "start(prepared, dom, nonce, span) -> pid"},
-    {"reap", (PyCFunction)hotpath_reap, METH_O,
-     "reap(dom) -> (wait status, usage): a dispatcher the caller ended, reaped and forgotten"},
+    {"reap", (PyCFunction)(void (*)(void))hotpath_reap, METH_FASTCALL,
+     "reap(dom, defer) -> (wait status, usage), or None: its end is told by run_once"},
     {"hold", (PyCFunction)hotpath_hold, METH_O,
      "hold(dom): the caller reports this dispatcher's end, not run_once"},
     {"run_once", (PyCFunction)(void (*)(void))hotpath_run_once, METH_FASTCALL,

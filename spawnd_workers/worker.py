@@ -79,6 +79,10 @@ GROUP_GONE_TIMEOUT = 1.0
 # burst of kills of programs that take their time holds the core for this
 # long each.
 KILL_INLINE_WAIT = 0.001
+# How long a SIGKILLed dispatcher is waited for in line before its end is
+# left to the loop: a process in the kernel (a stuck mount) takes as long
+# as it takes, and the core serves on meanwhile.
+KILLED_INLINE_WAIT = 0.05
 _CAP_FLAGS = {
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -474,16 +478,26 @@ class Worker:
                 return msg.reply(Err.OK, flags=Flag.STOPPING)
             if not wait_readable(d.pidfd, min(grace, KILL_INLINE_WAIT)):
                 if grace > KILL_INLINE_WAIT:
-                    self.grace_ends.register(d.pidfd, select.EPOLLIN)
-                    self.hot.hold(d.dom)
-                    self.in_grace[d.dom] = time.monotonic() + grace
-                    return msg.reply(Err.OK, flags=Flag.STOPPING)
+                    return self._hold(msg, d, time.monotonic() + grace)
                 self._signal(d, signal.SIGKILL)
-                wait_readable(d.pidfd, None)    # SIGKILL through its pidfd: it ends
-            _, used = self._ended(d)
+                if not wait_readable(d.pidfd, KILLED_INLINE_WAIT):
+                    return self._hold(msg, d, None)     # stuck in the kernel: it ends later
+            ended = self._ended(d, defer=True)
         except OSError as e:
             return msg.reply(Err.KILL_FAILED, e.errno or errno.EIO)
-        return msg.reply(Err.OK, flags=Flag.RELEASED, payload=used)   # reaped and forgotten
+        if ended is None:            # what it left takes its time: its end comes as SD_EXIT
+            return msg.reply(Err.OK, flags=Flag.STOPPING)
+        return msg.reply(Err.OK, flags=Flag.RELEASED, payload=ended[1])   # reaped and forgotten
+
+    def _hold(self, msg: Msg, d, deadline: float | None) -> Msg:
+        """The kill answered STOPPING: d's end is reported (SD_EXIT) once
+        it has ended -- SIGKILLed at ``deadline`` if it has not by then
+        (None: it was already) -- by look_at_grace, and the worker serves
+        on meanwhile."""
+        self.grace_ends.register(d.pidfd, select.EPOLLIN)
+        self.hot.hold(d.dom)
+        self.in_grace[d.dom] = deadline
+        return msg.reply(Err.OK, flags=Flag.STOPPING)
 
     def look_at_grace(self) -> None:
         """The dispatchers in their grace: SIGKILL those whose grace is
@@ -497,7 +511,10 @@ class Worker:
             elif d.pidfd in ended:
                 del self.in_grace[dom]
                 self.grace_ends.unregister(d.pidfd)
-                status, used = self._ended(d)
+                gone = self._ended(d, defer=True)
+                if gone is None:              # told by run_once once what it left is gone
+                    continue
+                status, used = gone
                 signaled = os.WIFSIGNALED(status)
                 self.reply(Msg(Op.SD_EXIT, core=self.core, dom=dom, nonce=d.nonce,
                                flags=Flag.RELEASED | (Flag.SIGNALED if signaled else 0),
@@ -551,14 +568,16 @@ class Worker:
             wait_readable(d.pidfd, None)
         self._ended(d)
 
-    def _ended(self, d) -> tuple[int, bytes]:
+    def _ended(self, d, defer: bool = False) -> tuple[int, bytes] | None:
         """A dispatcher that has ended: what it forked ended too (even what
         outlived the signal), it reaped and forgotten -- and returned only
         once no process of its group (its cgroup, under cgroup
         containment) is left (bounded), so a reply saying it ended means
-        it. Its wait status and usage (_reap)."""
+        it. Its wait status and usage (_reap) -- or, with ``defer``, None
+        if its cgroup still holds processes: run_once tells its end (an
+        SD_EXIT) once they are gone, and the worker serves on."""
         killed = self._signal(d, signal.SIGKILL)
-        ended = self._reap(d)               # its cgroup's emptied there
+        ended = self._reap(d, defer)
         if self._group(d) is None:
             self._wait_group_gone(d.pid)
             containment.gone(killed, GROUP_GONE_TIMEOUT, self._reap_strays)
@@ -608,10 +627,11 @@ class Worker:
             self._reap_strays()
             time.sleep(0.001)
 
-    def _reap(self, d) -> tuple[int, bytes]:
+    def _reap(self, d, defer: bool = False) -> tuple[int, bytes] | None:
         """Its wait status, and its usage as its end carries it (the
-        cgroup's CPU time where there is one: _spawnd.c, usage_bytes)."""
-        return self.hot.reap(d.dom)
+        cgroup's CPU time where there is one: _spawnd.c, usage_bytes); None
+        if ``defer``red (_ended)."""
+        return self.hot.reap(d.dom, defer)
 
     def shutdown(self) -> None:
         """End every dispatcher (no grace: the runtime is going away), and
@@ -619,7 +639,8 @@ class Worker:
         is handed on up, alive or as a zombie."""
         for d in list(self.dispatchers.values()):
             self._signal(d, signal.SIGKILL)
-            self._reap(d)
+            if wait_readable(d.pidfd, KILLED_INLINE_WAIT):   # else stuck: not waited for
+                self._reap(d)
         if self.cgroup_dir is not None:    # all of them, whoever their parent
             containment.end_group(self.cgroup_dir, between=self._reap_strays)
         deadline = time.monotonic() + 5

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -17,7 +18,7 @@ import pytest
 
 import procmgr
 from procmgr import containment
-from e2e_helpers import T, process_gone, wait_until
+from e2e_helpers import T, at_its_limit, process_gone, wait_until, workers_of
 
 CGROUP_HERE = containment.choose("auto")[0] == containment.CGROUP
 MODES = [pytest.param(containment.CGROUP, marks=pytest.mark.skipif(
@@ -249,6 +250,127 @@ def test_spawns_after_kills_run(runtime):
         core = next(p for p in os.listdir(runtime.cgroup) if p.startswith("core"))
         groups = [g for g in os.listdir(os.path.join(runtime.cgroup, core)) if g[0] == "g"]
         assert len(groups) <= 3         # the killed ones removed, the free one kept
+
+
+CGROUP_ONLY = pytest.mark.skipif(not CGROUP_HERE, reason="no writable cgroup v2 hierarchy here")
+
+# A program that writes its own group's FILE ("cgroup.kill" or
+# "cgroup.freeze") from a second thread while the first ends with 0: when
+# the exit wins the race, the domain ends "exited 0", yet its group was
+# killed or frozen after its last process looked.
+RACE_EXIT_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int fd; static long spin; static volatile int go;
+static void *writer(void *a) { while (!go); for (volatile long i = 0; i < spin; i++);
+                               write(fd, "1", 1); for (;;) pause(); }
+int main(int argc, char **argv) {
+    char line[512], path[1024]; FILE *f = fopen("/proc/self/cgroup", "r");
+    while (fgets(line, sizeof line, f) && strncmp(line, "0::", 3) != 0);
+    line[strcspn(line, "\n")] = 0;
+    snprintf(path, sizeof path, "%s%s/%s", argv[1], line + 3, argv[2]);
+    fd = open(path, O_WRONLY); spin = atol(argv[3]);
+    cpu_set_t all; CPU_ZERO(&all);                /* the thread beside it, not after it */
+    for (int i = 0; i < 64; i++) CPU_SET(i, &all);
+    sched_setaffinity(0, sizeof all, &all);
+    pthread_t t; pthread_create(&t, NULL, writer, NULL);
+    usleep(1000);
+    go = 1;
+    syscall(SYS_exit_group, 0);
+}
+"""
+
+
+@CGROUP_ONLY
+@pytest.mark.parametrize("file", ["cgroup.kill", "cgroup.freeze"])
+def test_a_group_its_domain_killed_or_froze_is_not_given_to_the_next(tmp_path, file):
+    """A group killed or frozen by its own domain, which still ended with
+    0, must not start the next spawn: this kernel SIGKILLs what clone3
+    starts in a killed group, and one started frozen never runs (the
+    core would hang in clone3)."""
+    source = tmp_path / "race.c"
+    source.write_text(RACE_EXIT_C)
+    program = str(tmp_path / "race")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", program, str(source)], check=True,
+                   timeout=60)
+    with procmgr.Runtime(cores=1, containment="cgroup") as rt:
+        pm, other = rt.client(), rt.client()
+        for i in range(24):
+            d = pm.spawn([program, containment.v2_mount(), file, str((i % 8) * 200)])
+            try:
+                pm.wait(d, timeout=2)
+            except TimeoutError:           # frozen before it could end: a kill ends it
+                pm.kill(d, timeout=T)
+            # the next spawn, another client's, runs as asked
+            assert other.wait(other.spawn(["/bin/sh", "-c", "exit 3"]), timeout=T) == 3
+
+
+@CGROUP_ONLY
+def test_a_slow_leftover_holds_up_its_own_end_only():
+    """A domain ends leaving a process that takes a while to die (3 GB to
+    give back): its wait answers once that is gone, while another client's
+    spawns on the same core are served meanwhile."""
+    with procmgr.Runtime(cores=1, containment="cgroup") as rt:
+        pm, other = rt.client(), rt.client()
+        d = pm.spawn([sys.executable, "-c", """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    block = b"x" * (3 << 30)            # resident: 3 GB to give back as it dies
+    os.write(w, str(os.getpid()).encode())
+    time.sleep(600)
+print(os.read(r, 16).decode(), flush=True)
+"""])
+        ended = []
+
+        def wait_for_it():
+            status = pm.wait(d, timeout=30)
+            leftover = int(pm.output(d))
+            ended.append((status, process_gone(leftover)))
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        slowest = 0.0
+        while waiter.is_alive():
+            t = time.monotonic()
+            assert other.wait(other.spawn(["/bin/true"]), timeout=T) == 0
+            slowest = max(slowest, time.monotonic() - t)
+        waiter.join()
+        assert ended == [(0, True)]             # told once the leftover was gone
+        assert slowest < 0.2
+
+
+@CGROUP_ONLY
+def test_at_its_descriptor_limit_a_worker_tells_ends_at_once_and_lives():
+    """Groups past the 256 a worker keeps open are opened for each use;
+    with no descriptor to spare, what cannot be read is not waited for
+    (it was: 1 s for each end, then the worker ended over a stray)."""
+    quiet = dict(stdout=procmgr.DEVNULL, stderr=procmgr.DEVNULL)
+    with procmgr.Runtime(cores=1, containment="cgroup") as rt:
+        pm = rt.client()
+        worker = workers_of(rt.proc.pid)[0]
+        fill = [pm.spawn(["/bin/sleep", "600"], **quiet) for _ in range(260)]
+        short = [pm.spawn(["/bin/sleep", "2"], **quiet) for _ in range(5)]
+        started = time.monotonic()
+        limits = worker.rlimit(psutil.RLIMIT_NOFILE)
+        at_its_limit(worker)
+        try:
+            assert [pm.wait(d, timeout=T) for d in short] == [0] * 5
+            assert time.monotonic() - started < 2 + 1.0
+            assert worker.is_running()
+        finally:
+            worker.rlimit(psutil.RLIMIT_NOFILE, limits)
+        for d in fill:
+            pm.kill_async(d)
+        assert [pm.wait(d, timeout=T) for d in fill] == [9] * 260
+        assert worker.is_running()
 
 
 def test_a_pid_that_now_names_another_process_names_nothing_of_the_domains():
