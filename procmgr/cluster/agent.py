@@ -28,6 +28,7 @@ import inspect
 import os
 import secrets
 import socket
+from collections import deque
 
 from procmgr.cluster.ops import OPS, domain_of
 from procmgr.errors import ProcMgmtError
@@ -38,6 +39,9 @@ NAME_PREFIX = "procmgr-agent-"
 # running": the cluster asks again, and a caller of a node that stopped
 # answering hears of it within this and Ray's timeout (Cluster.wait).
 WAIT_SLICE = 5.0
+# The ends kept for exits_after: a client's stream of ends that falls
+# further behind is told, and asks each of its waits again.
+ENDS_KEPT = 65536
 
 
 def agent_name(node_id: str) -> str:
@@ -61,11 +65,16 @@ class NodeAgent:
         self.cores = cores
         self.pm = None
         self.live = [0] * cores            # live domains per core, from the events
+        self.seen = 0                      # the seq of the last event counted
+        self.ends: deque = deque(maxlen=ENDS_KEPT)   # (seq, domain, wait's status)
+        self.ends_from = 0                 # ends after this seq are all in `ends`
+        self._ended = None                 # asyncio.Condition: an end came
         self._counting = None
 
     async def _client(self):
         if self.pm is None:
             self.pm = await self.runtime.aclient()
+            self._ended = asyncio.Condition()
             self._counting = asyncio.ensure_future(self._count_live())
         return self.pm
 
@@ -74,6 +83,7 @@ class NodeAgent:
         domain's start and end, whoever spawned it (a process of this node
         through the rings too), from the runtime's events."""
         async for event in self.pm.events(after=0):
+            self._note_end(event)
             if event.kind == "lost":           # behind: count them again
                 self.live = [0] * self.cores
                 for ident in await self.pm.domains():
@@ -86,6 +96,54 @@ class NodeAgent:
                 self.live[event.core] += 1
             elif event.kind in ("exited", "killed") and event.core < self.cores:
                 self.live[event.core] = max(0, self.live[event.core] - 1)
+
+    def _note_end(self, event) -> None:
+        """The ends, for exits_after: each as its wait says it."""
+        if event.kind == "lost":
+            self.ends_from = event.seq
+        elif event.kind in ("exited", "killed"):
+            if len(self.ends) == self.ends.maxlen:
+                self.ends_from = self.ends[0][0]
+            self.ends.append((event.seq, event.domain, event.returncode))
+        self.seen = max(self.seen, event.seq)
+        if event.kind in ("lost", "exited", "killed"):
+            asyncio.ensure_future(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._ended:
+            self._ended.notify_all()
+
+    async def exits_after(self, seq: int, wait: float) -> tuple:
+        """The ends after event ``seq``, waiting up to ``wait`` s for one:
+        ("ok", the last seq seen, [(seq, domain, wait's status), ...]); or
+        ("lost", the last seq seen) if some after ``seq`` are no longer
+        kept (each wait asks again, procmgr/cluster/link.py)."""
+        await self._client()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while True:
+            if seq < self.ends_from:
+                return ("lost", self.seen)
+            ends = []
+            for end in reversed(self.ends):       # from the newest: those after seq
+                if end[0] <= seq:
+                    break
+                ends.append(end)
+            if ends or loop.time() >= until:
+                return ("ok", self.seen, ends[::-1])
+            async with self._ended:
+                try:
+                    await asyncio.wait_for(self._ended.wait(), until - loop.time())
+                except asyncio.TimeoutError:
+                    pass
+
+    async def call_many(self, calls: list[tuple]) -> tuple:
+        """Several ``call``s at once -- a client's concurrent calls to this
+        node, batched (procmgr/cluster/link.py): (the seq of the last event
+        seen before any of them ran, each one's answer in order)."""
+        await self._client()
+        seen = self.seen
+        return seen, list(await asyncio.gather(*(self.call(*c) for c in calls)))
 
     async def hello(self) -> dict:
         """Who this agent is, and how to reach its runtime on this node."""

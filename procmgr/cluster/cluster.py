@@ -17,7 +17,8 @@ except ImportError as e:                     # pragma: no cover - the extra not 
 
 from procmgr.cluster.agent import NAMESPACE, WAIT_SLICE, NodeAgent, agent_name
 from procmgr.client.client import Domain
-from procmgr.cluster.ops import OPS
+from procmgr.cluster.link import NodeLink
+from procmgr.cluster.ops import OPS, answer_of
 from procmgr.errors import Err, ProcMgmtError, RuntimeGone
 
 __all__ = ["AsyncCluster", "Cluster", "ClusterDomain", "NodeInfo", "connect"]
@@ -226,13 +227,6 @@ class Cluster:
 
     # ---- calls ----
 
-    def _answer(self, node: str, answer):
-        if answer[0] == "ok":
-            return answer[1]
-        if answer[0] == "error":
-            _, code, detail, status = answer
-            raise ProcMgmtError(code, detail, status)
-        return None                               # ("running",): a wait's slice
 
     def _failed(self, node: str, e: BaseException, waited: float) -> Exception:
         """What a call to node's agent that raised ``e`` raises: NODE_DIED
@@ -252,7 +246,7 @@ class Cluster:
             answer = ray.get(getattr(actor, method).remote(*args), timeout=waited)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
             raise self._failed(node, e, waited) from None
-        return self._answer(node, answer)
+        return answer_of(answer)
 
     def _slices(self, d: ClusterDomain, timeout: float | None):
         """The lengths of a wait's slices on another node, until
@@ -398,13 +392,16 @@ class Cluster:
 
 
 class AsyncCluster:
-    """``Cluster``'s calls as coroutines: a call to another node awaits
-    Ray's ObjectRef (the event loop runs meanwhile); one to this node's
-    runtime goes through its rings with an ``AsyncClient``."""
+    """``Cluster``'s calls as coroutines. One to this node's runtime goes
+    through its rings with an ``AsyncClient``; those to another node are
+    batched, and its waits share one stream of ends
+    (procmgr/cluster/link.py): many concurrent spawns and waits cost few
+    actor calls."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
         self._local = None
+        self._links: dict[str, NodeLink] = {}
 
     async def _local_client(self, node: str):
         if node != self.cluster.here:
@@ -415,61 +412,88 @@ class AsyncCluster:
                 aconnect(self.cluster._agents[node][1]["runtime"]))
         return await self._local
 
-    async def _remote(self, node: str, actor, method: str, *args, timeout=None):
-        waited = (timeout or 0) + self.cluster.slack
-        try:
-            answer = await asyncio.wait_for(getattr(actor, method).remote(*args), waited)
-        except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
-            raise self.cluster._failed(node, e, waited) from None
-        return self.cluster._answer(node, answer)
+    def _link(self, node: str) -> NodeLink:
+        link = self._links.get(node)
+        if link is None:
+            actor = self.cluster._agent(node)
+
+            async def send(method: str, *args, timeout=None):
+                waited = (timeout or 0) + self.cluster.slack
+                try:
+                    return await asyncio.wait_for(getattr(actor, method).remote(*args), waited)
+                except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
+                    raise self.cluster._failed(node, e, waited) from None
+
+            link = self._links[node] = NodeLink(node, send)
+        return link
+
+    async def _call(self, node: str, *call, timeout=None):
+        """A call on node's agent, batched: (seq seen before it, its value)."""
+        self.cluster._agent(node)             # NODE_DIED at once for a dead node
+        seq, answer = await self._link(node).call(*call, timeout=timeout)
+        return seq, answer_of(answer)
 
     async def _op(self, d: ClusterDomain, op: str, *args, timeout=None):
-        actor = self.cluster._runtime_of(d)
+        self.cluster._runtime_of(d)
         pm = await self._local_client(d.node)
         if pm is not None:
             return await OPS[op](pm, d.id, d.nonce, *args)
-        return await self._remote(d.node, actor, "call", op, d.id, d.nonce, *args,
-                                  timeout=timeout)
+        return (await self._call(d.node, op, d.id, d.nonce, *args, timeout=timeout))[1]
 
     async def spawn(self, argv, *, node=None, core=None, timeout=None, **options):
+        """As ``Cluster.spawn``."""
         c = self.cluster
         argv = _argv(argv)
         node, core = c._place(node, core)
-        actor = c._agent(node)
+        c._agent(node)
         pm = await self._local_client(node)
         if pm is not None:
             return c._made(node, await OPS["spawn"](pm, argv, core, options))
-        return c._made(node, await self._remote(node, actor, "call", "spawn", argv, core,
-                                                options, timeout=timeout))
+        _, d = await self._call(node, "spawn", argv, core, options, timeout=timeout)
+        return c._made(node, d)
 
     async def wait(self, d, timeout=None) -> int:
+        """As ``Cluster.wait``."""
         d = self.cluster.domain(d)
-        actor = self.cluster._runtime_of(d)
+        self.cluster._runtime_of(d)
         if await self._local_client(d.node) is not None:
             return await self._op(d, "wait", timeout)
-        for left in self.cluster._slices(d, timeout):
-            status = await self._remote(d.node, actor, "wait", d.id, d.nonce, left,
-                                        timeout=left)
-            if status is not None:
-                return status
+        seq, status = await self._call(d.node, "poll", d.id, d.nonce)
+        if status is not None:
+            return status
+        link = self._link(d.node)
+        end = link.end_of(d.id, d.nonce, seq)
+        try:
+            return await asyncio.wait_for(asyncio.shield(end), timeout)
+        except asyncio.TimeoutError:
+            link.forget(d.id, end)
+            raise TimeoutError(f"domain {d.id} on node {d.node[:12]} still runs "
+                               f"after {timeout} s") from None
 
     async def kill(self, d, timeout=None, *, signal=None, grace=None) -> None:
+        """As ``Cluster.kill``."""
         return await self._op(self.cluster.domain(d), "kill", signal, grace, timeout,
                               timeout=timeout)
 
     async def signal(self, d, sig) -> None:
+        """As ``Cluster.signal``."""
         return await self._op(self.cluster.domain(d), "signal", int(sig))
 
     async def status(self, d):
+        """As ``Cluster.status``."""
         return await self._op(self.cluster.domain(d), "status")
 
     async def output(self, d, stream="stdout", *, tail=None) -> bytes:
+        """As ``Cluster.output``."""
         return await self._op(self.cluster.domain(d), "output", stream, tail)
 
     def close(self) -> None:
+        """The local connection closed; links to other nodes dropped (a
+        new event loop may use this again)."""
         if self._local is not None and self._local.done() and not self._local.exception():
             self._local.result().close()
         self._local = None
+        self._links = {}
 
 
 def connect(address: str = "auto", *, resource: str | None = None, cores: int | None = None,

@@ -10,6 +10,7 @@ through Ray is picklable and small: a domain goes as (id, nonce)."""
 from __future__ import annotations
 
 from procmgr.client.client import Domain
+from procmgr.errors import ProcMgmtError
 
 
 def domain_of(ident: int, nonce: int) -> Domain:
@@ -29,3 +30,15 @@ OPS = {
         domain_of(ident, nonce), stream, tail=tail),
     "domains": lambda pm: pm.domains(),
 }
+
+
+def answer_of(answer: tuple):
+    """What an agent's call answered: ("ok", value) its value, ("error",
+    code, detail, status) raised again as that ProcMgmtError, anything
+    else (a wait's slice: ("running",)) None."""
+    if answer[0] == "ok":
+        return answer[1]
+    if answer[0] == "error":
+        _, code, detail, status = answer
+        raise ProcMgmtError(code, detail, status)
+    return None

@@ -210,7 +210,20 @@ def test_a_node_removed_mid_storm_fails_its_waiters_and_leaves_nothing_running(
 
     # Waiters in other processes (each a client of its own), and storm
     # traffic on the other nodes meanwhile.
+    def async_waiter(d):            # and one of this process's asyncio waits
+        async def main():
+            a = cluster.aio()
+            try:
+                return await a.wait(d, timeout=NODE_T + 30)
+            finally:
+                a.close()
+        try:
+            outcomes.append(asyncio.run(main()))
+        except ProcMgmtError as e:
+            outcomes.append(e.code.name)
+
     threads = [threading.Thread(target=waiter, args=(d,)) for d in ds[:2]]
+    threads.append(threading.Thread(target=async_waiter, args=(ds[3],)))
     for t in threads:
         t.start()
     time.sleep(3)                       # the waiters connected and waiting
@@ -219,7 +232,7 @@ def test_a_node_removed_mid_storm_fails_its_waiters_and_leaves_nothing_running(
     ray_cluster.remove_node(third)
     for t in threads:
         t.join(NODE_T + 60)
-    assert [o for o in outcomes if o != "NODE_DIED"] == []
+    assert outcomes == ["NODE_DIED"] * 3
     assert time.monotonic() - t0 < NODE_T
     with pytest.raises(ProcMgmtError) as e:
         cluster.wait(ds[2], timeout=NODE_T)
