@@ -30,6 +30,9 @@ CALL_SLACK = 30.0
 AGENT_START_TIMEOUT = 120.0
 # How old the nodes' loads may be when a spawn is placed.
 LOAD_TTL = 0.5
+# How often placement looks for nodes that joined (an agent is started on
+# each) or died.
+NODES_TTL = 5.0
 
 _AgentActor = None
 
@@ -111,14 +114,24 @@ class Cluster:
         self._loads: dict[str, list[int]] = {}
         self._loads_at = 0.0
         self._local = None                       # (runtime name, Client) of this node's
+        self._starting: dict[str, tuple] = {}    # node -> (actor, its hello, since)
+        self._looked_at = 0.0
         self.refresh()
 
     # ---- nodes ----
 
     def refresh(self) -> list[NodeInfo]:
         """Ray's nodes now: an agent started on each new one (with the
-        resource asked for, if any), the dead ones marked. The nodes."""
-        starting = {}
+        resource asked for, if any) and waited for, the dead ones marked.
+        The nodes."""
+        self._look_for_nodes(wait=True)
+        return self.nodes()
+
+    def _look_for_nodes(self, wait: bool) -> None:
+        """Agents for the nodes that have none (or whose agent died), and
+        the dead marked. Without ``wait`` (a spawn's look, every
+        NODES_TTL s) an agent still starting joins at a later look."""
+        self._looked_at = time.monotonic()
         for n in ray.nodes():
             node = n["NodeID"]
             if not n["Alive"]:
@@ -127,21 +140,24 @@ class Cluster:
                 continue
             if self.resource is not None and self.resource not in n.get("Resources", {}):
                 continue
-            if node not in self._agents or node in self._dead:
+            if (node not in self._agents or node in self._dead) and node not in self._starting:
                 actor = _agent_actor().options(
                     name=agent_name(node), namespace=NAMESPACE, lifetime="detached",
                     get_if_exists=True, num_cpus=0, max_concurrency=1000,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
                 ).remote(self.cores, self.containment)
-                starting[node] = (actor, actor.hello.remote())
-        for node, (actor, hello) in starting.items():
+                self._starting[node] = (actor, actor.hello.remote(), time.monotonic())
+        for node, (actor, hello, since) in list(self._starting.items()):
+            if not wait and not ray.wait([hello], timeout=0)[0] and \
+                    time.monotonic() - since < AGENT_START_TIMEOUT:
+                continue                      # not yet: the next look
+            del self._starting[node]
             try:
                 self._agents[node] = (actor, ray.get(hello, timeout=AGENT_START_TIMEOUT))
                 self._dead.pop(node, None)
             except (ray.exceptions.RayError, TimeoutError) as e:
                 self._agents[node] = (actor, None)
                 self._died(node, f"its agent did not start: {_first_line(e)}")
-        return self.nodes()
 
     def nodes(self) -> list[NodeInfo]:
         """Every node with an agent, alive or dead, with its load."""
@@ -182,6 +198,8 @@ class Cluster:
     def _place(self, node: str | None, core: int | None) -> tuple[str, int]:
         """The node and core of a new domain: the least loaded (live
         domains per core) unless given."""
+        if node is None and time.monotonic() - self._looked_at > NODES_TTL:
+            self._look_for_nodes(wait=False)      # nodes come and go
         loads = self._fresh_loads()
         if node is None:
             alive = [n for n in self._alive() if n in loads]

@@ -195,9 +195,19 @@ def test_a_node_removed_mid_storm_fails_its_waiters_and_leaves_nothing_running(
         cluster, ray_cluster):
     third = ray_cluster.add_node(num_cpus=2)
     ray_cluster.wait_for_nodes()
-    cluster.refresh()
-    doomed = next(n.node for n in cluster.nodes() if n.alive and n.node not in
-                  (cluster.here, other_node(cluster)) and n.node == third.node_id)
+    # A node that joins gets an agent at a spawn's next look for nodes,
+    # and, the least loaded, the spawns after.
+    cluster._looked_at = 0.0
+    placed = set()
+    deadline = time.monotonic() + NODE_T
+    while third.node_id not in placed and time.monotonic() < deadline:
+        d = cluster.spawn(["true"])
+        assert cluster.wait(d, timeout=T) == 0
+        placed.add(d.node)
+        time.sleep(0.2)
+        cluster._looked_at = min(cluster._looked_at, time.monotonic() - 4.5)
+    doomed = third.node_id
+    assert doomed in placed
     ds = [cluster.spawn(["sleep", "120"], node=doomed) for _ in range(6)]
     pids = [cluster.status(d).pids[0] for d in ds]
     outcomes: list = []
