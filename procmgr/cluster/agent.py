@@ -181,6 +181,17 @@ class NodeAgent:
                          "pids": info.pids, "argv": info.argv})
         return ("ok", rows)
 
+    async def follow(self, ident: int, nonce: int, stream: str, tail: int | None):
+        """``AsyncClient.follow`` here, each piece yielded to the caller as
+        it comes (a Ray streaming generator); a procmgr error ends it as
+        ("error", code, detail, status), the last item."""
+        pm = await self._client()
+        try:
+            async for piece in pm.follow(domain_of(ident, nonce), stream, tail=tail):
+                yield ("ok", piece)
+        except ProcMgmtError as e:
+            yield ("error", int(e.code), e.detail, e.status)
+
     async def wait(self, ident: int, nonce: int, slice_: float = WAIT_SLICE):
         """A wait of at most ``slice_`` s: ("ok", status), or ("running",)."""
         pm = await self._client()

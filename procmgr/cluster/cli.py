@@ -3,7 +3,7 @@ these over; the parser is built without importing Ray).
 
     procmgr cluster up --address HOST:PORT     # an agent and runtime on every node
     procmgr cluster spawn -- ./job --part 3    # prints the domain's token
-    procmgr cluster wait TOKEN; procmgr cluster kill TOKEN; procmgr cluster logs TOKEN
+    procmgr cluster wait TOKEN; procmgr cluster kill TOKEN; procmgr cluster logs -f TOKEN
     procmgr cluster ps                         # every node's domains; dead nodes said
     procmgr cluster down                       # every node's runtime ended
 
@@ -64,6 +64,8 @@ def add_parser(sub) -> None:
         if name == "logs":
             p.add_argument("--stderr", action="store_true", help="its stderr, not stdout")
             p.add_argument("--tail", type=int, help="only the last N lines")
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="and each new piece as it is written, until the domain ends")
     add("down", cmd_down, "end every node's runtime (its domains killed) and agent",
         "procmgr cluster down")
 
@@ -150,9 +152,18 @@ def cmd_kill(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    if args.follow:
+        with _connect(args) as c:
+            for piece in c.follow(_token(c, args.token), stream, tail=args.tail):
+                if args.json:
+                    _emit(args, {"output": piece.decode("utf-8", "replace")}, "")
+                else:
+                    sys.stdout.buffer.write(piece)
+                    sys.stdout.buffer.flush()
+        return 0
     with _connect(args) as c:
-        data = c.output(_token(c, args.token), "stderr" if args.stderr else "stdout",
-                        tail=args.tail)
+        data = c.output(_token(c, args.token), stream, tail=args.tail)
     if args.json:
         _emit(args, {"output": data.decode("utf-8", "replace")}, "")
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 try:
@@ -337,6 +338,30 @@ class Cluster:
         the default), read on its node."""
         return self._op(self.domain(d), "output", stream, tail)
 
+    def follow(self, d: ClusterDomain, stream: str = "stdout", *,
+               tail: int | None = None) -> Iterator[bytes]:
+        """``output`` and then each new piece as it is written, until the
+        domain has ended and all it wrote was yielded (``Client.follow``),
+        from its node: each piece comes as Ray streams a generator's items.
+        A node that dies ends it with NODE_DIED."""
+        d = self.domain(d)
+        actor = self._runtime_of(d)
+        pm = self._local_client(d.node)
+        if pm is not None:
+            yield from pm.follow(Domain(d.id, d.nonce), stream, tail=tail)
+            return
+        pieces = actor.follow.options(num_returns="streaming").remote(
+            d.id, d.nonce, stream, tail)
+        while True:
+            try:
+                ref = next(pieces)
+                answer = ray.get(ref, timeout=self.slack + WAIT_SLICE)
+            except StopIteration:
+                return
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+                raise self._failed(d.node, e, self.slack) from None
+            yield answer_of(answer)
+
     def domains(self) -> list[tuple[str, int]]:
         """(node, id) of every live domain of every live node."""
         out = []
@@ -505,6 +530,27 @@ class AsyncCluster:
         """As ``Cluster.output``."""
         return await self._op(self.cluster.domain(d), "output", stream, tail)
 
+    async def follow(self, d, stream="stdout", *, tail=None):
+        """As ``Cluster.follow``: ``async for piece in acluster.follow(d)``."""
+        d = self.cluster.domain(d)
+        actor = self.cluster._runtime_of(d)
+        pm = await self._local_client(d.node)
+        if pm is not None:
+            async for piece in pm.follow(Domain(d.id, d.nonce), stream, tail=tail):
+                yield piece
+            return
+        pieces = actor.follow.options(num_returns="streaming").remote(d.id, d.nonce, stream,
+                                                                    tail)
+        waited = self.cluster.slack + WAIT_SLICE
+        while True:
+            try:
+                answer = await asyncio.wait_for(_next_of(pieces), waited)
+            except StopAsyncIteration:
+                return
+            except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
+                raise self.cluster._failed(d.node, e, waited) from None
+            yield answer_of(answer)
+
     def close(self) -> None:
         """The local connection closed; links to other nodes dropped (a
         new event loop may use this again)."""
@@ -524,6 +570,11 @@ def connect(address: str = "auto", *, resource: str | None = None, cores: int | 
     them)."""
     return Cluster(address, resource=resource, cores=cores, containment=containment,
                    timeout=timeout)
+
+
+async def _next_of(pieces):
+    """The next item a Ray streaming generator yields."""
+    return await (await pieces.__anext__())
 
 
 def _argv(argv) -> list:

@@ -114,6 +114,12 @@ def test_spawn_wait_kill_status_and_output_on_a_node(cluster, where):
     assert (d.node, d.core) == (node, 1)
     assert cluster.wait(d, timeout=T) == 3
     assert cluster.output(d) == b"on 1\n"
+    paced = cluster.spawn(["sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done"], node=node)
+    pieces, started = [], time.monotonic()
+    for piece in cluster.follow(paced):          # as they come, until it ends
+        pieces.append((piece, time.monotonic() - started))
+    assert b"".join(p for p, _ in pieces) == b"1\n2\n3\n"
+    assert pieces[0][1] < 0.3                      # the first before the last was written
     info = cluster.status(d)
     assert info.exit_status == 3 and not info.killed and info.cpu_user is not None
     d = cluster.spawn(["sleep", "30"], node=node)
@@ -168,6 +174,9 @@ def test_the_asyncio_calls(cluster):
             d = await a.spawn(["sleep", "30"], node=other_node(cluster))
             await a.kill(d, timeout=T)
             assert (await a.status(d)).killed
+            for node in (cluster.here, other_node(cluster)):
+                d = await a.spawn(["sh", "-c", "echo a; sleep 0.1; echo b"], node=node)
+                assert b"".join([p async for p in a.follow(d)]) == b"a\nb\n"
         finally:
             a.close()
     asyncio.run(main())
@@ -322,6 +331,7 @@ def test_the_command_line(ray_cluster):
     waited = cli("wait", token)
     assert waited.returncode == 2 and waited.stdout.split()[-1] == b"2"
     assert cli("logs", token).stdout == b"from the cli\n"
+    assert cli("logs", token, "-f").stdout == b"from the cli\n"     # ended: all, then done
     sleeper = json.loads(cli("spawn", "--json", "--", "sleep", "30").stdout)["token"]
     assert any(r.get("id") == int(sleeper.split("/")[-1].split(":")[0])
                for r in json.loads(cli("ps", "--json").stdout))
