@@ -23,6 +23,7 @@ import locale
 import logging
 import operator
 import os
+import re
 import signal
 import struct
 import tempfile
@@ -58,6 +59,10 @@ _RUNNING, _FINISHED = "RUNNING", "FINISHED"
 _LOGGER = logging.getLogger("concurrent.futures")
 
 
+# A domain token: ID:NONCE (Domain.token).
+_TOKEN = re.compile(r"([0-9]{1,10}):([0-9a-fA-F]{1,16})")
+
+
 @dataclass(frozen=True, slots=True)
 class Domain:
     """A domain cap: the id plus the nonce only its holders know."""
@@ -74,11 +79,13 @@ class Domain:
 
     @classmethod
     def from_token(cls, token: str) -> Domain:
-        try:
-            ident, nonce = token.strip().split(":")
-            return cls(int(ident), int(nonce, 16))
-        except ValueError:
-            raise ValueError(f"{token!r} is not a domain token (ID:NONCE)") from None
+        """The cap a token names: ID (decimal, below 2**32) and NONCE (up to
+        16 hex digits), as ``token`` writes them -- nothing else (no sign,
+        no "_", no spaces inside)."""
+        found = _TOKEN.fullmatch(token.strip()) if isinstance(token, str) else None
+        if found is None or int(found[1]) >= 1 << 32:
+            raise ValueError(f"{token!r} is not a domain token (ID:NONCE)")
+        return cls(int(found[1]), int(found[2], 16))
 
     def __str__(self) -> str:
         return self.token

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import secrets
 import socket
@@ -60,6 +61,7 @@ class NodeAgent:
         self.node_id = ray.get_runtime_context().get_node_id()
         if cores is None:
             cores = _node_cpus(ray, self.node_id)
+        _remove_dead_runtimes(f"ray-{self.node_id[:12]}-")   # of agents before this one
         self.runtime = Runtime(cores=cores, containment=containment,
                                name=f"ray-{self.node_id[:12]}-{secrets.token_hex(3)}").start()
         self.cores = cores
@@ -69,6 +71,7 @@ class NodeAgent:
         self.ends: deque = deque(maxlen=ENDS_KEPT)   # (seq, domain, wait's status)
         self.ends_from = 0                 # ends after this seq are all in `ends`
         self._ended = None                 # asyncio.Condition: an end came
+        self._waits: dict = {}             # (id, nonce) -> the runtime's wait, shared
         self._counting = None
 
     async def _client(self):
@@ -81,17 +84,41 @@ class NodeAgent:
     async def _count_live(self) -> None:
         """Live domains per core, for the cluster's placement: every
         domain's start and end, whoever spawned it (a process of this node
-        through the rings too), from the runtime's events."""
-        async for event in self.pm.events(after=0):
+        through the rings too), from the runtime's events. Whatever ends
+        a pass (a request that timed out: a manager stopped a while) is
+        logged and the following goes on from the last event counted,
+        recounting, and telling the streams of ends they may have lost."""
+        while True:
+            try:
+                await self._follow_events()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:            # noqa: BLE001 - the follower must go on
+                logging.getLogger(__name__).warning("events follower: %s; going on", e)
+                self.ends_from = self.seen
+                await asyncio.sleep(0.5)
+                try:
+                    await self._recount()
+                except Exception:             # noqa: BLE001 - counted at the next pass
+                    pass
+
+    async def _recount(self) -> None:
+        live = [0] * self.cores
+        for ident in await self.pm.domains():
+            try:
+                info = await self.pm.status(ident)
+            except ProcMgmtError:
+                continue
+            if info.state.name in ("RUNNING", "STOP_PEND"):
+                for core in info.cores:
+                    live[core] += 1
+        self.live = live
+
+    async def _follow_events(self) -> None:
+        async for event in self.pm.events(after=self.seen):
             self._note_end(event)
             if event.kind == "lost":           # behind: count them again
-                self.live = [0] * self.cores
-                for ident in await self.pm.domains():
-                    try:
-                        for core in (await self.pm.status(ident)).cores:
-                            self.live[core] += 1
-                    except ProcMgmtError:
-                        pass
+                await self._recount()
             elif event.kind == "spawned" and event.core < self.cores:
                 self.live[event.core] += 1
             elif event.kind in ("exited", "killed") and event.core < self.cores:
@@ -158,7 +185,11 @@ class NodeAgent:
         return list(self.live)
 
     async def call(self, op: str, *args):
-        """One of procmgr/cluster/ops.py's operations on this runtime."""
+        """One of procmgr/cluster/ops.py's operations on this runtime. Its
+        answer, whatever it raised: ("error", ...) for a procmgr error,
+        ("raise", type, message) for a TypeError, ValueError or
+        OverflowError (bad input: raised again as such by the caller) --
+        so that in a batch each call hears its own."""
         pm = await self._client()
         try:
             result = OPS[op](pm, *args)
@@ -166,6 +197,8 @@ class NodeAgent:
                 result = await result
         except ProcMgmtError as e:
             return ("error", int(e.code), e.detail, e.status)
+        except (TypeError, ValueError, OverflowError, KeyError) as e:
+            return ("raise", type(e).__name__, str(e))
         return ("ok", result)
 
     async def ps(self) -> tuple:
@@ -193,11 +226,18 @@ class NodeAgent:
             yield ("error", int(e.code), e.detail, e.status)
 
     async def wait(self, ident: int, nonce: int, slice_: float = WAIT_SLICE):
-        """A wait of at most ``slice_`` s: ("ok", status), or ("running",)."""
+        """A wait of at most ``slice_`` s: ("ok", status), or ("running",).
+        The slices of a long wait share one request to the runtime (one
+        per domain), not one each."""
         pm = await self._client()
+        key = (ident, nonce)
+        end = self._waits.get(key)
+        if end is None:
+            end = self._waits[key] = asyncio.ensure_future(pm.wait(domain_of(ident, nonce)))
+            end.add_done_callback(lambda _: self._waits.pop(key, None))
         try:
-            return ("ok", await pm.wait(domain_of(ident, nonce), timeout=slice_))
-        except TimeoutError:
+            return ("ok", await asyncio.wait_for(asyncio.shield(end), slice_))
+        except asyncio.TimeoutError:
             return ("running",)
         except ProcMgmtError as e:
             return ("error", int(e.code), e.detail, e.status)
@@ -208,6 +248,21 @@ class NodeAgent:
         if self._counting is not None:
             self._counting.cancel()
         self.runtime.close()
+
+
+def _remove_dead_runtimes(prefix: str) -> None:
+    """The directories of this node's runtimes whose agent died (its
+    runtime ended with it, procmgr/osutil.py's remove_dead_runtime_dir:
+    only one no live manager holds)."""
+    from procmgr.osutil import remove_dead_runtime_dir, runtime_dir
+    root = os.path.dirname(runtime_dir("x"))
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix):
+            remove_dead_runtime_dir(os.path.join(root, entry))
 
 
 def _node_cpus(ray, node_id: str) -> int:

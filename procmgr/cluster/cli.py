@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
         p = commands.add_parser(name, help=help, description=help, epilog=f"example: {example}")
         p.add_argument("--address", default="auto", help=ADDRESS_HELP)
         p.add_argument("--json", action="store_true", help=JSON_HELP)
-        p.set_defaults(func=func)
+        p.set_defaults(func=_in_words(func))
         return p
 
     p = add("up", cmd_up, "start an agent, and a runtime of the node's cores, on every node",
@@ -70,7 +70,21 @@ def add_parser(sub) -> None:
         "procmgr cluster down")
 
 
+def _in_words(func):
+    """The command, bad input it finds (a TypeError or ValueError, here
+    or on the node) said in one line, as procmgr/cli.py says its own."""
+    def command(args) -> int:
+        try:
+            return func(args)
+        except (TypeError, ValueError) as e:
+            raise CliError(str(e)) from None
+    command.__doc__ = func.__doc__
+    return command
+
+
 def _connect(args, **options):
+    """The cluster at --address; `up` and `spawn` start agents where none
+    run, the others only look (a `ps` after `down` starts nothing)."""
     try:
         from procmgr.cluster import connect
         return connect(args.address, **options)
@@ -95,6 +109,12 @@ def cmd_up(args) -> int:
     with _connect(args, cores=args.cores, resource=args.resource,
                   containment=args.containment) as c:
         nodes = c.nodes()
+    for n in nodes:            # an agent running already keeps what it was started with
+        if n.alive and ((args.cores and n.cores != args.cores) or
+                        args.containment not in ("auto", n.containment)):
+            print(f"procmgr: node {n.node[:12]} runs already with {n.cores} cores, "
+                  f"{n.containment} containment (`procmgr cluster down` first to change "
+                  f"them)", file=sys.stderr)
     rows = [{"node": n.node, "host": n.host, "alive": n.alive, "runtime": n.runtime,
              "cores": n.cores, "containment": n.containment, "live": sum(n.live),
              "why": n.why} for n in nodes]
@@ -106,7 +126,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_ps(args) -> int:
-    with _connect(args) as c:
+    with _connect(args, start_agents=False) as c:
         rows = c.ps()
     _emit(args, rows, "\n".join(
         f"{r['node']}  {r['host'] or '?':<16} {r.get('id', ''):>6}  {r['state']:<10} "
@@ -138,14 +158,14 @@ def _node(c, given: str | None) -> str | None:
 
 
 def cmd_wait(args) -> int:
-    with _connect(args) as c:
+    with _connect(args, start_agents=False) as c:
         status = c.wait(_token(c, args.token))
     _emit(args, {"status": status}, str(status))
     return 128 - status if status < 0 else status & 0xFF
 
 
 def cmd_kill(args) -> int:
-    with _connect(args) as c:
+    with _connect(args, start_agents=False) as c:
         c.kill(_token(c, args.token))
     _emit(args, {"killed": True}, "killed")
     return 0
@@ -154,7 +174,7 @@ def cmd_kill(args) -> int:
 def cmd_logs(args) -> int:
     stream = "stderr" if args.stderr else "stdout"
     if args.follow:
-        with _connect(args) as c:
+        with _connect(args, start_agents=False) as c:
             for piece in c.follow(_token(c, args.token), stream, tail=args.tail):
                 if args.json:
                     _emit(args, {"output": piece.decode("utf-8", "replace")}, "")
@@ -162,7 +182,7 @@ def cmd_logs(args) -> int:
                     sys.stdout.buffer.write(piece)
                     sys.stdout.buffer.flush()
         return 0
-    with _connect(args) as c:
+    with _connect(args, start_agents=False) as c:
         data = c.output(_token(c, args.token), stream, tail=args.tail)
     if args.json:
         _emit(args, {"output": data.decode("utf-8", "replace")}, "")
@@ -172,7 +192,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_down(args) -> int:
-    with _connect(args) as c:
+    with _connect(args, start_agents=False) as c:
         c.down()
     _emit(args, {"down": True}, "every node's runtime ended")
     return 0

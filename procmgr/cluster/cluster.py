@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ CALL_SLACK = 30.0
 AGENT_START_TIMEOUT = 120.0
 # How old the nodes' loads may be when a spawn is placed.
 LOAD_TTL = 0.5
+# How long placement waits for the agents' loads.
+LOAD_WAIT = 1.0
 # How often placement looks for nodes that joined (an agent is started on
 # each) or died.
 NODES_TTL = 5.0
@@ -99,13 +103,14 @@ class Cluster:
 
     def __init__(self, address: str = "auto", *, resource: str | None = None,
                  cores: int | None = None, containment: str = "auto",
-                 timeout: float = CALL_SLACK):
+                 timeout: float = CALL_SLACK, start_agents: bool = True):
         self.resource = resource
         self.cores = cores
         self.containment = containment
         self.slack = timeout
         self._disconnect = False
         if not ray.is_initialized():
+            _reachable(address)
             ray.init(address=None if address == "local" else address, namespace=NAMESPACE,
                      logging_level=logging.WARNING, log_to_driver=False)
             self._disconnect = True
@@ -117,6 +122,9 @@ class Cluster:
         self._local = None                       # (runtime name, Client) of this node's
         self._starting: dict[str, tuple] = {}    # node -> (actor, its hello, since)
         self._looked_at = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.start_agents = start_agents
         self.refresh()
 
     # ---- nodes ----
@@ -142,6 +150,13 @@ class Cluster:
             if self.resource is not None and self.resource not in n.get("Resources", {}):
                 continue
             if (node not in self._agents or node in self._dead) and node not in self._starting:
+                if not self.start_agents:     # only those running (procmgr cluster ps, ...)
+                    try:
+                        actor = ray.get_actor(agent_name(node), namespace=NAMESPACE)
+                    except ValueError:
+                        continue
+                    self._starting[node] = (actor, actor.hello.remote(), time.monotonic())
+                    continue
                 actor = _agent_actor().options(
                     name=agent_name(node), namespace=NAMESPACE, lifetime="detached",
                     get_if_exists=True, num_cpus=0, max_concurrency=1000,
@@ -178,21 +193,25 @@ class Cluster:
     def _died(self, node: str, why: str) -> None:
         self._dead[node] = why
         self._loads.pop(node, None)
-        if self._local is not None and self._local[0] == node:
+        if node == self.here and self._local is not None:
             self._local[1].close()
             self._local = None
 
     def _fresh_loads(self) -> dict[str, list[int]]:
+        """Every live agent's load, asked all at once and waited for
+        LOAD_WAIT s at most: one that does not answer in time is placed
+        by what it said last."""
         if time.monotonic() - self._loads_at > LOAD_TTL:
             nodes = self._alive()
-            refs = [self._agents[n][0].load.remote() for n in nodes]
-            for node, ref in zip(nodes, refs):
+            refs = {self._agents[n][0].load.remote(): n for n in nodes}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LOAD_WAIT)
+            for ref in ready:
                 try:
-                    self._loads[node] = ray.get(ref, timeout=self.slack)
-                except ray.exceptions.RayActorError as e:
-                    self._died(node, _first_line(e))
-                except ray.exceptions.GetTimeoutError:
-                    pass                      # placed by what it said last
+                    self._loads[refs[ref]] = ray.get(ref)
+                except ray.exceptions.ActorDiedError as e:
+                    self._died(refs[ref], _first_line(e))
+                except ray.exceptions.RayError:
+                    pass
             self._loads_at = time.monotonic()
         return self._loads
 
@@ -201,6 +220,9 @@ class Cluster:
         domains per core) unless given."""
         if node is None and time.monotonic() - self._looked_at > NODES_TTL:
             self._look_for_nodes(wait=False)      # nodes come and go
+        if node is not None and core is not None:
+            self._agent(node)
+            return node, core                     # nothing to weigh
         loads = self._fresh_loads()
         if node is None:
             alive = [n for n in self._alive() if n in loads]
@@ -216,6 +238,7 @@ class Cluster:
         return node, core
 
     def _agent(self, node: str):
+        self._check_open()
         if node not in self._agents:
             self.refresh()
         if node not in self._agents:
@@ -226,23 +249,42 @@ class Cluster:
         return self._agents[node][0]
 
     def _runtime_of(self, d: ClusterDomain):
-        """d's node's agent, if d's runtime is the one it has now."""
+        """d's node's agent, if d's runtime is the one it has now -- asked
+        again if not (another client may have started a new agent there)."""
+        self._check_open()
+        if d.node in self._agents and self._agents[d.node][1] and \
+                self._agents[d.node][1]["runtime"] != d.runtime:
+            self._greet_again(d.node)
         actor = self._agent(d.node)
-        runtime = self._agents[d.node][1]["runtime"]
-        if runtime != d.runtime:
+        if self._agents[d.node][1]["runtime"] != d.runtime:
             raise ProcMgmtError(Err.NODE_DIED, f"node {d.node[:12]}: its agent was started "
                                 f"again; runtime {d.runtime} ended with its domains")
         return actor
+
+    def _greet_again(self, node: str) -> None:
+        """node's agent as it is now (found by its name), and its runtime."""
+        try:
+            actor = ray.get_actor(agent_name(node), namespace=NAMESPACE)
+            hello = ray.get(actor.hello.remote(), timeout=self.slack)
+        except (ValueError, ray.exceptions.RayError):
+            return                            # none, or not answering: as known
+        self._agents[node] = (actor, hello)
+        self._dead.pop(node, None)
 
     def _local_client(self, node: str):
         """A Client of node's runtime through its rings, if this process
         runs on that node; None otherwise."""
         if node != self.here:
             return None
-        if self._local is None:
-            from procmgr.client.runtime import connect as local_connect
-            self._local = (node, local_connect(self._agents[node][1]["runtime"]))
-        return self._local[1]
+        runtime = self._agents[node][1]["runtime"]
+        with self._lock:                      # one connection, however many threads ask
+            if self._local is not None and self._local[0] != runtime:
+                self._local[1].close()        # an agent started again: its new runtime
+                self._local = None
+            if self._local is None:
+                from procmgr.client.runtime import connect as local_connect
+                self._local = (runtime, local_connect(runtime))
+            return self._local[1]
 
     # ---- calls ----
 
@@ -278,6 +320,16 @@ class Cluster:
                                    f"after {timeout} s")
             yield left
 
+    def _bound(self, op: str, timeout: float | None) -> float | None:
+        """How long a call on this node's runtime may take: its own
+        timeout and the slack -- but a wait's is its own (None: until the
+        domain ends)."""
+        return timeout if op == "wait" else (timeout or 0) + self.slack
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Cluster is closed: procmgr.cluster.connect() again")
+
     def _made(self, node: str, d) -> ClusterDomain:
         return ClusterDomain(node, self._agents[node][1]["runtime"], d.id, d.nonce, d.core, d.pid)
 
@@ -286,7 +338,7 @@ class Cluster:
         pm = self._local_client(d.node)
         if pm is not None:
             try:
-                return OPS[op](pm, d.id, d.nonce, *args)
+                return OPS[op](pm, d.id, d.nonce, *args, timeout=self._bound(op, timeout))
             except RuntimeGone as e:
                 self._died(d.node, f"its runtime went away: {e}")
                 raise ProcMgmtError(Err.NODE_DIED, f"node {d.node[:12]}: {e}") from None
@@ -302,7 +354,8 @@ class Cluster:
         actor = self._agent(node)
         pm = self._local_client(node)
         if pm is not None:
-            return self._made(node, OPS["spawn"](pm, argv, core, options))
+            return self._made(node, OPS["spawn"](pm, argv, core, options,
+                                                 timeout=self._bound("spawn", timeout)))
         return self._made(node, self._remote(node, actor, "call", "spawn", argv, core, options,
                                              timeout=timeout))
 
@@ -312,8 +365,13 @@ class Cluster:
         stops answering is found out (NODE_DIED, or TimeoutError)."""
         d = self.domain(d)
         actor = self._runtime_of(d)
+        if timeout is not None and timeout <= 0:      # asked once, not waited for
+            status = self._op(d, "poll")
+            if status is None:
+                raise TimeoutError(f"domain {d.id} on node {d.node[:12]} still runs")
+            return status
         if self._local_client(d.node) is not None:
-            return self._op(d, "wait", timeout)
+            return self._op(d, "wait", timeout=timeout)
         for left in self._slices(d, timeout):
             status = self._remote(d.node, actor, "wait", d.id, d.nonce, left, timeout=left)
             if status is not None:
@@ -323,7 +381,9 @@ class Cluster:
              grace: float | None = None) -> None:
         """As ``Client.kill``: answered once all of it is gone."""
         d = self.domain(d)
-        return self._op(d, "kill", signal, grace, timeout, timeout=timeout)
+        return self._op(d, "kill", signal, grace, timeout,
+                        timeout=None if timeout is None and grace is None
+                        else (timeout or 0) + (grace or 0))
 
     def signal(self, d: ClusterDomain, sig) -> None:
         """As ``Client.signal``."""
@@ -374,8 +434,8 @@ class Cluster:
         return out
 
     def ps(self) -> list[dict]:
-        """A row per domain of every node (live, and ended ones its runtime
-        remembers), with its node; a dead node's a row saying so."""
+        """A row per live domain of every node, with its node; a dead
+        node's a row saying so."""
         rows = []
         for info in self.refresh():
             if not info.alive:
@@ -408,6 +468,7 @@ class Cluster:
     def down(self) -> None:
         """End every agent: each node's runtime closes (its domains killed
         and reaped), then the agent."""
+        self._check_open()
         for node, (actor, _) in list(self._agents.items()):
             if node in self._dead:
                 continue
@@ -420,6 +481,7 @@ class Cluster:
 
     def close(self) -> None:
         """Disconnect from the cluster; agents and domains stay."""
+        self._closed = True
         if self._local is not None:
             self._local[1].close()
             self._local = None
@@ -449,15 +511,26 @@ class AsyncCluster:
     async def _local_client(self, node: str):
         if node != self.cluster.here:
             return None
+        runtime = self.cluster._agents[node][1]["runtime"]
+        if self._local is not None and self._local[0] != runtime:
+            self._drop_local()                # an agent started again: its new runtime
         if self._local is None:           # one connection, however many calls await it
             from procmgr.client.aio import aconnect
-            self._local = asyncio.ensure_future(
-                aconnect(self.cluster._agents[node][1]["runtime"]))
-        return await self._local
+            self._local = (runtime, asyncio.ensure_future(aconnect(runtime)))
+        return await self._local[1]
+
+    def _drop_local(self) -> None:
+        pending = self._local[1]
+        if pending.done() and not pending.cancelled() and not pending.exception():
+            pending.result().close()
+        self._local = None
 
     def _link(self, node: str) -> NodeLink:
+        """The link to node's agent as it is now (a new agent, a new link:
+        its runtime's seqs and ids start again)."""
+        runtime = self.cluster._agents[node][1]["runtime"]
         link = self._links.get(node)
-        if link is None:
+        if link is None or link.runtime != runtime:
             actor = self.cluster._agent(node)
 
             async def send(method: str, *args, timeout=None):
@@ -467,21 +540,29 @@ class AsyncCluster:
                 except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                     raise self.cluster._failed(node, e, waited) from None
 
-            link = self._links[node] = NodeLink(node, send)
+            link = self._links[node] = NodeLink(node, send, runtime)
         return link
 
-    async def _call(self, node: str, *call, timeout=None):
-        """A call on node's agent, batched: (seq seen before it, its value)."""
+    async def _call(self, node: str, *call, timeout=None, alone=False):
+        """A call on node's agent, batched (``alone``: in a batch of its
+        own -- a kill's grace holds up no spawn): (seq seen before it,
+        its value)."""
         self.cluster._agent(node)             # NODE_DIED at once for a dead node
-        seq, answer = await self._link(node).call(*call, timeout=timeout)
+        seq, answer = await self._link(node).call(*call, timeout=timeout, alone=alone)
         return seq, answer_of(answer)
 
     async def _op(self, d: ClusterDomain, op: str, *args, timeout=None):
-        self.cluster._runtime_of(d)
+        c = self.cluster
+        c._runtime_of(d)
         pm = await self._local_client(d.node)
         if pm is not None:
-            return await OPS[op](pm, d.id, d.nonce, *args)
-        return (await self._call(d.node, op, d.id, d.nonce, *args, timeout=timeout))[1]
+            try:
+                return await OPS[op](pm, d.id, d.nonce, *args, timeout=c._bound(op, timeout))
+            except RuntimeGone as e:
+                c._died(d.node, f"its runtime went away: {e}")
+                raise ProcMgmtError(Err.NODE_DIED, f"node {d.node[:12]}: {e}") from None
+        return (await self._call(d.node, op, d.id, d.nonce, *args, timeout=timeout,
+                                 alone=op == "kill"))[1]
 
     async def spawn(self, argv, *, node=None, core=None, timeout=None, **options):
         """As ``Cluster.spawn``."""
@@ -491,7 +572,8 @@ class AsyncCluster:
         c._agent(node)
         pm = await self._local_client(node)
         if pm is not None:
-            return c._made(node, await OPS["spawn"](pm, argv, core, options))
+            return c._made(node, await OPS["spawn"](pm, argv, core, options,
+                                                    timeout=c._bound("spawn", timeout)))
         _, d = await self._call(node, "spawn", argv, core, options, timeout=timeout)
         return c._made(node, d)
 
@@ -500,7 +582,7 @@ class AsyncCluster:
         d = self.cluster.domain(d)
         self.cluster._runtime_of(d)
         if await self._local_client(d.node) is not None:
-            return await self._op(d, "wait", timeout)
+            return await self._op(d, "wait", timeout=timeout)
         seq, status = await self._call(d.node, "poll", d.id, d.nonce)
         if status is not None:
             return status
@@ -509,14 +591,18 @@ class AsyncCluster:
         try:
             return await asyncio.wait_for(asyncio.shield(end), timeout)
         except asyncio.TimeoutError:
-            link.forget(d.id, end)
             raise TimeoutError(f"domain {d.id} on node {d.node[:12]} still runs "
                                f"after {timeout} s") from None
+        finally:                              # given up (a timeout, a cancel): forgotten
+            if not end.done():
+                link.forget(d.id, end)
+                end.cancel()
 
     async def kill(self, d, timeout=None, *, signal=None, grace=None) -> None:
         """As ``Cluster.kill``."""
         return await self._op(self.cluster.domain(d), "kill", signal, grace, timeout,
-                              timeout=timeout)
+                              timeout=None if timeout is None and grace is None
+                              else (timeout or 0) + (grace or 0))
 
     async def signal(self, d, sig) -> None:
         """As ``Cluster.signal``."""
@@ -554,27 +640,40 @@ class AsyncCluster:
     def close(self) -> None:
         """The local connection closed; links to other nodes dropped (a
         new event loop may use this again)."""
-        if self._local is not None and self._local.done() and not self._local.exception():
-            self._local.result().close()
-        self._local = None
+        if self._local is not None:
+            self._drop_local()
         self._links = {}
 
 
 def connect(address: str = "auto", *, resource: str | None = None, cores: int | None = None,
-            containment: str = "auto", timeout: float = CALL_SLACK) -> Cluster:
+            containment: str = "auto", timeout: float = CALL_SLACK,
+            start_agents: bool = True) -> Cluster:
     """Join the Ray cluster at ``address`` ("auto": the one running on
     this machine, as ``ray.init`` finds it; "local": start one here, for
     this process's life) -- or use the one this process joined already --
     and make sure every node (with ``resource``, if named) runs an agent
     with a runtime of ``cores`` (None: the node's CPUs as Ray counts
-    them)."""
+    them); an agent running already keeps its own. ``start_agents=False``
+    only finds the agents running (what `procmgr cluster ps` does)."""
     return Cluster(address, resource=resource, cores=cores, containment=containment,
-                   timeout=timeout)
+                   timeout=timeout, start_agents=start_agents)
 
 
 async def _next_of(pieces):
     """The next item a Ray streaming generator yields."""
     return await (await pieces.__anext__())
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT address answers a TCP connection within 5 s, or
+    ConnectionError saying so -- before Ray tries it for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return                                    # "auto", "local", ray://: Ray's to judge
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address}: {e}") from None
 
 
 def _argv(argv) -> list:

@@ -31,10 +31,12 @@ RECENT = 65536
 
 
 class NodeLink:
-    def __init__(self, node: str, send):
+    def __init__(self, node: str, send, runtime: str = ""):
         """``send(method, *args, timeout)``: the awaited actor call of this
-        node's agent, its failures raised as the cluster's errors."""
+        node's agent (whose runtime is ``runtime``), its failures raised as
+        the cluster's errors."""
         self.node = node
+        self.runtime = runtime
         self._send = send
         self._queue: list = []            # (call, future) for the next batch
         self._waiters: dict[int, tuple[int, list]] = {}   # id -> (nonce, its waits' futures)
@@ -42,10 +44,14 @@ class NodeLink:
         self._cursor = 0
         self._watching: asyncio.Task | None = None
 
-    async def call(self, *call, timeout: float | None = None):
-        """One agent call (agent.py's ``call``), batched: (seq the agent
-        had seen before it ran, its answer)."""
+    async def call(self, *call, timeout: float | None = None, alone: bool = False):
+        """One agent call (agent.py's ``call``), batched -- or, ``alone``,
+        sent in a batch of its own at once (one that may take long: a
+        kill's grace): (seq the agent had seen before it ran, its answer)."""
         fut = asyncio.get_running_loop().create_future()
+        if alone:
+            asyncio.ensure_future(self._send_batch([(call, timeout, fut)]))
+            return await fut
         self._queue.append((call, timeout, fut))
         if len(self._queue) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -87,7 +93,7 @@ class NodeLink:
         return fut
 
     def forget(self, ident: int, fut: asyncio.Future) -> None:
-        """A wait given up (its timeout)."""
+        """A wait given up (its timeout, a cancel)."""
         _, futs = self._waiters.get(ident, (0, []))
         if fut in futs:
             futs.remove(fut)
@@ -96,8 +102,9 @@ class NodeLink:
 
     async def _watch(self) -> None:
         while self._waiters:
+            asked = self._cursor
             try:
-                answer = await self._send("exits_after", self._cursor, WAIT_SLICE,
+                answer = await self._send("exits_after", asked, WAIT_SLICE,
                                           timeout=WAIT_SLICE)
             except BaseException as e:    # noqa: BLE001 - every waiter hears it
                 self._fail_all(e)
@@ -114,7 +121,11 @@ class NodeLink:
                         fut.set_result(code)
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
-            self._cursor = max(self._cursor, seen)
+            # A wait that registered meanwhile may have lowered the cursor
+            # below what was asked: its end may lie between, not yet
+            # fetched -- ask from there again (an end twice is harmless).
+            if self._cursor >= asked:
+                self._cursor = max(asked, seen)
 
     async def _ask_again(self) -> None:
         """Every waited-for domain polled again (one batch)."""

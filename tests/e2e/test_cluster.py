@@ -168,6 +168,14 @@ def test_the_asyncio_calls(cluster):
     async def main():
         a = cluster.aio()
         try:
+            # calls made together go together; a bad one fails alone
+            far = other_node(cluster)
+            got = await asyncio.gather(*[a.spawn(["sh", "-c", "exit 2"], node=far)
+                                         for _ in range(4)],
+                                       a.spawn(["true"], node=far, bogus=1),
+                                       return_exceptions=True)
+            assert [type(g).__name__ for g in got] == ["ClusterDomain"] * 4 + ["TypeError"]
+            assert await asyncio.gather(*[a.wait(d, timeout=T) for d in got[:4]]) == [2] * 4
             ds = await asyncio.gather(*[a.spawn(["sh", "-c", "exit 5"]) for _ in range(20)])
             assert {d.node for d in ds} == {n.node for n in cluster.nodes() if n.alive}
             assert await asyncio.gather(*[a.wait(d, timeout=T) for d in ds]) == [5] * 20
@@ -198,6 +206,16 @@ def test_a_killed_agent_takes_its_domains_with_it_and_a_new_one_serves_the_node(
     assert e.value.code == Err.NODE_DIED
     d = cluster.spawn(["sh", "-c", "exit 4"], node=node)
     assert cluster.wait(d, timeout=T) == 4
+    assert cluster.wait(d, timeout=0) == 4           # ended: asked once, not waited for
+
+    async def after_the_restart():         # an asyncio client follows the new agent too
+        a = cluster.aio()
+        try:
+            d = await a.spawn(["sh", "-c", "exit 5"], node=node)
+            return await a.wait(d, timeout=T)
+        finally:
+            a.close()
+    assert asyncio.run(after_the_restart()) == 5
 
 
 def test_a_node_removed_mid_storm_fails_its_waiters_and_leaves_nothing_running(
@@ -337,6 +355,8 @@ def test_the_command_line(ray_cluster):
                for r in json.loads(cli("ps", "--json").stdout))
     assert cli("kill", sleeper).returncode == 0
     assert cli("wait", sleeper).returncode == 9
+    for bad in (cli("logs", token, "--tail", "-1"), cli("spawn", "--core", "-1", "--", "true")):
+        assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
     bad = cli("wait", "not-a-token")
     assert bad.returncode != 0 and b"not a cluster domain token" in bad.stderr \
         and b"Traceback" not in bad.stderr

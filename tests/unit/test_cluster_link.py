@@ -9,6 +9,8 @@ import asyncio
 
 import pytest
 
+from procmgr.client.client import Domain
+from procmgr.cluster.cluster import ClusterDomain
 from procmgr.cluster.link import NodeLink
 from procmgr.errors import Err, ProcMgmtError
 
@@ -130,3 +132,38 @@ def test_a_node_that_fails_fails_every_waiter():
                 await asyncio.wait_for(w, 2)
             assert e.value.code == Err.NODE_DIED
     asyncio.run(main())
+
+
+def test_a_wait_registering_behind_a_stream_in_flight_still_hears_its_end():
+    """A poll's answer that comes late (batched with something slow) names
+    an older seq than the stream already asks from: the stream must not
+    jump past the end in between."""
+    async def main():
+        agent = FakeAgent()
+        link = NodeLink("n", agent.send)
+        agent.status = {1: None, 2: None}
+        seq_x, _ = await link.call("poll", 1, 7)       # X runs, at seq 0
+        agent.end(1, 7)                                 # X ends: seq 1
+        first = asyncio.ensure_future(wait(link, 2))   # Y polls at seq 1: the stream
+        await asyncio.sleep(0.01)                       # asks from 1, and waits
+        late = link.end_of(1, 7, seq_x)                # X's wait registers, from 0
+        agent.end(2, 0)                                 # the stream's answer: Y only
+        assert await first == 0
+        assert await asyncio.wait_for(late, 2) == 7
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("token", ["-1:ff", "1_0:ff", "4294967296:1", "1:fffffffffffffffff",
+                                   "1 :a", "1:", ":a", "1:g", "", "1:2:3"])
+def test_a_token_is_only_what_token_writes(token):
+    with pytest.raises(ValueError, match="not a domain token"):
+        Domain.from_token(token)
+    with pytest.raises(ValueError, match="not a cluster domain token"):
+        ClusterDomain.from_token(f"node/runtime/{token}")
+
+
+def test_a_token_round_trips():
+    d = Domain(4294967295, 0xFFFFFFFFFFFFFFFF)
+    assert Domain.from_token(d.token) == d
+    c = ClusterDomain("n", "ray-n-1", 7, 0xAB)
+    assert ClusterDomain.from_token(c.token) == c
