@@ -216,14 +216,34 @@ class NodeAgent:
 
     async def follow(self, ident: int, nonce: int, stream: str, tail: int | None):
         """``AsyncClient.follow`` here, each piece yielded to the caller as
-        it comes (a Ray streaming generator); a procmgr error ends it as
-        ("error", code, detail, status), the last item."""
+        it comes (a Ray streaming generator), and ("tick",) after WAIT_SLICE
+        s without one -- so that the caller can tell a quiet program from
+        an agent gone quiet; a procmgr error ends it as ("error", code,
+        detail, status), the last item."""
         pm = await self._client()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        async def pump():
+            try:
+                async for piece in pm.follow(domain_of(ident, nonce), stream, tail=tail):
+                    await pieces.put(("ok", piece))
+            except ProcMgmtError as e:
+                await pieces.put(("error", int(e.code), e.detail, e.status))
+            await pieces.put(None)
+
+        pumping = asyncio.ensure_future(pump())
         try:
-            async for piece in pm.follow(domain_of(ident, nonce), stream, tail=tail):
-                yield ("ok", piece)
-        except ProcMgmtError as e:
-            yield ("error", int(e.code), e.detail, e.status)
+            while True:
+                try:
+                    item = await asyncio.wait_for(pieces.get(), WAIT_SLICE)
+                except asyncio.TimeoutError:
+                    yield ("tick",)
+                    continue
+                if item is None:
+                    return
+                yield item
+        finally:
+            pumping.cancel()
 
     async def wait(self, ident: int, nonce: int, slice_: float = WAIT_SLICE):
         """A wait of at most ``slice_`` s: ("ok", status), or ("running",).

@@ -420,7 +420,9 @@ class Cluster:
                 return
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
                 raise self._failed(d.node, e, self.slack) from None
-            yield answer_of(answer)
+            piece = answer_of(answer)
+            if piece is not None:                 # not a tick: the agent says it is there
+                yield piece
 
     def domains(self) -> list[tuple[str, int]]:
         """(node, id) of every live domain of every live node."""
@@ -635,7 +637,9 @@ class AsyncCluster:
                 return
             except (asyncio.TimeoutError, ray.exceptions.RayActorError) as e:
                 raise self.cluster._failed(d.node, e, waited) from None
-            yield answer_of(answer)
+            piece = answer_of(answer)
+            if piece is not None:                 # not a tick: the agent says it is there
+                yield piece
 
     def close(self) -> None:
         """The local connection closed; links to other nodes dropped (a

@@ -185,6 +185,12 @@ def test_the_asyncio_calls(cluster):
             for node in (cluster.here, other_node(cluster)):
                 d = await a.spawn(["sh", "-c", "echo a; sleep 0.1; echo b"], node=node)
                 assert b"".join([p async for p in a.follow(d)]) == b"a\nb\n"
+            # a program quiet for longer than a call's bound is followed on:
+            # the agent says it is there (WAIT_SLICE 5 s + this slack 1 s)
+            quick = pcluster.connect(timeout=1).aio()
+            d = await quick.spawn(["sh", "-c", "echo a; sleep 6.5; echo b"], node=far)
+            assert b"".join([p async for p in quick.follow(d)]) == b"a\nb\n"
+            quick.close()
         finally:
             a.close()
     asyncio.run(main())
