@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster as RayCluster  # noqa: E402
 
-import procmgr  # noqa: E402
 import procmgr.cluster as pcluster  # noqa: E402
 from procmgr.errors import Err, ProcMgmtError  # noqa: E402
 from e2e_helpers import T, process_gone, wait_until  # noqa: E402
